@@ -1,0 +1,87 @@
+"""Settings, resolved once: defaults < environment (CBIR_*) < explicit options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from cbir.errors import UsageError
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_library_home(cwd: Path | None = None) -> Path:
+    """Where libraries live when nothing is configured.
+
+    A checkout has an ``indexes/`` folder: use it, so a clone keeps its data beside the code.
+    Anywhere else, the platform's user data directory (e.g. ~/.local/share/cbir on Linux).
+    """
+    cwd = Path.cwd() if cwd is None else cwd
+    if (cwd / "indexes").is_dir():
+        return cwd / "indexes"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("cbir", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    library: Path
+    # The model to use. None means "whatever the library was built with" (or DEFAULT_MODEL for a
+    # new library); a value that differs from an existing library's model is an error.
+    model: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None  # None: chosen from the device
+    workers: int | None = None  # decode processes; None: one per CPU core
+
+    @property
+    def model_for_new_library(self) -> str:
+        return self.model or DEFAULT_MODEL
+
+
+def _positive_int(name: str, value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise UsageError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def resolve_settings(
+    *,
+    library: str | os.PathLike | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    default_library_name: str = "default",
+) -> Settings:
+    """Merge defaults, ``CBIR_*`` environment variables and explicit options (highest wins)."""
+    env = os.environ if env is None else env
+
+    def pick(option, var):
+        return option if option not in (None, "") else (env.get(var) or None)
+
+    library = pick(library, "CBIR_LIBRARY")
+    library_path = (
+        Path(library).expanduser() if library else default_library_home(cwd) / default_library_name
+    )
+    device = (pick(device, "CBIR_DEVICE") or "auto").lower()
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda (or cuda:N)")
+    return Settings(
+        library=library_path.absolute(),
+        model=pick(model, "CBIR_MODEL"),
+        device=device,
+        batch_size=_positive_int("batch size", pick(batch_size, "CBIR_BATCH_SIZE")),
+        workers=_positive_int("workers", pick(workers, "CBIR_WORKERS")),
+    )

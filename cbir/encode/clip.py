@@ -1,0 +1,123 @@
+"""open_clip models on CPU or CUDA (fp16 autocast on CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from cbir.encode.registry import BUNDLED_MODELS, bundled
+from cbir.encode.spec import BUNDLED, ModelSpec, Preprocess, make_fingerprint
+from cbir.errors import DeviceError, ModelLoadError, UsageError
+
+
+def resolve_device(requested: str) -> str:
+    """auto: CUDA when present, else CPU. Asking for CUDA without one is an error, never a
+    silent fallback to the CPU."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"--device {requested} was requested but no CUDA GPU is available "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                "use --device cpu or --device auto"
+            )
+        index = int(requested.split(":", 1)[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+        return requested
+    if requested == "cpu":
+        return "cpu"
+    raise UsageError(f"unknown device {requested!r}: use auto, cpu or cuda")
+
+
+def _register_bundled_configs() -> None:
+    import open_clip
+
+    for arch in BUNDLED_MODELS:
+        if arch not in open_clip.list_models():
+            open_clip.add_model_config(bundled(arch).config_dir)
+
+
+class OpenClipEncoder:
+    def __init__(self, spec: ModelSpec, device: str = "auto"):
+        import open_clip
+
+        self.spec = spec
+        self.device = resolve_device(device)
+        _register_bundled_configs()
+        pretrained = spec.pretrained
+        if pretrained == BUNDLED:
+            pretrained = str(bundled(spec.arch).weights)
+        if spec.arch not in open_clip.list_models() and not spec.arch.startswith("hf-hub:"):
+            raise ModelLoadError(f"unknown model architecture {spec.arch!r}; `cbir models` lists them")
+        try:
+            model, _, _ = open_clip.create_model_and_transforms(
+                spec.arch, pretrained=pretrained, device=self.device
+            )
+        except Exception as e:  # open_clip raises many kinds (RuntimeError, OSError, HF errors)
+            raise ModelLoadError(_load_hint(spec, e)) from e
+        model.eval()
+        self._model = model
+        self._tokenizer = open_clip.get_tokenizer(spec.arch)
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg["size"]
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        self.preprocess = Preprocess(
+            size=int(size),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            mean=tuple(float(x) for x in cfg["mean"]),
+            std=tuple(float(x) for x in cfg["std"]),
+            fill_color=int(cfg.get("fill_color", 0)),
+        )
+        with torch.inference_mode():
+            self.dim = int(self._model.encode_text(self._tokenizer(["x"]).to(self.device)).shape[-1])
+        self._mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1)
+
+    def fingerprint(self) -> dict:
+        return make_fingerprint(self.spec, self.dim, self.preprocess)
+
+    def _autocast(self):
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        # uint8 NHWC -> normalised float NCHW, on the device (4x less to copy than floats)
+        batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+        with self._autocast():
+            features = self._model.encode_image(batch)
+        return _normalise(features)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        with self._autocast():
+            features = self._model.encode_text(tokens)
+        return _normalise(features)
+
+
+def _normalise(features: torch.Tensor) -> np.ndarray:
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _load_hint(spec: ModelSpec, error: Exception) -> str:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if spec.is_file:
+        return f"cannot load checkpoint {spec.pretrained} into {spec.arch}: {detail}"
+    return (
+        f"cannot load {spec.name} ({detail}); weights come from the Hugging Face hub on first use, "
+        f"so check the network, or pass a local file with --model {spec.arch}:path/to/weights.pt, "
+        "or use the bundled --model cbir-tiny"
+    )

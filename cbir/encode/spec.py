@@ -1,0 +1,148 @@
+"""Model names, preprocessing and fingerprints, without importing torch."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from cbir.errors import UsageError
+
+BUNDLED = "bundled"  # pretrained value of the models shipped inside cbir
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes model input: the same arithmetic as open_clip's eval transform,
+    split so decode workers produce uint8 pixels (no torch) and the device normalises them."""
+
+    size: int
+    resize_mode: str = "shortest"  # shortest | longest | squash
+    interpolation: str = "bicubic"  # bicubic | bilinear
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    fill_color: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``ARCH[:PRETRAINED]``: an open_clip architecture and a pretrained tag or checkpoint file."""
+
+    arch: str
+    pretrained: str | None  # a tag, a local file path, BUNDLED, or None (random weights)
+
+    @property
+    def is_file(self) -> bool:
+        return self.pretrained not in (None, BUNDLED) and _looks_like_path(self.pretrained)
+
+    @property
+    def name(self) -> str:
+        if self.arch.startswith("hf-hub:") or self.pretrained == BUNDLED:
+            return self.arch
+        return f"{self.arch}:{self.pretrained or 'none'}"
+
+    def weights_id(self) -> str:
+        """What identifies the weights: the tag, or the checkpoint file's content hash."""
+        if self.pretrained is None:
+            return "none" if not self.arch.startswith("hf-hub:") else "hf-hub"
+        if self.pretrained == BUNDLED:
+            from cbir.encode.registry import bundled_weights
+
+            return "sha256:" + file_sha256(bundled_weights(self.arch))
+        if self.is_file:
+            path = Path(self.pretrained).expanduser()
+            if not path.is_file():
+                raise UsageError(f"checkpoint file not found: {self.pretrained}")
+            return "sha256:" + file_sha256(path)
+        return self.pretrained
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or text.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256 (cached per path, size and mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASH_CACHE[key] = digest.hexdigest()[:16]
+    return _HASH_CACHE[key]
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """``cbir-tiny``, ``ViT-B-32`` (its default weights), ``ViT-B-32:laion2b_s34b_b79k``,
+    ``ViT-B-32:path/to/weights.pt``, ``ViT-B-32:none`` (random weights), ``hf-hub:org/repo``."""
+    from cbir.encode.registry import BUNDLED_MODELS, default_pretrained
+
+    text = (text or "").strip()
+    if not text:
+        raise UsageError("empty model name; see `cbir models`")
+    if text.startswith("hf-hub:"):
+        return ModelSpec(text, None)
+    arch, sep, pretrained = text.partition(":")
+    if arch in BUNDLED_MODELS:
+        if sep and pretrained not in ("", BUNDLED):  # e.g. a fine-tuned checkpoint of it
+            return ModelSpec(arch, str(Path(pretrained).expanduser().absolute()))
+        return ModelSpec(arch, BUNDLED)
+    if not sep or not pretrained:
+        return ModelSpec(arch, default_pretrained(arch))
+    if pretrained.lower() == "none":
+        return ModelSpec(arch, None)
+    if _looks_like_path(pretrained):  # absolute, so the library finds it from any directory
+        pretrained = str(Path(pretrained).expanduser().absolute())
+    return ModelSpec(arch, pretrained)
+
+
+class Encoder(Protocol):
+    """What ingest and search need from a model."""
+
+    spec: ModelSpec
+    preprocess: Preprocess
+    dim: int
+    device: str
+
+    def fingerprint(self) -> dict: ...
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] from ``cbir.ingest.decode`` -> float32 [N, dim], L2-normalised."""
+        ...
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """-> float32 [N, dim], L2-normalised."""
+        ...
+
+
+def make_fingerprint(spec: ModelSpec, dim: int, preprocess: Preprocess) -> dict:
+    return {
+        "model": spec.arch,
+        "weights": spec.weights_id(),
+        "spec": spec.name,
+        "dim": dim,
+        "preprocess": asdict(preprocess),
+    }
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Two fingerprints describe vectors in the same space (the spec text may differ)."""
+    keys = ("model", "weights", "dim", "preprocess")
+    return all(_normalise(a.get(k)) == _normalise(b.get(k)) for k in keys)
+
+
+def _normalise(value):
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value

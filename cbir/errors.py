@@ -1,0 +1,47 @@
+"""Typed errors. Library code raises these; only the CLI turns them into a message and an exit code."""
+
+from __future__ import annotations
+
+
+class CbirError(Exception):
+    """Base class: a problem the user can act on. ``str(err)`` is a complete one-line message."""
+
+    exit_code = 1
+
+
+class UsageError(CbirError):
+    """A bad argument: wrong path, malformed query line, impossible option."""
+
+    exit_code = 2
+
+
+class LibraryNotFound(CbirError):
+    """No library exists where one was expected."""
+
+
+class EmptyLibrary(CbirError):
+    """The library exists but holds no images yet."""
+
+
+class LibraryLocked(CbirError):
+    """Another process is writing to the library."""
+
+
+class LibraryCorrupt(CbirError):
+    """The library's files cannot be read as a cbir library."""
+
+
+class ModelMismatch(CbirError):
+    """The library was built with a different model than the one requested."""
+
+
+class ModelLoadError(CbirError):
+    """A model could not be found, downloaded or loaded."""
+
+
+class DeviceError(CbirError):
+    """The requested compute device is not available."""
+
+
+class StorageError(CbirError):
+    """Writing to disk failed (disk full, permissions); what was committed before is kept."""

@@ -1,0 +1,1 @@
+"""FAISS indexes derived from the stored vectors (faiss is imported lazily)."""

@@ -1,0 +1,1 @@
+"""Ingest: scan a folder, decode images in parallel, encode in batches, persist, index."""

@@ -1,0 +1,214 @@
+"""Reading one image file: hash, metadata, decode and resize to model input. Runs in worker
+processes, so it imports no torch; the arithmetic matches open_clip's eval transform."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cbir.encode.spec import Preprocess
+
+SUPPORTED_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+# Refuse images above this many pixels before decoding them (decompression bombs). 2x Pillow's
+# default warning limit: ~179 MP, above any camera sold today.
+MAX_PIXELS = 2 * 89_478_485
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
+_DATETIME = 306
+_MAKE, _MODEL, _ORIENTATION = 271, 272, 274
+
+
+class BadImage(Exception):
+    """The file cannot be used; the message is the reason recorded for it."""
+
+
+@dataclass(frozen=True)
+class FileTask:
+    path: str  # relative to the root (what is stored)
+    abspath: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Decoded:
+    task: FileTask
+    content_hash: str = ""
+    pixels: np.ndarray | None = None  # uint8 [S, S, 3]; None when skipped or not needed
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    taken_at: datetime | None = None
+    camera: str | None = None
+    error: str | None = None
+    read_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
+    """Resize and crop an RGB image exactly as open_clip's eval transform does (torchvision
+    Resize + CenterCrop on PIL), returning uint8 [S, S, 3] for the device to normalise."""
+    size = pp.size
+    resample = Image.BILINEAR if pp.interpolation == "bilinear" else Image.BICUBIC
+    w, h = image.size
+    if pp.resize_mode == "squash":
+        return np.asarray(image.resize((size, size), resample))
+    if pp.resize_mode == "longest":
+        ratio = max(h / size, w / size)
+        nw, nh = round(w / ratio), round(h / ratio)
+        image = image.resize((nw, nh), resample)
+        canvas = Image.new("RGB", (size, size), (pp.fill_color,) * 3)
+        canvas.paste(image, (int(round((size - nw) / 2.0)), int(round((size - nh) / 2.0))))
+        return np.asarray(canvas)
+    # shortest side to `size` (torchvision truncates the long side), then a centre crop
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), resample)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def _exif_metadata(image: Image.Image) -> tuple[datetime | None, str | None, int]:
+    """(date taken, camera, orientation) from EXIF, each None/1 when absent or unreadable."""
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        make = str(exif.get(_MAKE) or "").strip("\x00 ")
+        model = str(exif.get(_MODEL) or "").strip("\x00 ")
+        orientation = int(exif.get(_ORIENTATION) or 1)
+    except Exception:  # broken EXIF never costs the image, only its metadata
+        return None, None, 1
+    taken = None
+    if raw:
+        try:
+            taken = datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+        except ValueError:
+            taken = None
+    camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}".strip()
+    return taken, camera or None, orientation
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale, don't clip
+        array = np.asarray(image.convert("I"), dtype=np.float64)
+        top = 65535.0 if array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS):
+    """Decode bytes to (model pixels, width, height, format, taken_at, camera) or raise BadImage."""
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            w, h = image.size
+            if w * h > max_pixels:
+                raise BadImage(
+                    f"refused: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,} limit "
+                    "(possible decompression bomb)"
+                )
+            fmt = (image.format or "unknown").lower()
+            taken, camera, orientation = _exif_metadata(image)
+            if fmt in ("jpeg", "mpo"):
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the model
+                # input: far less work for camera-size photos, and the result is downscaled anyway.
+                image.draft("RGB", (pp.size, pp.size))
+            image.load()  # first frame of animations
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:
+                pass  # a broken orientation tag: keep the pixels as stored
+            image = _to_rgb(image)
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"refused: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage(f"corrupt or truncated image: {e}") from None
+    except MemoryError:
+        raise BadImage("image too large to decode in memory") from None
+    if image.size[0] < 1 or image.size[1] < 1:
+        raise BadImage("image has no pixels")
+    if orientation in (5, 6, 7, 8):  # stored sideways: record the size as displayed
+        w, h = h, w
+    return to_model_pixels(image, pp), w, h, fmt, taken, camera
+
+
+def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pixels=MAX_PIXELS):
+    """Read, hash and (unless the content is already in the library) decode one file."""
+    result = Decoded(task)
+    start = time.perf_counter()
+    try:
+        with open(task.abspath, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        result.error = "vanished before it could be read"
+        return result
+    except OSError as e:
+        result.error = f"unreadable: {e.strerror or e}"
+        return result
+    result.content_hash = hashlib.sha256(data).hexdigest()
+    result.read_seconds = time.perf_counter() - start
+    if result.content_hash in known_hashes:
+        return result  # moved, renamed, copied or touched: the stored vector is reused
+    start = time.perf_counter()
+    try:
+        (
+            result.pixels,
+            result.width,
+            result.height,
+            result.format,
+            result.taken_at,
+            result.camera,
+        ) = open_image(data, pp, max_pixels)
+    except BadImage as e:
+        result.error = str(e)
+    result.decode_seconds = time.perf_counter() - start
+    return result
+
+
+def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Model pixels for an image given as a query; raises OSError or BadImage."""
+    with open(path, "rb") as f:
+        return open_image(f.read(), pp, max_pixels)[0]
+
+
+# -- worker-process entry points ---------------------------------------------------------------
+_worker: dict = {}
+
+
+def init_worker(pp: Preprocess, known_hashes: frozenset, max_pixels: int) -> None:
+    # Decoders are single-threaded per process; keep BLAS/OpenMP from oversubscribing cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _worker.update(pp=pp, known=known_hashes, max_pixels=max_pixels)
+
+
+def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
+    return [decode_file(t, _worker["pp"], _worker["known"], _worker["max_pixels"]) for t in tasks]

@@ -1,0 +1,261 @@
+"""The ingest pipeline: scan -> decode (worker processes) -> encode (batched) -> persist -> index.
+
+Every batch is committed to the database (metadata and vectors together) before the in-memory
+index sees it, so a run stopped at any moment resumes where it stopped on the next run."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections import defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from cbir.encode.spec import Encoder
+from cbir.errors import CbirError
+from cbir.index.flat import FlatIndex
+from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
+from cbir.ingest.scan import scan
+from cbir.store.catalog import Catalog, Changes, ImageRecord, StoredFile
+
+Progress = Callable[[int, int], None]  # (files done, files to do)
+
+CHUNK = 16  # files per task sent to a decode worker
+
+
+@dataclass
+class IngestReport:
+    root: Path
+    scanned: int = 0
+    added: int = 0  # new files encoded
+    updated: int = 0  # modified files re-encoded
+    moved: int = 0  # renamed or moved: the stored vector follows the file
+    copied: int = 0  # content already in the library: its vector is reused
+    touched: int = 0  # mtime changed, content did not
+    unchanged: int = 0
+    removed: int = 0  # files gone from disk, taken out of the library
+    skipped: int = 0  # files that could not be used in this run
+    skipped_total: int = 0  # all recorded skips in the library after the run
+    encoded: int = 0  # images that went through the model
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def images_per_second(self) -> float:
+        return self.encoded / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        data = {k: v for k, v in self.__dict__.items() if k != "timings"}
+        data["root"] = str(self.root)
+        data["images_per_second"] = round(self.images_per_second, 2)
+        data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return data
+
+
+class Timer:
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - start
+
+
+def decode_stream(
+    tasks: list[FileTask], encoder_pp, known: frozenset, workers: int
+) -> Iterator[Decoded]:
+    """Decoded files in input order. Worker processes decode ahead of the consumer, bounded to a
+    few chunks per worker so memory stays flat however slow encoding is."""
+    if workers <= 1 or len(tasks) <= 2 * CHUNK:
+        for task in tasks:
+            yield decode_file(task, encoder_pp, known, MAX_PIXELS)
+        return
+    chunks = (tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=_worker_context(),
+        initializer=init_worker,
+        initargs=(encoder_pp, known, MAX_PIXELS),
+    )
+    try:
+        inflight = deque(pool.submit(decode_chunk, c) for c in islice(chunks, 3 * workers))
+        while inflight:
+            try:
+                results = inflight.popleft().result()
+            except BrokenProcessPool:
+                raise CbirError(
+                    "a decode worker process died (out of memory, or a file crashed the image "
+                    "decoder); everything committed so far is kept: run the same command again"
+                ) from None
+            nxt = next(chunks, None)
+            if nxt is not None:
+                inflight.append(pool.submit(decode_chunk, nxt))
+            yield from results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _worker_context():
+    """fork on Linux, as torch's DataLoader does: workers start at once and a script needs no
+    ``if __name__ == "__main__"`` guard; they run only PIL/numpy, never torch. macOS and Windows
+    cannot fork safely and spawn instead."""
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def run_ingest(
+    catalog: Catalog,
+    index: FlatIndex,
+    encoder: Encoder,
+    root_id: int,
+    root: Path,
+    scope: str,
+    *,
+    batch_size: int,
+    workers: int,
+    progress: Progress | None = None,
+) -> IngestReport:
+    started = time.perf_counter()
+    report = IngestReport(root / scope if scope else root)
+    timer = Timer(report.timings)
+
+    with timer("scan"):
+        scanned = scan(root, scope)
+        stored = catalog.files_under(root_id, scope)
+        skips = catalog.skips_under(root_id, scope)
+        known = catalog.known_hashes()
+    report.scanned = len(scanned.files)
+
+    todo: list[FileTask] = []
+    for f in scanned.files:
+        mine = stored.get(f.path)
+        if mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
+            report.unchanged += 1
+        elif f.path in skips and skips[f.path] == (f.size, f.mtime_ns):
+            report.unchanged += 1  # a known bad file that has not changed: not retried
+        else:
+            todo.append(FileTask(f.path, str(root / f.path), f.size, f.mtime_ns))
+    seen = {f.path for f in scanned.files}
+    gone: dict[str, StoredFile] = {p: s for p, s in stored.items() if p not in seen}
+    gone_by_hash: dict[str, list[str]] = defaultdict(list)
+    for p, s in gone.items():
+        gone_by_hash[s.content_hash].append(p)
+
+    changes = Changes(root_id)
+    for path, reason in scanned.problems:
+        if path not in skips:
+            changes.skipped.append((path, 0, 0, reason))
+            report.skipped += 1
+    pending: list[Decoded] = []
+
+    def flush() -> None:
+        if pending:
+            with timer("encode"):
+                vectors = encoder.encode_images(np.stack([d.pixels for d in pending]))
+            report.encoded += len(pending)
+            for d, vector in zip(pending, vectors):
+                record = _record(d)
+                mine = stored.get(d.task.path)
+                if mine:
+                    changes.replaced.append((mine.id, record, vector))
+                    report.updated += 1
+                else:
+                    changes.added.append((record, vector))
+                    report.added += 1
+            pending.clear()
+        if len(changes):
+            with timer("persist"):
+                applied = catalog.apply(changes)
+            with timer("index"):
+                index.remove(applied.remove_ids)
+                index.add(applied.add_ids, applied.add_vectors)
+            changes.__init__(root_id)
+
+    done = 0
+    if progress:
+        progress(0, len(todo))
+    for d in decode_stream(todo, encoder.preprocess, frozenset(known), workers):
+        report.timings["read"] += d.read_seconds
+        report.timings["decode"] += d.decode_seconds
+        path = d.task.path
+        mine = stored.get(path)
+        if d.error:
+            changes.skipped.append((path, d.task.size, d.task.mtime_ns, d.error))
+            report.skipped += 1
+            if mine:  # it was a good image before and is broken now: its old vector is stale
+                changes.removed.append(mine.id)
+        else:
+            if path in skips:
+                changes.unskipped.append(path)
+            if d.pixels is not None:
+                pending.append(d)
+            elif mine and mine.content_hash == d.content_hash:
+                changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
+                report.touched += 1
+            else:
+                if mine:  # replaced by content the library already has elsewhere
+                    changes.removed.append(mine.id)
+                    report.updated += 1
+                candidates = gone_by_hash.get(d.content_hash)
+                if candidates:
+                    old = gone.pop(candidates.pop())
+                    changes.moved.append((old.id, _reuse(catalog, old.id, d)))
+                    report.moved += 1
+                else:
+                    source = known[d.content_hash]
+                    changes.copied.append((_reuse(catalog, source, d), source))
+                    report.copied += 1
+        done += 1
+        if len(pending) >= batch_size or len(changes) >= 1000:
+            flush()
+        if progress:
+            progress(done, len(todo))
+    flush()
+
+    changes.removed.extend(s.id for s in gone.values())
+    report.removed = len(gone)
+    problem_paths = {p for p, _ in scanned.problems}
+    changes.unskipped.extend(p for p in skips if p not in seen and p not in problem_paths)
+    flush()
+    report.skipped_total = len(catalog.skipped())
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _record(d: Decoded) -> ImageRecord:
+    return ImageRecord(
+        path=d.task.path,
+        size=d.task.size,
+        mtime_ns=d.task.mtime_ns,
+        content_hash=d.content_hash,
+        width=d.width,
+        height=d.height,
+        format=d.format,
+        taken_at=d.taken_at,
+        camera=d.camera,
+    )
+
+
+def _reuse(catalog: Catalog, image_id: int, d: Decoded) -> ImageRecord:
+    """The stored metadata of identical content, under the new file's path, size and mtime."""
+    return replace(
+        catalog.record_of(image_id), path=d.task.path, size=d.task.size, mtime_ns=d.task.mtime_ns
+    )
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,73 @@
+"""Walking a folder for image files: hidden entries skipped, symlinked folders followed once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbir.ingest.decode import SUPPORTED_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str  # relative to the root, POSIX separators
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    files: list[ScannedFile] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS
+
+
+def scan(root: Path, scope: str = "") -> ScanResult:
+    """Image files under ``root / scope`` (a folder or a single file)."""
+    result = ScanResult()
+    start = root / scope if scope else root
+    if start.is_file():
+        stat = start.stat()
+        result.files.append(ScannedFile(scope, stat.st_size, stat.st_mtime_ns))
+        return result
+    visited: set[tuple[int, int]] = set()
+    stack = [(start, scope)]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            stat = folder.stat()
+        except OSError as e:
+            result.problems.append((rel or ".", f"unreadable folder: {e.strerror}"))
+            continue
+        if (stat.st_dev, stat.st_ino) in visited:  # a symlink loop or a second link to a folder
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            result.problems.append((rel or ".", f"unreadable folder: {e.strerror}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                child.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes in a name cannot be stored as text
+                safe = child.encode("utf-8", "backslashreplace").decode("utf-8")
+                result.problems.append((safe, "file name is not valid UTF-8; rename it"))
+                continue
+            try:
+                if entry.is_dir():  # follows symlinks; loops are cut by `visited`
+                    stack.append((Path(entry.path), child))
+                elif is_image_name(entry.name) and entry.is_file():
+                    st = entry.stat()
+                    result.files.append(ScannedFile(child, st.st_size, st.st_mtime_ns))
+            except OSError as e:  # dangling symlink, vanished entry, permissions
+                if is_image_name(entry.name):
+                    result.problems.append((child, f"unreadable: {e.strerror}"))
+    return result

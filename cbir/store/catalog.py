@@ -1,0 +1,351 @@
+"""The catalogue: every read and write of a library's database goes through here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, insert, select, update
+
+from cbir.store.db import for_writing
+from cbir.store.models import Image, Meta, Root, Skipped, Vector
+
+VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes vectors
+MODEL = "model"  # the model fingerprint (JSON)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a search result or status shows about an image."""
+
+    id: int
+    path: Path  # absolute
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None
+    camera: str | None
+
+
+@dataclass
+class ImageRecord:
+    """A file's metadata as written by ingest."""
+
+    path: str  # relative to its root, POSIX separators
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None = None
+    camera: str | None = None
+
+    def columns(self) -> dict:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "content_hash": self.content_hash,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "taken_at": self.taken_at,
+            "camera": self.camera,
+        }
+
+
+@dataclass
+class Changes:
+    """One batch of ingest results, committed in a single transaction."""
+
+    root_id: int
+    added: list[tuple[ImageRecord, np.ndarray]] = field(default_factory=list)
+    replaced: list[tuple[int, ImageRecord, np.ndarray]] = field(default_factory=list)
+    copied: list[tuple[ImageRecord, int]] = field(default_factory=list)  # vector of image id
+    moved: list[tuple[int, ImageRecord]] = field(default_factory=list)
+    touched: list[tuple[int, int, int]] = field(default_factory=list)  # id, size, mtime_ns
+    removed: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, int, int, str]] = field(default_factory=list)  # path, size, mtime, why
+    unskipped: list[str] = field(default_factory=list)  # paths whose skip record is obsolete
+
+    def __len__(self) -> int:
+        return sum(
+            len(x)
+            for x in (
+                self.added,
+                self.replaced,
+                self.copied,
+                self.moved,
+                self.touched,
+                self.removed,
+                self.skipped,
+                self.unskipped,
+            )
+        )
+
+
+@dataclass
+class Applied:
+    """What a committed batch did to the vectors, for updating the in-memory index."""
+
+    add_ids: np.ndarray
+    add_vectors: np.ndarray
+    remove_ids: np.ndarray
+    version: int
+
+
+class Catalog:
+    def __init__(self, engine: Engine, dim: int | None = None):
+        self.engine = engine  # reads
+        self._writer = for_writing(engine)  # write transactions: BEGIN IMMEDIATE
+        self.dim = dim
+
+    # -- meta --------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(Meta.value).where(Meta.key == key)).scalar_one_or_none()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._writer.begin() as c:
+            self._put_meta(c, key, value)
+
+    @staticmethod
+    def _put_meta(c, key: str, value: str) -> None:
+        if c.execute(select(Meta.key).where(Meta.key == key)).first():
+            c.execute(update(Meta).where(Meta.key == key).values(value=value))
+        else:
+            c.execute(insert(Meta).values(key=key, value=value))
+
+    def model_fingerprint(self) -> dict | None:
+        raw = self.get_meta(MODEL)
+        return json.loads(raw) if raw else None
+
+    def vector_version(self) -> int:
+        return int(self.get_meta(VECTOR_VERSION) or 0)
+
+    # -- roots -------------------------------------------------------------------------------
+    def roots(self) -> dict[int, Path]:
+        with self.engine.connect() as c:
+            return {i: Path(p) for i, p in c.execute(select(Root.id, Root.path))}
+
+    def root_for(self, path: Path) -> tuple[int, str]:
+        """The root a path belongs to and the path's scope inside it; a new root if none holds it."""
+        for root_id, root in self.roots().items():
+            if path == root or root in path.parents:
+                return root_id, path.relative_to(root).as_posix() if path != root else ""
+        with self._writer.begin() as c:
+            root_id = c.execute(insert(Root).values(path=str(path))).inserted_primary_key[0]
+            # Roots inside the new one become part of it, so no file is held twice.
+            for old_id, old in c.execute(select(Root.id, Root.path)).all():
+                old = Path(old)
+                if path in old.parents:
+                    prefix = old.relative_to(path).as_posix() + "/"
+                    for table in (Image, Skipped):
+                        c.execute(
+                            update(table)
+                            .where(table.root_id == old_id)
+                            .values(root_id=root_id, path=prefix + table.path)
+                        )
+                    c.execute(delete(Root).where(Root.id == old_id))
+        return root_id, ""
+
+    # -- what is stored under a scope ---------------------------------------------------------
+    @staticmethod
+    def _in_scope(column, scope: str):
+        if not scope:
+            return True
+        return (column == scope) | (func.substr(column, 1, len(scope) + 1) == scope + "/")
+
+    def files_under(self, root_id: int, scope: str = "") -> dict[str, StoredFile]:
+        query = select(Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash).where(
+            Image.root_id == root_id, self._in_scope(Image.path, scope)
+        )
+        with self.engine.connect() as c:
+            return {row[0]: StoredFile(*row[1:]) for row in c.execute(query)}
+
+    def skips_under(self, root_id: int, scope: str = "") -> dict[str, tuple[int, int]]:
+        query = select(Skipped.path, Skipped.size, Skipped.mtime_ns).where(
+            Skipped.root_id == root_id, self._in_scope(Skipped.path, scope)
+        )
+        with self.engine.connect() as c:
+            return {p: (s, m) for p, s, m in c.execute(query)}
+
+    def known_hashes(self) -> dict[str, int]:
+        """content hash -> one image id holding it."""
+        with self.engine.connect() as c:
+            return {h: i for h, i in c.execute(select(Image.content_hash, Image.id))}
+
+    def record_of(self, image_id: int) -> ImageRecord:
+        with self.engine.connect() as c:
+            row = c.execute(select(Image).where(Image.id == image_id)).mappings().one()
+        return ImageRecord(**{k: row[k] for k in ImageRecord.__dataclass_fields__})
+
+    # -- writing -----------------------------------------------------------------------------
+    def apply(self, changes: Changes) -> Applied:
+        """Commit a batch atomically and bump the vector version if vectors changed."""
+        add_ids: list[int] = []
+        add_vectors: list[np.ndarray] = []
+        remove_ids: list[int] = list(changes.removed)
+        now = _now()
+        with self._writer.begin() as c:
+            # Read the vectors to copy before anything is deleted, then delete before inserting
+            # so a path freed in this batch can be taken again in the same batch.
+            copies = [
+                (record, c.execute(select(Vector.vector).where(Vector.image_id == src)).scalar_one())
+                for record, src in changes.copied
+            ]
+            for i in range(0, len(changes.removed), 10_000):  # SQLite caps bound parameters
+                chunk = changes.removed[i : i + 10_000]
+                c.execute(delete(Vector).where(Vector.image_id.in_(chunk)))
+                c.execute(delete(Image).where(Image.id.in_(chunk)))
+            for image_id, record in changes.moved:
+                c.execute(
+                    update(Image)
+                    .where(Image.id == image_id)
+                    .values(root_id=changes.root_id, **record.columns())
+                )
+            for image_id, size, mtime_ns in changes.touched:
+                c.execute(update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns))
+            for image_id, record, vector in changes.replaced:
+                c.execute(update(Image).where(Image.id == image_id).values(**record.columns()))
+                c.execute(
+                    update(Vector).where(Vector.image_id == image_id).values(vector=_to_blob(vector))
+                )
+                remove_ids.append(image_id)
+                add_ids.append(image_id)
+                add_vectors.append(vector)
+            new_rows = [(r, _to_blob(v), v) for r, v in changes.added]
+            new_rows += [(r, blob, _from_blob(blob)) for r, blob in copies]
+            for record, blob, vector in new_rows:
+                image_id = c.execute(
+                    insert(Image).values(root_id=changes.root_id, added_at=now, **record.columns())
+                ).inserted_primary_key[0]
+                c.execute(insert(Vector).values(image_id=image_id, vector=blob))
+                add_ids.append(image_id)
+                add_vectors.append(vector)
+            stale_skips = [p for p, *_ in changes.skipped] + changes.unskipped
+            if stale_skips:
+                c.execute(
+                    delete(Skipped).where(
+                        Skipped.root_id == changes.root_id, Skipped.path.in_(stale_skips)
+                    )
+                )
+            for path, size, mtime_ns, reason in changes.skipped:
+                c.execute(
+                    insert(Skipped).values(
+                        root_id=changes.root_id,
+                        path=path,
+                        size=size,
+                        mtime_ns=mtime_ns,
+                        reason=reason,
+                        recorded_at=now,
+                    )
+                )
+            version = int(
+                c.execute(select(Meta.value).where(Meta.key == VECTOR_VERSION)).scalar_one_or_none()
+                or 0
+            )
+            if add_ids or remove_ids:
+                version += 1
+                self._put_meta(c, VECTOR_VERSION, str(version))
+        dim = self.dim or (len(add_vectors[0]) if add_vectors else 0)
+        return Applied(
+            add_ids=np.asarray(add_ids, dtype=np.int64),
+            add_vectors=(
+                np.stack(add_vectors).astype(np.float32)
+                if add_vectors
+                else np.zeros((0, dim), np.float32)
+            ),
+            remove_ids=np.asarray(remove_ids, dtype=np.int64),
+            version=version,
+        )
+
+    # -- reading for search and status ---------------------------------------------------------
+    def iter_vectors(self, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All stored vectors in id order, in chunks of (ids, float32 matrix)."""
+        last = -1
+        while True:
+            with self.engine.connect() as c:
+                rows = c.execute(
+                    select(Vector.image_id, Vector.vector)
+                    .where(Vector.image_id > last)
+                    .order_by(Vector.image_id)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.stack([_from_blob(r[1]) for r in rows])
+            last = int(ids[-1])
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        roots = self.roots()
+        query = select(
+            Image.id,
+            Image.root_id,
+            Image.path,
+            Image.width,
+            Image.height,
+            Image.format,
+            Image.taken_at,
+            Image.camera,
+        ).where(Image.id.in_(ids))
+        with self.engine.connect() as c:
+            return {
+                r.id: ImageInfo(
+                    id=r.id,
+                    path=roots[r.root_id] / r.path,
+                    width=r.width,
+                    height=r.height,
+                    format=r.format,
+                    taken_at=r.taken_at,
+                    camera=r.camera,
+                )
+                for r in c.execute(query)
+            }
+
+    def count_images(self) -> int:
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).select_from(Image)).scalar_one()
+
+    def count_vectors(self) -> int:
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).select_from(Vector)).scalar_one()
+
+    def skipped(self) -> list[tuple[Path, str]]:
+        roots = self.roots()
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(Skipped.root_id, Skipped.path, Skipped.reason).order_by(
+                    Skipped.root_id, Skipped.path
+                )
+            ).all()
+        return [(roots[r] / p, reason) for r, p, reason in rows]
+
+
+def _to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)

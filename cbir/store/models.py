@@ -1,0 +1,81 @@
+"""SQLAlchemy models. The schema changes only through Alembic revisions in migrations/."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Library-wide facts: the model fingerprint, the vector version the index must match."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Root(Base):
+    """A scanned folder. Image paths are stored relative to it, so photos and library can move."""
+
+    __tablename__ = "roots"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    # AUTOINCREMENT: an id is never reused, so a stale index can never point at a different image.
+    __table_args__ = (UniqueConstraint("root_id", "path"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16), index=True)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    camera: Mapped[str | None] = mapped_column(String(128), index=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Vector(Base):
+    """The L2-normalised embedding of an image (float32 bytes): the source of truth for indexes."""
+
+    __tablename__ = "vectors"
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Skipped(Base):
+    """A file that could not be ingested, with the reason; retried only once it changes."""
+
+    __tablename__ = "skipped"
+    __table_args__ = (UniqueConstraint("root_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime)

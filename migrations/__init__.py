@@ -1,0 +1,1 @@
+"""Alembic migrations for a cbir library; installed as the package ``cbir.migrations``."""

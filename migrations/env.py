@@ -1,0 +1,42 @@
+"""Alembic environment. cbir passes an open connection; the alembic CLI passes -x library=PATH."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from cbir.store.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:  # called by cbir.store.db.migrate
+        _run(connection)
+        return
+    if config.config_file_name is not None:
+        fileConfig(config.config_file_name)
+    from cbir.store.db import create_db_engine, library_db_path
+    from pathlib import Path
+
+    library = context.get_x_argument(as_dictionary=True).get("library")
+    if not library:
+        raise SystemExit("pass the library folder: alembic -x library=PATH ...")
+    engine = create_db_engine(library_db_path(Path(library)))
+    with engine.connect() as connection:
+        _run(connection)
+
+
+def _run(connection) -> None:
+    # render_as_batch: SQLite can only alter tables by copying them; batch mode does that.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (SQL script) mode is not supported for cbir libraries")
+run_migrations_online()
