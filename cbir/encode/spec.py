@@ -92,14 +92,14 @@ def parse_model_spec(text: str) -> ModelSpec:
     if text.startswith("hf-hub:"):
         return ModelSpec(text, None)
     arch, sep, pretrained = text.partition(":")
+    if pretrained.lower() == "none":
+        return ModelSpec(arch, None)
     if arch in BUNDLED_MODELS:
         if sep and pretrained not in ("", BUNDLED):  # e.g. a fine-tuned checkpoint of it
             return ModelSpec(arch, str(Path(pretrained).expanduser().absolute()))
         return ModelSpec(arch, BUNDLED)
     if not sep or not pretrained:
         return ModelSpec(arch, default_pretrained(arch))
-    if pretrained.lower() == "none":
-        return ModelSpec(arch, None)
     if _looks_like_path(pretrained):  # absolute, so the library finds it from any directory
         pretrained = str(Path(pretrained).expanduser().absolute())
     return ModelSpec(arch, pretrained)

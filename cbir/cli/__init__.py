@@ -1,0 +1,103 @@
+"""The ``cbir`` command: click commands over the Library API. Domain errors become one-line
+messages here and nowhere else; ``--debug`` (or CBIR_DEBUG=1) shows the traceback instead.
+Heavy modules (torch, open_clip, faiss) are imported inside commands, so ``cbir --help`` is
+instant."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from cbir import __version__
+from cbir.errors import CbirError
+
+DEBUG_KEY = "cbir.debug"
+
+
+def _set_debug(ctx: click.Context, _param, value: bool) -> bool:
+    if value:
+        ctx.meta[DEBUG_KEY] = True
+    return value
+
+
+class CbirGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except CbirError as e:
+            if _debugging(ctx):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            if _debugging(ctx):
+                raise
+            click.echo("Interrupted: what was committed is kept; run the command again to continue.", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            if _debugging(ctx):
+                raise
+            click.echo(f"Error: unexpected {type(e).__name__}: {e} (run with --debug for details)", err=True)
+            ctx.exit(1)
+
+
+def _debugging(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get(DEBUG_KEY)) or os.environ.get("CBIR_DEBUG", "") not in ("", "0")
+
+
+debug_option = click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show full tracebacks instead of one-line errors.",
+)
+
+
+def library_options(f):
+    """--library, --model, --device (each also settable through CBIR_* variables)."""
+    f = click.option(
+        "--device",
+        metavar="auto|cpu|cuda",
+        help="Where the model runs; auto picks CUDA when present. [env: CBIR_DEVICE]",
+    )(f)
+    f = click.option(
+        "--model",
+        metavar="NAME",
+        help="Model for a new library, e.g. cbir-tiny or ViT-B-32:laion2b_s34b_b79k "
+        "(see `cbir models`); an existing library keeps its own. [env: CBIR_MODEL]",
+    )(f)
+    f = click.option(
+        "--library",
+        "library",
+        metavar="PATH",
+        help="Library folder (default: indexes/default in a checkout, else the user data "
+        "folder). [env: CBIR_LIBRARY]",
+    )(f)
+    return debug_option(f)
+
+
+@click.group(cls=CbirGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cbir")
+@debug_option
+def cli():
+    """cbir: search your photos by what they show, or by an example picture.
+
+    \b
+      cbir ingest ~/Pictures                 add a folder (new, changed, moved, deleted files)
+      cbir search "two dogs in a frosty field"
+      cbir search --image holiday.jpg        find similar pictures
+      cbir status                            what the library holds
+      cbir demo                              see it work on a generated library
+    """
+
+
+def main() -> None:
+    cli(prog_name="cbir")
+
+
+from cbir.cli import commands as _commands  # noqa: E402,F401  (registers the commands)

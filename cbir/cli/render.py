@@ -1,0 +1,70 @@
+"""Turning results into terminal text or JSON Lines."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+def hits_table(hits) -> str:
+    if not hits:
+        return "  (no results)"
+    lines = [f"{'rank':>4}  {'score':>6}  path"]
+    lines += [f"{h.rank:>4}  {h.score:>6.3f}  {h.path}" for h in hits]
+    return "\n".join(lines)
+
+
+def ingest_summary(report) -> str:
+    parts = [f"{report.added} new"]
+    for count, label in (
+        (report.updated, "updated"),
+        (report.moved, "moved"),
+        (report.copied, "duplicates"),
+        (report.touched, "touched"),
+        (report.removed, "removed"),
+    ):
+        if count:
+            parts.append(f"{count} {label}")
+    parts.append(f"{report.unchanged} unchanged")
+    parts.append(f"{report.skipped} skipped")
+    speed = f" ({report.images_per_second:.1f} images/s)" if report.encoded else ""
+    line = (
+        f"{report.root}: {', '.join(parts)}; {report.encoded} encoded in "
+        f"{report.seconds:.1f} s{speed}"
+    )
+    if report.skipped:
+        line += "\nSkipped files and reasons: cbir status --skipped"
+    return line
+
+
+def status_text(status) -> str:
+    fp = status.fingerprint
+    model = f"{status.model} ({fp['weights']}, {fp['dim']}-d)" if fp else status.model
+    index_state = "up to date" if status.index_current else "stale: rebuilt on next use"
+    lines = [
+        f"library   {status.library}",
+        f"model     {model}",
+        f"images    {status.images}",
+        f"skipped   {status.skipped}" + ("  (list: cbir status --skipped)" if status.skipped else ""),
+        f"index     {status.index_type}, {status.index_vectors} vectors, "
+        f"{human_bytes(status.index_bytes)}, {index_state}",
+        f"database  {human_bytes(status.database_bytes)}",
+    ]
+    if status.skipped_files:
+        lines.append("")
+        lines += [f"{path}: {reason}" for path, reason in status.skipped_files]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The demo: a small synthetic photo library that the bundled cbir-tiny model understands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cbir.synthetic import Scene, random_scene, render
+
+DEMO_MODEL = "cbir-tiny"
+DEMO_SEED = 7  # the training and evaluation galleries use other seeds
+# (folder, first date taken, camera make, camera model); "scans" have no EXIF.
+EVENTS = [
+    ("2019/beach", datetime(2019, 7, 14, 10, 0), "Google", "Pixel 3"),
+    ("2019/winter", datetime(2019, 12, 28, 14, 30), "Google", "Pixel 3"),
+    ("2021/birthday", datetime(2021, 5, 2, 18, 0), "Canon", "Canon EOS R6"),
+    ("2023/garden", datetime(2023, 8, 19, 9, 15), "Apple", "iPhone 14"),
+    ("scans", None, None, None),
+]
+SIZES = [(640, 480), (480, 640), (800, 600), (512, 512)]
+FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+QUERIES = [
+    "a red circle on a gray background",
+    "a yellow star on a cyan background",
+    "a blue triangle on a pink background",
+    "a white square on a brown background",
+]
+
+
+@dataclass(frozen=True)
+class DemoPhoto:
+    path: Path
+    scene: Scene
+
+
+def scene_of(path: Path) -> str:
+    """The scene a demo photo shows, from its name: ``red-circle-on-gray``."""
+    return path.stem.rsplit("-", 1)[0]
+
+
+def slug(scene: Scene) -> str:
+    return f"{scene.colour}-{scene.shape}-on-{scene.background}"
+
+
+def make_demo_photos(folder: Path, n: int = 160, seed: int = DEMO_SEED) -> list[DemoPhoto]:
+    """Write ``n`` photos in dated folders as JPEG, PNG and WebP with EXIF date and camera, plus
+    one broken file, which ingest records as skipped. Existing files are left as they are."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for i in range(n):
+        scene = random_scene(rng)
+        width, height = SIZES[int(rng.integers(len(SIZES)))]
+        image = render(scene, rng, (width, height))
+        sub, start, make, model = EVENTS[i % len(EVENTS)]
+        ext, fmt = FORMATS[i % len(FORMATS)]
+        path = folder / sub / f"{slug(scene)}-{i:03d}.{ext}"
+        photos.append(DemoPhoto(path, scene))
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        exif = Image.Exif()
+        if start is not None:
+            taken = (start + timedelta(minutes=7 * i)).strftime("%Y:%m:%d %H:%M:%S")
+            exif[271], exif[272], exif[306] = make, model, taken
+            exif.get_ifd(0x8769)[36867] = taken
+        image.save(path, fmt, exif=exif.tobytes(), **({"quality": 90} if fmt != "PNG" else {}))
+    broken = folder / "scans" / "broken-scan.jpg"
+    if not broken.exists():
+        broken.parent.mkdir(parents=True, exist_ok=True)
+        broken.write_bytes(b"\xff\xd8\xff\xe0 this scan was cut off")
+    return photos

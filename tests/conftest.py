@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.config import resolve_settings
+from cbir.encode.fake import FakeEncoder
+from cbir.engine import Library
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path):
+    """No test sees the developer's CBIR_* settings or writes into the checkout's indexes/."""
+    for var in list(os.environ):
+        if var.startswith("CBIR_"):
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+
+
+def write_image(path: Path, seed: int = 0, size=(64, 48), fmt: str | None = None, **save) -> Path:
+    """A random-pixel image (each seed a different picture)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, fmt, **save)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """20 distinct small images in nested folders."""
+    root = tmp_path / "photos"
+    for i in range(20):
+        write_image(root / ("a" if i % 2 else "b/c") / f"img{i:02d}.jpg", seed=i)
+    return root
+
+
+@pytest.fixture
+def fake_library(tmp_path):
+    """A new library on the deterministic fake encoder (no model, no torch)."""
+
+    def make(name: str = "lib", encoder: FakeEncoder | None = None, **options) -> Library:
+        settings = resolve_settings(library=tmp_path / name, workers=1, **options)
+        return Library.open(settings, create=True, encoder=encoder or FakeEncoder())
+
+    return make
+
+
+def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=None, timeout=300):
+    """The real console entry point in a subprocess, as a user runs it."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cbir", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        cwd=cwd,
+        timeout=timeout,
+    )
