@@ -70,7 +70,7 @@ def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
         nw, nh = round(w / ratio), round(h / ratio)
         image = image.resize((nw, nh), resample)
         canvas = Image.new("RGB", (size, size), (pp.fill_color,) * 3)
-        canvas.paste(image, (int(round((size - nw) / 2.0)), int(round((size - nh) / 2.0))))
+        canvas.paste(image, ((size - nw) // 2, (size - nh) // 2))  # as open_clip pads
         return np.asarray(canvas)
     # shortest side to `size` (torchvision truncates the long side), then a centre crop
     if w <= h:
