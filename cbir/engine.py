@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from cbir.config import Settings, resolve_settings
-from cbir.encode.spec import Encoder, ModelSpec, make_fingerprint, parse_model_spec, same_model
+from cbir.encode.spec import Encoder, parse_model_spec, same_model
 from cbir.errors import (
     CbirError,
     EmptyLibrary,
@@ -29,25 +29,12 @@ from cbir.errors import (
     UsageError,
 )
 from cbir.fsutil import writer_lock
+from cbir.query import Query
 from cbir.store.catalog import MODEL, Catalog, ImageInfo
 from cbir.store.db import create_db_engine, current_revision, head_revision, library_db_path, migrate
 
 INDEX_DIR = "index"
 TEXT_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Query:
-    """One search: a text, or an image file (exactly one of them)."""
-
-    text: str | None = None
-    image: Path | None = None
-
-    def __post_init__(self):
-        if (self.text is None) == (self.image is None):
-            raise UsageError("a query needs either a text or an image, not both")
-        if self.text is not None and not self.text.strip():
-            raise UsageError("empty query text")
 
 
 @dataclass(frozen=True)
@@ -308,15 +295,11 @@ class Library:
             self._index = self._load_index(writer=False)
         scores, ids = self._index.search(vectors, min(k, max(self._index.ntotal, 1)))
         infos = self.catalog.images(np.unique(ids[ids >= 0]))
-        return [
-            [
-                _hit(rank, float(s), infos[int(i)])
-                for rank, (s, i) in enumerate(
-                    ((s, i) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) in infos), 1
-                )
-            ]
-            for row_scores, row_ids in zip(scores, ids)
-        ]
+        results = []
+        for row_scores, row_ids in zip(scores, ids):
+            found = [(float(s), infos[int(i)]) for s, i in zip(row_scores, row_ids) if int(i) in infos]
+            results.append([_hit(rank, s, info) for rank, (s, info) in enumerate(found, 1)])
+        return results
 
     def embed_queries(self, queries: list[Query]) -> np.ndarray:
         from cbir.ingest.decode import BadImage, read_query_image
