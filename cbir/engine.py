@@ -38,16 +38,11 @@ TEXT_BATCH = 256
 
 
 @dataclass(frozen=True)
-class Hit:
-    rank: int  # 1-based
-    score: float  # cosine similarity
-    id: int
-    path: Path  # absolute
-    width: int
-    height: int
-    format: str
-    taken_at: datetime | None
-    camera: str | None
+class Hit(ImageInfo):
+    """A search result: the image's stored facts plus its rank (1-based) and cosine score."""
+
+    rank: int = 0
+    score: float = 0.0
 
     def as_dict(self) -> dict:
         return {
@@ -353,17 +348,7 @@ class Library:
 
 
 def _hit(rank: int, score: float, info: ImageInfo) -> Hit:
-    return Hit(
-        rank=rank,
-        score=score,
-        id=info.id,
-        path=info.path,
-        width=info.width,
-        height=info.height,
-        format=info.format,
-        taken_at=info.taken_at,
-        camera=info.camera,
-    )
+    return Hit(rank=rank, score=score, **info.__dict__)
 
 
 def _database_error(e: OperationalError, library: Path) -> CbirError:
