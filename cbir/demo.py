@@ -23,12 +23,14 @@ EVENTS = [
 ]
 SIZES = [(640, 480), (480, 640), (800, 600), (512, 512)]
 FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
-QUERIES = [
-    "a red circle on a gray background",
-    "a yellow star on a cyan background",
-    "a blue triangle on a pink background",
-    "a white square on a brown background",
+# Example searches; the first photos show these scenes three times each, so each has answers.
+QUERY_SCENES = [
+    Scene("red", "circle", "gray"),
+    Scene("yellow", "star", "cyan"),
+    Scene("blue", "triangle", "pink"),
+    Scene("white", "square", "brown"),
 ]
+QUERIES = [scene.caption for scene in QUERY_SCENES]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def make_demo_photos(folder: Path, n: int = 160, seed: int = DEMO_SEED) -> list[
     photos = []
     for i in range(n):
         scene = random_scene(rng)
+        if i < 3 * len(QUERY_SCENES):
+            scene = QUERY_SCENES[i % len(QUERY_SCENES)]
         width, height = SIZES[int(rng.integers(len(SIZES)))]
         image = render(scene, rng, (width, height))
         sub, start, make, model = EVENTS[i % len(EVENTS)]

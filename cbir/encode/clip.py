@@ -90,7 +90,7 @@ class OpenClipEncoder:
 
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels))
+        batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
         if self.device.startswith("cuda"):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         # uint8 NHWC -> normalised float NCHW, on the device (4x less to copy than floats)
