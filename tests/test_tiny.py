@@ -115,3 +115,19 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
     clean.ingest(photos)
     for query in ("a red circle on a gray background", "a white star on a cyan background"):
         assert [h.path for h in lib.search(query, k=10)] == [h.path for h in clean.search(query, k=10)]
+
+
+def test_a_local_checkpoint_loads_through_the_same_path(gallery, tmp_path):
+    """The bundled weights copied elsewhere are a local checkpoint: same fingerprint, same answers."""
+    import shutil
+
+    from cbir.encode.tiny import WEIGHTS
+
+    base, pairs, lib = gallery
+    copy = tmp_path / "my-tiny.pt"
+    shutil.copy(WEIGHTS, copy)
+    settings = resolve_settings(library=base / "lib", model=f"cbir-tiny:{copy}", env={})
+    with Library.open(settings) as other:
+        query = "a green square on a pink background"
+        assert [h.id for h in other.search(query, k=5)] == [h.id for h in lib.search(query, k=5)]
+        assert other.encoder.spec.pretrained == str(copy)

@@ -5,6 +5,7 @@ instant."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import click
@@ -18,6 +19,8 @@ DEBUG_KEY = "cbir.debug"
 def _set_debug(ctx: click.Context, _param, value: bool) -> bool:
     if value:
         ctx.meta[DEBUG_KEY] = True
+        logging.disable(logging.NOTSET)
+        logging.getLogger().setLevel(logging.INFO)
     return value
 
 
@@ -94,6 +97,11 @@ def cli():
       cbir status                            what the library holds
       cbir demo                              see it work on a generated library
     """
+    # Libraries below (open_clip, huggingface_hub) log retries and warnings through handlers of
+    # their own; the one-line error says what matters. --debug shows their logs.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not _debugging(click.get_current_context()):
+        logging.disable(logging.CRITICAL)
 
 
 def main() -> None:
