@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
@@ -222,7 +221,6 @@ class Library:
     def ingest(self, path: str | Path, *, progress=None):
         """Add a folder (or one image) to the library: new files are encoded, changed ones
         re-encoded, moved ones followed, deleted ones removed; bad files are recorded as skipped."""
-        from cbir.index.flat import FlatIndex
         from cbir.ingest.pipeline import default_workers, run_ingest
 
         target = Path(path).expanduser()
