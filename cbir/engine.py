@@ -194,6 +194,7 @@ class Library:
         index = FlatIndex.load(self.index_dir, dim, version)
         if index is None:
             index = FlatIndex.build(dim, self.catalog.iter_vectors())
+            index.vector_version = version
             if writer:
                 index.save(self.index_dir, version)
             else:
@@ -254,10 +255,11 @@ class Library:
             except OperationalError as e:
                 raise _database_error(e, self.path) from e
             finally:
-                # The in-memory index holds exactly the committed batches: save it even when the
-                # run was interrupted, so the next search needs no rebuild.
+                # Save what the in-memory index holds, labelled with the version it reflects,
+                # even when the run was interrupted: a batch committed but not yet indexed
+                # leaves it stale, and a stale index is rebuilt on the next open.
                 try:
-                    index.save(self.index_dir, self.catalog.vector_version())
+                    index.save(self.index_dir, index.vector_version)
                 except (CbirError, OperationalError):
                     pass  # a stale index is detected and rebuilt on the next open
             self._index = index

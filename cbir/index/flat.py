@@ -41,6 +41,8 @@ class FlatIndex:
 
         self.dim = dim
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # The database vector version this index reflects; whoever changes the index updates it.
+        self.vector_version: int | None = None
 
     @classmethod
     def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> "FlatIndex":
@@ -63,7 +65,9 @@ class FlatIndex:
             return None
         if index.ntotal != manifest.count or index.d != dim:
             return None
-        return cls(dim, index)
+        loaded = cls(dim, index)
+        loaded.vector_version = vector_version
+        return loaded
 
     def save(self, folder: Path, vector_version: int) -> None:
         import faiss

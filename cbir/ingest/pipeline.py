@@ -183,6 +183,7 @@ def run_ingest(
             with timer("index"):
                 index.remove(applied.remove_ids)
                 index.add(applied.add_ids, applied.add_vectors)
+                index.vector_version = applied.version
             changes.__init__(root_id)
 
     done = 0
