@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import signal
@@ -131,3 +132,28 @@ def test_a_local_checkpoint_loads_through_the_same_path(gallery, tmp_path):
         query = "a green square on a pink background"
         assert [h.id for h in other.search(query, k=5)] == [h.id for h in lib.search(query, k=5)]
         assert other.encoder.spec.pretrained == str(copy)
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
+    photos = tmp_path / "photos"
+    make_gallery(photos, 160, seed=EVAL_SEED + 3)
+    library = tmp_path / "lib"
+    cmd = [sys.executable, "-m", "cbir", "ingest", str(photos), "--library", str(library),
+           "--model", "cbir-tiny", "--batch-size", "4", "--workers", "1", "-q"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and _count(library / "library.db") < 8 and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    done = _count(library / "library.db")
+    assert 0 < done < 160
+    result = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["unchanged"] == done and report["added"] == 160 - done
