@@ -202,7 +202,7 @@ class Library:
                     with writer_lock(self.path):
                         if self.catalog.vector_version() == version:
                             index.save(self.index_dir, version)
-                except (LibraryLocked, StorageError):
+                except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
         return index
 
@@ -325,7 +325,6 @@ class Library:
         fingerprint = self.fingerprint or {}
         manifest = Manifest.read(self.index_dir)
         index_file = self.index_dir / INDEX_FILE
-        skipped = self.catalog.skipped()
         db_bytes = sum(
             p.stat().st_size
             for p in self.path.glob(library_db_path(self.path).name + "*")
@@ -336,14 +335,14 @@ class Library:
             model=fingerprint.get("spec", "(none yet)"),
             fingerprint=fingerprint,
             images=self.catalog.count_images(),
-            skipped=len(skipped),
+            skipped=self.catalog.count_skipped(),
             index_type=manifest.type if manifest else INDEX_TYPE,
             index_vectors=manifest.count if manifest else 0,
             index_bytes=index_file.stat().st_size if index_file.exists() else 0,
             index_current=bool(manifest)
             and manifest.vector_version == self.catalog.vector_version(),
             database_bytes=db_bytes,
-            skipped_files=skipped if with_skipped else [],
+            skipped_files=self.catalog.skipped() if with_skipped else [],
         )
 
 

@@ -232,7 +232,7 @@ def run_ingest(
     problem_paths = {p for p, _ in scanned.problems}
     changes.unskipped.extend(p for p in skips if p not in seen and p not in problem_paths)
     flush()
-    report.skipped_total = len(catalog.skipped())
+    report.skipped_total = catalog.count_skipped()
     report.seconds = time.perf_counter() - started
     return report
 

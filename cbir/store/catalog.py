@@ -332,6 +332,10 @@ class Catalog:
         with self.engine.connect() as c:
             return c.execute(select(func.count()).select_from(Vector)).scalar_one()
 
+    def count_skipped(self) -> int:
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).select_from(Skipped)).scalar_one()
+
     def skipped(self) -> list[tuple[Path, str]]:
         roots = self.roots()
         with self.engine.connect() as c:
