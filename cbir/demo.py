@@ -30,7 +30,6 @@ QUERY_SCENES = [
     Scene("blue", "triangle", "pink"),
     Scene("white", "square", "brown"),
 ]
-QUERIES = [scene.caption for scene in QUERY_SCENES]
 
 
 @dataclass(frozen=True)

@@ -193,15 +193,14 @@ class Library:
         version = self.catalog.vector_version()
         index = FlatIndex.load(self.index_dir, dim, version)
         if index is None:
-            index = FlatIndex.build(dim, self.catalog.iter_vectors())
-            index.vector_version = version
+            index = FlatIndex.build(dim, self.catalog.iter_vectors(), version)
             if writer:
-                index.save(self.index_dir, version)
+                index.save(self.index_dir)
             else:
                 try:
                     with writer_lock(self.path):
                         if self.catalog.vector_version() == version:
-                            index.save(self.index_dir, version)
+                            index.save(self.index_dir)
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
         return index
@@ -213,8 +212,8 @@ class Library:
         self._require_images()
         with writer_lock(self.path):
             version = self.catalog.vector_version()
-            index = FlatIndex.build(self.catalog.dim, self.catalog.iter_vectors())
-            index.save(self.index_dir, version)
+            index = FlatIndex.build(self.catalog.dim, self.catalog.iter_vectors(), version)
+            index.save(self.index_dir)
         self._index = index
         return index.ntotal
 
@@ -259,7 +258,7 @@ class Library:
                 # even when the run was interrupted: a batch committed but not yet indexed
                 # leaves it stale, and a stale index is rebuilt on the next open.
                 try:
-                    index.save(self.index_dir, index.vector_version)
+                    index.save(self.index_dir)
                 except (CbirError, OperationalError):
                     pass  # a stale index is detected and rebuilt on the next open
             self._index = index

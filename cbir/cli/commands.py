@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cbir.cli import cli, debug_option, library_options
-from cbir.cli.render import echo_json, hits_table, ingest_summary, status_text
+from cbir.cli.render import echo_json, hits_table, ingest_summary, query_label, status_text
 from cbir.config import resolve_settings
 from cbir.errors import UsageError
 
@@ -19,11 +19,19 @@ def _open(create=False, **options):
 
 
 class _Progress:
-    """A tqdm bar fed by the pipeline's (done, total) callback; silent when not a terminal."""
+    """A tqdm bar fed by the pipeline's (done, total) callback; silent when not a terminal.
+    Used as a context manager so the bar is closed however the run ends."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or total == 0:
@@ -33,10 +41,6 @@ class _Progress:
 
             self.bar = tqdm(total=total, unit="img", desc="ingest", disable=None, smoothing=0.1)
         self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @cli.command()
@@ -52,13 +56,10 @@ def ingest(path, library, model, device, batch_size, workers, as_json, quiet):
 
     Example: cbir ingest ~/Pictures
     """
-    progress = _Progress(enabled=not quiet and not as_json)
     lib = _open(create=True, library=library, model=model, device=device, batch_size=batch_size, workers=workers)
     with lib:
-        try:
+        with _Progress(enabled=not quiet and not as_json) as progress:
             report = lib.ingest(path, progress=progress)
-        finally:
-            progress.close()
         if as_json:
             echo_json(report.as_dict())
         else:
@@ -103,12 +104,8 @@ def search(query, image, batch, k, as_json, library, model, device):
                 echo_json({"query": echo, **hit.as_dict()})
             continue
         if len(items) > 1:
-            click.echo(f"\n== {echo if isinstance(echo, str) else echo_text(echo)}")
+            click.echo(f"\n== {query_label(echo)}")
         click.echo(hits_table(hits))
-
-
-def echo_text(obj: dict) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in obj.items())
 
 
 @cli.command()
@@ -165,11 +162,8 @@ def demo(library, images, device, k):
     click.echo(f"Generating {images} demo photos in {photos_dir} ...")
     photos = make_demo_photos(photos_dir, images)
     with Library.open(settings, create=True) as lib:
-        progress = _Progress(enabled=True)
-        try:
+        with _Progress(enabled=True) as progress:
             report = lib.ingest(photos_dir, progress=progress)
-        finally:
-            progress.close()
         click.echo(ingest_summary(report))
         found_total = shown_total = 0
         for scene in QUERY_SCENES:

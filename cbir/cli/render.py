@@ -20,6 +20,13 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, default=str))
 
 
+def query_label(query) -> str:
+    """A batch query as a heading: the text itself, or ``image: PATH``."""
+    if isinstance(query, str):
+        return query
+    return ", ".join(f"{k}: {v}" for k, v in query.items())
+
+
 def hits_table(hits) -> str:
     if not hits:
         return "  (no results)"

@@ -45,10 +45,14 @@ class FlatIndex:
         self.vector_version: int | None = None
 
     @classmethod
-    def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> "FlatIndex":
+    def build(
+        cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], vector_version: int
+    ) -> "FlatIndex":
+        """An index of ``chunks`` of (ids, vectors), the database's vectors at ``vector_version``."""
         index = cls(dim)
         for ids, vectors in chunks:
             index.add(ids, vectors)
+        index.vector_version = vector_version
         return index
 
     @classmethod
@@ -69,12 +73,15 @@ class FlatIndex:
         loaded.vector_version = vector_version
         return loaded
 
-    def save(self, folder: Path, vector_version: int) -> None:
+    def save(self, folder: Path) -> None:
+        """Write the index and a manifest naming the vector version it reflects."""
         import faiss
 
+        if self.vector_version is None:
+            raise ValueError("an index must know which vector version it holds before it is saved")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / INDEX_FILE, lambda tmp: faiss.write_index(self._index, str(tmp)))
-        manifest = Manifest(INDEX_TYPE, self.dim, self.ntotal, vector_version)
+        manifest = Manifest(INDEX_TYPE, self.dim, self.ntotal, self.vector_version)
         atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest.__dict__, indent=2))
 
     @property

@@ -324,17 +324,15 @@ class Catalog:
                 for r in c.execute(query)
             }
 
-    def count_images(self) -> int:
+    def _count(self, table) -> int:
         with self.engine.connect() as c:
-            return c.execute(select(func.count()).select_from(Image)).scalar_one()
+            return c.execute(select(func.count()).select_from(table)).scalar_one()
 
-    def count_vectors(self) -> int:
-        with self.engine.connect() as c:
-            return c.execute(select(func.count()).select_from(Vector)).scalar_one()
+    def count_images(self) -> int:
+        return self._count(Image)
 
     def count_skipped(self) -> int:
-        with self.engine.connect() as c:
-            return c.execute(select(func.count()).select_from(Skipped)).scalar_one()
+        return self._count(Skipped)
 
     def skipped(self) -> list[tuple[Path, str]]:
         roots = self.roots()
