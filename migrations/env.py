@@ -6,7 +6,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from cbir.store.models import Base
+from cbir.store.models import Base, is_modelled
 
 config = context.config
 target_metadata = Base.metadata
@@ -32,7 +32,12 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:
     # render_as_batch: SQLite can only alter tables by copying them; batch mode does that.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        include_name=is_modelled,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

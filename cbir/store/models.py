@@ -21,6 +21,14 @@ class Base(DeclarativeBase):
     pass
 
 
+FTS_TABLE = "texts_fts"  # FTS5 over texts.content; raw SQL in migration 0002, not a model
+
+
+def is_modelled(name: str | None, type_: str, _parent_names=None) -> bool:
+    """For Alembic's include_name: the FTS5 table and its shadow tables are not models."""
+    return not (type_ == "table" and name is not None and name.startswith(FTS_TABLE))
+
+
 class Meta(Base):
     """Library-wide facts: the model fingerprint, the vector version the index must match."""
 
@@ -48,12 +56,14 @@ class Image(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer, index=True)
+    height: Mapped[int] = mapped_column(Integer, index=True)
     format: Mapped[str] = mapped_column(String(16), index=True)
-    taken_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # from EXIF
+    # What date filters use: the date taken, or the file's modification time (local) without one.
+    taken: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # always set by cbir
     camera: Mapped[str | None] = mapped_column(String(128), index=True)
-    added_at: Mapped[datetime] = mapped_column(DateTime)
+    added_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 class Vector(Base):
@@ -79,3 +89,25 @@ class Skipped(Base):
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ImageText(Base):
+    """A text about an image (sidecar caption, embedded description, user label), with its CLIP
+    text embedding; also indexed for keyword search by the FTS5 table ``texts_fts`` (created and
+    kept in step by triggers in the migration, so it is not a model here)."""
+
+    __tablename__ = "texts"
+    __table_args__ = (
+        UniqueConstraint("image_id", "source", "content"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(16), index=True)  # see cbir.store.catalog.SOURCES
+    content: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    # Size and mtime of the file the text was read from (sidecars): re-read only when they change.
+    origin_size: Mapped[int | None] = mapped_column(BigInteger)
+    origin_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    added_at: Mapped[datetime] = mapped_column(DateTime)
