@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
@@ -29,6 +31,7 @@ from cbir.errors import (
 )
 from cbir.fsutil import writer_lock
 from cbir.query import Query
+from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Catalog, ImageInfo
 from cbir.store.db import create_db_engine, current_revision, head_revision, library_db_path, migrate
 
@@ -38,23 +41,34 @@ TEXT_BATCH = 256
 
 @dataclass(frozen=True)
 class Hit(ImageInfo):
-    """A search result: the image's stored facts plus its rank (1-based) and cosine score."""
+    """A search result: the image's stored facts plus its rank (1-based) and score (cosine
+    similarity; BM25 in keyword mode; the fused rank score in hybrid mode). Text results also
+    carry the text, where it came from and its id."""
 
     rank: int = 0
     score: float = 0.0
+    similarity: float | None = None  # cosine similarity to the query vector, when there is one
+    text: str | None = None
+    source: str | None = None
+    text_id: int | None = None
 
     def as_dict(self) -> dict:
-        return {
+        data = {
             "rank": self.rank,
             "score": round(self.score, 6),
+            "similarity": None if self.similarity is None else round(self.similarity, 6),
             "path": str(self.path),
             "id": self.id,
             "width": self.width,
             "height": self.height,
             "format": self.format,
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            "taken": self.taken.isoformat() if self.taken else None,
             "camera": self.camera,
         }
+        if self.text_id is not None:
+            data.update(text=self.text, source=self.source, text_id=self.text_id)
+        return data
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Status:
     model: str
     fingerprint: dict
     images: int
+    texts: int
     skipped: int
     index_type: str
     index_vectors: int
@@ -89,7 +104,7 @@ class Library:
         self.path = settings.library
         self.catalog = catalog
         self._encoder = encoder
-        self._index = None
+        self._indexes: dict = {}  # name -> FlatIndex, loaded on first use
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -179,48 +194,64 @@ class Library:
             raise self._mismatch(stored, actual["spec"])
         return self._encoder
 
-    # -- the index -----------------------------------------------------------------------------
+    # -- the indexes ---------------------------------------------------------------------------
     @property
     def index_dir(self) -> Path:
         return self.path / INDEX_DIR
 
-    def _load_index(self, *, writer: bool):
+    def _stored(self, name: str):
+        """(current version, chunks of stored vectors) behind the index ``name``."""
+        from cbir.index.flat import IMAGES
+
+        if name == IMAGES:
+            return self.catalog.vector_version(), self.catalog.iter_vectors
+        return self.catalog.text_version(), self.catalog.iter_text_vectors
+
+    def _load_index(self, name: str, *, writer: bool):
         """The saved index, or one rebuilt from the stored vectors when it is missing or stale
         (e.g. after an interrupted ingest); a rebuilt index is saved when no one else writes."""
         from cbir.index.flat import FlatIndex
 
         dim = self.catalog.dim
-        version = self.catalog.vector_version()
-        index = FlatIndex.load(self.index_dir, dim, version)
+        version, chunks = self._stored(name)
+        index = FlatIndex.load(self.index_dir, dim, version, name)
         if index is None:
-            index = FlatIndex.build(dim, self.catalog.iter_vectors(), version)
+            index = FlatIndex.build(dim, chunks(), version, name)
             if writer:
                 index.save(self.index_dir)
             else:
                 try:
                     with writer_lock(self.path):
-                        if self.catalog.vector_version() == version:
+                        if self._stored(name)[0] == version:
                             index.save(self.index_dir)
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
+        self._indexes[name] = index
         return index
 
+    def _index(self, name: str):
+        index = self._indexes.get(name)
+        return index if index is not None else self._load_index(name, writer=False)
+
     def rebuild_index(self) -> int:
-        """Rebuild the index from stored vectors (never re-encoding images); returns its size."""
-        from cbir.index.flat import FlatIndex
+        """Rebuild the indexes from stored vectors (never re-encoding); returns the image count."""
+        from cbir.index.flat import IMAGES, TEXTS, FlatIndex
 
         self._require_images()
         with writer_lock(self.path):
-            version = self.catalog.vector_version()
-            index = FlatIndex.build(self.catalog.dim, self.catalog.iter_vectors(), version)
-            index.save(self.index_dir)
-        self._index = index
-        return index.ntotal
+            for name in (IMAGES, TEXTS):
+                version, chunks = self._stored(name)
+                index = FlatIndex.build(self.catalog.dim, chunks(), version, name)
+                index.save(self.index_dir)
+                self._indexes[name] = index
+        return self._indexes[IMAGES].ntotal
 
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None):
         """Add a folder (or one image) to the library: new files are encoded, changed ones
-        re-encoded, moved ones followed, deleted ones removed; bad files are recorded as skipped."""
+        re-encoded, moved ones followed, deleted ones removed; bad files are recorded as skipped.
+        Caption files beside images and descriptions inside them become the library's texts."""
+        from cbir.index.flat import IMAGES, TEXTS
         from cbir.ingest.pipeline import default_workers, run_ingest
 
         target = Path(path).expanduser()
@@ -237,12 +268,12 @@ class Library:
             if not target.is_dir():
                 scope = f"{scope}/{target.name}" if scope else target.name
             root = self.catalog.roots()[root_id]
-            index = self._load_index(writer=True)
+            indexes = [self._load_index(name, writer=True) for name in (IMAGES, TEXTS)]
             batch = self.settings.batch_size or (256 if encoder.device.startswith("cuda") else 32)
             try:
                 report = run_ingest(
                     self.catalog,
-                    index,
+                    *indexes,
                     encoder,
                     root_id,
                     root,
@@ -254,15 +285,57 @@ class Library:
             except OperationalError as e:
                 raise _database_error(e, self.path) from e
             finally:
-                # Save what the in-memory index holds, labelled with the version it reflects,
+                # Save what the in-memory indexes hold, labelled with the versions they reflect,
                 # even when the run was interrupted: a batch committed but not yet indexed
-                # leaves it stale, and a stale index is rebuilt on the next open.
-                try:
-                    index.save(self.index_dir)
-                except (CbirError, OperationalError):
-                    pass  # a stale index is detected and rebuilt on the next open
-            self._index = index
+                # leaves one stale, and a stale index is rebuilt on the next open.
+                for index in indexes:
+                    try:
+                        index.save(self.index_dir)
+                    except (CbirError, OperationalError):
+                        pass  # a stale index is detected and rebuilt on the next open
             return report
+
+    # -- labels: texts the user adds -----------------------------------------------------------
+    def _library_image(self, path: str | Path, option: str = "image") -> int:
+        image_id = self.catalog.image_at(Path(path).expanduser().resolve())
+        if image_id is None:
+            raise UsageError(f"{option} {path}: not an image of this library (ingest it first)")
+        return image_id
+
+    def add_label(self, image: str | Path, label: str) -> bool:
+        """Label a library image (a text of its own: searchable, and a --tag filter); False if
+        it already had that label."""
+        from cbir.index.flat import TEXTS
+        from cbir.store.catalog import LABEL, TextRecord
+
+        label = " ".join(label.split())
+        if not label:
+            raise UsageError("empty label")
+        image_id = self._library_image(image)
+        vector = self.encoder.encode_texts([label])[0]
+        return self._change_texts(TEXTS, lambda: self.catalog.add_text(image_id, LABEL, TextRecord(label, vector)))
+
+    def remove_label(self, image: str | Path, label: str | None = None) -> bool:
+        """Remove one label (any case) from a library image, or all its labels; False if none."""
+        from cbir.index.flat import TEXTS
+        from cbir.store.catalog import LABEL
+
+        image_id = self._library_image(image)
+        return self._change_texts(TEXTS, lambda: self.catalog.remove_texts(image_id, LABEL, label))
+
+    def texts_of(self, image: str | Path) -> list[tuple[str, str]]:
+        """(source, text) of every text a library image has: captions, descriptions, labels."""
+        return self.catalog.texts_of(self._library_image(image))
+
+    def _change_texts(self, name: str, change) -> bool:
+        with writer_lock(self.path):
+            index = self._load_index(name, writer=True)
+            changes = change()
+            if changes is None:
+                return False
+            index.apply(changes)
+            index.save(self.index_dir)
+            return True
 
     # -- search --------------------------------------------------------------------------------
     def _require_images(self) -> None:
@@ -271,59 +344,211 @@ class Library:
                 f"the library at {self.path} has no images yet; add some with `cbir ingest PATH`"
             )
 
-    def search(self, text: str | None = None, *, image: str | Path | None = None, k: int = 10):
-        """Images most similar to a text or to an image file, best first."""
-        query = Query(text=text, image=Path(image) if image is not None else None)
-        return self.search_many([query], k=k)[0]
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: str | Path | None = None,
+        like: str | Path | None = None,
+        k: int = 10,
+        **options,
+    ) -> "Results":
+        """Images (or, with target="texts", texts) best matching a query, best first.
 
-    def search_many(self, queries: Iterable[Query], k: int = 10) -> list[list[Hit]]:
-        """Many queries with one model load and one index search."""
+        ``text`` may combine terms (``'"dog" + "snow" - "indoors"'``, ``'"cat":2 + sofa'``);
+        ``image`` is a picture file and ``like`` an image of the library, each optionally
+        combined with ``text`` (``image="a.jpg", text='+ "in winter"'``). Options: ``target``
+        ("images" or "texts"), ``mode`` ("semantic", "keyword", "hybrid"), ``filters``
+        (:class:`cbir.query.filters.Filters`), ``min_score``, ``sort`` ("score" or "date"),
+        ``offset``, ``dedup``, ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter").
+        The result is a list of hits with the executed plan as ``.plan``."""
+        query = Query(
+            text=text,
+            image=Path(image) if image is not None else None,
+            like=Path(like) if like is not None else None,
+        )
+        return self.search_many([query], k=k, **options)[0]
+
+    def search_many(
+        self,
+        queries: Iterable[Query],
+        k: int = 10,
+        *,
+        target: str = "images",
+        mode: str | None = None,
+        filters: Filters | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
+        offset: int = 0,
+        dedup: bool = False,
+        strategy: str = "auto",
+    ) -> list["Results"]:
+        """Many queries with one model load, one filter evaluation and one text-encoder batch."""
+        from cbir.query import plan as planning
+        from cbir.query.execute import Executor, Options
+        from cbir.query.filters import image_condition
+        from cbir.store.collections import Images, Texts, fts_match
+
+        started = time.perf_counter()
+        _check_search_options(k, target, mode, sort, offset, strategy)
         queries = list(queries)
-        if k < 1:
-            raise UsageError(f"k must be at least 1, got {k}")
         self._require_images()
         if not queries:
             return []
-        vectors = self.embed_queries(queries)
-        if self._index is None:
-            self._index = self._load_index(writer=False)
-        scores, ids = self._index.search(vectors, min(k, max(self._index.ntotal, 1)))
-        infos = self.catalog.images(np.unique(ids[ids >= 0]))
+        filters = filters or Filters()
+        condition = image_condition(filters, self.catalog.roots())
+        index = self._index(target)
+        collection = (Images if target == planning.IMAGES else Texts)(self.catalog.engine)
+        if target == planning.TEXTS and index.ntotal == 0:
+            raise EmptyLibrary(
+                f"the library at {self.path} has no texts yet: put captions in .txt files beside "
+                "the images (IMG_1.jpg.txt or IMG_1.txt) and ingest again, or add labels with "
+                "`cbir label add IMAGE TEXT`"
+            )
+        expressions = [q.expression() for q in queries]
+        modes = [
+            mode or planning.default_mode(target, bool(e.texts), self.catalog.count_texts() > 0)
+            for e in expressions
+        ]
+        for e, m in zip(expressions, modes):
+            if m != planning.SEMANTIC and not fts_match(e.texts):
+                raise UsageError(f"--mode {m} needs words to look for; this query has none: {e}")
+        if min_score is not None and planning.KEYWORD in modes:
+            raise UsageError("--min-score is a similarity cut-off; keyword mode has no similarity")
+        setup = {"parse": time.perf_counter() - started}
+        matching = None
+        if condition is not None:
+            start = time.perf_counter()
+            matching = collection.count(condition)
+            setup["count"] = time.perf_counter() - start
+        start = time.perf_counter()
+        needs_vector = [m != planning.KEYWORD for m in modes]
+        vectors = self._embed(expressions, needs_vector)
+        embed_each = (time.perf_counter() - start) / max(1, sum(needs_vector))
+        options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)
         results = []
-        for row_scores, row_ids in zip(scores, ids):
-            found = [(float(s), infos[int(i)]) for s, i in zip(row_scores, row_ids) if int(i) in infos]
-            results.append([_hit(rank, s, info) for rank, (s, info) in enumerate(found, 1)])
+        for expression, m, vector in zip(expressions, modes, vectors):
+            if m == planning.KEYWORD:
+                chosen, why, fetch = planning.FTS, "keyword mode: SQLite FTS5 BM25 over the texts", options.need
+            else:
+                chosen, why, fetch = planning.choose_vector_strategy(
+                    index.ntotal, matching, options.need, exact_index=index.exact, forced=strategy
+                )
+                if m == planning.HYBRID:
+                    why += "; fused with FTS5 keyword ranks by reciprocal rank fusion"
+            plan = planning.Plan(
+                kind=_kind(expression, target),
+                target=target,
+                mode=m,
+                strategy=chosen,
+                reason=why,
+                total=index.ntotal,
+                matching=matching,
+                filters=filters.describe() if condition is not None else "",
+                fetch=fetch,
+                timings=dict(setup, **({"embed": embed_each} if vector is not None else {})),
+            )
+            executor = Executor(plan, collection, index, condition)
+            ranked = executor.run(vector, fts_match(expression.texts), options)[offset:]
+            with executor.timed("fetch"):
+                hits = self._hits(target, ranked, offset)
+            if sort == "date":
+                hits.sort(key=lambda h: (h.taken is None, h.taken or datetime.min, h.rank))
+            results.append(Results(hits, plan))
         return results
 
-    def embed_queries(self, queries: list[Query]) -> np.ndarray:
-        from cbir.ingest.decode import BadImage, read_query_image
+    def _hits(self, target: str, ranked, offset: int) -> list["Hit"]:
+        if target == "images":
+            infos = self.catalog.images(r.id for r in ranked)
+            return [
+                Hit(rank=offset + n, score=r.score, similarity=r.similarity, **infos[r.id].__dict__)
+                for n, r in enumerate(ranked, 1)
+                if r.id in infos
+            ]
+        texts = self.catalog.texts(r.id for r in ranked)
+        infos = self.catalog.images(image_id for _, _, image_id in texts.values())
+        hits = []
+        for n, r in enumerate(ranked, 1):
+            if r.id not in texts or texts[r.id][2] not in infos:
+                continue
+            content, source, image_id = texts[r.id]
+            hits.append(
+                Hit(
+                    rank=offset + n,
+                    score=r.score,
+                    similarity=r.similarity,
+                    text=content,
+                    source=source,
+                    text_id=r.id,
+                    **infos[image_id].__dict__,
+                )
+            )
+        return hits
 
+    def _embed(self, expressions, needed: list[bool]) -> list[np.ndarray | None]:
+        """One unit vector per expression that needs one: the weighted sum of its terms' unit
+        embeddings, normalised (rclip's query arithmetic). Texts are encoded in one batch."""
+        if not any(needed):
+            return [None] * len(expressions)
         encoder = self.encoder
-        out = np.zeros((len(queries), encoder.dim), dtype=np.float32)
-        texts = [(i, q.text) for i, q in enumerate(queries) if q.text is not None]
+        texts = sorted({t.text for e, n in zip(expressions, needed) if n for t in e.terms if t.text is not None})
+        encoded = {}
         for start in range(0, len(texts), TEXT_BATCH):
             chunk = texts[start : start + TEXT_BATCH]
-            out[[i for i, _ in chunk]] = encoder.encode_texts([t for _, t in chunk])
-        for i, q in enumerate(queries):
-            if q.image is None:
+            encoded.update(zip(chunk, encoder.encode_texts(chunk)))
+        out = []
+        for e, n in zip(expressions, needed):
+            if not n:
+                out.append(None)
                 continue
-            try:
-                pixels = read_query_image(Path(q.image).expanduser(), encoder.preprocess)
-            except FileNotFoundError:
-                raise UsageError(f"query image not found: {q.image}") from None
-            except (OSError, BadImage) as e:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-                raise UsageError(f"cannot use {q.image} as a query image: {reason}") from None
-            out[i] = encoder.encode_images(pixels[None])[0]
+            total = np.zeros(encoder.dim, dtype=np.float64)
+            for term in e.terms:
+                if term.text is not None:
+                    v = encoded[term.text]
+                elif term.image is not None:
+                    v = self._embed_image_file(term.image)
+                else:
+                    v = self._library_vector(term.like)
+                total += term.weight * v / max(float(np.linalg.norm(v)), 1e-12)
+            norm = float(np.linalg.norm(total))
+            if norm < 1e-6:
+                raise UsageError(f"the terms of this query cancel out: {e}")
+            out.append((total / norm).astype(np.float32))
         return out
+
+    def _embed_image_file(self, path: str) -> np.ndarray:
+        from cbir.ingest.decode import BadImage, read_query_image
+
+        try:
+            pixels = read_query_image(Path(path).expanduser(), self.encoder.preprocess)
+        except FileNotFoundError:
+            raise UsageError(f"query image not found: {path}") from None
+        except (OSError, BadImage) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise UsageError(f"cannot use {path} as a query image: {reason}") from None
+        return self.encoder.encode_images(pixels[None])[0]
+
+    def _library_vector(self, path: str) -> np.ndarray:
+        from cbir.index.flat import IMAGES
+
+        image_id = self._library_image(path, "--like")
+        ids, vectors = self._index(IMAGES).vectors(np.asarray([image_id]))
+        if not len(ids):
+            raise UsageError(f"--like {path}: its vector is missing from the index; run `cbir ingest` again")
+        return vectors[0]
 
     # -- status --------------------------------------------------------------------------------
     def status(self, *, with_skipped: bool = False) -> Status:
-        from cbir.index.flat import INDEX_FILE, INDEX_TYPE, Manifest
+        from cbir.index.flat import IMAGES, INDEX_TYPE, TEXTS, Manifest, index_file
 
         fingerprint = self.fingerprint or {}
-        manifest = Manifest.read(self.index_dir)
-        index_file = self.index_dir / INDEX_FILE
+        manifest = Manifest.read(self.index_dir, IMAGES)
+        text_manifest = Manifest.read(self.index_dir, TEXTS)
+        index_bytes = sum(
+            index_file(self.index_dir, n).stat().st_size
+            for n in (IMAGES, TEXTS)
+            if index_file(self.index_dir, n).exists()
+        )
         db_bytes = sum(
             p.stat().st_size
             for p in self.path.glob(library_db_path(self.path).name + "*")
@@ -334,19 +559,55 @@ class Library:
             model=fingerprint.get("spec", "(none yet)"),
             fingerprint=fingerprint,
             images=self.catalog.count_images(),
+            texts=self.catalog.count_texts(),
             skipped=self.catalog.count_skipped(),
             index_type=manifest.type if manifest else INDEX_TYPE,
             index_vectors=manifest.count if manifest else 0,
-            index_bytes=index_file.stat().st_size if index_file.exists() else 0,
+            index_bytes=index_bytes,
             index_current=bool(manifest)
-            and manifest.vector_version == self.catalog.vector_version(),
+            and manifest.vector_version == self.catalog.vector_version()
+            and (
+                (text_manifest is not None and text_manifest.vector_version == self.catalog.text_version())
+                or self.catalog.text_version() == 0
+            ),
             database_bytes=db_bytes,
             skipped_files=self.catalog.skipped() if with_skipped else [],
         )
 
 
-def _hit(rank: int, score: float, info: ImageInfo) -> Hit:
-    return Hit(rank=rank, score=score, **info.__dict__)
+class Results(list):
+    """The hits of one query, best first, with the plan that produced them as ``.plan``."""
+
+    def __init__(self, hits, plan):
+        super().__init__(hits)
+        self.plan = plan
+
+
+def _check_search_options(k: int, target: str, mode: str | None, sort: str, offset: int, strategy: str) -> None:
+    from cbir.query.plan import MODES, STRATEGIES, TARGETS
+
+    if k < 1:
+        raise UsageError(f"k must be at least 1, got {k}")
+    if offset < 0:
+        raise UsageError(f"offset must be 0 or more, got {offset}")
+    for name, value, allowed in (
+        ("target", target, TARGETS),
+        ("mode", mode, (None, *MODES)),
+        ("sort", sort, ("score", "date")),
+        ("strategy", strategy, ("auto", *STRATEGIES)),
+    ):
+        if value not in allowed:
+            raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(a for a in allowed if a)}")
+
+
+def _kind(expression, target: str) -> str:
+    """e.g. "text → image", "image+text → text"."""
+    sources = []
+    for term in expression.terms:
+        source = "text" if term.text is not None else "image"
+        if source not in sources:
+            sources.append(source)
+    return f"{'+'.join(sources)} → {'image' if target == 'images' else 'text'}"
 
 
 def _database_error(e: OperationalError, library: Path) -> CbirError:

@@ -81,7 +81,7 @@ def test_errors_are_one_line_with_nonzero_exit(built, tmp_path):
     _, photos, library, *_ = built
     cases = [
         (["search", "x", "--library", str(tmp_path / "missing")], "no cbir library at"),
-        (["search", "--library", str(library)], "give exactly one of"),
+        (["search", "--library", str(library)], "give a QUERY text, --image PATH"),
         (["search", "--image", str(tmp_path / "nope.jpg"), "--library", str(library)], "query image not found"),
         (["search", "--batch", "-", "--library", str(library)], "line 2: invalid JSON"),
         (["search", "x", "--model", "ViT-B-32:none", "--library", str(library)], "was built with cbir-tiny"),

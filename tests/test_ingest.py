@@ -146,7 +146,7 @@ def test_stale_index_is_rebuilt_from_stored_vectors(fake_library, photos):
     lib = fake_library(encoder=encoder)
     lib.ingest(photos)
     (lib.index_dir / "images.faiss").write_bytes(b"corrupt")
-    lib._index = None
+    lib._indexes.clear()  # forget the loaded index
     before = encoder.images_encoded
     assert len(lib.search("x", k=100)) == 20
     assert encoder.images_encoded == before  # nothing re-encoded

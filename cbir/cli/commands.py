@@ -67,45 +67,170 @@ def ingest(path, library, model, device, batch_size, workers, as_json, quiet):
             click.echo(f"Library {lib.path}: {lib.catalog.count_images()} images ({lib.fingerprint['spec']})")
 
 
+def _split(values) -> tuple[str, ...]:
+    """Repeatable options that also take comma-separated lists: --format jpeg,png."""
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def _date(_ctx, param, value):
+    from cbir.query.filters import parse_date
+
+    return parse_date(value)[0] if value else None
+
+
+def filter_options(f):
+    """The metadata filters of `cbir search` (all combined with AND)."""
+    options = [
+        click.option("--after", callback=_date, metavar="DATE", help="Taken on or after DATE (2019, 2019-06, 2019-06-01, 2019-06-01T10:30); the file time when there is no EXIF date."),
+        click.option("--before", callback=_date, metavar="DATE", help="Taken before DATE (--before 2020: up to the end of 2019)."),
+        click.option("--folder", multiple=True, metavar="PATH", help="In this folder or below: a path, or a folder name at any depth (2019/beach, beach). Repeat for any of several."),
+        click.option("--camera", multiple=True, metavar="TEXT", help="Camera make/model contains TEXT, any case (Pixel). Repeat for any of several."),
+        click.option("--min-width", type=click.IntRange(min=1), metavar="PX", help="At least this wide."),
+        click.option("--min-height", type=click.IntRange(min=1), metavar="PX", help="At least this tall."),
+        click.option("--format", "formats", multiple=True, metavar="FMT", help="File format: jpeg, png, webp, ... (repeat or comma-separate)."),
+        click.option("--tag", multiple=True, metavar="LABEL", help="Has this label (cbir label add); repeat to require several."),
+        click.option("--where", metavar="EXPR", help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text).'),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("query", nargs=-1)
-@click.option("--image", "image", type=click.Path(path_type=Path), help="Find images similar to this picture.")
-@click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (text, or {\"image\": \"PATH\"}); - for stdin.")
+@click.option("--image", "image", type=click.Path(path_type=Path), help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
+@click.option("--like", "like", type=click.Path(path_type=Path), help="Find images similar to this image of the library (no model needed for it).")
+@click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (a query, or {\"image\": \"PATH\"}); - for stdin.")
+@click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels).")
+@click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.")
+@filter_options
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per result.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many results (paging).")
+@click.option("--min-score", type=float, metavar="X", help="Only results with cosine similarity >= X.")
+@click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True, help="Order of the results shown: by score, or by date taken (oldest first).")
+@click.option("--dedup", is_flag=True, help="Collapse near-identical results into the best of them.")
+@click.option("--strategy", type=click.Choice(["auto", "ann", "exact-subset", "ann-post-filter"]), default="auto", show_default=True, help="Override the planner's choice (for comparing).")
+@click.option("--explain", is_flag=True, help="Print the plan: strategy and why, candidates, time per stage.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per result (and the plan, with --explain).")
 @library_options
-def search(query, image, batch, k, as_json, library, model, device):
-    """Search the library by text (QUERY), by example (--image) or many at once (--batch).
+def search(query, image, like, batch, target, mode, after, before, folder, camera, min_width, min_height, formats, tag, where, k, offset, min_score, sort, dedup, strategy, explain, as_json, library, model, device):
+    """Search the library by text (QUERY), by example (--image, --like) or many at once (--batch).
 
     \b
     Examples:
       cbir search two dogs in a frosty field
-      cbir search --image holiday.jpg -k 20
+      cbir search "dog" + "snow" - "indoors"
+      cbir search "cat":2 + sofa --after 2019 --camera Pixel
+      cbir search --image holiday.jpg + "in winter" -k 20
+      cbir search sunset --target text --mode keyword
+      cbir search beach --where 'taken >= 2019-06-01 and folder = trips' --explain
       cbir search --batch queries.txt --json
     """
     from cbir.query import Query
     from cbir.query.batch import parse_batch
+    from cbir.query.expression import expression_from_argv
+    from cbir.query.filters import Filters
 
-    text = " ".join(query).strip()
-    given = sum(bool(x) for x in (text, image, batch))
-    if given != 1:
-        raise UsageError("give exactly one of: a QUERY text, --image PATH, or --batch FILE")
+    text = expression_from_argv(query).strip() if query else ""
+    if batch and (text or image or like):
+        raise UsageError("--batch takes its queries from the file; give no QUERY, --image or --like with it")
+    if not (batch or text or image or like):
+        raise UsageError("give a QUERY text, --image PATH, --like PATH or --batch FILE")
     if batch:
         items = parse_batch(batch, source=batch.name)
-    elif image:
-        items = [({"image": str(image)}, Query(image=image))]
     else:
-        items = [(text, Query(text=text))]
+        echo = text if not (image or like) else {
+            **({"image": str(image)} if image else {"like": str(like)}),
+            **({"text": text} if text else {}),
+        }
+        items = [(echo, Query(text=text or None, image=image, like=like))]
+    filters = Filters(
+        after=after,
+        before=before,
+        folders=tuple(folder),
+        cameras=tuple(camera),
+        min_width=min_width,
+        min_height=min_height,
+        formats=_split(formats),
+        tags=tuple(tag),
+        where=where,
+    )
     with _open(library=library, model=model, device=device) as lib:
-        results = lib.search_many([q for _, q in items], k=k)
+        results = lib.search_many(
+            [q for _, q in items],
+            k=k,
+            target="texts" if target == "text" else "images",
+            mode=mode,
+            filters=filters,
+            min_score=min_score,
+            sort=sort,
+            offset=offset,
+            dedup=dedup,
+            strategy=strategy,
+        )
     for (echo, _), hits in zip(items, results):
         if as_json:
+            if explain:
+                echo_json({"query": echo, "plan": hits.plan.as_dict()})
             for hit in hits:
                 echo_json({"query": echo, **hit.as_dict()})
             continue
         if len(items) > 1:
             click.echo(f"\n== {query_label(echo)}")
+        if explain:
+            click.echo("\n".join(hits.plan.describe()) + "\n")
         click.echo(hits_table(hits))
+
+
+@cli.group()
+def label():
+    """Labels: your own words for an image, searchable as texts and usable as --tag filters.
+
+    \b
+      cbir label add photos/2019/rex.jpg "Rex" "golden retriever"
+      cbir search --tag rex dog on the beach
+      cbir label list photos/2019/rex.jpg
+      cbir label remove photos/2019/rex.jpg Rex
+    """
+
+
+@label.command("add")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("labels", nargs=-1, required=True)
+@library_options
+def label_add(image, labels, library, model, device):
+    """Add LABELS to IMAGE (a file already in the library)."""
+    with _open(library=library, model=model, device=device) as lib:
+        for text in labels:
+            added = lib.add_label(image, text)
+            click.echo(f"{'added' if added else 'already there'}: {text}")
+
+
+@label.command("remove")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("labels", nargs=-1)
+@library_options
+def label_remove(image, labels, library, model, device):
+    """Remove LABELS from IMAGE (every label when none are named)."""
+    with _open(library=library, model=model, device=device) as lib:
+        for text in labels or (None,):
+            removed = lib.remove_label(image, text)
+            click.echo(f"{'removed' if removed else 'not found'}: {text if text else 'all labels'}")
+
+
+@label.command("list")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON Lines.")
+@library_options
+def label_list(image, as_json, library, model, device):
+    """The texts of IMAGE: caption file, embedded description and labels."""
+    with _open(library=library, model=model, device=device) as lib:
+        texts = lib.texts_of(image)
+    for source, text in texts:
+        if as_json:
+            echo_json({"source": source, "text": text})
+        else:
+            click.echo(f"{source:<9} {text}")
 
 
 @cli.command()

@@ -21,18 +21,29 @@ def echo_json(obj) -> None:
 
 
 def query_label(query) -> str:
-    """A batch query as a heading: the text itself, or ``image: PATH``."""
+    """A batch query as a heading: the text itself, or ``image: PATH, text: ...``."""
     if isinstance(query, str):
         return query
     return ", ".join(f"{k}: {v}" for k, v in query.items())
 
 
-def hits_table(hits) -> str:
+def hits_table(hits, text_width: int = 60) -> str:
     if not hits:
         return "  (no results)"
+    if any(h.text_id is not None for h in hits):
+        lines = [f"{'rank':>4}  {'score':>6}  {'source':<8}  {'text':<{text_width}}  image"]
+        lines += [
+            f"{h.rank:>4}  {h.score:>6.3f}  {h.source:<8}  {_clip(h.text, text_width):<{text_width}}  {h.path}"
+            for h in hits
+        ]
+        return "\n".join(lines)
     lines = [f"{'rank':>4}  {'score':>6}  path"]
     lines += [f"{h.rank:>4}  {h.score:>6.3f}  {h.path}" for h in hits]
     return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def ingest_summary(report) -> str:
@@ -66,6 +77,7 @@ def status_text(status) -> str:
         f"library   {status.library}",
         f"model     {model}",
         f"images    {status.images}",
+        f"texts     {status.texts}  (captions, descriptions, labels)",
         f"skipped   {status.skipped}" + ("  (list: cbir status --skipped)" if status.skipped else ""),
         f"index     {status.index_type}, {status.index_vectors} vectors, "
         f"{human_bytes(status.index_bytes)}, {index_state}",

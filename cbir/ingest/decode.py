@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cbir.encode.spec import Preprocess
+from cbir.ingest.texts import embedded_texts
 
 SUPPORTED_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -52,6 +53,7 @@ class Decoded:
     format: str = ""
     taken_at: datetime | None = None
     camera: str | None = None
+    texts: tuple[str, ...] = ()  # descriptions embedded in the file (EXIF, XMP, PNG text)
     error: str | None = None
     read_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -119,7 +121,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS):
-    """Decode bytes to (model pixels, width, height, format, taken_at, camera) or raise BadImage."""
+    """Decode bytes to (model pixels, width, height, format, taken_at, camera, embedded texts) or
+    raise BadImage."""
     if not data:
         raise BadImage("empty file")
     try:
@@ -139,6 +142,7 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS):
                 # input: far less work for camera-size photos, and the result is downscaled anyway.
                 image.draft("RGB", (pp.size, pp.size))
             image.load()  # first frame of animations
+            texts = tuple(embedded_texts(image, camera))  # PNG text may follow the pixel data
             try:
                 image = ImageOps.exif_transpose(image)
             except Exception:
@@ -158,7 +162,7 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS):
         raise BadImage("image has no pixels")
     if orientation in (5, 6, 7, 8):  # stored sideways: record the size as displayed
         w, h = h, w
-    return to_model_pixels(image, pp), w, h, fmt, taken, camera
+    return to_model_pixels(image, pp), w, h, fmt, taken, camera, texts
 
 
 def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pixels=MAX_PIXELS):
@@ -187,6 +191,7 @@ def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pi
             result.format,
             result.taken_at,
             result.camera,
+            result.texts,
         ) = open_image(data, pp, max_pixels)
     except BadImage as e:
         result.error = str(e)

@@ -24,12 +24,14 @@ from cbir.encode.spec import Encoder
 from cbir.errors import CbirError
 from cbir.index.flat import FlatIndex
 from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
-from cbir.ingest.scan import scan
-from cbir.store.catalog import Catalog, Changes, ImageRecord, StoredFile
+from cbir.ingest.scan import ScanResult, scan
+from cbir.ingest.texts import SidecarError, read_sidecar
+from cbir.store.catalog import EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
 
 CHUNK = 16  # files per task sent to a decode worker
+TEXT_BATCH = 256  # texts per text-encoder call
 
 
 @dataclass
@@ -44,6 +46,7 @@ class IngestReport:
     unchanged: int = 0
     removed: int = 0  # files gone from disk, taken out of the library
     skipped: int = 0  # files that could not be used in this run
+    texts: int = 0  # captions and descriptions stored or updated
     skipped_total: int = 0  # all recorded skips in the library after the run
     encoded: int = 0  # images that went through the model
     seconds: float = 0.0
@@ -120,6 +123,7 @@ def _worker_context():
 def run_ingest(
     catalog: Catalog,
     index: FlatIndex,
+    text_index: FlatIndex,
     encoder: Encoder,
     root_id: int,
     root: Path,
@@ -138,18 +142,21 @@ def run_ingest(
         stored = catalog.files_under(root_id, scope)
         skips = catalog.skips_under(root_id, scope)
         known = catalog.known_hashes()
+        captions = _Captions(catalog, root, root_id, scope, scanned, skips)
     report.scanned = len(scanned.files)
 
     todo: list[FileTask] = []
+    unchanged: list[str] = []  # stored images whose caption file may still have changed
     for f in scanned.files:
         mine = stored.get(f.path)
         if mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             report.unchanged += 1
+            unchanged.append(f.path)
         elif f.path in skips and skips[f.path] == (f.size, f.mtime_ns):
             report.unchanged += 1  # a known bad file that has not changed: not retried
         else:
             todo.append(FileTask(f.path, str(root / f.path), f.size, f.mtime_ns))
-    seen = {f.path for f in scanned.files}
+    seen = {f.path for f in scanned.files} | set(scanned.sidecars)
     gone: dict[str, StoredFile] = {p: s for p, s in stored.items() if p not in seen}
     gone_by_hash: dict[str, list[str]] = defaultdict(list)
     for p, s in gone.items():
@@ -161,6 +168,7 @@ def run_ingest(
             changes.skipped.append((path, 0, 0, reason))
             report.skipped += 1
     pending: list[Decoded] = []
+    texts: dict[tuple[str, str], list[tuple[str, int | None, int | None]]] = {}
 
     def flush() -> None:
         if pending:
@@ -176,14 +184,21 @@ def run_ingest(
                 else:
                     changes.added.append((record, vector))
                     report.added += 1
+                if d.texts or mine:  # a re-encoded file's old description goes
+                    texts[(d.task.path, EMBEDDED)] = [(t, None, None) for t in d.texts]
+                captions.queue(d.task.path, texts, changes, report)
             pending.clear()
+        if texts:
+            with timer("encode"):
+                changes.texts = _embed_texts(encoder, texts)
+            report.texts += sum(len(v) for v in changes.texts.values())
+            texts.clear()
         if len(changes):
             with timer("persist"):
                 applied = catalog.apply(changes)
             with timer("index"):
-                index.remove(applied.remove_ids)
-                index.add(applied.add_ids, applied.add_vectors)
-                index.vector_version = applied.version
+                index.apply(applied.images)
+                text_index.apply(applied.texts)
             changes.__init__(root_id)
 
     done = 0
@@ -207,6 +222,7 @@ def run_ingest(
             elif mine and mine.content_hash == d.content_hash:
                 changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
                 report.touched += 1
+                captions.queue(path, texts, changes, report)
             else:
                 if mine:  # replaced by content the library already has elsewhere
                     changes.removed.append(mine.id)
@@ -220,12 +236,17 @@ def run_ingest(
                     source = known[d.content_hash]
                     changes.copied.append((_reuse(catalog, source, d), source))
                     report.copied += 1
+                captions.queue(path, texts, changes, report)
         done += 1
-        if len(pending) >= batch_size or len(changes) >= 1000:
+        if len(pending) >= batch_size or len(changes) >= 1000 or len(texts) >= TEXT_BATCH:
             flush()
         if progress:
             progress(done, len(todo))
     flush()
+    for path in unchanged:
+        captions.queue(path, texts, changes, report)
+        if len(texts) >= TEXT_BATCH or len(changes) >= 1000:
+            flush()
 
     changes.removed.extend(s.id for s in gone.values())
     report.removed = len(gone)
@@ -235,6 +256,52 @@ def run_ingest(
     report.skipped_total = catalog.count_skipped()
     report.seconds = time.perf_counter() - started
     return report
+
+
+class _Captions:
+    """Caption files beside images (``IMG_1.jpg.txt`` or ``IMG_1.txt``): read when new or
+    changed (by size and mtime), dropped when gone, recorded as skipped when unreadable."""
+
+    def __init__(self, catalog: Catalog, root: Path, root_id: int, scope: str, scanned: ScanResult, skips):
+        self.root = root
+        self.scanned = scanned
+        self.skips = skips
+        self.stored = catalog.sidecars_under(root_id, scope)  # image path -> (size, mtime)
+
+    def queue(self, image_path: str, texts: dict, changes: Changes, report: IngestReport) -> None:
+        found = self.scanned.sidecar_of(image_path)
+        current = found[1:] if found else None
+        if current == self.stored.get(image_path):
+            return
+        if found is None:  # the caption file was deleted
+            texts[(image_path, SIDECAR)] = []
+            return
+        name, size, mtime_ns = found
+        if self.skips.get(name) == (size, mtime_ns):
+            return  # a known bad caption file that has not changed: not retried
+        try:
+            content = read_sidecar(self.root / name)
+        except (SidecarError, OSError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            changes.skipped.append((name, size, mtime_ns, reason))
+            report.skipped += 1
+            return
+        if name in self.skips:
+            changes.unskipped.append(name)
+        texts[(image_path, SIDECAR)] = [(content, size, mtime_ns)] if content else []
+
+
+def _embed_texts(encoder: Encoder, texts: dict) -> dict[tuple[str, str], list[TextRecord]]:
+    """Encode every queued text in batches; keys with no texts stay (they delete old ones)."""
+    flat = [(key, item) for key, items in texts.items() for item in items]
+    vectors = [
+        encoder.encode_texts([content for _, (content, *_) in flat[i : i + TEXT_BATCH]])
+        for i in range(0, len(flat), TEXT_BATCH)
+    ]
+    out: dict[tuple[str, str], list[TextRecord]] = {key: [] for key in texts}
+    for (key, (content, size, mtime_ns)), vector in zip(flat, (v for batch in vectors for v in batch)):
+        out[key].append(TextRecord(content, vector, size, mtime_ns))
+    return out
 
 
 def _record(d: Decoded) -> ImageRecord:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
+from cbir.ingest.texts import SIDECAR_SUFFIX, sidecar_candidates
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,14 @@ class ScannedFile:
 class ScanResult:
     files: list[ScannedFile] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    sidecars: dict[str, tuple[int, int]] = field(default_factory=dict)  # caption file -> size, mtime
+
+    def sidecar_of(self, image_path: str) -> tuple[str, int, int] | None:
+        """(path, size, mtime_ns) of the caption file beside an image, if there is one."""
+        for name in sidecar_candidates(image_path):
+            if name in self.sidecars:
+                return (name, *self.sidecars[name])
+        return None
 
 
 def is_image_name(name: str) -> bool:
@@ -33,6 +42,11 @@ def scan(root: Path, scope: str = "") -> ScanResult:
     if start.is_file():
         stat = start.stat()
         result.files.append(ScannedFile(scope, stat.st_size, stat.st_mtime_ns))
+        for name in sidecar_candidates(scope):
+            sidecar = root / name
+            if sidecar.is_file():
+                st = sidecar.stat()
+                result.sidecars[name] = (st.st_size, st.st_mtime_ns)
         return result
     visited: set[tuple[int, int]] = set()
     stack = [(start, scope)]
@@ -67,6 +81,9 @@ def scan(root: Path, scope: str = "") -> ScanResult:
                 elif is_image_name(entry.name) and entry.is_file():
                     st = entry.stat()
                     result.files.append(ScannedFile(child, st.st_size, st.st_mtime_ns))
+                elif entry.name.lower().endswith(SIDECAR_SUFFIX) and entry.is_file():
+                    st = entry.stat()
+                    result.sidecars[child] = (st.st_size, st.st_mtime_ns)
             except OSError as e:  # dangling symlink, vanished entry, permissions
                 if is_image_name(entry.name):
                     result.problems.append((child, f"unreadable: {e.strerror}"))

@@ -10,13 +10,27 @@ from cbir.errors import UsageError
 
 @dataclass(frozen=True)
 class Query:
-    """One search: a text, or an image file (exactly one of them)."""
+    """One search: a text (which may combine terms: ``"dog" + "snow" - "indoors"``), an image
+    file, an image already in the library (``like``), or an image or like plus text terms."""
 
     text: str | None = None
     image: Path | None = None
+    like: Path | None = None
 
     def __post_init__(self):
-        if (self.text is None) == (self.image is None):
-            raise UsageError("a query needs either a text or an image, not both")
-        if self.text is not None and not self.text.strip():
+        if self.text is None and self.image is None and self.like is None:
+            raise UsageError("a query needs a text, an image or a library image (--like)")
+        if self.image is not None and self.like is not None:
+            raise UsageError("give --image or --like, not both (combine with text: --image a.jpg + \"in winter\")")
+        if self.text is not None and not self.text.strip() and self.image is None and self.like is None:
             raise UsageError("empty query text")
+
+    def expression(self):
+        from cbir.query.expression import Term, parse_expression
+
+        first = None
+        if self.image is not None:
+            first = Term(1.0, image=str(self.image))
+        elif self.like is not None:
+            first = Term(1.0, like=str(self.like))
+        return parse_expression(self.text, first=first)

@@ -1,4 +1,5 @@
-"""Batch query files: one query per line, a text or a JSON object such as {"image": "a.jpg"}."""
+"""Batch query files: one query per line, a text (query arithmetic allowed) or a JSON object
+such as {"image": "a.jpg"}, {"like": "photos/b.jpg", "text": "+ in winter"}."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Iterable
 
 from cbir.errors import UsageError
 from cbir.query import Query
+
+FIELDS = ("text", "image", "like")
 
 
 def parse_batch(lines: Iterable[str], source: str = "batch") -> list[tuple[object, Query]]:
@@ -26,10 +29,18 @@ def parse_batch(lines: Iterable[str], source: str = "batch") -> list[tuple[objec
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UsageError(f"{source} line {number}: invalid JSON at column {e.colno}: {e.msg}") from None
-        if not isinstance(obj, dict) or not ({"image", "text"} & obj.keys()):
-            raise UsageError(f'{source} line {number}: expected {{"image": "PATH"}} or {{"text": "..."}}')
-        image, text = obj.get("image"), obj.get("text")
-        if (image is None) == (text is None) or not isinstance(image or text, str):
-            raise UsageError(f"{source} line {number}: give one string field, image or text")
-        parsed.append((obj, Query(image=Path(image)) if image is not None else Query(text=text)))
+        if not isinstance(obj, dict) or not (set(FIELDS) & obj.keys()):
+            raise UsageError(f'{source} line {number}: expected {{"image": "PATH"}}, {{"like": "PATH"}} or {{"text": "..."}}')
+        values = {k: obj.get(k) for k in FIELDS}
+        if any(v is not None and not isinstance(v, str) for v in values.values()):
+            raise UsageError(f"{source} line {number}: text, image and like must be strings")
+        try:
+            query = Query(
+                text=values["text"],
+                image=Path(values["image"]) if values["image"] is not None else None,
+                like=Path(values["like"]) if values["like"] is not None else None,
+            )
+        except UsageError as e:
+            raise UsageError(f"{source} line {number}: {e}") from None
+        parsed.append((obj, query))
     return parsed

@@ -12,10 +12,15 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from cbir.store.db import for_writing
-from cbir.store.models import Image, Meta, Root, Skipped, Vector
+from cbir.store.models import Image, ImageText, Meta, Root, Skipped, Vector
 
-VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes vectors
+VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes image vectors
+TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
 MODEL = "model"  # the model fingerprint (JSON)
+
+# Where a text comes from. Sidecar and embedded texts follow their files; labels are the user's.
+SIDECAR, EMBEDDED, LABEL, TAG = "sidecar", "embedded", "label", "tag"
+TAG_SOURCES = (LABEL, TAG)  # what --tag matches
 
 
 def _now() -> datetime:
@@ -41,6 +46,7 @@ class ImageInfo:
     format: str
     taken_at: datetime | None
     camera: str | None
+    taken: datetime | None = None  # what date filters and --sort date use
 
 
 @dataclass
@@ -67,8 +73,25 @@ class ImageRecord:
             "height": self.height,
             "format": self.format,
             "taken_at": self.taken_at,
+            "taken": self.taken_at or local_time(self.mtime_ns),
             "camera": self.camera,
         }
+
+
+def local_time(mtime_ns: int) -> datetime:
+    """A file time as the naive local time a file browser shows (EXIF dates are local too)."""
+    return datetime.fromtimestamp(mtime_ns / 1e9).replace(microsecond=0)
+
+
+@dataclass
+class TextRecord:
+    """A text to store for an image: its content, embedding and, for sidecars, the file's
+    size and mtime (the text is re-read only when they change)."""
+
+    content: str
+    vector: np.ndarray
+    origin_size: int | None = None
+    origin_mtime_ns: int | None = None
 
 
 @dataclass
@@ -84,6 +107,8 @@ class Changes:
     removed: list[int] = field(default_factory=list)
     skipped: list[tuple[str, int, int, str]] = field(default_factory=list)  # path, size, mtime, why
     unskipped: list[str] = field(default_factory=list)  # paths whose skip record is obsolete
+    # (image path, source) -> the texts that replace that image's texts of that source
+    texts: dict[tuple[str, str], list[TextRecord]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(
@@ -97,18 +122,36 @@ class Changes:
                 self.removed,
                 self.skipped,
                 self.unskipped,
+                self.texts,
             )
         )
 
 
 @dataclass
-class Applied:
-    """What a committed batch did to the vectors, for updating the in-memory index."""
+class VectorChanges:
+    """What a committed transaction did to one kind of vectors, for updating an in-memory index."""
 
     add_ids: np.ndarray
     add_vectors: np.ndarray
     remove_ids: np.ndarray
     version: int
+
+    @classmethod
+    def of(cls, add_ids: list[int], add_vectors: list[np.ndarray], remove_ids: list[int], version: int, dim: int):
+        return cls(
+            add_ids=np.asarray(add_ids, dtype=np.int64),
+            add_vectors=(
+                np.stack(add_vectors).astype(np.float32) if add_vectors else np.zeros((0, dim), np.float32)
+            ),
+            remove_ids=np.asarray(remove_ids, dtype=np.int64),
+            version=version,
+        )
+
+
+@dataclass
+class Applied:
+    images: VectorChanges
+    texts: VectorChanges
 
 
 class Catalog:
@@ -139,6 +182,9 @@ class Catalog:
 
     def vector_version(self) -> int:
         return int(self.get_meta(VECTOR_VERSION) or 0)
+
+    def text_version(self) -> int:
+        return int(self.get_meta(TEXT_VERSION) or 0)
 
     # -- roots -------------------------------------------------------------------------------
     def roots(self) -> dict[int, Path]:
@@ -199,20 +245,23 @@ class Catalog:
 
     # -- writing -----------------------------------------------------------------------------
     def apply(self, changes: Changes) -> Applied:
-        """Commit a batch atomically and bump the vector version if vectors changed."""
+        """Commit a batch atomically; bump the image and text versions if their vectors changed."""
         add_ids: list[int] = []
         add_vectors: list[np.ndarray] = []
         remove_ids: list[int] = list(changes.removed)
+        texts = _TextChanges()
         now = _now()
         with self._writer.begin() as c:
             # Read the vectors to copy before anything is deleted, then delete before inserting
             # so a path freed in this batch can be taken again in the same batch.
             copies = [
-                (record, c.execute(select(Vector.vector).where(Vector.image_id == src)).scalar_one())
+                (record, c.execute(select(Vector.vector).where(Vector.image_id == src)).scalar_one(), src)
                 for record, src in changes.copied
             ]
+            copied_texts = {src: _embedded_texts(c, src) for _, src in changes.copied}
             for i in range(0, len(changes.removed), 10_000):  # SQLite caps bound parameters
                 chunk = changes.removed[i : i + 10_000]
+                texts.delete(c, ImageText.image_id.in_(chunk))
                 c.execute(delete(Vector).where(Vector.image_id.in_(chunk)))
                 c.execute(delete(Image).where(Image.id.in_(chunk)))
             for image_id, record in changes.moved:
@@ -222,7 +271,15 @@ class Catalog:
                     .values(root_id=changes.root_id, **record.columns())
                 )
             for image_id, size, mtime_ns in changes.touched:
-                c.execute(update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns))
+                c.execute(
+                    update(Image)
+                    .where(Image.id == image_id)
+                    .values(
+                        size=size,
+                        mtime_ns=mtime_ns,
+                        taken=func.coalesce(Image.taken_at, local_time(mtime_ns)),
+                    )
+                )
             for image_id, record, vector in changes.replaced:
                 c.execute(update(Image).where(Image.id == image_id).values(**record.columns()))
                 c.execute(
@@ -231,15 +288,25 @@ class Catalog:
                 remove_ids.append(image_id)
                 add_ids.append(image_id)
                 add_vectors.append(vector)
-            new_rows = [(r, _to_blob(v), v) for r, v in changes.added]
-            new_rows += [(r, blob, _from_blob(blob)) for r, blob in copies]
-            for record, blob, vector in new_rows:
+            new_rows = [(r, _to_blob(v), v, None) for r, v in changes.added]
+            new_rows += [(r, blob, _from_blob(blob), src) for r, blob, src in copies]
+            for record, blob, vector, src in new_rows:
                 image_id = c.execute(
                     insert(Image).values(root_id=changes.root_id, added_at=now, **record.columns())
                 ).inserted_primary_key[0]
                 c.execute(insert(Vector).values(image_id=image_id, vector=blob))
                 add_ids.append(image_id)
                 add_vectors.append(vector)
+                if src is not None:  # a copy has the same embedded description as its source
+                    texts.insert(c, image_id, EMBEDDED, copied_texts[src], now)
+            for (path, source), records in changes.texts.items():
+                image_id = c.execute(
+                    select(Image.id).where(Image.root_id == changes.root_id, Image.path == path)
+                ).scalar_one_or_none()
+                if image_id is None:  # the image itself was not stored (e.g. it failed to decode)
+                    continue
+                texts.delete(c, (ImageText.image_id == image_id) & (ImageText.source == source))
+                texts.insert(c, image_id, source, records, now)
             stale_skips = [p for p, *_ in changes.skipped] + changes.unskipped
             if stale_skips:
                 c.execute(
@@ -258,35 +325,101 @@ class Catalog:
                         recorded_at=now,
                     )
                 )
-            version = int(
-                c.execute(select(Meta.value).where(Meta.key == VECTOR_VERSION)).scalar_one_or_none()
-                or 0
-            )
-            if add_ids or remove_ids:
-                version += 1
-                self._put_meta(c, VECTOR_VERSION, str(version))
+            version = _bump(c, VECTOR_VERSION, bool(add_ids or remove_ids))
+            text_version = _bump(c, TEXT_VERSION, texts.changed)
         dim = self.dim or (len(add_vectors[0]) if add_vectors else 0)
         return Applied(
-            add_ids=np.asarray(add_ids, dtype=np.int64),
-            add_vectors=(
-                np.stack(add_vectors).astype(np.float32)
-                if add_vectors
-                else np.zeros((0, dim), np.float32)
-            ),
-            remove_ids=np.asarray(remove_ids, dtype=np.int64),
-            version=version,
+            images=VectorChanges.of(add_ids, add_vectors, remove_ids, version, dim),
+            texts=VectorChanges.of(texts.add_ids, texts.add_vectors, texts.remove_ids, text_version, dim),
         )
+
+    # -- labels: texts the user adds ------------------------------------------------------------
+    def add_text(self, image_id: int, source: str, record: TextRecord) -> VectorChanges | None:
+        """Store one text for an image; None if the image already has exactly that text."""
+        texts = _TextChanges()
+        with self._writer.begin() as c:
+            exists = c.execute(
+                select(ImageText.id).where(
+                    ImageText.image_id == image_id,
+                    ImageText.source == source,
+                    ImageText.content == record.content,
+                )
+            ).first()
+            if exists:
+                return None
+            texts.insert(c, image_id, source, [record], _now())
+            version = _bump(c, TEXT_VERSION, True)
+        return VectorChanges.of(texts.add_ids, texts.add_vectors, [], version, self.dim or 0)
+
+    def remove_texts(self, image_id: int, source: str, content: str | None = None) -> VectorChanges | None:
+        """Delete an image's texts of one source (only those equal to ``content``, ignoring
+        case, when given); None if there were none."""
+        texts = _TextChanges()
+        condition = (ImageText.image_id == image_id) & (ImageText.source == source)
+        if content is not None:
+            condition &= func.lower(ImageText.content) == content.lower()
+        with self._writer.begin() as c:
+            texts.delete(c, condition)
+            if not texts.changed:
+                return None
+            version = _bump(c, TEXT_VERSION, True)
+        return VectorChanges.of([], [], texts.remove_ids, version, self.dim or 0)
+
+    def texts_of(self, image_id: int) -> list[tuple[str, str]]:
+        """(source, content) of every text of an image, labels last."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(ImageText.source, ImageText.content)
+                .where(ImageText.image_id == image_id)
+                .order_by(ImageText.source == LABEL, ImageText.id)
+            ).all()
+        return [(source, content) for source, content in rows]
+
+    def image_at(self, path: Path) -> int | None:
+        """The id of the library image stored for an absolute file path, if any."""
+        for root_id, root in self.roots().items():
+            if root in path.parents:
+                with self.engine.connect() as c:
+                    found = c.execute(
+                        select(Image.id).where(
+                            Image.root_id == root_id, Image.path == path.relative_to(root).as_posix()
+                        )
+                    ).scalar_one_or_none()
+                if found is not None:
+                    return found
+        return None
+
+    def sidecars_under(self, root_id: int, scope: str = "") -> dict[str, tuple[int, int]]:
+        """image path -> (size, mtime_ns) of the sidecar file its stored caption was read from."""
+        query = (
+            select(Image.path, ImageText.origin_size, ImageText.origin_mtime_ns)
+            .join(ImageText, ImageText.image_id == Image.id)
+            .where(
+                Image.root_id == root_id,
+                ImageText.source == SIDECAR,
+                self._in_scope(Image.path, scope),
+            )
+        )
+        with self.engine.connect() as c:
+            return {p: (s, m) for p, s, m in c.execute(query)}
 
     # -- reading for search and status ---------------------------------------------------------
     def iter_vectors(self, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All stored vectors in id order, in chunks of (ids, float32 matrix)."""
+        """All stored image vectors in id order, in chunks of (ids, float32 matrix)."""
+        return self._iter_vectors(Vector.image_id, Vector.vector, chunk)
+
+    def iter_text_vectors(self, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All stored text vectors in id order, in chunks of (ids, float32 matrix)."""
+        return self._iter_vectors(ImageText.id, ImageText.vector, chunk)
+
+    def _iter_vectors(self, id_column, vector_column, chunk: int):
         last = -1
         while True:
             with self.engine.connect() as c:
                 rows = c.execute(
-                    select(Vector.image_id, Vector.vector)
-                    .where(Vector.image_id > last)
-                    .order_by(Vector.image_id)
+                    select(id_column, vector_column)
+                    .where(id_column > last)
+                    .order_by(id_column)
                     .limit(chunk)
                 ).all()
             if not rows:
@@ -309,6 +442,7 @@ class Catalog:
             Image.format,
             Image.taken_at,
             Image.camera,
+            Image.taken,
         ).where(Image.id.in_(ids))
         with self.engine.connect() as c:
             return {
@@ -320,9 +454,21 @@ class Catalog:
                     format=r.format,
                     taken_at=r.taken_at,
                     camera=r.camera,
+                    taken=r.taken,
                 )
                 for r in c.execute(query)
             }
+
+    def texts(self, ids: Iterable[int]) -> dict[int, tuple[str, str, int]]:
+        """text id -> (content, source, image id)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        query = select(ImageText.id, ImageText.content, ImageText.source, ImageText.image_id).where(
+            ImageText.id.in_(ids)
+        )
+        with self.engine.connect() as c:
+            return {r[0]: tuple(r[1:]) for r in c.execute(query)}
 
     def _count(self, table) -> int:
         with self.engine.connect() as c:
@@ -334,6 +480,9 @@ class Catalog:
     def count_skipped(self) -> int:
         return self._count(Skipped)
 
+    def count_texts(self) -> int:
+        return self._count(ImageText)
+
     def skipped(self) -> list[tuple[Path, str]]:
         roots = self.roots()
         with self.engine.connect() as c:
@@ -343,6 +492,59 @@ class Catalog:
                 )
             ).all()
         return [(roots[r] / p, reason) for r, p, reason in rows]
+
+
+class _TextChanges:
+    """Text rows written in one transaction, remembered for updating the text index."""
+
+    def __init__(self):
+        self.add_ids: list[int] = []
+        self.add_vectors: list[np.ndarray] = []
+        self.remove_ids: list[int] = []
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.add_ids or self.remove_ids)
+
+    def delete(self, c, condition) -> None:
+        ids = c.execute(select(ImageText.id).where(condition)).scalars().all()
+        if ids:
+            c.execute(delete(ImageText).where(ImageText.id.in_(ids)))
+            self.remove_ids += ids
+
+    def insert(self, c, image_id: int, source: str, records: list[TextRecord], now: datetime) -> None:
+        for record in records:
+            text_id = c.execute(
+                insert(ImageText).values(
+                    image_id=image_id,
+                    source=source,
+                    content=record.content,
+                    vector=_to_blob(record.vector),
+                    origin_size=record.origin_size,
+                    origin_mtime_ns=record.origin_mtime_ns,
+                    added_at=now,
+                )
+            ).inserted_primary_key[0]
+            self.add_ids.append(text_id)
+            self.add_vectors.append(np.asarray(record.vector, dtype=np.float32))
+
+
+def _embedded_texts(c, image_id: int) -> list[TextRecord]:
+    rows = c.execute(
+        select(ImageText.content, ImageText.vector).where(
+            ImageText.image_id == image_id, ImageText.source == EMBEDDED
+        )
+    ).all()
+    return [TextRecord(content, _from_blob(blob)) for content, blob in rows]
+
+
+def _bump(c, key: str, changed: bool) -> int:
+    """The version counter ``key``, incremented when ``changed``."""
+    version = int(c.execute(select(Meta.value).where(Meta.key == key)).scalar_one_or_none() or 0)
+    if changed:
+        version += 1
+        Catalog._put_meta(c, key, str(version))
+    return version
 
 
 def _to_blob(vector: np.ndarray) -> bytes:
