@@ -48,8 +48,9 @@ def slug(scene: Scene) -> str:
 
 
 def make_demo_photos(folder: Path, n: int = 160, seed: int = DEMO_SEED) -> list[DemoPhoto]:
-    """Write ``n`` photos in dated folders as JPEG, PNG and WebP with EXIF date and camera, plus
-    one broken file, which ingest records as skipped. Existing files are left as they are."""
+    """Write ``n`` photos in dated folders as JPEG, PNG and WebP with EXIF date and camera, a
+    caption file (``NAME.txt``) beside every fourth one, plus one broken file, which ingest
+    records as skipped. Existing files are left as they are."""
     rng = np.random.default_rng(seed)
     photos = []
     for i in range(n):
@@ -65,6 +66,8 @@ def make_demo_photos(folder: Path, n: int = 160, seed: int = DEMO_SEED) -> list[
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
+        if i % 4 == 0:
+            path.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
         exif = Image.Exif()
         if start is not None:
             taken = (start + timedelta(minutes=7 * i)).strftime("%Y:%m:%d %H:%M:%S")

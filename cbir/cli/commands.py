@@ -277,8 +277,11 @@ def models(as_json):
 def demo(library, images, device, k):
     """Generate a small photo library, index it with the bundled cbir-tiny model and run a few
     searches; no download, no GPU needed."""
+    from datetime import datetime
+
     from cbir.demo import DEMO_MODEL, QUERY_SCENES, make_demo_photos, scene_of, slug
     from cbir.engine import Library
+    from cbir.query.filters import Filters
 
     settings = resolve_settings(
         library=library or None, model=DEMO_MODEL, device=device, env={}, default_library_name="demo"
@@ -305,6 +308,14 @@ def demo(library, images, device, k):
         example = photos[0].path
         hits = lib.search(image=example, k=k)
         click.echo(f"\ncbir search --image {example}")
+        click.echo(hits_table(hits))
+        caption = QUERY_SCENES[1].caption
+        hits = lib.search(caption, k=k, filters=Filters(cameras=("pixel",), after=datetime(2019, 7, 1)))
+        click.echo(f'\ncbir search "{caption}" --camera pixel --after 2019-07 --explain')
+        click.echo("\n".join(hits.plan.describe()) + "\n")
+        click.echo(hits_table(hits))
+        hits = lib.search("red circle", k=k, target="texts")
+        click.echo('\ncbir search "red circle" --target text    (captions from the .txt files beside photos)')
         click.echo(hits_table(hits))
     click.echo(
         f"\nText search found {found_total} of the {shown_total} exact matches it could show."

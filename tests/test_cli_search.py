@@ -1,0 +1,118 @@
+"""`cbir search` with filters, query arithmetic, texts, --explain and labels, as a user runs it,
+on the demo's photo library (dated folders, EXIF cameras, caption files) and cbir-tiny."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from cbir.demo import make_demo_photos, scene_of
+from tests.conftest import run_cbir
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli-search")
+    photos = make_demo_photos(base / "photos", 60)
+    library = str(base / "lib")
+    out = run_cbir("ingest", str(base / "photos"), "--library", library, "--model", "cbir-tiny", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["texts"] == 15  # a caption file beside every fourth photo
+    return base, photos, library
+
+
+def search(library, *args):
+    out = run_cbir("search", *args, "--library", library)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_filters_and_the_plan_in_json(demo):
+    _, _, library = demo
+    out = search(library, "a", "red", "circle", "--camera", "pixel", "--after", "2019-07",
+                 "--format", "jpeg,webp", "--json", "--explain", "-k", "5")
+    plan, *rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert plan["query"] == "a red circle" and plan["plan"]["strategy"] in ("exact-subset", "ann-post-filter")
+    assert plan["plan"]["matching"] == len(rows) or len(rows) == 5
+    for row in rows:
+        assert "Pixel" in row["camera"] and row["format"] in ("jpeg", "webp")
+        assert datetime.fromisoformat(row["taken"]) >= datetime(2019, 7, 1)
+
+
+def test_where_expression_and_explain_text(demo):
+    _, _, library = demo
+    out = search(library, "a blue triangle", "--where", "folder = beach or (folder = garden and width >= 800)", "--explain")
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("plan      text → image, semantic, strategy ")
+    assert lines[1].startswith("why       ") and lines[2].startswith("filters   ")
+    paths = [line.split()[-1] for line in lines if line.strip()[:1].isdigit()]
+    assert paths and all("/2019/beach/" in p or "/2023/garden/" in p for p in paths)
+
+
+def test_bad_where_and_bad_query_point_at_the_column(demo):
+    _, _, library = demo
+    out = run_cbir("search", "x", "--where", "taken >= 2019 andd camera ~ pixel", "--library", library)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    first, expression, caret = out.stderr.splitlines()
+    assert "unexpected 'andd' at column 15" in first
+    assert caret.index("^") == expression.index("andd")
+    out = run_cbir("search", '"dog + snow', "--library", library)
+    assert out.returncode == 2 and "unterminated quote at column 1" in out.stderr
+    out = run_cbir("search", "x", "--after", "last week", "--library", library)
+    assert out.returncode == 2 and "YYYY-MM-DD" in out.stderr
+
+
+def test_arithmetic_image_plus_text_and_like(demo):
+    _, photos, library = demo
+    red = str(photos[0].path)  # a red circle on gray
+    out = search(library, "--image", red, "-", "a red circle on a gray background", "+",
+                 "a yellow star on a cyan background", "--json", "--explain", "-k", "3")
+    plan, *rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert plan["plan"]["kind"] == "image+text → image"
+    assert scene_of(__import__("pathlib").Path(rows[0]["path"])) == "yellow-star-on-cyan"
+    out = search(library, "--like", red, "-k", "1", "--json")
+    assert json.loads(out.stdout)["path"] == red
+
+
+def test_text_target_modes(demo):
+    _, _, library = demo
+    out = search(library, "red circle", "--target", "text", "--mode", "keyword", "--json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows and all("red" in r["text"] or "circle" in r["text"] for r in rows)
+    assert rows[0]["source"] == "sidecar" and rows[0]["text_id"] > 0
+    table = search(library, "a red circle on a gray background", "--target", "text", "-k", "3").stdout
+    header, first, *_ = table.splitlines()
+    assert header.split()[:4] == ["rank", "score", "source", "text"]
+    assert "a red circle on a gray background" in first
+
+
+def test_paging_sorting_dedup_and_min_score(demo):
+    _, _, library = demo
+    full = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "8").stdout.splitlines()]
+    page = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "4", "--offset", "4").stdout.splitlines()]
+    assert [r["path"] for r in page] == [r["path"] for r in full[4:]] and page[0]["rank"] == 5
+    dated = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "8", "--sort", "date").stdout.splitlines()]
+    assert {r["path"] for r in dated} == {r["path"] for r in full}
+    taken = [r["taken"] for r in dated]
+    assert taken == sorted(taken)
+    threshold = (full[3]["score"] + full[4]["score"]) / 2  # JSON scores are rounded
+    cut = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "8", "--min-score", str(threshold)).stdout.splitlines()]
+    assert [r["path"] for r in cut] == [r["path"] for r in full[:4]]
+    assert search(library, "a green square", "--dedup", "-k", "3").returncode == 0
+
+
+def test_labels_from_the_command_line(demo):
+    _, photos, library = demo
+    image = str(photos[5].path)
+    out = run_cbir("label", "add", image, "Rex", "golden retriever", "--library", library)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["added: Rex", "added: golden retriever"]
+    listed = run_cbir("label", "list", image, "--library", library).stdout.splitlines()
+    assert listed[-2:] == ["label     Rex", "label     golden retriever"]
+    tagged = [json.loads(x) for x in search(library, "anything", "--tag", "rex", "--json").stdout.splitlines()]
+    assert [r["path"] for r in tagged] == [image]
+    out = run_cbir("label", "remove", image, "--library", library)
+    assert out.returncode == 0 and out.stdout.strip() == "removed: all labels"
+    out = run_cbir("label", "add", "/nowhere/x.jpg", "x", "--library", library)
+    assert out.returncode == 2 and "not an image of this library" in out.stderr
