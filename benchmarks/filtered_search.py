@@ -1,6 +1,7 @@
 """Filtered search: the planner against always-exact-subset, always-post-filter and a naive
 post-filter (one fixed over-fetch, no widening), across filter selectivities, on one synthetic
-library measured in one run. Prints latency ratios and recall@k against exact filtered search.
+library measured in one run. Prints a Markdown table: the planner's median latency, the others' latency as a ratio to it, and
+recall@k of each against exact filtered search (numpy over the same vectors).
 
     python benchmarks/filtered_search.py                 # 100k 512-d vectors (about 2 minutes)
     python benchmarks/filtered_search.py --vectors 20000 --queries 20
@@ -124,19 +125,23 @@ def main() -> None:
 
 
 def print_row(row: dict) -> None:
+    """One row of a Markdown table (readable in a terminal too): the planner's median latency,
+    the others' as ratios to it (above 1: slower than the planner), and recall@k of each."""
     if row["selectivity"] == SELECTIVITIES[0]:
         print(
-            f"{'selectivity':>11} {'matching':>8} {'chose':>15} {'planner ms':>10} "
-            f"{'exact/plan':>10} {'post/plan':>9} {'naive/plan':>10} "
-            f"{'recall plan':>11} {'exact':>6} {'post':>6} {'naive':>6}"
+            "| selectivity | matching | planner chose | planner p50 | exact-subset | post-filter "
+            "| naive | recall planner / exact / post / naive |"
         )
+        print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     p = row["planner"]["p50_ms"]
+    recalls = " / ".join(
+        f"{row[name]['recall']:.3f}" for name in ("planner", "exact_subset", "post_filter", "naive_post_filter")
+    )
     print(
-        f"{row['selectivity']:>11.1%} {row['matching']:>8} {row['planner_chose']:>15} {p:>10.2f} "
-        f"{row['exact_subset']['p50_ms'] / p:>10.2f} {row['post_filter']['p50_ms'] / p:>9.2f} "
-        f"{row['naive_post_filter']['p50_ms'] / p:>10.2f} {row['planner']['recall']:>11.3f} "
-        f"{row['exact_subset']['recall']:>6.3f} {row['post_filter']['recall']:>6.3f} "
-        f"{row['naive_post_filter']['recall']:>6.3f}"
+        f"| {row['selectivity']:.1%} | {row['matching']} | {row['planner_chose']} | {p:.1f} ms "
+        f"| {row['exact_subset']['p50_ms'] / p:.2f}× | {row['post_filter']['p50_ms'] / p:.2f}× "
+        f"| {row['naive_post_filter']['p50_ms'] / p:.2f}× | {recalls} |",
+        flush=True,
     )
 
 

@@ -339,7 +339,7 @@ class Library:
 
     # -- search --------------------------------------------------------------------------------
     def _require_images(self) -> None:
-        if not self.fingerprint or self.catalog.count_images() == 0:
+        if not self.fingerprint or not self.catalog.has_images():
             raise EmptyLibrary(
                 f"the library at {self.path} has no images yet; add some with `cbir ingest PATH`"
             )
@@ -406,16 +406,13 @@ class Library:
                 "`cbir label add IMAGE TEXT`"
             )
         expressions = [q.expression() for q in queries]
-        modes = [
-            mode or planning.default_mode(target, bool(e.texts), self.catalog.count_texts() > 0)
-            for e in expressions
-        ]
+        modes = [mode or planning.default_mode(target, bool(e.texts), index.ntotal > 0) for e in expressions]
         for e, m in zip(expressions, modes):
             if m != planning.SEMANTIC and not fts_match(e.texts):
                 raise UsageError(f"--mode {m} needs words to look for; this query has none: {e}")
         if min_score is not None and planning.KEYWORD in modes:
             raise UsageError("--min-score is a similarity cut-off; keyword mode has no similarity")
-        setup = {"parse": time.perf_counter() - started}
+        setup = {"prepare": time.perf_counter() - started}  # checks, filters, parsing
         matching = None
         if condition is not None:
             start = time.perf_counter()

@@ -207,6 +207,6 @@ def test_explain_counts_candidates(library):
     plan = hits.plan
     assert plan.matching is not None and plan.strategy == EXACT_SUBSET
     assert plan.examined == plan.matching and plan.returned == len(hits)
-    assert {"count", "search", "filter", "fetch"} <= set(plan.timings)
+    assert {"prepare", "count", "search", "filter", "fetch"} <= set(plan.timings)
     text = "\n".join(plan.describe())
     assert "exact-subset" in text and "pass the filters" in text

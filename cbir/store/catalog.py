@@ -477,6 +477,10 @@ class Catalog:
     def count_images(self) -> int:
         return self._count(Image)
 
+    def has_images(self) -> bool:
+        with self.engine.connect() as c:
+            return c.execute(select(Image.id).limit(1)).first() is not None
+
     def count_skipped(self) -> int:
         return self._count(Skipped)
 
