@@ -484,21 +484,19 @@ class Library:
 
     def _embed(self, expressions, needed: list[bool]) -> list[np.ndarray | None]:
         """One unit vector per expression that needs one: the weighted sum of its terms' unit
-        embeddings, normalised (rclip's query arithmetic). Texts are encoded in one batch."""
-        if not any(needed):
-            return [None] * len(expressions)
-        encoder = self.encoder
+        embeddings, normalised (rclip's query arithmetic). Texts are encoded in one batch; a
+        --like term is the image's stored vector, so a --like query loads no model."""
         texts = sorted({t.text for e, n in zip(expressions, needed) if n for t in e.terms if t.text is not None})
         encoded = {}
-        for start in range(0, len(texts), TEXT_BATCH):
+        for start in range(0, len(texts), TEXT_BATCH):  # the model loads only if a term needs it
             chunk = texts[start : start + TEXT_BATCH]
-            encoded.update(zip(chunk, encoder.encode_texts(chunk)))
+            encoded.update(zip(chunk, self.encoder.encode_texts(chunk)))
         out = []
         for e, n in zip(expressions, needed):
             if not n:
                 out.append(None)
                 continue
-            total = np.zeros(encoder.dim, dtype=np.float64)
+            total = np.zeros(self.catalog.dim, dtype=np.float64)
             for term in e.terms:
                 if term.text is not None:
                     v = encoded[term.text]

@@ -194,3 +194,14 @@ def test_migrating_a_0001_library_backfills_dates(fake_library, photos):
     reopened = fake_library()
     hits = reopened.search("x", k=100, filters=Filters(after=__import__("datetime").datetime(1971, 1, 1)))
     assert len(hits) == 20 and all(h.taken is not None for h in hits)
+
+
+def test_a_like_query_loads_no_model(fake_library, photos, monkeypatch):
+    from cbir.config import resolve_settings
+    from cbir.engine import Library
+
+    fake_library().ingest(photos)
+    monkeypatch.setattr("cbir.encode.load_encoder", lambda *a: pytest.fail("the model was loaded"))
+    lib = Library.open(resolve_settings(library=photos.parent / "lib", env={}))
+    me = photos / "a" / "img07.jpg"
+    assert lib.search(like=me, k=1, filters=Filters(folders=("a",)))[0].path == me

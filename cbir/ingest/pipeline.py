@@ -12,7 +12,6 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -27,6 +26,7 @@ from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, deco
 from cbir.ingest.scan import ScanResult, scan
 from cbir.ingest.texts import SidecarError, read_sidecar
 from cbir.store.catalog import EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
+from cbir.timing import Timer
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
 
@@ -62,19 +62,6 @@ class IngestReport:
         data["images_per_second"] = round(self.images_per_second, 2)
         data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return data
-
-
-class Timer:
-    def __init__(self, timings: dict[str, float]):
-        self.timings = timings
-
-    @contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[stage] += time.perf_counter() - start
 
 
 def decode_stream(

@@ -5,13 +5,12 @@ on an exact index (ties broken by id)."""
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from cbir.query.plan import ANN, EXACT_SUBSET, HYBRID, KEYWORD, NONE, POST_FILTER, Plan, rrf
+from cbir.timing import Timer
 
 DEDUP_SIMILARITY = 0.97  # results at least this similar to a better one are near-duplicates
 HYBRID_DEPTH = 50  # at least this many from each side go into reciprocal rank fusion
@@ -45,14 +44,7 @@ class Executor:
         self._matching: np.ndarray | None = None
         self._passing: dict[int, bool] = {}
         self._fetch = plan.fetch
-
-    @contextmanager
-    def timed(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.plan.timings[stage] = self.plan.timings.get(stage, 0.0) + time.perf_counter() - start
+        self.timed = Timer(plan.timings)
 
     # -- the whole query ------------------------------------------------------------------------
     def run(self, vector: np.ndarray | None, match: str | None, options: Options) -> list[Ranked]:
