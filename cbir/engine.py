@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from cbir.config import Settings, resolve_settings
-from cbir.encode.spec import Encoder, parse_model_spec, same_model
+from cbir.encode.spec import Encoder, encode_texts_batched, parse_model_spec, same_model
 from cbir.errors import (
     CbirError,
     EmptyLibrary,
@@ -36,7 +36,6 @@ from cbir.store.catalog import MODEL, Catalog, ImageInfo
 from cbir.store.db import create_db_engine, current_revision, head_revision, library_db_path, migrate
 
 INDEX_DIR = "index"
-TEXT_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -423,7 +422,7 @@ class Library:
         vectors = self._embed(expressions, needs_vector)
         embed_each = (time.perf_counter() - start) / max(1, sum(needs_vector))
         options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)
-        results = []
+        plans = []
         for expression, m, vector in zip(expressions, modes, vectors):
             if m == planning.KEYWORD:
                 chosen, why, fetch = planning.FTS, "keyword mode: SQLite FTS5 BM25 over the texts", options.need
@@ -433,19 +432,24 @@ class Library:
                 )
                 if m == planning.HYBRID:
                     why += "; fused with FTS5 keyword ranks by reciprocal rank fusion"
-            plan = planning.Plan(
-                kind=_kind(expression, target),
-                target=target,
-                mode=m,
-                strategy=chosen,
-                reason=why,
-                total=index.ntotal,
-                matching=matching,
-                filters=filters.describe() if condition is not None else "",
-                fetch=fetch,
-                timings=dict(setup, **({"embed": embed_each} if vector is not None else {})),
+            plans.append(
+                planning.Plan(
+                    kind=_kind(expression, target),
+                    target=target,
+                    mode=m,
+                    strategy=chosen,
+                    reason=why,
+                    total=index.ntotal,
+                    matching=matching,
+                    filters=filters.describe() if condition is not None else "",
+                    fetch=fetch,
+                    timings=dict(setup, **({"embed": embed_each} if vector is not None else {})),
+                )
             )
-            executor = Executor(plan, collection, index, condition)
+        prefetched = _search_together(index, plans, vectors, options)
+        results = []
+        for expression, plan, vector, first in zip(expressions, plans, vectors, prefetched):
+            executor = Executor(plan, collection, index, condition, prefetched=first)
             ranked = executor.run(vector, fts_match(expression.texts), options)[offset:]
             with executor.timed("fetch"):
                 hits = self._hits(target, ranked, offset)
@@ -487,10 +491,8 @@ class Library:
         embeddings, normalised (rclip's query arithmetic). Texts are encoded in one batch; a
         --like term is the image's stored vector, so a --like query loads no model."""
         texts = sorted({t.text for e, n in zip(expressions, needed) if n for t in e.terms if t.text is not None})
-        encoded = {}
-        for start in range(0, len(texts), TEXT_BATCH):  # the model loads only if a term needs it
-            chunk = texts[start : start + TEXT_BATCH]
-            encoded.update(zip(chunk, self.encoder.encode_texts(chunk)))
+        # the model loads only if a term needs it
+        encoded = dict(zip(texts, encode_texts_batched(self.encoder, texts))) if texts else {}
         out = []
         for e, n in zip(expressions, needed):
             if not n:
@@ -576,6 +578,25 @@ class Results(list):
     def __init__(self, hits, plan):
         super().__init__(hits)
         self.plan = plan
+
+
+def _search_together(index, plans, vectors, options) -> list:
+    """One index search for every query that needs the index alone: a batch of queries costs
+    about as much as one on a flat index (one matrix product). Per query: (scores, ids) or None."""
+    from cbir.query.plan import ANN, SEMANTIC
+
+    batch = [i for i, p in enumerate(plans) if p.strategy == ANN and p.mode == SEMANTIC]
+    out = [None] * len(plans)
+    if len(batch) < 2:
+        return out
+    want = min(options.need * (2 if options.dedup else 1), index.ntotal)
+    start = time.perf_counter()
+    scores, ids = index.search(np.stack([vectors[i] for i in batch]), want)
+    each = (time.perf_counter() - start) / len(batch)
+    for row, i in enumerate(batch):
+        out[i] = (scores[row], ids[row])
+        plans[i].timings["search"] = each
+    return out
 
 
 def _check_search_options(k: int, target: str, mode: str | None, sort: str, offset: int, strategy: str) -> None:

@@ -210,3 +210,14 @@ def test_explain_counts_candidates(library):
     assert {"prepare", "count", "search", "filter", "fetch"} <= set(plan.timings)
     text = "\n".join(plan.describe())
     assert "exact-subset" in text and "pass the filters" in text
+
+
+def test_a_batch_equals_the_queries_one_by_one(library):
+    from cbir.query import Query
+
+    lib, _ = library
+    queries = [Query(text=f"batch {i}") for i in range(6)]
+    for options in ({}, {"dedup": True}, {"offset": 3, "min_score": 0.1}):
+        together = lib.search_many(queries, k=7, **options)
+        alone = [lib.search_many([q], k=7, **options)[0] for q in queries]
+        assert [[h.id for h in r] for r in together] == [[h.id for h in r] for r in alone]

@@ -12,6 +12,7 @@ import numpy as np
 from cbir.errors import UsageError
 
 BUNDLED = "bundled"  # pretrained value of the models shipped inside cbir
+TEXT_BATCH = 256  # texts per text-encoder call
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -122,6 +123,13 @@ class Encoder(Protocol):
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """-> float32 [N, dim], L2-normalised."""
         ...
+
+
+def encode_texts_batched(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """Texts encoded TEXT_BATCH at a time (bounded memory on the device), as one matrix."""
+    return np.concatenate(
+        [encoder.encode_texts(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)]
+    )
 
 
 def make_fingerprint(spec: ModelSpec, dim: int, preprocess: Preprocess) -> dict:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from cbir.encode.spec import Encoder
+from cbir.encode.spec import TEXT_BATCH, Encoder, encode_texts_batched
 from cbir.errors import CbirError
 from cbir.index.flat import FlatIndex
 from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
@@ -31,7 +31,6 @@ from cbir.timing import Timer
 Progress = Callable[[int, int], None]  # (files done, files to do)
 
 CHUNK = 16  # files per task sent to a decode worker
-TEXT_BATCH = 256  # texts per text-encoder call
 
 
 @dataclass
@@ -281,12 +280,9 @@ class _Captions:
 def _embed_texts(encoder: Encoder, texts: dict) -> dict[tuple[str, str], list[TextRecord]]:
     """Encode every queued text in batches; keys with no texts stay (they delete old ones)."""
     flat = [(key, item) for key, items in texts.items() for item in items]
-    vectors = [
-        encoder.encode_texts([content for _, (content, *_) in flat[i : i + TEXT_BATCH]])
-        for i in range(0, len(flat), TEXT_BATCH)
-    ]
+    vectors = encode_texts_batched(encoder, [content for _, (content, _, _) in flat]) if flat else []
     out: dict[tuple[str, str], list[TextRecord]] = {key: [] for key in texts}
-    for (key, (content, size, mtime_ns)), vector in zip(flat, (v for batch in vectors for v in batch)):
+    for (key, (content, size, mtime_ns)), vector in zip(flat, vectors):
         out[key].append(TextRecord(content, vector, size, mtime_ns))
     return out
 

@@ -36,8 +36,9 @@ class Options:
 
 
 class Executor:
-    def __init__(self, plan: Plan, collection, index, condition):
+    def __init__(self, plan: Plan, collection, index, condition, prefetched=None):
         self.plan = plan
+        self.prefetched = prefetched  # (scores, ids) of a batched index search, for ANN
         self.collection = collection
         self.index = index
         self.condition = condition
@@ -90,10 +91,14 @@ class Executor:
         if strategy == NONE or self.index.ntotal == 0:
             return [], True
         if strategy == ANN:
-            with self.timed("search"):
-                scores, ids = self.index.search(vector, min(want, self.index.ntotal))
-            self.plan.examined += min(want, self.index.ntotal)
-            return _ranked(scores[0], ids[0]), want >= self.index.ntotal
+            want = min(want, self.index.ntotal)
+            if self.prefetched is not None and want <= len(self.prefetched[1]):
+                scores, ids = self.prefetched
+            else:
+                with self.timed("search"):
+                    scores, ids = (row[0] for row in self.index.search(vector, want))
+            self.plan.examined += want
+            return _ranked(scores[:want], ids[:want]), want >= self.index.ntotal
         if strategy == EXACT_SUBSET:
             if self._matching is None:
                 with self.timed("filter"):
