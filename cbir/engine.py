@@ -417,8 +417,14 @@ class Library:
             start = time.perf_counter()
             matching = collection.count(condition)
             setup["count"] = time.perf_counter() - start
-        start = time.perf_counter()
         needs_vector = [m != planning.KEYWORD for m in modes]
+        if self._encoder is None and any(
+            n and any(t.like is None for t in e.terms) for e, n in zip(expressions, needs_vector)
+        ):
+            start = time.perf_counter()
+            self.encoder  # loaded on first use: timed on its own, not as the first query's embedding
+            setup["load model"] = time.perf_counter() - start
+        start = time.perf_counter()
         vectors = self._embed(expressions, needs_vector)
         embed_each = (time.perf_counter() - start) / max(1, sum(needs_vector))
         options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)

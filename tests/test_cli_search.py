@@ -116,3 +116,23 @@ def test_labels_from_the_command_line(demo):
     assert out.returncode == 0 and out.stdout.strip() == "removed: all labels"
     out = run_cbir("label", "add", "/nowhere/x.jpg", "x", "--library", library)
     assert out.returncode == 2 and "not an image of this library" in out.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_search_quietly(demo):
+    """`cbir search ... | head -1`: no error message, the shell's exit status for SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    _, _, library = demo
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cbir", "search", "--batch", "-", "-k", "60", "--library", library],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    proc.stdin.write(b"a red circle\n" * 300)
+    proc.stdin.close()
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == b""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import click
 
@@ -35,6 +36,11 @@ class CbirGroup(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:
+            # The reader went away (`cbir search ... | head`): stop quietly, as Unix tools do.
+            # Python's docs: point stdout at devnull so flushing at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)  # 128 + SIGPIPE, what a shell reports for a tool killed by it
         except KeyboardInterrupt:
             if _debugging(ctx):
                 raise
