@@ -98,7 +98,8 @@ FILTERS = st.one_of(
 
 
 def brute_force(lib, target, condition, query, k):
-    """Exact filtered top-k by numpy over every stored vector, ties by id."""
+    """Exact filtered search by numpy over every stored vector: (top-k best first with ties by
+    id, the score of every id that passes the filter)."""
     chunks = lib.catalog.iter_vectors() if target == "images" else lib.catalog.iter_text_vectors()
     ids, vectors = map(np.concatenate, zip(*chunks))
     if condition is not None:
@@ -110,17 +111,18 @@ def brute_force(lib, target, condition, query, k):
         ids, vectors = ids[keep], vectors[keep]
     scores = vectors @ query
     order = np.lexsort((ids, -scores))[:k]
-    return [(int(ids[i]), float(scores[i])) for i in order]
+    return [(int(ids[i]), float(scores[i])) for i in order], dict(zip(ids.tolist(), scores.tolist()))
 
 
 def same_ranking(got, expected):
-    """Equal ids in order, allowing swaps only between scores equal to float rounding."""
-    assert len(got) == len(expected)
-    assert np.allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
-    for (gi, gs), (ei, es) in zip(got, expected):
-        if gi != ei:
-            tied = {i for i, s in expected if abs(s - gs) <= 1e-5}
-            assert gi in tied, (got, expected)
+    """A valid exact top-k: the same scores position by position (to float rounding), distinct
+    ids, each passing the filter with that score. Among equal scores any order is exact."""
+    top, every = expected
+    assert len(got) == len(top)
+    assert np.allclose([s for _, s in got], [s for _, s in top], atol=1e-5)
+    assert len({i for i, _ in got}) == len(got)
+    for i, score in got:
+        assert i in every and abs(every[i] - score) <= 1e-5, (i, score)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -221,3 +223,59 @@ def test_a_batch_equals_the_queries_one_by_one(library):
         together = lib.search_many(queries, k=7, **options)
         alone = [lib.search_many([q], k=7, **options)[0] for q in queries]
         assert [[h.id for h in r] for r in together] == [[h.id for h in r] for r in alone]
+
+
+VECTOR = st.lists(st.integers(-2, 2), min_size=4, max_size=4).filter(any)  # small grid: many exact ties
+ROW = st.tuples(VECTOR, st.sampled_from([640, 1024, 4000]), st.sampled_from(FORMATS), st.sampled_from(CAMERAS))
+SMALL_FILTERS = st.one_of(
+    st.just(Filters()),
+    st.builds(Filters, min_width=st.sampled_from([1000, 4000])),
+    st.builds(Filters, formats=st.lists(st.sampled_from(FORMATS), min_size=1, max_size=2).map(tuple)),
+    st.builds(Filters, where=st.sampled_from(["camera ~ pixel or width = 640", "not format = png", "camera is null"])),
+)
+
+
+@pytest.fixture(scope="module")
+def small_library(tmp_path_factory):
+    from cbir.config import resolve_settings
+    from cbir.engine import Library
+
+    base = tmp_path_factory.mktemp("random-libraries")
+    encoder = FakeEncoder(dim=4)
+    lib = Library.open(resolve_settings(library=base / "lib", env={}), create=True, encoder=encoder)
+    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
+    lib.catalog.dim = 4
+    root_id, _ = lib.catalog.root_for(base / "photos")
+    yield lib, root_id
+    lib.close()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(ROW, min_size=1, max_size=40),
+    query=VECTOR,
+    filters=SMALL_FILTERS,
+    k=st.integers(1, 12),
+    strategy=st.sampled_from(["auto", "ann", EXACT_SUBSET, POST_FILTER]),
+)
+def test_random_libraries_every_strategy_equals_brute_force(small_library, rows, query, filters, k, strategy):
+    """Random vectors (with exact duplicates, so ties) and random metadata, a new library each time."""
+    from sqlalchemy import delete
+
+    from cbir.store.models import Vector
+
+    lib, root_id = small_library
+    with lib.catalog.engine.begin() as c:  # empty the library, keep its schema
+        c.execute(delete(Vector))
+        c.execute(delete(Image))
+    changes = Changes(root_id)
+    for i, (vector, width, fmt, camera) in enumerate(rows):
+        record = ImageRecord(f"d/{i}.jpg", 1, 10**18, f"{i:064x}", width, 480, fmt, camera=camera)
+        changes.added.append((record, _unit(np.array(vector, dtype=np.float32))))
+    lib.catalog.apply(changes)
+    lib.rebuild_index()
+    q = _unit(np.array(query, dtype=np.float32))
+    lib._embed = lambda expressions, needed: [q for _ in expressions]  # the query vector itself
+    [hits] = lib.search_many([__import__("cbir.query", fromlist=["Query"]).Query(text="q")], k=k, filters=filters, strategy=strategy)
+    expected = brute_force(lib, "images", image_condition(filters, lib.catalog.roots()), q, k)
+    same_ranking([(h.id, h.score) for h in hits], expected)
