@@ -430,28 +430,19 @@ class Library:
         options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)
         plans = []
         for expression, m, vector in zip(expressions, modes, vectors):
-            if m == planning.KEYWORD:
-                chosen, why, fetch = planning.FTS, "keyword mode: SQLite FTS5 BM25 over the texts", options.need
-            else:
-                chosen, why, fetch = planning.choose_vector_strategy(
-                    index.ntotal, matching, options.need, exact_index=index.exact, forced=strategy
-                )
-                if m == planning.HYBRID:
-                    why += "; fused with FTS5 keyword ranks by reciprocal rank fusion"
-            plans.append(
-                planning.Plan(
-                    kind=_kind(expression, target),
-                    target=target,
-                    mode=m,
-                    strategy=chosen,
-                    reason=why,
-                    total=index.ntotal,
-                    matching=matching,
-                    filters=filters.describe() if condition is not None else "",
-                    fetch=fetch,
-                    timings=dict(setup, **({"embed": embed_each} if vector is not None else {})),
-                )
+            plan = planning.plan_query(
+                expression,
+                target=target,
+                mode=m,
+                total=index.ntotal,
+                matching=matching,
+                want=options.need,
+                exact_index=index.exact,
+                forced=strategy,
+                filters=filters.describe() if condition is not None else "",
             )
+            plan.timings = dict(setup, **({"embed": embed_each} if vector is not None else {}))
+            plans.append(plan)
         prefetched = _search_together(index, plans, vectors, options)
         results = []
         for expression, plan, vector, first in zip(expressions, plans, vectors, prefetched):
@@ -620,16 +611,6 @@ def _check_search_options(k: int, target: str, mode: str | None, sort: str, offs
     ):
         if value not in allowed:
             raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(a for a in allowed if a)}")
-
-
-def _kind(expression, target: str) -> str:
-    """e.g. "text → image", "image+text → text"."""
-    sources = []
-    for term in expression.terms:
-        source = "text" if term.text is not None else "image"
-        if source not in sources:
-            sources.append(source)
-    return f"{'+'.join(sources)} → {'image' if target == 'images' else 'text'}"
 
 
 def _database_error(e: OperationalError, library: Path) -> CbirError:

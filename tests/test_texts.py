@@ -15,7 +15,6 @@ from PIL import Image
 from cbir.errors import EmptyLibrary, UsageError
 from cbir.index.flat import TEXTS, FlatIndex
 from cbir.query.filters import Filters
-from tests.conftest import write_image
 
 
 def captions(lib) -> dict[str, list[tuple[str, str]]]:

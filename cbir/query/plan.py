@@ -128,6 +128,47 @@ def default_mode(target: str, has_words: bool, has_texts: bool) -> str:
     return HYBRID if target == TEXTS and has_words and has_texts else SEMANTIC
 
 
+def query_kind(expression, target: str) -> str:
+    """What is asked for what, e.g. "text → image", "image+text → text"."""
+    sources = list(dict.fromkeys("text" if t.text is not None else "image" for t in expression.terms))
+    return f"{'+'.join(sources)} → {'image' if target == IMAGES else 'text'}"
+
+
+def plan_query(
+    expression,
+    *,
+    target: str,
+    mode: str,
+    total: int,
+    matching: int | None,
+    want: int,
+    exact_index: bool,
+    forced: str = "auto",
+    filters: str = "",
+) -> Plan:
+    """The plan for one query over a collection of ``total`` vectors, ``matching`` of which pass
+    the filters (None: no filter), ranking ``want`` results."""
+    if mode == KEYWORD:
+        strategy, why, fetch = FTS, "keyword mode: SQLite FTS5 BM25 over the texts", want
+    else:
+        strategy, why, fetch = choose_vector_strategy(
+            total, matching, want, exact_index=exact_index, forced=forced
+        )
+        if mode == HYBRID:
+            why += "; fused with FTS5 keyword ranks by reciprocal rank fusion"
+    return Plan(
+        kind=query_kind(expression, target),
+        target=target,
+        mode=mode,
+        strategy=strategy,
+        reason=why,
+        total=total,
+        matching=matching,
+        filters=filters,
+        fetch=fetch,
+    )
+
+
 def rrf(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
     """Reciprocal rank fusion: each id scores sum(1 / (k + rank)) over the rankings it is in."""
     scores: dict[int, float] = {}
