@@ -197,10 +197,12 @@ def test_the_planner_follows_selectivity():
     assert "50000 of 100000" in why and 20 <= fetch <= 100
 
 
-def test_rrf_fuses_by_reciprocal_rank():
-    fused = rrf([[1, 2, 3], [3, 1, 4]])
+def test_rrf_fuses_by_reciprocal_rank_and_ties_share_a_rank():
+    fused = rrf([[(1, 0.9), (2, 0.8), (3, 0.7)], [(3, 5.0), (1, 4.0), (4, 3.0)]])
     assert [i for i, _ in fused] == [1, 3, 2, 4]
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    tied = dict(rrf([[(7, 0.5), (5, 0.5), (6, 0.4)]]))
+    assert tied[7] == tied[5] == pytest.approx(1 / 61) and tied[6] == pytest.approx(1 / 63)
 
 
 def test_explain_counts_candidates(library):

@@ -124,6 +124,8 @@ def test_text_search_modes(fake_library, captioned):
     assert by_image.plan.kind == "image → text" and len(by_image) == 4
     images = lib.search("birthday garden", mode="keyword")
     assert [h.path.name for h in images] == ["img05.jpg"]
+    fused = lib.search("birthday garden", mode="hybrid", k=20)  # the one keyword match comes first
+    assert fused[0].path.name == "img05.jpg" and len(fused) == 20
     with pytest.raises(UsageError, match="needs words"):
         lib.search(image=captioned / "a" / "img03.jpg", target="texts", mode="keyword")
 

@@ -114,6 +114,8 @@ def _count(db) -> int:
 def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_path):
     photos = tmp_path / "photos"
     pairs = make_gallery(photos, 240, seed=EVAL_SEED + 1)
+    for path, scene in pairs[::3]:  # captions too: texts must come through the kills whole
+        path.with_suffix(".txt").write_text(scene.caption)
     library = tmp_path / "lib"
     db = library / "library.db"
     cmd = [sys.executable, "-m", "cbir", "ingest", str(photos), "--library", str(library),
@@ -139,8 +141,11 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
 
     with sqlite3.connect(db) as c:
         assert c.execute("pragma integrity_check").fetchone()[0] == "ok"
+        c.execute("insert into texts_fts(texts_fts) values ('integrity-check')")
         rows = c.execute("select path, content_hash from images").fetchall()
         assert c.execute("select count(*) from vectors").fetchone()[0] == len(rows)
+        captions = c.execute("select images.path, texts.content from texts join images on images.id = texts.image_id").fetchall()
+    assert sorted(captions) == sorted((p.name, s.caption) for p, s in pairs[::3])
     assert sorted(p for p, _ in rows) == sorted(p.name for p, _ in pairs)
     assert len({h for _, h in rows}) == len(rows)
     lib = Library.open(resolve_settings(library=library, env={}))
@@ -151,6 +156,9 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
     clean.ingest(photos)
     for query in ("a red circle on a gray background", "a white star on a cyan background"):
         assert [h.path for h in lib.search(query, k=10)] == [h.path for h in clean.search(query, k=10)]
+        for mode in ("semantic", "hybrid"):  # by content: equal captions tie, their ids differ
+            texts = [h.text for h in lib.search(query, k=10, target="texts", mode=mode)]
+            assert texts == [h.text for h in clean.search(query, k=10, target="texts", mode=mode)]
 
 
 def test_a_local_checkpoint_loads_through_the_same_path(gallery, tmp_path):

@@ -74,7 +74,7 @@ class Executor:
             depth = max(want, HYBRID_DEPTH)
             semantic, done_v = self._vector(vector, depth)
             keyword, done_k = self._keyword(match, depth)
-            fused = rrf([[r.id for r in semantic], [r.id for r in keyword]])
+            fused = rrf([[(r.id, r.score) for r in semantic], [(r.id, r.score) for r in keyword]])
             similarity = {r.id: r.similarity for r in semantic}
             missing = [i for i, _ in fused if i not in similarity]
             if missing:  # keyword-only matches: their similarity from the stored vectors

@@ -26,6 +26,7 @@ SUBSET_COST_PER_MATCH = 8.0
 OVERFETCH = 1.5  # post-filter fetches this much more than the selectivity says it needs
 MIN_FETCH = 32
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009; Elasticsearch's default)
+TIE = 1e-6  # scores closer than this are equal (the same text encoded in another batch)
 
 
 @dataclass
@@ -169,10 +170,15 @@ def plan_query(
     )
 
 
-def rrf(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: each id scores sum(1 / (k + rank)) over the rankings it is in."""
-    scores: dict[int, float] = {}
+def rrf(rankings: list[list[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of rankings of (id, score), best first: each id scores
+    sum(1 / (k + rank)). Equal scores share a rank ("1224"), so ties (the same caption on two
+    images) are not broken by id before fusing."""
+    fused: dict[int, float] = {}
     for ranking in rankings:
-        for rank, item in enumerate(ranking, 1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        rank, previous = 0, None
+        for position, (item, score) in enumerate(ranking, 1):
+            if previous is None or abs(score - previous) > TIE:
+                rank, previous = position, score
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
