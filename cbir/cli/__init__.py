@@ -100,6 +100,9 @@ def cli():
       cbir ingest ~/Pictures                 add a folder (new, changed, moved, deleted files)
       cbir search "two dogs in a frosty field"
       cbir search --image holiday.jpg        find similar pictures
+      cbir search "dog" + "snow" --after 2019 --camera pixel --explain
+      cbir search sunset --target text       search captions, descriptions, labels
+      cbir label add photo.jpg "Rex"         your own words for an image (--tag rex)
       cbir status                            what the library holds
       cbir demo                              see it work on a generated library
     """
