@@ -103,7 +103,7 @@ class Library:
         self.path = settings.library
         self.catalog = catalog
         self._encoder = encoder
-        self._indexes: dict = {}  # name -> FlatIndex, loaded on first use
+        self._indexes: dict = {}  # name -> VectorIndex, loaded on first use
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -198,31 +198,53 @@ class Library:
     def index_dir(self) -> Path:
         return self.path / INDEX_DIR
 
-    def _stored(self, name: str):
+    def _stored(self, name: str) -> tuple[int, object]:
         """(current version, chunks of stored vectors) behind the index ``name``."""
-        from cbir.index.flat import IMAGES
+        from cbir.index.vector_index import IMAGES
 
         if name == IMAGES:
             return self.catalog.vector_version(), self.catalog.iter_vectors
         return self.catalog.text_version(), self.catalog.iter_text_vectors
 
-    def _load_index(self, name: str, *, writer: bool):
-        """The saved index, or one rebuilt from the stored vectors when it is missing or stale
-        (e.g. after an interrupted ingest); a rebuilt index is saved when no one else writes."""
-        from cbir.index.flat import FlatIndex
+    def _build(self, name: str, kind: str = "auto", memory_bytes: int | None = None):
+        """(index, report) built from the stored vectors: never re-encoding anything."""
+        from cbir.index.build import build
 
-        dim = self.catalog.dim
         version, chunks = self._stored(name)
-        index = FlatIndex.load(self.index_dir, dim, version, name)
+        return build(
+            name,
+            self.catalog.dim,
+            len(self.catalog.vector_ids(name)),
+            chunks,
+            lambda n: self.catalog.sample_vectors(name, n),
+            version,
+            kind=kind,
+            memory_bytes=memory_bytes,
+        )
+
+    def _save_indexes(self, indexes: dict, builds: dict | None = None):
+        from cbir.index import generations
+
+        return generations.save(self.index_dir, indexes, self.fingerprint or {}, builds)
+
+    def _load_index(self, name: str, *, writer: bool):
+        """The saved index, or one rebuilt from the stored vectors (of the kind it had) when it
+        is missing or stale, e.g. after an interrupted ingest; a rebuilt index is saved when no
+        one else writes."""
+        from cbir.index import generations
+
+        version, _ = self._stored(name)
+        index, entry = generations.load(self.index_dir, name, self.catalog.dim, version)
         if index is None:
-            index = FlatIndex.build(dim, chunks(), version, name)
+            index, report = self._build(name, entry.spec.kind if entry else "auto")
+            builds = {name: report.for_manifest()}
             if writer:
-                index.save(self.index_dir)
+                self._save_indexes({name: index}, builds)
             else:
                 try:
                     with writer_lock(self.path):
                         if self._stored(name)[0] == version:
-                            index.save(self.index_dir)
+                            self._save_indexes({name: index}, builds)
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
         self._indexes[name] = index
@@ -232,25 +254,84 @@ class Library:
         index = self._indexes.get(name)
         return index if index is not None else self._load_index(name, writer=False)
 
-    def rebuild_index(self) -> int:
-        """Rebuild the indexes from stored vectors (never re-encoding); returns the image count."""
-        from cbir.index.flat import IMAGES, TEXTS, FlatIndex
+    def rebuild_index(self, kind: str = "auto", memory_bytes: int | None = None) -> list:
+        """Rebuild the indexes from the stored vectors, never re-encoding; ``kind`` (auto, flat,
+        hnsw, ivf, ivfpq) and the memory budget apply to the image index, the text index is
+        chosen automatically. Returns a BuildReport per index; the switch to them is atomic."""
+        from cbir.index.vector_index import IMAGES, TEXTS
 
         self._require_images()
         with writer_lock(self.path):
-            for name in (IMAGES, TEXTS):
-                version, chunks = self._stored(name)
-                index = FlatIndex.build(self.catalog.dim, chunks(), version, name)
-                index.save(self.index_dir)
-                self._indexes[name] = index
-        return self._indexes[IMAGES].ntotal
+            built = {
+                IMAGES: self._build(IMAGES, kind, memory_bytes),
+                TEXTS: self._build(TEXTS, "auto", memory_bytes),
+            }
+            indexes = {name: index for name, (index, _) in built.items()}
+            manifest = self._save_indexes(indexes, {n: report.for_manifest() for n, (_, report) in built.items()})
+        self._indexes.update(indexes)
+        folder = self.index_dir / manifest.folder
+        for name, (_, report) in built.items():
+            report.bytes = sum((folder / f).stat().st_size for f in manifest.indexes[name].files)
+        return [report for _, report in built.values()]
+
+    def verify_index(self) -> dict[str, list[str]]:
+        """Problems of each index (checksums, model, version, ids == the database's ids); an
+        index with an empty list is sound."""
+        from cbir.index import generations
+        from cbir.index.vector_index import IMAGES, TEXTS
+
+        problems = {}
+        for name in (IMAGES, TEXTS):
+            version, _ = self._stored(name)
+            ids = self.catalog.vector_ids(name)
+            if name == TEXTS and not len(ids) and version == 0:
+                problems[name] = []  # no texts, never had any: nothing to index
+                continue
+            problems[name] = generations.verify(
+                self.index_dir, name, self.catalog.dim, version, ids, self.fingerprint or {}
+            )
+        return problems
+
+    def repair_index(self) -> dict[str, list[str]]:
+        """Rebuild (as the same kind, from the stored vectors) every index verify finds broken;
+        returns what was wrong with the ones rebuilt."""
+        from cbir.index import generations
+
+        self._require_images()
+        with writer_lock(self.path):
+            broken = {name: p for name, p in self.verify_index().items() if p}
+            manifest = generations.read_manifest(self.index_dir)
+            built = {}
+            for name in broken:
+                entry = manifest.indexes.get(name) if manifest else None
+                built[name] = self._build(name, entry.spec.kind if entry else "auto")
+            if built:
+                self._save_indexes(
+                    {n: index for n, (index, _) in built.items()},
+                    {n: report.for_manifest() for n, (_, report) in built.items()},
+                )
+                self._indexes.update({n: index for n, (index, _) in built.items()})
+        return broken
+
+    def index_info(self) -> dict:
+        """The current generation's manifest, with each index's files and sizes."""
+        from cbir.index.generations import read_manifest
+
+        manifest = read_manifest(self.index_dir)
+        if manifest is None:
+            return {"generation": None, "indexes": {}}
+        data = manifest.as_dict()
+        folder = self.index_dir / manifest.folder
+        for entry in data["indexes"].values():
+            entry["bytes"] = sum((folder / f).stat().st_size for f in entry["files"] if (folder / f).exists())
+        return data
 
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None):
         """Add a folder (or one image) to the library: new files are encoded, changed ones
         re-encoded, moved ones followed, deleted ones removed; bad files are recorded as skipped.
         Caption files beside images and descriptions inside them become the library's texts."""
-        from cbir.index.flat import IMAGES, TEXTS
+        from cbir.index.vector_index import IMAGES, TEXTS
         from cbir.ingest.pipeline import default_workers, run_ingest
 
         target = Path(path).expanduser()
@@ -287,11 +368,10 @@ class Library:
                 # Save what the in-memory indexes hold, labelled with the versions they reflect,
                 # even when the run was interrupted: a batch committed but not yet indexed
                 # leaves one stale, and a stale index is rebuilt on the next open.
-                for index in indexes:
-                    try:
-                        index.save(self.index_dir)
-                    except (CbirError, OperationalError):
-                        pass  # a stale index is detected and rebuilt on the next open
+                try:
+                    self._save_indexes(dict(zip((IMAGES, TEXTS), indexes)))
+                except (CbirError, OperationalError, OSError):
+                    pass  # a stale index is detected and rebuilt on the next open
             return report
 
     # -- labels: texts the user adds -----------------------------------------------------------
@@ -304,7 +384,7 @@ class Library:
     def add_label(self, image: str | Path, label: str) -> bool:
         """Label a library image (a text of its own: searchable, and a --tag filter); False if
         it already had that label."""
-        from cbir.index.flat import TEXTS
+        from cbir.index.vector_index import TEXTS
         from cbir.store.catalog import LABEL, TextRecord
 
         label = " ".join(label.split())
@@ -316,7 +396,7 @@ class Library:
 
     def remove_label(self, image: str | Path, label: str | None = None) -> bool:
         """Remove one label (any case) from a library image, or all its labels; False if none."""
-        from cbir.index.flat import TEXTS
+        from cbir.index.vector_index import TEXTS
         from cbir.store.catalog import LABEL
 
         image_id = self._library_image(image)
@@ -333,7 +413,7 @@ class Library:
             if changes is None:
                 return False
             index.apply(changes)
-            index.save(self.index_dir)
+            self._save_indexes({name: index})
             return True
 
     # -- search --------------------------------------------------------------------------------
@@ -359,7 +439,8 @@ class Library:
         combined with ``text`` (``image="a.jpg", text='+ "in winter"'``). Options: ``target``
         ("images" or "texts"), ``mode`` ("semantic", "keyword", "hybrid"), ``filters``
         (:class:`cbir.query.filters.Filters`), ``min_score``, ``sort`` ("score" or "date"),
-        ``offset``, ``dedup``, ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter").
+        ``offset``, ``dedup``, ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter"),
+        ``index_params`` (per-query index search parameters: {"nprobe": 32}, {"efSearch": 128}).
         The result is a list of hits with the executed plan as ``.plan``."""
         query = Query(
             text=text,
@@ -381,6 +462,7 @@ class Library:
         offset: int = 0,
         dedup: bool = False,
         strategy: str = "auto",
+        index_params: dict | None = None,
     ) -> list["Results"]:
         """Many queries with one model load, one filter evaluation and one text-encoder batch."""
         from cbir.query import plan as planning
@@ -443,10 +525,13 @@ class Library:
             )
             plan.timings = dict(setup, **({"embed": embed_each} if vector is not None else {}))
             plans.append(plan)
-        prefetched = _search_together(index, plans, vectors, options)
+        prefetched = _search_together(index, plans, vectors, options, index_params)
         results = []
         for expression, plan, vector, first in zip(expressions, plans, vectors, prefetched):
-            executor = Executor(plan, collection, index, condition, prefetched=first)
+            executor = Executor(
+                plan, collection, index, condition,
+                vectors_of=self._vectors_of(target), params=index_params, prefetched=first,
+            )
             ranked = executor.run(vector, fts_match(expression.texts), options)[offset:]
             with executor.timed("fetch"):
                 hits = self._hits(target, ranked, offset)
@@ -523,31 +608,41 @@ class Library:
         return self.encoder.encode_images(pixels[None])[0]
 
     def _library_vector(self, path: str) -> np.ndarray:
-        from cbir.index.flat import IMAGES
+        from cbir.index.vector_index import IMAGES
 
         image_id = self._library_image(path, "--like")
-        ids, vectors = self._index(IMAGES).vectors(np.asarray([image_id]))
+        ids, vectors = self._vectors_of(IMAGES)(np.asarray([image_id]))
         if not len(ids):
             raise UsageError(f"--like {path}: its vector is missing from the index; run `cbir ingest` again")
         return vectors[0]
 
+    def _vectors_of(self, name: str):
+        """ids -> (ids found, exact vectors): from the index when it keeps them whole, else from
+        SQLite (IVF-PQ keeps compressed codes only)."""
+        index = self._index(name)
+        if index.stores_exact_vectors:
+            return index.vectors
+        return lambda ids: self.catalog.vectors_of(name, ids)
+
     # -- status --------------------------------------------------------------------------------
     def status(self, *, with_skipped: bool = False) -> Status:
-        from cbir.index.flat import IMAGES, INDEX_TYPE, TEXTS, Manifest, index_file
+        from cbir.index.generations import read_manifest
+        from cbir.index.vector_index import IMAGES, TEXTS
 
         fingerprint = self.fingerprint or {}
-        manifest = Manifest.read(self.index_dir, IMAGES)
-        text_manifest = Manifest.read(self.index_dir, TEXTS)
+        manifest = read_manifest(self.index_dir)
+        entries = manifest.indexes if manifest else {}
+        images, texts = entries.get(IMAGES), entries.get(TEXTS)
+        folder = self.index_dir / manifest.folder if manifest else None
         index_bytes = sum(
-            index_file(self.index_dir, n).stat().st_size
-            for n in (IMAGES, TEXTS)
-            if index_file(self.index_dir, n).exists()
+            (folder / f).stat().st_size for e in entries.values() for f in e.files if (folder / f).exists()
         )
         db_bytes = sum(
             p.stat().st_size
             for p in self.path.glob(library_db_path(self.path).name + "*")
             if p.is_file()
         )
+        text_version = self.catalog.text_version()
         return Status(
             library=self.path,
             model=fingerprint.get("spec", "(none yet)"),
@@ -555,15 +650,12 @@ class Library:
             images=self.catalog.count_images(),
             texts=self.catalog.count_texts(),
             skipped=self.catalog.count_skipped(),
-            index_type=manifest.type if manifest else INDEX_TYPE,
-            index_vectors=manifest.count if manifest else 0,
+            index_type=images.spec.kind if images else "flat",
+            index_vectors=images.count if images else 0,
             index_bytes=index_bytes,
-            index_current=bool(manifest)
-            and manifest.vector_version == self.catalog.vector_version()
-            and (
-                (text_manifest is not None and text_manifest.vector_version == self.catalog.text_version())
-                or self.catalog.text_version() == 0
-            ),
+            index_current=images is not None
+            and images.vector_version == self.catalog.vector_version()
+            and (texts.vector_version == text_version if texts else text_version == 0),
             database_bytes=db_bytes,
             skipped_files=self.catalog.skipped() if with_skipped else [],
         )
@@ -577,7 +669,7 @@ class Results(list):
         self.plan = plan
 
 
-def _search_together(index, plans, vectors, options) -> list:
+def _search_together(index, plans, vectors, options, params) -> list:
     """One index search for every query that needs the index alone: a batch of queries costs
     about as much as one on a flat index (one matrix product). Per query: (scores, ids) or None."""
     from cbir.query.plan import ANN, SEMANTIC
@@ -588,7 +680,7 @@ def _search_together(index, plans, vectors, options) -> list:
         return out
     want = min(options.need * (2 if options.dedup else 1), index.ntotal)
     start = time.perf_counter()
-    scores, ids = index.search(np.stack([vectors[i] for i in batch]), want)
+    scores, ids = index.search(np.stack([vectors[i] for i in batch]), want, params)
     each = (time.perf_counter() - start) / len(batch)
     for row, i in enumerate(batch):
         out[i] = (scores[row], ids[row])

@@ -40,7 +40,7 @@ def test_status(built):
     status = json.loads(out.stdout)
     assert (status["images"], status["skipped"]) == (48, 1)
     assert status["model"] == "cbir-tiny" and status["index_current"]
-    assert status["index_type"] == "flat-ip" and status["index_bytes"] > 0
+    assert status["index_type"] == "flat" and status["index_bytes"] > 0
     listed = run_cbir("status", "--skipped", "--library", str(library)).stdout
     assert str(photos / "broken.jpg") in listed
 

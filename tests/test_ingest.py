@@ -12,13 +12,13 @@ from PIL import Image
 from cbir.encode.fake import FakeEncoder
 from cbir.errors import LibraryLocked, UsageError
 from cbir.fsutil import writer_lock
-from cbir.index.flat import FlatIndex
+from cbir.index import generations
 from tests.conftest import write_image
 
 
 def index_matches_db(lib) -> None:
     """The saved index holds exactly the database's vectors."""
-    index = FlatIndex.load(lib.index_dir, lib.catalog.dim, lib.catalog.vector_version())
+    index, _ = generations.load(lib.index_dir, "images", lib.catalog.dim, lib.catalog.vector_version())
     assert index is not None, "index is missing or stale"
     stored = dict((int(i), v) for ids, vs in lib.catalog.iter_vectors() for i, v in zip(ids, vs))
     assert sorted(index.ids().tolist()) == sorted(stored)
@@ -145,7 +145,8 @@ def test_stale_index_is_rebuilt_from_stored_vectors(fake_library, photos):
     encoder = FakeEncoder()
     lib = fake_library(encoder=encoder)
     lib.ingest(photos)
-    (lib.index_dir / "images.faiss").write_bytes(b"corrupt")
+    manifest = generations.read_manifest(lib.index_dir)
+    (lib.index_dir / manifest.folder / "images.faiss").write_bytes(b"corrupt")
     lib._indexes.clear()  # forget the loaded index
     before = encoder.images_encoded
     assert len(lib.search("x", k=100)) == 20
@@ -158,7 +159,8 @@ def test_rebuild_index_gives_the_same_results(fake_library, photos):
     lib.ingest(photos)
     query = photos / "a" / "img07.jpg"
     before = [(h.id, round(h.score, 5)) for h in lib.search(image=query, k=5)]
-    assert lib.rebuild_index() == 20
+    images, texts = lib.rebuild_index()
+    assert (images.name, images.vectors, texts.name, texts.vectors) == ("images", 20, "texts", 0)
     assert [(h.id, round(h.score, 5)) for h in lib.search(image=query, k=5)] == before
 
 

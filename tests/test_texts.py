@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from cbir.errors import EmptyLibrary, UsageError
-from cbir.index.flat import TEXTS, FlatIndex
+from cbir.index import generations
+from cbir.index.vector_index import TEXTS
 from cbir.query.filters import Filters
 
 
@@ -33,7 +34,7 @@ def texts_consistent(lib) -> None:
     """The FTS5 index matches the texts table, and the saved text index holds every text vector."""
     with sqlite3.connect(lib.path / "library.db") as c:
         c.execute("insert into texts_fts(texts_fts) values ('integrity-check')")
-    index = FlatIndex.load(lib.index_dir, lib.catalog.dim, lib.catalog.text_version(), TEXTS)
+    index, _ = generations.load(lib.index_dir, TEXTS, lib.catalog.dim, lib.catalog.text_version())
     assert index is not None, "text index missing or stale"
     stored = sorted(int(i) for ids, _ in lib.catalog.iter_text_vectors() for i in ids)
     assert sorted(index.ids().tolist()) == stored

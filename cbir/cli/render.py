@@ -87,3 +87,35 @@ def status_text(status) -> str:
         lines.append("")
         lines += [f"{path}: {reason}" for path, reason in status.skipped_files]
     return "\n".join(lines)
+
+
+def build_summary(report) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in report.params.items()) or "none"
+    recall = (
+        f"recall@10 {report.recall_at_10:.3f} on {report.queries} held-out vectors"
+        if report.recall_at_10 is not None
+        else "recall not measured (too few vectors)"
+    )
+    return (
+        f"{report.name}: {report.kind} ({report.factory}), {report.vectors} vectors, "
+        f"{human_bytes(report.bytes)}, built in {report.seconds:.1f} s; search {params}; {recall}\n"
+        f"  why: {report.reason}"
+    )
+
+
+def index_info_text(info: dict) -> str:
+    if info.get("generation") is None:
+        return "no index yet (it is built on the next ingest or search)"
+    lines = [f"generation {info['generation']} ({info['folder']})"]
+    for name, entry in info["indexes"].items():
+        spec = entry["spec"]
+        params = ", ".join(f"{k}={v}" for k, v in spec["params"].items()) or "none"
+        build = entry.get("build") or {}
+        recall = build.get("recall_at_10")
+        lines.append(
+            f"{name:<7} {spec['kind']} ({spec['factory']}), {entry['count']} vectors, "
+            f"{human_bytes(entry['bytes'])}, search {params}"
+            + (f", recall@10 {recall:.3f}" if recall is not None else "")
+            + f", vector version {entry['vector_version']}"
+        )
+    return "\n".join(lines)

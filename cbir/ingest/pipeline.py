@@ -21,7 +21,7 @@ import numpy as np
 
 from cbir.encode.spec import TEXT_BATCH, Encoder, encode_texts_batched
 from cbir.errors import CbirError
-from cbir.index.flat import FlatIndex
+from cbir.index.vector_index import VectorIndex
 from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
 from cbir.ingest.scan import ScanResult, scan
 from cbir.ingest.texts import SidecarError, read_sidecar
@@ -108,8 +108,8 @@ def _worker_context():
 
 def run_ingest(
     catalog: Catalog,
-    index: FlatIndex,
-    text_index: FlatIndex,
+    index: VectorIndex,
+    text_index: VectorIndex,
     encoder: Encoder,
     root_id: int,
     root: Path,

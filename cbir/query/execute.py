@@ -6,12 +6,14 @@ on an exact index (ties broken by id)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from cbir.query.plan import ANN, EXACT_SUBSET, HYBRID, KEYWORD, NONE, POST_FILTER, Plan, rrf
 from cbir.timing import Timer
 
+ROW_CHUNK = 65_536  # vectors gathered at a time when scoring a subset exactly (bounds memory)
 DEDUP_SIMILARITY = 0.97  # results at least this similar to a better one are near-duplicates
 HYBRID_DEPTH = 50  # at least this many from each side go into reciprocal rank fusion
 
@@ -36,8 +38,10 @@ class Options:
 
 
 class Executor:
-    def __init__(self, plan: Plan, collection, index, condition, prefetched=None):
+    def __init__(self, plan: Plan, collection, index, condition, *, vectors_of, params=None, prefetched=None):
         self.plan = plan
+        self.vectors_of = vectors_of  # ids -> (ids found, exact vectors): the index's or SQLite's
+        self.params = params or {}  # per-call index search parameters (nprobe, efSearch)
         self.prefetched = prefetched  # (scores, ids) of a batched index search, for ANN
         self.collection = collection
         self.index = index
@@ -78,7 +82,7 @@ class Executor:
             similarity = {r.id: r.similarity for r in semantic}
             missing = [i for i, _ in fused if i not in similarity]
             if missing:  # keyword-only matches: their similarity from the stored vectors
-                ids, vectors = self.index.vectors(np.asarray(missing))
+                ids, vectors = self.vectors_of(np.asarray(missing))
                 similarity.update(zip(ids.tolist(), (vectors @ vector).tolist()))
             ranked = [Ranked(i, s, similarity.get(i)) for i, s in fused]
             return ranked[:want], done_v and done_k
@@ -96,7 +100,7 @@ class Executor:
                 scores, ids = self.prefetched
             else:
                 with self.timed("search"):
-                    scores, ids = (row[0] for row in self.index.search(vector, want))
+                    scores, ids = (row[0] for row in self.index.search(vector, want, self.params))
             self.plan.examined += want
             return _ranked(scores[:want], ids[:want]), want >= self.index.ntotal
         if strategy == EXACT_SUBSET:
@@ -104,7 +108,7 @@ class Executor:
                 with self.timed("filter"):
                     self._matching = np.asarray(self.collection.matching_ids(self.condition), np.int64)
             with self.timed("search"):
-                scores, ids = self.index.search_subset(vector, self._matching, want)
+                scores, ids = search_subset(vector, self._matching, want, self.vectors_of)
             self.plan.examined += len(self._matching)
             return _ranked(scores, ids), want >= len(self._matching)
         if strategy == POST_FILTER:
@@ -116,7 +120,7 @@ class Executor:
         while True:
             fetch = min(max(self._fetch, want), total)
             with self.timed("search"):
-                scores, ids = self.index.search(vector, fetch)
+                scores, ids = self.index.search(vector, fetch, self.params)
             self.plan.examined += min(fetch, total)
             fresh = [int(i) for i in ids[0] if i >= 0 and int(i) not in self._passing]
             with self.timed("filter"):
@@ -139,7 +143,7 @@ class Executor:
         """Greedy: keep a result unless it is near-identical to a better one already kept."""
         if len(results) < 2:
             return results
-        ids, vectors = self.index.vectors(np.asarray([r.id for r in results]))
+        ids, vectors = self.vectors_of(np.asarray([r.id for r in results]))
         by_id = dict(zip(ids.tolist(), vectors))
         kept: list[Ranked] = []
         kept_vectors: list[np.ndarray] = []
@@ -160,3 +164,22 @@ def _ranked(scores: np.ndarray, ids: np.ndarray) -> list[Ranked]:
     scores, ids = scores[valid], ids[valid]
     order = np.lexsort((ids, -scores))
     return [Ranked(int(i), float(s), float(s)) for s, i in zip(scores[order], ids[order])]
+
+
+def search_subset(
+    query: np.ndarray, ids: np.ndarray, k: int, vectors_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, ids) among ``ids`` only, best first, ties by id: scores just those
+    vectors, a chunk at a time, so a selective filter costs little whatever the library's size."""
+    query = np.asarray(query, dtype=np.float32).ravel()
+    best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    for start in range(0, len(ids), ROW_CHUNK):
+        found, vectors = vectors_of(ids[start : start + ROW_CHUNK])
+        best_scores = np.concatenate([best_scores, vectors @ query])
+        best_ids = np.concatenate([best_ids, found])
+        if len(best_scores) > k:
+            keep = np.argpartition(-best_scores, k - 1)[:k]
+            best_scores, best_ids = best_scores[keep], best_ids[keep]
+    order = np.lexsort((best_ids, -best_scores))[:k]
+    return best_scores[order], best_ids[order]

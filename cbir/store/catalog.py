@@ -412,6 +412,37 @@ class Catalog:
         """All stored text vectors in id order, in chunks of (ids, float32 matrix)."""
         return self._iter_vectors(ImageText.id, ImageText.vector, chunk)
 
+    def _vector_columns(self, name: str):
+        return (Vector.image_id, Vector.vector) if name == "images" else (ImageText.id, ImageText.vector)
+
+    def vector_ids(self, name: str) -> np.ndarray:
+        """Every id with a stored vector, for the index ``name`` ("images" or "texts")."""
+        id_column, _ = self._vector_columns(name)
+        with self.engine.connect() as c:
+            return np.fromiter(c.execute(select(id_column).order_by(id_column)).scalars(), dtype=np.int64)
+
+    def vectors_of(self, name: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found, their stored vectors), in the order of ``ids``."""
+        id_column, vector_column = self._vector_columns(name)
+        found: dict[int, np.ndarray] = {}
+        ids = [int(i) for i in ids]
+        with self.engine.connect() as c:
+            for start in range(0, len(ids), 10_000):  # SQLite caps bound parameters
+                query = select(id_column, vector_column).where(id_column.in_(ids[start : start + 10_000]))
+                found.update((i, _from_blob(blob)) for i, blob in c.execute(query))
+        kept = [i for i in ids if i in found]
+        dim = self.dim or 0
+        vectors = np.stack([found[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
+        return np.asarray(kept, dtype=np.int64), vectors
+
+    def sample_vectors(self, name: str, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``size`` stored (ids, vectors) picked at random (ids first, so only the chosen
+        vectors are read)."""
+        ids = self.vector_ids(name)
+        if len(ids) > size:
+            ids = np.random.default_rng(seed).choice(ids, size, replace=False)
+        return self.vectors_of(name, ids)
+
     def _iter_vectors(self, id_column, vector_column, chunk: int):
         last = -1
         while True:

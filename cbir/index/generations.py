@@ -1,0 +1,217 @@
+"""A library's indexes on disk, as generations: every save writes a new folder ``gen-NNNNNN``
+holding each index's files, then switches ``index/manifest.json`` to it with one atomic rename,
+then removes older generations. A reader sees one whole generation or the next, never a mix; a
+reader that loses the race with a removal reads the manifest again.
+
+manifest.json: {"generation": N, "folder": "gen-...", "model": fingerprint, "indexes": {name:
+{"spec", "dim", "count", "vector_version", "files": {file: sha256}, "dead": rows tombstoned,
+"build": {...}}}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cbir.fsutil import atomic_write, atomic_write_text, fsync_dir
+from cbir.index.types import IndexSpec
+from cbir.index.vector_index import VectorIndex
+
+MANIFEST = "manifest.json"
+PREFIX = "gen-"
+
+
+@dataclass
+class Entry:
+    """What the manifest says of one index."""
+
+    spec: IndexSpec
+    dim: int
+    count: int
+    vector_version: int
+    files: dict[str, str]  # file name -> sha256
+    build: dict = field(default_factory=dict)  # how it was built: seconds, recall@10, sample ...
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data["spec"] = self.spec.as_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Entry":
+        data = dict(data)
+        data["spec"] = IndexSpec.from_dict(data["spec"])
+        return cls(**data)
+
+
+@dataclass
+class Manifest:
+    generation: int
+    folder: str
+    model: dict
+    indexes: dict[str, Entry]
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data["indexes"] = {name: e.as_dict() for name, e in self.indexes.items()}
+        return data
+
+
+def read_manifest(root: Path) -> Manifest | None:
+    """The current generation's manifest, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return Manifest(
+            data["generation"],
+            data["folder"],
+            data.get("model") or {},
+            {name: Entry.from_dict(e) for name, e in data["indexes"].items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(name: str) -> tuple[str, str]:
+    return f"{name}.faiss", f"{name}.dead.npy"
+
+
+def load(root: Path, name: str, dim: int, vector_version: int) -> tuple[VectorIndex | None, Entry | None]:
+    """The saved index ``name`` if the current generation holds it for ``vector_version`` and
+    ``dim`` (else None, and the manifest entry, if any, to rebuild it alike)."""
+    import faiss
+
+    for _ in range(3):  # a writer may remove the generation between reading and opening
+        manifest = read_manifest(root)
+        entry = manifest.indexes.get(name) if manifest else None
+        if entry is None or entry.vector_version != vector_version or entry.dim != dim:
+            return None, entry
+        folder = root / manifest.folder
+        index_path, dead_path = (folder / f for f in _files(name))
+        try:
+            index = faiss.read_index(str(index_path))
+            dead = np.load(dead_path) if dead_path.name in entry.files else None
+        except (RuntimeError, OSError, ValueError):
+            if (root / MANIFEST).exists() and read_manifest(root) != manifest:
+                continue  # a newer generation replaced this one: read again
+            return None, entry
+        loaded = VectorIndex(dim, name, entry.spec, index, dead)
+        if loaded.ntotal != entry.count or index.d != dim:
+            return None, entry
+        loaded.vector_version = vector_version
+        return loaded, entry
+    return None, None
+
+
+def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[str, dict] | None = None) -> Manifest:
+    """Write a new generation holding ``indexes`` (and, unchanged, the current generation's other
+    indexes), switch to it atomically, then remove older generations."""
+    import faiss
+
+    root.mkdir(parents=True, exist_ok=True)
+    current = read_manifest(root)
+    number = (current.generation if current else 0) + 1
+    folder_name = f"{PREFIX}{number:06d}"
+    folder = root / folder_name
+    folder.mkdir(exist_ok=True)
+    entries: dict[str, Entry] = {}
+    for name, index in indexes.items():
+        if index.vector_version is None:
+            raise ValueError("an index must know which vector version it holds before it is saved")
+        index_file, dead_file = _files(name)
+        atomic_write(folder / index_file, lambda tmp, i=index: faiss.write_index(i.faiss_index, str(tmp)))
+        files = {index_file: sha256_of(folder / index_file)}
+        if len(index.dead_rows):
+            atomic_write(folder / dead_file, lambda tmp, i=index: _save_npy(tmp, i.dead_rows))
+            files[dead_file] = sha256_of(folder / dead_file)
+        build = (builds or {}).get(name)
+        if build is None and current and name in current.indexes:
+            build = current.indexes[name].build
+        entries[name] = Entry(index.spec, index.dim, index.ntotal, index.vector_version, files, build or {})
+    if current:  # indexes not in memory stay as they were: hard links, not copies
+        for name, entry in current.indexes.items():
+            if name in entries:
+                continue
+            for file in entry.files:
+                _link_or_copy(root / current.folder / file, folder / file)
+            entries[name] = entry
+    fsync_dir(folder)
+    manifest = Manifest(number, folder_name, model, entries)
+    atomic_write_text(root / MANIFEST, json.dumps(manifest.as_dict(), indent=2))
+    _remove_old(root, keep=folder_name)
+    return manifest
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _remove_old(root: Path, keep: str) -> None:
+    """Older generations, and index files of earlier cbir versions, which kept them loose."""
+    for path in root.iterdir():
+        if path.name in (MANIFEST, keep) or path.name.startswith("."):
+            continue
+        if path.is_dir() and path.name.startswith(PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.suffix in (".faiss", ".json"):
+            path.unlink(missing_ok=True)
+
+
+def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.ndarray, model: dict) -> list[str]:
+    """What is wrong with index ``name`` in the current generation, one line each (nothing when
+    it is sound): its files and their checksums, its model, its version, and that it holds
+    exactly the ids the database holds."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return ["no index manifest (index/manifest.json is missing or unreadable)"]
+    entry = manifest.indexes.get(name)
+    if entry is None:
+        return [f"the {name} index is missing from generation {manifest.generation}"]
+    problems = []
+    if manifest.model and model and manifest.model.get("weights") != model.get("weights"):
+        problems.append(f"the {name} index was built with {manifest.model.get('spec')}, not {model.get('spec')}")
+    folder = root / manifest.folder
+    for file, checksum in entry.files.items():
+        path = folder / file
+        if not path.is_file():
+            problems.append(f"{file} is missing")
+        elif sha256_of(path) != checksum:
+            problems.append(f"{file} does not match its checksum (damaged or changed)")
+    if problems:
+        return problems
+    index, _ = load(root, name, dim, entry.vector_version)
+    if index is None:
+        return [f"{entry.files and next(iter(entry.files))} cannot be read as a {entry.spec.kind} index of {entry.count} vectors"]
+    if entry.vector_version != vector_version:
+        problems.append(f"the {name} index is stale (vector version {entry.vector_version}, the database is at {vector_version})")
+    held = index.ids()
+    missing = np.setdiff1d(stored_ids, held)
+    extra = np.setdiff1d(held, stored_ids)
+    if len(missing):
+        problems.append(f"{len(missing)} {name} in the database are missing from the index (e.g. id {missing[0]})")
+    if len(extra):
+        problems.append(f"{len(extra)} ids in the {name} index are not in the database (e.g. id {extra[0]})")
+    if len(np.unique(held)) != len(held):
+        problems.append(f"the {name} index holds some ids twice")
+    return problems

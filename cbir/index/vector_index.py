@@ -1,0 +1,184 @@
+"""One FAISS index of a library's vectors (images or texts), of any kind cbir builds: flat (exact),
+HNSW, IVF-Flat or IVF-PQ. Ids are the database's ids. The index follows the database through
+``apply`` between rebuilds: flat and IVF indexes remove vectors natively; an HNSW graph cannot,
+so its removed rows are tombstoned and skipped by a per-call selector until the next rebuild
+compacts them. Searches take per-call parameters (nprobe, efSearch); nothing mutates the index
+while searching."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from cbir.index.types import IndexSpec, choose_spec, new_index, search_parameters, train
+
+IMAGES, TEXTS = "images", "texts"  # the indexes of a library
+
+
+class VectorIndex:
+    def __init__(self, dim: int, name: str = IMAGES, spec: IndexSpec | None = None, index=None, dead=None):
+        import faiss
+
+        self.dim = dim
+        self.name = name
+        self.spec = spec or choose_spec(0, dim, kind="flat")
+        self._index = index if index is not None else new_index(self.spec, dim)
+        # HNSW only: internal rows whose vectors were removed or replaced (skipped when searching)
+        self._dead = np.asarray(dead if dead is not None else [], dtype=np.int64)
+        self._faiss = faiss
+        # The database vector version this index reflects; whoever changes the index updates it.
+        self.vector_version: int | None = None
+        self._rows: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their rows)
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        dim: int,
+        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+        vector_version: int,
+        name: str = IMAGES,
+        spec: IndexSpec | None = None,
+        sample: np.ndarray | None = None,
+    ) -> "VectorIndex":
+        """An index of ``chunks`` of (ids, vectors), the database's vectors at ``vector_version``;
+        kinds that need training are trained on ``sample`` first."""
+        index = cls(dim, name, spec)
+        if index.spec.train_size:
+            train(index._index, sample)
+        for ids, vectors in chunks:
+            index.add(ids, vectors)
+        index.vector_version = vector_version
+        return index
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def exact(self) -> bool:
+        """Search returns the true top-k (the planner relies on it)."""
+        return self.spec.exact
+
+    @property
+    def stores_exact_vectors(self) -> bool:
+        """Whether ``vectors`` gives the stored vectors exactly (PQ keeps only compressed codes)."""
+        return self.kind != "ivfpq"
+
+    @property
+    def faiss_index(self):
+        return self._index
+
+    @property
+    def dead_rows(self) -> np.ndarray:
+        return self._dead
+
+    # -- contents ------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        """Live vectors (tombstoned rows not counted)."""
+        return int(self._index.ntotal) - len(self._dead)
+
+    def _id_map(self) -> np.ndarray | None:
+        """Internal row -> id, for indexes wrapped in IndexIDMap2 (flat, HNSW)."""
+        if hasattr(self._index, "id_map"):
+            return self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        return None
+
+    def ids(self) -> np.ndarray:
+        """The ids of the live vectors."""
+        id_map = self._id_map()
+        if id_map is not None:
+            return np.delete(id_map, self._dead) if len(self._dead) else id_map
+        ivf = self._faiss.extract_index_ivf(self._index)
+        invlists = ivf.invlists
+        parts = [
+            self._faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+            for i in range(ivf.nlist)
+            if invlists.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self._index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+            self._rows = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.kind == "hnsw":  # no removal from a graph: tombstone the rows holding these ids
+            rows = np.flatnonzero(np.isin(self._id_map(), ids))
+            self._dead = np.union1d(self._dead, rows).astype(np.int64)
+        else:
+            self._index.remove_ids(ids)
+        self._rows = None
+
+    def apply(self, changes) -> None:
+        """Follow a committed ``cbir.store.catalog.VectorChanges`` (removals before additions, so a
+        replaced vector is tombstoned, then added anew)."""
+        self.remove(changes.remove_ids)
+        self.add(changes.add_ids, changes.add_vectors)
+        self.vector_version = changes.version
+
+    # -- searching -----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query, with per-call search parameters (nprobe, efSearch)
+        over the defaults chosen at build time; rows are padded with id -1."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        merged = {**self.spec.params, **(params or {})}
+        if not len(self._dead):
+            return self._index.search(queries, k, params=search_parameters(self.spec, merged))
+        # Search the graph directly so the selector sees internal rows, then map rows to ids.
+        dead = self._faiss.IDSelectorBatch(self._dead)
+        alive = self._faiss.IDSelectorNot(dead)
+        scores, rows = self._index.index.search(queries, k, params=search_parameters(self.spec, merged, alive))
+        id_map = self._id_map()
+        return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+
+    # -- exact work on chosen ids (filtered search, de-duplication) -----------------------------
+    def _matrix(self) -> np.ndarray:
+        """A flat index's stored vectors as a read-only [rows, dim] view (no copy)."""
+        flat = self._faiss.downcast_index(self._index.index)
+        n = int(self._index.ntotal)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        view = self._faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        view.flags.writeable = False
+        return view
+
+    def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found, their live rows) for indexes wrapped in IndexIDMap2, in the order of ``ids``."""
+        if self._rows is None:
+            id_map = self._id_map()
+            rows = np.delete(np.arange(len(id_map)), self._dead) if len(self._dead) else np.arange(len(id_map))
+            order = np.argsort(id_map[rows], kind="stable")
+            self._rows = (id_map[rows][order], rows[order])
+        sorted_ids, rows = self._rows
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(sorted_ids):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        hit = sorted_ids[pos] == ids
+        return ids[hit], rows[pos[hit]]
+
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found, their stored vectors), in the order of ``ids``; exact unless
+        ``stores_exact_vectors`` is False."""
+        if self.kind == "flat":
+            found, rows = self._rows_of(ids)
+            return found, np.array(self._matrix()[rows])
+        if self.kind == "hnsw":
+            found, rows = self._rows_of(ids)
+            empty = np.zeros((0, self.dim), np.float32)
+            return found, (self._index.index.reconstruct_batch(rows) if len(rows) else empty)
+        found, vectors = [], []  # IVF: by id through the direct map, which knows every id it holds
+        for i in ids:
+            try:
+                vectors.append(self._index.reconstruct(int(i)))
+            except RuntimeError:  # not in the index
+                continue
+            found.append(int(i))
+        return np.asarray(found, dtype=np.int64), (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))

@@ -1,0 +1,156 @@
+"""The index as a managed artifact: rebuilt as any kind from stored vectors (never re-encoding),
+followed by ingest (deletions vanish at once), verified, repaired, switched atomically under
+readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from cbir.config import resolve_settings
+from cbir.encode.fake import FakeEncoder
+from cbir.engine import Library
+from cbir.index import generations
+from cbir.store.catalog import MODEL, Changes, ImageRecord
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def big_library(tmp_path):
+    """4,000 clustered 32-d vectors stored straight in the catalog (no images to decode)."""
+    encoder = FakeEncoder(dim=32)
+    lib = Library.open(resolve_settings(library=tmp_path / "lib", env={}), create=True, encoder=encoder)
+    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
+    lib.catalog.dim = 32
+    root_id, _ = lib.catalog.root_for(tmp_path / "photos")
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 32))
+    changes = Changes(root_id)
+    for i in range(4000):
+        record = ImageRecord(f"f/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480, "jpeg")
+        changes.added.append((record, _unit(centres[i % 40] + 0.4 * rng.standard_normal(32))))
+    lib.catalog.apply(changes)
+    yield lib, encoder
+    lib.close()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_rebuild_as_every_kind_reports_measured_recall(big_library, kind):
+    lib, encoder = big_library
+    images, texts = lib.rebuild_index(kind)
+    assert (images.kind, images.vectors, texts.vectors) == (kind, 4000, 0)
+    assert images.queries >= 10 and images.bytes > 0 and images.seconds > 0
+    assert images.recall_at_10 >= (0.95 if kind != "ivfpq" else 0.5), images
+    assert encoder.images_encoded == 0  # nothing re-encoded
+    info = lib.index_info()
+    assert info["indexes"]["images"]["spec"]["kind"] == kind
+    assert info["indexes"]["images"]["build"]["recall_at_10"] == images.recall_at_10
+    # a fresh process loads the same kind with its tuned parameters, and finds the neighbours
+    # of queries like the library's own vectors (what the tuning measured)
+    with Library.open(resolve_settings(library=lib.path, env={}), encoder=encoder) as again:
+        index = again._index("images")
+        assert index.kind == kind and index.spec.params == images.params
+        ids, vectors = map(np.concatenate, zip(*lib.catalog.iter_vectors()))
+        queries = _unit(vectors[:300:15] + 0.1 * np.random.default_rng(9).standard_normal((20, 32)))
+        exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
+        found = index.search(queries, 10)[1]
+        recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), exact.tolist())])
+        assert recall >= (0.9 if kind != "ivfpq" else 0.4), recall
+    assert lib.verify_index() == {"images": [], "texts": []}
+
+
+def test_per_query_parameters_change_the_search_not_the_index(big_library):
+    lib, _ = big_library
+    [report, _] = lib.rebuild_index("ivf")
+    narrow = lib.search("q", k=10, index_params={"nprobe": 1})
+    wide = lib.search("q", k=10, index_params={"nprobe": 4096})
+    exact = lib.search("q", k=10, strategy="exact-subset")
+    assert [h.id for h in wide] == [h.id for h in exact]
+    assert lib._index("images").spec.params == report.params  # defaults untouched
+    assert len(narrow) == 10
+
+
+def test_deleted_images_vanish_at_once_from_every_kind(fake_library, photos):
+    for kind in ("hnsw", "ivf", "flat"):
+        lib = fake_library(f"lib-{kind}")
+        lib.ingest(photos)
+        lib.rebuild_index(kind)
+        victim = photos / "a" / "img03.jpg"
+        data = victim.read_bytes()
+        victim.unlink()
+        lib.ingest(photos)
+        for reopened in (lib, fake_library(f"lib-{kind}")):
+            paths = [h.path for h in reopened.search(image=photos / "a" / "img05.jpg", k=50)]
+            assert victim not in paths and len(paths) == 19
+            assert reopened._index("images").kind == kind
+        victim.write_bytes(data)  # and back again: found once
+        lib.ingest(photos)
+        paths = [h.path for h in lib.search(image=victim, k=50)]
+        assert paths[0] == victim and paths.count(victim) == 1 and len(paths) == 20
+        assert lib.verify_index()["images"] == []
+
+
+def test_verify_finds_damage_and_repair_fixes_it(fake_library, photos):
+    lib = fake_library()
+    lib.ingest(photos)
+    root = lib.index_dir
+
+    def current_file():
+        manifest = generations.read_manifest(root)
+        return root / manifest.folder / "images.faiss"
+
+    assert lib.verify_index() == {"images": [], "texts": []}
+    # a truncated index file
+    data = current_file().read_bytes()
+    current_file().write_bytes(data[: len(data) // 2])
+    assert "does not match its checksum" in lib.verify_index()["images"][0]
+    assert lib.repair_index()["images"]
+    assert lib.verify_index()["images"] == []
+    # a wrong checksum in the manifest
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["indexes"]["images"]["files"]["images.faiss"] = "0" * 64
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert lib.verify_index()["images"]
+    lib.repair_index()
+    # ids missing from the index (saved as current, so only verify can tell)
+    index = lib._index("images")
+    index.remove(index.ids()[:3])
+    lib._save_indexes({"images": index})
+    [problem] = lib.verify_index()["images"]
+    assert "3 images in the database are missing from the index" in problem
+    assert lib.repair_index() and lib.verify_index()["images"] == []
+    assert len(lib.search("x", k=50)) == 20
+
+
+def test_a_reader_never_fails_while_the_index_is_rebuilt(big_library):
+    lib, encoder = big_library
+    lib.rebuild_index("flat")
+    errors, searches = [], [0]
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                with Library.open(resolve_settings(library=lib.path, env={}), encoder=encoder) as other:
+                    assert len(other.search("q", k=5)) == 5
+                searches[0] += 1
+            except Exception as e:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(e))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for kind in ("hnsw", "ivf", "flat", "hnsw"):
+            lib.rebuild_index(kind)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == [] and searches[0] > 0
+    assert sorted(os.listdir(lib.index_dir)) == [generations.read_manifest(lib.index_dir).folder, "manifest.json"]
