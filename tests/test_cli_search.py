@@ -136,3 +136,29 @@ def test_a_reader_that_stops_early_ends_the_search_quietly(demo):
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and err == b""
+
+
+def test_index_commands(tmp_path):
+    make_demo_photos(tmp_path / "photos", 40)
+    library = str(tmp_path / "lib")
+    assert run_cbir("ingest", str(tmp_path / "photos"), "--library", library, "--model", "cbir-tiny", "-q").returncode == 0
+    out = run_cbir("index", "rebuild", "--type", "hnsw", "--json", "--library", library)
+    assert out.returncode == 0, out.stderr
+    images, texts = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (images["name"], images["kind"], images["vectors"]) == ("images", "hnsw", 40)
+    assert (texts["kind"], texts["vectors"]) == ("flat", 10)
+    info = json.loads(run_cbir("index", "info", "--json", "--library", library).stdout)
+    assert info["indexes"]["images"]["spec"]["factory"] == "HNSW32,Flat"
+    assert run_cbir("index", "verify", "--library", library).stdout.splitlines() == ["images: ok", "texts: ok"]
+    hits = search(library, "a red circle", "--ef", "128", "-k", "3", "--json").stdout.splitlines()
+    assert len(hits) == 3
+    faiss_file = tmp_path / "lib" / "index" / info["folder"] / "images.faiss"
+    faiss_file.write_bytes(faiss_file.read_bytes()[:100])
+    out = run_cbir("index", "verify", "--library", library)
+    assert out.returncode == 1 and "images.faiss does not match its checksum" in out.stdout
+    out = run_cbir("index", "repair", "--library", library)
+    assert out.returncode == 0 and out.stdout.startswith("images: rebuilt")
+    assert run_cbir("index", "verify", "--library", library).returncode == 0
+    assert json.loads(run_cbir("status", "--json", "--library", library).stdout)["index_type"] == "hnsw"
+    out = run_cbir("index", "rebuild", "--memory", "1KB", "--library", library)
+    assert out.returncode == 2 and "needs" in out.stderr and "Traceback" not in out.stderr
