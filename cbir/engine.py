@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -236,8 +237,8 @@ class Library:
         version, _ = self._stored(name)
         index, entry = generations.load(self.index_dir, name, self.catalog.dim, version)
         if index is None:
-            index, report = self._build(name, entry.spec.kind if entry else "auto")
-            builds = {name: report.for_manifest()}
+            index, build = self._rebuild_like(name, entry)
+            builds = {name: build}
             if writer:
                 self._save_indexes({name: index}, builds)
             else:
@@ -247,8 +248,90 @@ class Library:
                             self._save_indexes({name: index}, builds)
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
+        if hasattr(index, "router"):
+            index.router.keys = self._shard_keys(index.router.by)
         self._indexes[name] = index
         return index
+
+    def _rebuild_like(self, name: str, entry) -> tuple:
+        """(index, build record) made from the stored vectors as the manifest ``entry`` describes
+        it: the same kind, sharded again by the same rule (auto when there is no entry)."""
+        kind = entry.spec.kind if entry else "auto"
+        if entry is not None and entry.sharding:
+            router = entry.sharding["router"]
+            index, reports = self._shard(router["shards"], router["by"], kind)
+            return index, {"shards": [r.for_manifest() for r in reports]}
+        index, report = self._build(name, kind)
+        return index, report.for_manifest()
+
+    def _shard_keys(self, by: str):
+        """ids -> the folder (root and top-level folder) or the date taken that shards them."""
+        if by == "folder":
+            return self.catalog.top_folders
+        return lambda ids: [t.isoformat() for t in self.catalog.dates_taken(ids)]
+
+    def _shard(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None):
+        """(ShardedIndex of the image vectors, a BuildReport per shard)."""
+        from cbir.index.build import build
+        from cbir.index.sharded import BY, Router, ShardedIndex
+        from cbir.index.vector_index import IMAGES
+
+        if by not in BY:
+            raise UsageError(f"unknown shard rule {by!r}: use one of {', '.join(BY)}")
+        if shards < 2:
+            raise UsageError("a sharded index has at least 2 shards (rebuild for one index)")
+        ids = self.catalog.vector_ids(IMAGES)
+        router = Router(by, shards, keys=self._shard_keys(by))
+        if by == "date":  # equal-sized date ranges
+            dates = sorted(router.keys(ids))
+            router.bounds = [dates[len(dates) * i // shards] for i in range(1, shards)] if dates else []
+        elif by == "folder":  # the biggest folders first, each to the emptiest shard
+            keys = router.keys(ids)
+            sizes = [0] * shards
+            for key, count in sorted(Counter(keys).items(), key=lambda kv: (-kv[1], kv[0])):
+                router.folders[key] = sizes.index(min(sizes))
+                sizes[router.folders[key]] += count
+        where = router.assign(ids)
+        version, chunks = self._stored(IMAGES)
+        built = []
+        for number in range(shards):
+            mine = ids[where == number]
+
+            def shard_chunks(mine=mine):
+                for chunk_ids, vectors in chunks():
+                    keep = np.isin(chunk_ids, mine)
+                    yield chunk_ids[keep], vectors[keep]
+
+            def shard_sample(size, mine=mine, seed=number):
+                chosen = np.random.default_rng(seed).choice(mine, min(size, len(mine)), replace=False)
+                return self.catalog.vectors_of(IMAGES, chosen)
+
+            built.append(
+                build(IMAGES, self.catalog.dim, len(mine), shard_chunks, shard_sample, version,
+                      kind=kind, memory_bytes=memory_bytes and memory_bytes // shards)
+            )
+        for number, (_, report) in enumerate(built):
+            report.name = f"{IMAGES} shard {number}"
+        return ShardedIndex([index for index, _ in built], router), [report for _, report in built]
+
+    def shard_index(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
+        """Split the image index into ``shards`` files by hash of the id, top-level folder, or
+        date taken (each built and tuned on its own, of the current kind unless ``kind``), and
+        switch to them atomically. Returns a BuildReport per shard."""
+        from cbir.index.generations import read_manifest
+        from cbir.index.vector_index import IMAGES
+
+        self._require_images()
+        with writer_lock(self.path):
+            manifest = read_manifest(self.index_dir)
+            current = manifest.indexes.get(IMAGES) if manifest else None
+            index, reports = self._shard(shards, by, kind or (current.spec.kind if current else "auto"))
+            saved = self._save_indexes({IMAGES: index}, {IMAGES: {"shards": [r.for_manifest() for r in reports]}})
+        self._indexes[IMAGES] = index
+        folder = self.index_dir / saved.folder
+        for number, report in enumerate(reports):
+            report.bytes = sum((folder / f).stat().st_size for f in saved.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}."))
+        return reports
 
     def _index(self, name: str):
         index = self._indexes.get(name)
@@ -301,16 +384,14 @@ class Library:
         with writer_lock(self.path):
             broken = {name: p for name, p in self.verify_index().items() if p}
             manifest = generations.read_manifest(self.index_dir)
-            built = {}
-            for name in broken:
-                entry = manifest.indexes.get(name) if manifest else None
-                built[name] = self._build(name, entry.spec.kind if entry else "auto")
+            built = {
+                name: self._rebuild_like(name, manifest.indexes.get(name) if manifest else None)
+                for name in broken
+            }
             if built:
-                self._save_indexes(
-                    {n: index for n, (index, _) in built.items()},
-                    {n: report.for_manifest() for n, (_, report) in built.items()},
-                )
-                self._indexes.update({n: index for n, (index, _) in built.items()})
+                self._save_indexes({n: i for n, (i, _) in built.items()}, {n: b for n, (_, b) in built.items()})
+                for name in built:
+                    self._indexes.pop(name, None)  # loaded afresh, with its routing bound
         return broken
 
     def index_info(self) -> dict:

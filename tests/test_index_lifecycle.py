@@ -129,7 +129,7 @@ def test_verify_finds_damage_and_repair_fixes_it(fake_library, photos):
     assert len(lib.search("x", k=50)) == 20
 
 
-def test_a_reader_never_fails_while_the_index_is_rebuilt(big_library):
+def test_a_reader_never_fails_while_the_index_is_rebuilt_and_resharded(big_library):
     lib, encoder = big_library
     lib.rebuild_index("flat")
     errors, searches = [], [0]
@@ -149,8 +149,55 @@ def test_a_reader_never_fails_while_the_index_is_rebuilt(big_library):
     try:
         for kind in ("hnsw", "ivf", "flat", "hnsw"):
             lib.rebuild_index(kind)
+            lib.shard_index(3, "hash")
     finally:
         stop.set()
         thread.join()
     assert errors == [] and searches[0] > 0
     assert sorted(os.listdir(lib.index_dir)) == [generations.read_manifest(lib.index_dir).folder, "manifest.json"]
+
+
+@pytest.mark.parametrize("by", ["hash", "folder", "date"])
+def test_flat_shards_merge_to_exactly_the_unsharded_results(fake_library, tmp_path, by):
+    from cbir.query import Query
+    from tests.conftest import write_image
+
+    photos = tmp_path / "photos"
+    for i in range(60):  # three top-level folders of different sizes, files with mtimes as dates
+        path = write_image(photos / ("2019", "2020", "2021")[i % 3 if i % 5 else 0] / f"{i}.jpg", seed=i)
+        os.utime(path, ns=(1, 1_500_000_000 * 10**9 + i * 86_400 * 10**9))
+    lib = fake_library()
+    lib.ingest(photos)
+    queries = [Query(text=f"q{i}") for i in range(8)]
+    before = [[(h.id, round(h.score, 5)) for h in r] for r in lib.search_many(queries, k=12)]
+    reports = lib.shard_index(3, by)
+    assert len(reports) == 3 and sum(r.vectors for r in reports) == 60 and all(r.vectors for r in reports)
+    for reopened in (lib, fake_library()):
+        index = reopened._index("images")
+        assert len(index.shards) == 3 and index.router.by == by
+        after = [[(h.id, round(h.score, 5)) for h in r] for r in reopened.search_many(queries, k=12)]
+        assert after == before
+    # ingest keeps routing: a new photo lands in one shard, a deleted one leaves at once
+    write_image(photos / "2020" / "new.jpg", seed=999)
+    (photos / "2019" / "0.jpg").unlink()
+    lib.ingest(photos)
+    index = lib._index("images")
+    assert index.ntotal == 60 and sum(s.ntotal for s in index.shards) == 60
+    names = [h.path.name for h in lib.search("x", k=100)]
+    assert "new.jpg" in names and "0.jpg" not in names
+    assert lib.verify_index()["images"] == []
+    info = lib.index_info()["indexes"]["images"]
+    assert info["sharding"]["router"]["by"] == by and sum(info["sharding"]["counts"]) == 60
+
+
+def test_a_damaged_shard_is_found_and_repaired(fake_library, photos):
+    lib = fake_library()
+    lib.ingest(photos)
+    lib.shard_index(2, "hash")
+    manifest = generations.read_manifest(lib.index_dir)
+    shard = lib.index_dir / manifest.folder / "images.1.faiss"
+    shard.write_bytes(shard.read_bytes()[:64])
+    assert "images.1.faiss does not match its checksum" in lib.verify_index()["images"][0]
+    lib.repair_index()
+    assert lib.verify_index()["images"] == []
+    assert len(lib._index("images").shards) == 2

@@ -199,6 +199,7 @@ def index_group():
 
     \b
       cbir index rebuild --type auto --memory 4GB   choose, build, tune and report
+      cbir index shard --shards 4 --by date        split into shard files
       cbir index info                              kind, parameters, size, recall
       cbir index verify                            checksums, ids == the database's
       cbir index repair                            rebuild what verify found broken
@@ -218,6 +219,25 @@ def index_rebuild(kind, memory, as_json, library, model, device):
     budget = parse_memory(memory) if memory else None
     with _open(library=library, model=model, device=device) as lib:
         reports = lib.rebuild_index(kind, budget)
+    for report in reports:
+        if as_json:
+            echo_json(report.as_dict())
+        else:
+            click.echo(build_summary(report))
+
+
+@index_group.command("shard")
+@click.option("--shards", type=click.IntRange(min=2), required=True, help="How many shard files.")
+@click.option("--by", type=click.Choice(["hash", "folder", "date"]), default="hash", show_default=True, help="What decides an image's shard: a hash of its id, its top-level folder, or its date taken (equal-sized date ranges).")
+@click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), help="Index kind of every shard (default: the current kind).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON Lines.")
+@library_options
+def index_shard(shards, by, kind, as_json, library, model, device):
+    """Split the image index into shard files, each built and tuned on its own; a query fans out
+    over them in parallel and merges the results (on flat shards exactly the unsharded results).
+    `cbir index rebuild` makes one index again."""
+    with _open(library=library, model=model, device=device) as lib:
+        reports = lib.shard_index(shards, by, kind)
     for report in reports:
         if as_json:
             echo_json(report.as_dict())

@@ -4,8 +4,9 @@ then removes older generations. A reader sees one whole generation or the next, 
 reader that loses the race with a removal reads the manifest again.
 
 manifest.json: {"generation": N, "folder": "gen-...", "model": fingerprint, "indexes": {name:
-{"spec", "dim", "count", "vector_version", "files": {file: sha256}, "dead": rows tombstoned,
-"build": {...}}}}
+{"spec", "dim", "count", "vector_version", "files": {file: sha256}, "build": {...},
+"sharding": {"router", "counts"} or null}}}. A sharded index has a file per shard (images.0.faiss,
+...); HNSW tombstones sit beside their index (NAME.dead.npy).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Entry:
     vector_version: int
     files: dict[str, str]  # file name -> sha256
     build: dict = field(default_factory=dict)  # how it was built: seconds, recall@10, sample ...
+    sharding: dict | None = None  # {"router": Router.as_dict(), "counts": [vectors per shard]}
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -85,14 +87,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files(name: str) -> tuple[str, str]:
-    return f"{name}.faiss", f"{name}.dead.npy"
+def _files(name: str, shard: int | None = None) -> tuple[str, str]:
+    """The index file and the tombstone file of an index, or of one of its shards."""
+    stem = name if shard is None else f"{name}.{shard}"
+    return f"{stem}.faiss", f"{stem}.dead.npy"
 
 
-def load(root: Path, name: str, dim: int, vector_version: int) -> tuple[VectorIndex | None, Entry | None]:
-    """The saved index ``name`` if the current generation holds it for ``vector_version`` and
-    ``dim`` (else None, and the manifest entry, if any, to rebuild it alike)."""
+def _read(folder: Path, entry: Entry, name: str, dim: int, shard: int | None = None) -> VectorIndex:
     import faiss
+
+    index_file, dead_file = _files(name, shard)
+    dead = np.load(folder / dead_file) if dead_file in entry.files else None
+    return VectorIndex(dim, name, entry.spec, faiss.read_index(str(folder / index_file)), dead)
+
+
+def load(root: Path, name: str, dim: int, vector_version: int):
+    """(index, manifest entry): the saved index ``name`` if the current generation holds it for
+    ``vector_version`` and ``dim``, else (None, the entry if any, to rebuild the index alike).
+    A sharded index comes back as a ShardedIndex."""
+    from cbir.index.sharded import Router, ShardedIndex
 
     for _ in range(3):  # a writer may remove the generation between reading and opening
         manifest = read_manifest(root)
@@ -100,16 +113,17 @@ def load(root: Path, name: str, dim: int, vector_version: int) -> tuple[VectorIn
         if entry is None or entry.vector_version != vector_version or entry.dim != dim:
             return None, entry
         folder = root / manifest.folder
-        index_path, dead_path = (folder / f for f in _files(name))
         try:
-            index = faiss.read_index(str(index_path))
-            dead = np.load(dead_path) if dead_path.name in entry.files else None
+            if entry.sharding:
+                shards = [_read(folder, entry, name, dim, n) for n in range(len(entry.sharding["counts"]))]
+                loaded = ShardedIndex(shards, Router.from_dict(entry.sharding["router"]))
+            else:
+                loaded = _read(folder, entry, name, dim)
         except (RuntimeError, OSError, ValueError):
             if (root / MANIFEST).exists() and read_manifest(root) != manifest:
                 continue  # a newer generation replaced this one: read again
             return None, entry
-        loaded = VectorIndex(dim, name, entry.spec, index, dead)
-        if loaded.ntotal != entry.count or index.d != dim:
+        if loaded.ntotal != entry.count or loaded.dim != dim:
             return None, entry
         loaded.vector_version = vector_version
         return loaded, entry
@@ -131,16 +145,22 @@ def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[
     for name, index in indexes.items():
         if index.vector_version is None:
             raise ValueError("an index must know which vector version it holds before it is saved")
-        index_file, dead_file = _files(name)
-        atomic_write(folder / index_file, lambda tmp, i=index: faiss.write_index(i.faiss_index, str(tmp)))
-        files = {index_file: sha256_of(folder / index_file)}
-        if len(index.dead_rows):
-            atomic_write(folder / dead_file, lambda tmp, i=index: _save_npy(tmp, i.dead_rows))
-            files[dead_file] = sha256_of(folder / dead_file)
+        sharded = hasattr(index, "shards")
+        files: dict[str, str] = {}
+        for position, shard in enumerate(index.shards if sharded else [index]):
+            index_file, dead_file = _files(name, position if sharded else None)
+            atomic_write(folder / index_file, lambda tmp, i=shard: faiss.write_index(i.faiss_index, str(tmp)))
+            files[index_file] = sha256_of(folder / index_file)
+            if len(shard.dead_rows):
+                atomic_write(folder / dead_file, lambda tmp, i=shard: _save_npy(tmp, i.dead_rows))
+                files[dead_file] = sha256_of(folder / dead_file)
         build = (builds or {}).get(name)
         if build is None and current and name in current.indexes:
             build = current.indexes[name].build
-        entries[name] = Entry(index.spec, index.dim, index.ntotal, index.vector_version, files, build or {})
+        sharding = (
+            {"router": index.router.as_dict(), "counts": [s.ntotal for s in index.shards]} if sharded else None
+        )
+        entries[name] = Entry(index.spec, index.dim, index.ntotal, index.vector_version, files, build or {}, sharding)
     if current:  # indexes not in memory stay as they were: hard links, not copies
         for name, entry in current.indexes.items():
             if name in entries:
@@ -202,7 +222,7 @@ def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.
         return problems
     index, _ = load(root, name, dim, entry.vector_version)
     if index is None:
-        return [f"{entry.files and next(iter(entry.files))} cannot be read as a {entry.spec.kind} index of {entry.count} vectors"]
+        return [f"the {name} index cannot be read as a {entry.spec.kind} index of {entry.count} vectors"]
     if entry.vector_version != vector_version:
         problems.append(f"the {name} index is stale (vector version {entry.vector_version}, the database is at {vector_version})")
     held = index.ids()

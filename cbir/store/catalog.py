@@ -435,6 +435,24 @@ class Catalog:
         vectors = np.stack([found[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
         return np.asarray(kept, dtype=np.int64), vectors
 
+    def top_folders(self, ids: np.ndarray) -> list[str]:
+        """For each image id: its root and top-level folder ("3:2019"; "3:" for files at the root)."""
+        rows = self._image_column(ids, Image.root_id, func.substr(Image.path, 1, func.instr(Image.path, "/") - 1))
+        return [f"{root}:{top}" for root, top in rows]
+
+    def dates_taken(self, ids: np.ndarray) -> list[datetime]:
+        return [taken for (taken,) in self._image_column(ids, Image.taken)]
+
+    def _image_column(self, ids: np.ndarray, *columns) -> list[tuple]:
+        """``columns`` of the images ``ids``, in the order of ``ids``."""
+        ids = [int(i) for i in ids]
+        rows: dict[int, tuple] = {}
+        with self.engine.connect() as c:
+            for start in range(0, len(ids), 10_000):  # SQLite caps bound parameters
+                query = select(Image.id, *columns).where(Image.id.in_(ids[start : start + 10_000]))
+                rows.update((r[0], tuple(r[1:])) for r in c.execute(query))
+        return [rows[i] for i in ids]
+
     def sample_vectors(self, name: str, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``size`` stored (ids, vectors) picked at random (ids first, so only the chosen
         vectors are read)."""
