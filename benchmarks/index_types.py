@@ -5,7 +5,8 @@ by cbir's own rebuild code (cbir.index.build) in a process of its own so its mem
     python benchmarks/index_types.py                       # 100,000 x 512-d (a few minutes)
     python benchmarks/index_types.py --vectors 1000000     # 1M: tens of minutes on 2 cores
 
-Vectors are 512-d, L2-normalised, around 1,000 random centres (clustered like real embeddings),
+Vectors are 512-d, L2-normalised, around 1,000 random centres with noise as large as the centres
+(overlapping clusters, harder than well-separated ones and more like real embeddings),
 generated in chunks from a seed, so a million never sit in memory at once. Queries are 200
 held-out vectors drawn the same way (not in the index).
 """
@@ -31,6 +32,7 @@ from cbir.index.types import exact_top_k, recall_at_k  # noqa: E402
 CHUNK = 50_000
 CENTRES = 1000
 QUERIES = 200
+SPREAD = 1.0  # noise as large as the centres: overlapping clusters, as real embeddings are
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -43,14 +45,14 @@ def chunks(n: int, dim: int, seed: int = 0):
     for start in range(0, n, CHUNK):
         rng = np.random.default_rng([seed, start])
         count = min(CHUNK, n - start)
-        vectors = centres[rng.integers(0, CENTRES, count)] + 0.6 * rng.standard_normal((count, dim), dtype=np.float32)
+        vectors = centres[rng.integers(0, CENTRES, count)] + SPREAD * rng.standard_normal((count, dim), dtype=np.float32)
         yield np.arange(start, start + count, dtype=np.int64), _unit(vectors)
 
 
 def queries(dim: int, seed: int = 0) -> np.ndarray:
     centres = np.random.default_rng(seed).standard_normal((CENTRES, dim)).astype(np.float32)
     rng = np.random.default_rng([seed, 10**9])
-    return _unit(centres[rng.integers(0, CENTRES, QUERIES)] + 0.6 * rng.standard_normal((QUERIES, dim), dtype=np.float32))
+    return _unit(centres[rng.integers(0, CENTRES, QUERIES)] + SPREAD * rng.standard_normal((QUERIES, dim), dtype=np.float32))
 
 
 def sample(n: int, dim: int, size: int) -> tuple[np.ndarray, np.ndarray]:

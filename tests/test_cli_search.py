@@ -160,5 +160,9 @@ def test_index_commands(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("images: rebuilt")
     assert run_cbir("index", "verify", "--library", library).returncode == 0
     assert json.loads(run_cbir("status", "--json", "--library", library).stdout)["index_type"] == "hnsw"
+    out = run_cbir("index", "shard", "--shards", "2", "--by", "folder", "--json", "--library", library)
+    assert out.returncode == 0, out.stderr
+    assert sum(json.loads(line)["vectors"] for line in out.stdout.splitlines()) == 40
+    assert len(search(library, "a red circle", "-k", "5", "--json").stdout.splitlines()) == 5
     out = run_cbir("index", "rebuild", "--memory", "1KB", "--library", library)
     assert out.returncode == 2 and "needs" in out.stderr and "Traceback" not in out.stderr

@@ -118,4 +118,7 @@ def index_info_text(info: dict) -> str:
             + (f", recall@10 {recall:.3f}" if recall is not None else "")
             + f", vector version {entry['vector_version']}"
         )
+        if entry.get("sharding"):
+            router, counts = entry["sharding"]["router"], entry["sharding"]["counts"]
+            lines.append(f"        {len(counts)} shards by {router['by']}: {', '.join(map(str, counts))} vectors")
     return "\n".join(lines)
