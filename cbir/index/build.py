@@ -58,8 +58,12 @@ def build(
     n random stored (ids, vectors) for training and for measuring recall."""
     started = time.perf_counter()
     spec = choose_spec(count, dim, memory_bytes, kind)
-    training = sample(max(spec.train_size, TUNING_QUERIES)) if count else (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-    index = VectorIndex.build(dim, chunks(), vector_version, name, spec, training[1][: spec.train_size] if spec.train_size else None)
+    if count:
+        training = sample(max(spec.train_size, TUNING_QUERIES))
+    else:
+        training = (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+    train_on = training[1][: spec.train_size] if spec.train_size else None
+    index = VectorIndex.build(dim, chunks(), vector_version, name, spec, train_on)
     report = BuildReport(name, spec.kind, spec.factory, spec.reason, index.ntotal, dict(spec.params))
     queries = min(TUNING_QUERIES, count // 10)
     if queries >= 10:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import faiss
 import numpy as np
 
 from cbir.index.types import IndexSpec, choose_spec, new_index, search_parameters, train
@@ -18,15 +19,12 @@ IMAGES, TEXTS = "images", "texts"  # the indexes of a library
 
 class VectorIndex:
     def __init__(self, dim: int, name: str = IMAGES, spec: IndexSpec | None = None, index=None, dead=None):
-        import faiss
-
         self.dim = dim
         self.name = name
         self.spec = spec or choose_spec(0, dim, kind="flat")
         self._index = index if index is not None else new_index(self.spec, dim)
         # HNSW only: internal rows whose vectors were removed or replaced (skipped when searching)
         self._dead = np.asarray(dead if dead is not None else [], dtype=np.int64)
-        self._faiss = faiss
         # The database vector version this index reflects; whoever changes the index updates it.
         self.vector_version: int | None = None
         self._rows: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their rows)
@@ -83,7 +81,7 @@ class VectorIndex:
     def _id_map(self) -> np.ndarray | None:
         """Internal row -> id, for indexes wrapped in IndexIDMap2 (flat, HNSW)."""
         if hasattr(self._index, "id_map"):
-            return self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
         return None
 
     def ids(self) -> np.ndarray:
@@ -91,10 +89,10 @@ class VectorIndex:
         id_map = self._id_map()
         if id_map is not None:
             return np.delete(id_map, self._dead) if len(self._dead) else id_map
-        ivf = self._faiss.extract_index_ivf(self._index)
+        ivf = faiss.extract_index_ivf(self._index)
         invlists = ivf.invlists
         parts = [
-            self._faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+            faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
             for i in range(ivf.nlist)
             if invlists.list_size(i)
         ]
@@ -132,8 +130,8 @@ class VectorIndex:
         if not len(self._dead):
             return self._index.search(queries, k, params=search_parameters(self.spec, merged))
         # Search the graph directly so the selector sees internal rows, then map rows to ids.
-        dead = self._faiss.IDSelectorBatch(self._dead)
-        alive = self._faiss.IDSelectorNot(dead)
+        dead = faiss.IDSelectorBatch(self._dead)
+        alive = faiss.IDSelectorNot(dead)
         scores, rows = self._index.index.search(queries, k, params=search_parameters(self.spec, merged, alive))
         id_map = self._id_map()
         return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
@@ -141,11 +139,11 @@ class VectorIndex:
     # -- exact work on chosen ids (filtered search, de-duplication) -----------------------------
     def _matrix(self) -> np.ndarray:
         """A flat index's stored vectors as a read-only [rows, dim] view (no copy)."""
-        flat = self._faiss.downcast_index(self._index.index)
+        flat = faiss.downcast_index(self._index.index)
         n = int(self._index.ntotal)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        view = self._faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        view = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
         view.flags.writeable = False
         return view
 
