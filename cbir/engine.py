@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from cbir.errors import (
     UsageError,
 )
 from cbir.fsutil import writer_lock
+from cbir.index.manager import LibraryIndexes
 from cbir.query import Query
 from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Catalog, ImageInfo
@@ -104,7 +104,7 @@ class Library:
         self.path = settings.library
         self.catalog = catalog
         self._encoder = encoder
-        self._indexes: dict = {}  # name -> VectorIndex, loaded on first use
+        self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -199,213 +199,36 @@ class Library:
     def index_dir(self) -> Path:
         return self.path / INDEX_DIR
 
-    def _stored(self, name: str) -> tuple[int, object]:
-        """(current version, chunks of stored vectors) behind the index ``name``."""
-        from cbir.index.vector_index import IMAGES
-
-        if name == IMAGES:
-            return self.catalog.vector_version(), self.catalog.iter_vectors
-        return self.catalog.text_version(), self.catalog.iter_text_vectors
-
-    def _build(self, name: str, kind: str = "auto", memory_bytes: int | None = None):
-        """(index, report) built from the stored vectors: never re-encoding anything."""
-        from cbir.index.build import build
-
-        version, chunks = self._stored(name)
-        return build(
-            name,
-            self.catalog.dim,
-            len(self.catalog.vector_ids(name)),
-            chunks,
-            lambda n: self.catalog.sample_vectors(name, n),
-            version,
-            kind=kind,
-            memory_bytes=memory_bytes,
-        )
-
-    def _save_indexes(self, indexes: dict, builds: dict | None = None):
-        from cbir.index import generations
-
-        return generations.save(self.index_dir, indexes, self.fingerprint or {}, builds)
-
-    def _load_index(self, name: str, *, writer: bool):
-        """The saved index, or one rebuilt from the stored vectors (of the kind it had) when it
-        is missing or stale, e.g. after an interrupted ingest; a rebuilt index is saved when no
-        one else writes."""
-        from cbir.index import generations
-
-        version, _ = self._stored(name)
-        index, entry = generations.load(self.index_dir, name, self.catalog.dim, version)
-        if index is None:
-            index, build = self._rebuild_like(name, entry)
-            builds = {name: build}
-            if writer:
-                self._save_indexes({name: index}, builds)
-            else:
-                try:
-                    with writer_lock(self.path):
-                        if self._stored(name)[0] == version:
-                            self._save_indexes({name: index}, builds)
-                except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
-                    pass  # searching works from memory; the writer will save it
-        if hasattr(index, "router"):
-            index.router.keys = self._shard_keys(index.router.by)
-        self._indexes[name] = index
-        return index
-
-    def _rebuild_like(self, name: str, entry) -> tuple:
-        """(index, build record) made from the stored vectors as the manifest ``entry`` describes
-        it: the same kind, sharded again by the same rule (auto when there is no entry)."""
-        kind = entry.spec.kind if entry else "auto"
-        if entry is not None and entry.sharding:
-            router = entry.sharding["router"]
-            index, reports = self._shard(router["shards"], router["by"], kind)
-            return index, {"shards": [r.for_manifest() for r in reports]}
-        index, report = self._build(name, kind)
-        return index, report.for_manifest()
-
-    def _shard_keys(self, by: str):
-        """ids -> the folder (root and top-level folder) or the date taken that shards them."""
-        if by == "folder":
-            return self.catalog.top_folders
-        return lambda ids: [t.isoformat() for t in self.catalog.dates_taken(ids)]
-
-    def _shard(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None):
-        """(ShardedIndex of the image vectors, a BuildReport per shard)."""
-        from cbir.index.build import build
-        from cbir.index.sharded import BY, Router, ShardedIndex
-        from cbir.index.vector_index import IMAGES
-
-        if by not in BY:
-            raise UsageError(f"unknown shard rule {by!r}: use one of {', '.join(BY)}")
-        if shards < 2:
-            raise UsageError("a sharded index has at least 2 shards (rebuild for one index)")
-        ids = self.catalog.vector_ids(IMAGES)
-        router = Router(by, shards, keys=self._shard_keys(by))
-        if by == "date":  # equal-sized date ranges
-            dates = sorted(router.keys(ids))
-            router.bounds = [dates[len(dates) * i // shards] for i in range(1, shards)] if dates else []
-        elif by == "folder":  # the biggest folders first, each to the emptiest shard
-            keys = router.keys(ids)
-            sizes = [0] * shards
-            for key, count in sorted(Counter(keys).items(), key=lambda kv: (-kv[1], kv[0])):
-                router.folders[key] = sizes.index(min(sizes))
-                sizes[router.folders[key]] += count
-        where = router.assign(ids)
-        version, chunks = self._stored(IMAGES)
-        built = []
-        for number in range(shards):
-            mine = ids[where == number]
-
-            def shard_chunks(mine=mine):
-                for chunk_ids, vectors in chunks():
-                    keep = np.isin(chunk_ids, mine)
-                    yield chunk_ids[keep], vectors[keep]
-
-            def shard_sample(size, mine=mine, seed=number):
-                chosen = np.random.default_rng(seed).choice(mine, min(size, len(mine)), replace=False)
-                return self.catalog.vectors_of(IMAGES, chosen)
-
-            built.append(
-                build(IMAGES, self.catalog.dim, len(mine), shard_chunks, shard_sample, version,
-                      kind=kind, memory_bytes=memory_bytes and memory_bytes // shards)
-            )
-        for number, (_, report) in enumerate(built):
-            report.name = f"{IMAGES} shard {number}"
-        return ShardedIndex([index for index, _ in built], router), [report for _, report in built]
-
-    def shard_index(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
-        """Split the image index into ``shards`` files by hash of the id, top-level folder, or
-        date taken (each built and tuned on its own, of the current kind unless ``kind``), and
-        switch to them atomically. Returns a BuildReport per shard."""
-        from cbir.index.generations import read_manifest
-        from cbir.index.vector_index import IMAGES
-
-        self._require_images()
-        with writer_lock(self.path):
-            manifest = read_manifest(self.index_dir)
-            current = manifest.indexes.get(IMAGES) if manifest else None
-            index, reports = self._shard(shards, by, kind or (current.spec.kind if current else "auto"))
-            saved = self._save_indexes({IMAGES: index}, {IMAGES: {"shards": [r.for_manifest() for r in reports]}})
-        self._indexes[IMAGES] = index
-        folder = self.index_dir / saved.folder
-        for number, report in enumerate(reports):
-            report.bytes = sum((folder / f).stat().st_size for f in saved.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}."))
-        return reports
-
     def _index(self, name: str):
-        index = self._indexes.get(name)
-        return index if index is not None else self._load_index(name, writer=False)
+        return self.indexes.get(name)
 
     def rebuild_index(self, kind: str = "auto", memory_bytes: int | None = None) -> list:
         """Rebuild the indexes from the stored vectors, never re-encoding; ``kind`` (auto, flat,
         hnsw, ivf, ivfpq) and the memory budget apply to the image index, the text index is
         chosen automatically. Returns a BuildReport per index; the switch to them is atomic."""
-        from cbir.index.vector_index import IMAGES, TEXTS
-
         self._require_images()
-        with writer_lock(self.path):
-            built = {
-                IMAGES: self._build(IMAGES, kind, memory_bytes),
-                TEXTS: self._build(TEXTS, "auto", memory_bytes),
-            }
-            indexes = {name: index for name, (index, _) in built.items()}
-            manifest = self._save_indexes(indexes, {n: report.for_manifest() for n, (_, report) in built.items()})
-        self._indexes.update(indexes)
-        folder = self.index_dir / manifest.folder
-        for name, (_, report) in built.items():
-            report.bytes = sum((folder / f).stat().st_size for f in manifest.indexes[name].files)
-        return [report for _, report in built.values()]
+        return self.indexes.rebuild(kind, memory_bytes)
+
+    def shard_index(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
+        """Split the image index into ``shards`` files by hash of the id, top-level folder, or
+        date taken (each built and tuned on its own, of the current kind unless ``kind``), and
+        switch to them atomically. Returns a BuildReport per shard."""
+        self._require_images()
+        return self.indexes.shard(shards, by, kind)
 
     def verify_index(self) -> dict[str, list[str]]:
         """Problems of each index (checksums, model, version, ids == the database's ids); an
         index with an empty list is sound."""
-        from cbir.index import generations
-        from cbir.index.vector_index import IMAGES, TEXTS
-
-        problems = {}
-        for name in (IMAGES, TEXTS):
-            version, _ = self._stored(name)
-            ids = self.catalog.vector_ids(name)
-            if name == TEXTS and not len(ids) and version == 0:
-                problems[name] = []  # no texts, never had any: nothing to index
-                continue
-            problems[name] = generations.verify(
-                self.index_dir, name, self.catalog.dim, version, ids, self.fingerprint or {}
-            )
-        return problems
+        return self.indexes.verify()
 
     def repair_index(self) -> dict[str, list[str]]:
-        """Rebuild (as the same kind, from the stored vectors) every index verify finds broken;
-        returns what was wrong with the ones rebuilt."""
-        from cbir.index import generations
-
+        """Rebuild every index verify finds broken; returns what was wrong with them."""
         self._require_images()
-        with writer_lock(self.path):
-            broken = {name: p for name, p in self.verify_index().items() if p}
-            manifest = generations.read_manifest(self.index_dir)
-            built = {
-                name: self._rebuild_like(name, manifest.indexes.get(name) if manifest else None)
-                for name in broken
-            }
-            if built:
-                self._save_indexes({n: i for n, (i, _) in built.items()}, {n: b for n, (_, b) in built.items()})
-                for name in built:
-                    self._indexes.pop(name, None)  # loaded afresh, with its routing bound
-        return broken
+        return self.indexes.repair()
 
     def index_info(self) -> dict:
         """The current generation's manifest, with each index's files and sizes."""
-        from cbir.index.generations import read_manifest
-
-        manifest = read_manifest(self.index_dir)
-        if manifest is None:
-            return {"generation": None, "indexes": {}}
-        data = manifest.as_dict()
-        folder = self.index_dir / manifest.folder
-        for entry in data["indexes"].values():
-            entry["bytes"] = sum((folder / f).stat().st_size for f in entry["files"] if (folder / f).exists())
-        return data
+        return self.indexes.info()
 
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None):
@@ -429,7 +252,7 @@ class Library:
             if not target.is_dir():
                 scope = f"{scope}/{target.name}" if scope else target.name
             root = self.catalog.roots()[root_id]
-            indexes = [self._load_index(name, writer=True) for name in (IMAGES, TEXTS)]
+            indexes = [self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
             batch = self.settings.batch_size or (256 if encoder.device.startswith("cuda") else 32)
             try:
                 report = run_ingest(
@@ -450,7 +273,7 @@ class Library:
                 # even when the run was interrupted: a batch committed but not yet indexed
                 # leaves one stale, and a stale index is rebuilt on the next open.
                 try:
-                    self._save_indexes(dict(zip((IMAGES, TEXTS), indexes)))
+                    self.indexes.save(dict(zip((IMAGES, TEXTS), indexes)))
                 except (CbirError, OperationalError, OSError):
                     pass  # a stale index is detected and rebuilt on the next open
             return report
@@ -489,12 +312,12 @@ class Library:
 
     def _change_texts(self, name: str, change) -> bool:
         with writer_lock(self.path):
-            index = self._load_index(name, writer=True)
+            index = self.indexes.load(name, writer=True)
             changes = change()
             if changes is None:
                 return False
             index.apply(changes)
-            self._save_indexes({name: index})
+            self.indexes.save({name: index})
             return True
 
     # -- search --------------------------------------------------------------------------------
@@ -611,7 +434,7 @@ class Library:
         for expression, plan, vector, first in zip(expressions, plans, vectors, prefetched):
             executor = Executor(
                 plan, collection, index, condition,
-                vectors_of=self._vectors_of(target), params=index_params, prefetched=first,
+                vectors_of=self.indexes.vectors_of(target), params=index_params, prefetched=first,
             )
             ranked = executor.run(vector, fts_match(expression.texts), options)[offset:]
             with executor.timed("fetch"):
@@ -692,18 +515,10 @@ class Library:
         from cbir.index.vector_index import IMAGES
 
         image_id = self._library_image(path, "--like")
-        ids, vectors = self._vectors_of(IMAGES)(np.asarray([image_id]))
+        ids, vectors = self.indexes.vectors_of(IMAGES)(np.asarray([image_id]))
         if not len(ids):
             raise UsageError(f"--like {path}: its vector is missing from the index; run `cbir ingest` again")
         return vectors[0]
-
-    def _vectors_of(self, name: str):
-        """ids -> (ids found, exact vectors): from the index when it keeps them whole, else from
-        SQLite (IVF-PQ keeps compressed codes only)."""
-        index = self._index(name)
-        if index.stores_exact_vectors:
-            return index.vectors
-        return lambda ids: self.catalog.vectors_of(name, ids)
 
     # -- status --------------------------------------------------------------------------------
     def status(self, *, with_skipped: bool = False) -> Status:

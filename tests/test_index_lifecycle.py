@@ -122,7 +122,7 @@ def test_verify_finds_damage_and_repair_fixes_it(fake_library, photos):
     # ids missing from the index (saved as current, so only verify can tell)
     index = lib._index("images")
     index.remove(index.ids()[:3])
-    lib._save_indexes({"images": index})
+    lib.indexes.save({"images": index})
     [problem] = lib.verify_index()["images"]
     assert "3 images in the database are missing from the index" in problem
     assert lib.repair_index() and lib.verify_index()["images"] == []

@@ -147,7 +147,7 @@ def test_stale_index_is_rebuilt_from_stored_vectors(fake_library, photos):
     lib.ingest(photos)
     manifest = generations.read_manifest(lib.index_dir)
     (lib.index_dir / manifest.folder / "images.faiss").write_bytes(b"corrupt")
-    lib._indexes.clear()  # forget the loaded index
+    lib.indexes.forget()  # drop the loaded index
     before = encoder.images_encoded
     assert len(lib.search("x", k=100)) == 20
     assert encoder.images_encoded == before  # nothing re-encoded

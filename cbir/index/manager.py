@@ -1,0 +1,242 @@
+"""A library's indexes as one managed whole: loaded on first use (rebuilt from the stored vectors
+when missing or stale, as the kind they were), saved as atomic generations, rebuilt as another
+kind, sharded, verified and repaired. The Library composes it; nothing here encodes images."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import LibraryLocked, StorageError, UsageError
+from cbir.fsutil import writer_lock
+
+
+class LibraryIndexes:
+    """The image and text indexes of the library at ``library`` (files in ``folder``), derived
+    from the vectors ``catalog`` stores."""
+
+    def __init__(self, catalog, library: Path, folder: Path):
+        self.catalog = catalog
+        self.library = library
+        self.folder = folder
+        self._loaded: dict = {}  # name -> VectorIndex or ShardedIndex, loaded on first use
+
+    def forget(self) -> None:
+        """Drop what is loaded: the next use reads (or rebuilds) the saved indexes."""
+        self._loaded.clear()
+
+    def stored(self, name: str) -> tuple[int, object]:
+        """(current version, chunks of stored vectors) behind the index ``name``."""
+        from cbir.index.vector_index import IMAGES
+
+        if name == IMAGES:
+            return self.catalog.vector_version(), self.catalog.iter_vectors
+        return self.catalog.text_version(), self.catalog.iter_text_vectors
+
+    def _build(self, name: str, kind: str = "auto", memory_bytes: int | None = None):
+        """(index, report) built from the stored vectors: never re-encoding anything."""
+        from cbir.index.build import build
+
+        version, chunks = self.stored(name)
+        return build(
+            name,
+            self.catalog.dim,
+            len(self.catalog.vector_ids(name)),
+            chunks,
+            lambda n: self.catalog.sample_vectors(name, n),
+            version,
+            kind=kind,
+            memory_bytes=memory_bytes,
+        )
+
+    def save(self, indexes: dict, builds: dict | None = None):
+        from cbir.index import generations
+
+        return generations.save(self.folder, indexes, self.catalog.model_fingerprint() or {}, builds)
+
+    def load(self, name: str, *, writer: bool):
+        """The saved index, or one rebuilt from the stored vectors (of the kind it had) when it
+        is missing or stale, e.g. after an interrupted ingest; a rebuilt index is saved when no
+        one else writes."""
+        from cbir.index import generations
+
+        version, _ = self.stored(name)
+        index, entry = generations.load(self.folder, name, self.catalog.dim, version)
+        if index is None:
+            index, build = self._rebuild_like(name, entry)
+            builds = {name: build}
+            if writer:
+                self.save({name: index}, builds)
+            else:
+                try:
+                    with writer_lock(self.library):
+                        if self.stored(name)[0] == version:
+                            self.save({name: index}, builds)
+                except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
+                    pass  # searching works from memory; the writer will save it
+        if hasattr(index, "router"):
+            index.router.keys = self._shard_keys(index.router.by)
+        self._loaded[name] = index
+        return index
+
+    def _rebuild_like(self, name: str, entry) -> tuple:
+        """(index, build record) made from the stored vectors as the manifest ``entry`` describes
+        it: the same kind, sharded again by the same rule (auto when there is no entry)."""
+        kind = entry.spec.kind if entry else "auto"
+        if entry is not None and entry.sharding:
+            router = entry.sharding["router"]
+            index, reports = self._sharded(router["shards"], router["by"], kind)
+            return index, {"shards": [r.for_manifest() for r in reports]}
+        index, report = self._build(name, kind)
+        return index, report.for_manifest()
+
+    def _shard_keys(self, by: str):
+        """ids -> the folder (root and top-level folder) or the date taken that shards them."""
+        if by == "folder":
+            return self.catalog.top_folders
+        return lambda ids: [t.isoformat() for t in self.catalog.dates_taken(ids)]
+
+    def _sharded(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None):
+        """(ShardedIndex of the image vectors, a BuildReport per shard)."""
+        from cbir.index.build import build
+        from cbir.index.sharded import BY, Router, ShardedIndex
+        from cbir.index.vector_index import IMAGES
+
+        if by not in BY:
+            raise UsageError(f"unknown shard rule {by!r}: use one of {', '.join(BY)}")
+        if shards < 2:
+            raise UsageError("a sharded index has at least 2 shards (rebuild for one index)")
+        ids = self.catalog.vector_ids(IMAGES)
+        router = Router(by, shards, keys=self._shard_keys(by))
+        if by == "date":  # equal-sized date ranges
+            dates = sorted(router.keys(ids))
+            router.bounds = [dates[len(dates) * i // shards] for i in range(1, shards)] if dates else []
+        elif by == "folder":  # the biggest folders first, each to the emptiest shard
+            keys = router.keys(ids)
+            sizes = [0] * shards
+            for key, count in sorted(Counter(keys).items(), key=lambda kv: (-kv[1], kv[0])):
+                router.folders[key] = sizes.index(min(sizes))
+                sizes[router.folders[key]] += count
+        where = router.assign(ids)
+        version, chunks = self.stored(IMAGES)
+        built = []
+        for number in range(shards):
+            mine = ids[where == number]
+
+            def shard_chunks(mine=mine):
+                for chunk_ids, vectors in chunks():
+                    keep = np.isin(chunk_ids, mine)
+                    yield chunk_ids[keep], vectors[keep]
+
+            def shard_sample(size, mine=mine, seed=number):
+                chosen = np.random.default_rng(seed).choice(mine, min(size, len(mine)), replace=False)
+                return self.catalog.vectors_of(IMAGES, chosen)
+
+            built.append(
+                build(IMAGES, self.catalog.dim, len(mine), shard_chunks, shard_sample, version,
+                      kind=kind, memory_bytes=memory_bytes and memory_bytes // shards)
+            )
+        for number, (_, report) in enumerate(built):
+            report.name = f"{IMAGES} shard {number}"
+        return ShardedIndex([index for index, _ in built], router), [report for _, report in built]
+
+    def shard(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
+        """Split the image index into ``shards`` files by hash of the id, top-level folder, or
+        date taken (each built and tuned on its own, of the current kind unless ``kind``), and
+        switch to them atomically. Returns a BuildReport per shard."""
+        from cbir.index.generations import read_manifest
+        from cbir.index.vector_index import IMAGES
+
+        with writer_lock(self.library):
+            manifest = read_manifest(self.folder)
+            current = manifest.indexes.get(IMAGES) if manifest else None
+            index, reports = self._sharded(shards, by, kind or (current.spec.kind if current else "auto"))
+            saved = self.save({IMAGES: index}, {IMAGES: {"shards": [r.for_manifest() for r in reports]}})
+        self._loaded[IMAGES] = index
+        folder = self.folder / saved.folder
+        for number, report in enumerate(reports):
+            files = [f for f in saved.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}.")]
+            report.bytes = sum((folder / f).stat().st_size for f in files)
+        return reports
+
+    def get(self, name: str):
+        index = self._loaded.get(name)
+        return index if index is not None else self.load(name, writer=False)
+
+    def rebuild(self, kind: str = "auto", memory_bytes: int | None = None) -> list:
+        """Rebuild the indexes from the stored vectors, never re-encoding; ``kind`` (auto, flat,
+        hnsw, ivf, ivfpq) and the memory budget apply to the image index, the text index is
+        chosen automatically. Returns a BuildReport per index; the switch to them is atomic."""
+        from cbir.index.vector_index import IMAGES, TEXTS
+
+        with writer_lock(self.library):
+            built = {
+                IMAGES: self._build(IMAGES, kind, memory_bytes),
+                TEXTS: self._build(TEXTS, "auto", memory_bytes),
+            }
+            indexes = {name: index for name, (index, _) in built.items()}
+            manifest = self.save(indexes, {n: report.for_manifest() for n, (_, report) in built.items()})
+        self._loaded.update(indexes)
+        folder = self.folder / manifest.folder
+        for name, (_, report) in built.items():
+            report.bytes = sum((folder / f).stat().st_size for f in manifest.indexes[name].files)
+        return [report for _, report in built.values()]
+
+    def verify(self) -> dict[str, list[str]]:
+        """Problems of each index (checksums, model, version, ids == the database's ids); an
+        index with an empty list is sound."""
+        from cbir.index import generations
+        from cbir.index.vector_index import IMAGES, TEXTS
+
+        problems = {}
+        for name in (IMAGES, TEXTS):
+            version, _ = self.stored(name)
+            ids = self.catalog.vector_ids(name)
+            if name == TEXTS and not len(ids) and version == 0:
+                problems[name] = []  # no texts, never had any: nothing to index
+                continue
+            problems[name] = generations.verify(
+                self.folder, name, self.catalog.dim, version, ids, self.catalog.model_fingerprint() or {}
+            )
+        return problems
+
+    def repair(self) -> dict[str, list[str]]:
+        """Rebuild (as the same kind, from the stored vectors) every index verify finds broken;
+        returns what was wrong with the ones rebuilt."""
+        from cbir.index import generations
+
+        with writer_lock(self.library):
+            broken = {name: p for name, p in self.verify().items() if p}
+            manifest = generations.read_manifest(self.folder)
+            built = {
+                name: self._rebuild_like(name, manifest.indexes.get(name) if manifest else None)
+                for name in broken
+            }
+            if built:
+                self.save({n: i for n, (i, _) in built.items()}, {n: b for n, (_, b) in built.items()})
+                for name in built:
+                    self._loaded.pop(name, None)  # loaded afresh, with its routing bound
+        return broken
+
+    def info(self) -> dict:
+        """The current generation's manifest, with each index's files and sizes."""
+        from cbir.index.generations import read_manifest
+
+        manifest = read_manifest(self.folder)
+        if manifest is None:
+            return {"generation": None, "indexes": {}}
+        data = manifest.as_dict()
+        folder = self.folder / manifest.folder
+        for entry in data["indexes"].values():
+            entry["bytes"] = sum((folder / f).stat().st_size for f in entry["files"] if (folder / f).exists())
+        return data
+
+    def vectors_of(self, name: str):
+        """ids -> (ids found, exact vectors): from the index when it keeps them whole, else from
+        SQLite (IVF-PQ keeps compressed codes only)."""
+        index = self.get(name)
+        if index.stores_exact_vectors:
+            return index.vectors
+        return lambda ids: self.catalog.vectors_of(name, ids)
