@@ -53,9 +53,11 @@ def build(
     *,
     kind: str = "auto",
     memory_bytes: int | None = None,
+    exact_source: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[VectorIndex, BuildReport]:
     """Build index ``name`` of ``count`` vectors. ``chunks()`` streams them; ``sample(n)`` gives
-    n random stored (ids, vectors) for training and for measuring recall."""
+    n random stored (ids, vectors) for training and for measuring recall; ``exact_source(ids)``
+    gives stored vectors by id (IVF-PQ re-ranks with them)."""
     started = time.perf_counter()
     spec = choose_spec(count, dim, memory_bytes, kind)
     if count:
@@ -64,6 +66,7 @@ def build(
         training = (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     train_on = training[1][: spec.train_size] if spec.train_size else None
     index = VectorIndex.build(dim, chunks(), vector_version, name, spec, train_on)
+    index.exact_source = exact_source
     report = BuildReport(name, spec.kind, spec.factory, spec.reason, index.ntotal, dict(spec.params))
     queries = min(TUNING_QUERIES, count // 10)
     if queries >= 10:

@@ -49,6 +49,7 @@ class LibraryIndexes:
             version,
             kind=kind,
             memory_bytes=memory_bytes,
+            exact_source=self._exact_source(name),
         )
 
     def save(self, indexes: dict, builds: dict | None = None):
@@ -76,10 +77,20 @@ class LibraryIndexes:
                             self.save({name: index}, builds)
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
+        self._loaded[name] = self._bind(name, index)
+        return index
+
+    def _bind(self, name: str, index):
+        """Give an index what it needs from the database: exact vectors for IVF-PQ re-ranking,
+        and a sharded index the keys its routing rule reads."""
+        for part in getattr(index, "shards", [index]):
+            part.exact_source = self._exact_source(name)
         if hasattr(index, "router"):
             index.router.keys = self._shard_keys(index.router.by)
-        self._loaded[name] = index
         return index
+
+    def _exact_source(self, name: str):
+        return lambda ids: self.catalog.vectors_of(name, ids)
 
     def _rebuild_like(self, name: str, entry) -> tuple:
         """(index, build record) made from the stored vectors as the manifest ``entry`` describes
@@ -136,7 +147,8 @@ class LibraryIndexes:
 
             built.append(
                 build(IMAGES, self.catalog.dim, len(mine), shard_chunks, shard_sample, version,
-                      kind=kind, memory_bytes=memory_bytes and memory_bytes // shards)
+                      kind=kind, memory_bytes=memory_bytes and memory_bytes // shards,
+                      exact_source=self._exact_source(IMAGES))
             )
         for number, (_, report) in enumerate(built):
             report.name = f"{IMAGES} shard {number}"

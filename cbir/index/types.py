@@ -43,8 +43,14 @@ PQ_CENTROIDS = 1 << PQ_BITS  # codewords per sub-quantizer, each trained by its 
 # better), and one byte per >32 dims keeps too little of the neighbourhood to be worth building.
 PQ_MIN_DSUB, PQ_MAX_DSUB = 2, 32
 
-DEFAULT_PARAMS = {"flat": {}, "hnsw": {"efSearch": 64}, "ivf": {"nprobe": 16}, "ivfpq": {"nprobe": 16}}
-PARAM_NAMES = {"flat": (), "hnsw": ("efSearch",), "ivf": ("nprobe",), "ivfpq": ("nprobe",)}
+# IVF-PQ re-ranks RERANK x k candidates by their exact vectors (kept in the library's database):
+# PQ codes alone cap recall well below 0.95; the exact second look restores it.
+RERANK = 10
+DEFAULT_PARAMS = {
+    "flat": {}, "hnsw": {"efSearch": 64}, "ivf": {"nprobe": 16}, "ivfpq": {"nprobe": 16, "rerank": RERANK},
+}
+PARAM_NAMES = {"flat": (), "hnsw": ("efSearch",), "ivf": ("nprobe",), "ivfpq": ("nprobe", "rerank")}
+NOT_FAISS = ("rerank",)  # cbir's own parameters, applied around the faiss search
 
 # -- memory model (bytes), calibrated on faiss 1.15 by the RSS growth of adding 200k vectors ------
 # (d=128 and 512): within ~25% for IVF-PQ, a few % for the others. The saved file is smaller
@@ -284,7 +290,8 @@ def _ivfpq(n: int, dim: int, budget: float, reason: str) -> IndexSpec:
     within = "no memory limit" if budget == math.inf else f"budget {format_bytes(budget)}"
     reason += (f"; IVF{nlist},PQ{m}x{PQ_BITS} ({m}-byte codes) needs ~{format_bytes(est)} ({within}); "
                f"the lossy codes cap recall")
-    return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}x{PQ_BITS}", _ivf_params(nlist), train_size, "ivfpq: " + reason)
+    params = {**_ivf_params(nlist), "rerank": RERANK}
+    return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}x{PQ_BITS}", params, train_size, "ivfpq: " + reason)
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -343,7 +350,7 @@ def search_parameters(spec_or_kind, params: dict, selector=None):
     for name, value in params.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
-        if name in PARAM_NAMES[kind]:  # another kind's knob (e.g. --nprobe on HNSW) is ignored
+        if name in PARAM_NAMES[kind] and name not in NOT_FAISS:  # other kinds' knobs are ignored
             values[name] = int(value)
     if selector is not None:
         values["sel"] = selector
@@ -412,7 +419,9 @@ def candidate_params(index, spec: IndexSpec, k: int = 10) -> list[dict]:
     if spec.kind == "hnsw":
         return [{"efSearch": ef} for ef in sorted({max(16 << i, k) for i in range(7)})]
     nlist = faiss.extract_index_ivf(index).nlist
-    return [{"nprobe": p} for p in [1 << i for i in range(nlist.bit_length()) if 1 << i < nlist] + [nlist]]
+    probes = [1 << i for i in range(nlist.bit_length()) if 1 << i < nlist] + [nlist]
+    extra = {"rerank": spec.params["rerank"]} if "rerank" in spec.params else {}
+    return [{"nprobe": p, **extra} for p in probes]
 
 
 def tune(index, spec: IndexSpec, measure: Callable[[dict], float], target: float = 0.95,

@@ -28,6 +28,9 @@ class VectorIndex:
         # The database vector version this index reflects; whoever changes the index updates it.
         self.vector_version: int | None = None
         self._rows: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their rows)
+        # IVF-PQ: ids -> (ids found, exact vectors) from the library's database, for re-ranking;
+        # set by whoever opens the index (without it, PQ scores are final)
+        self.exact_source = None
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -127,6 +130,9 @@ class VectorIndex:
         over the defaults chosen at build time; rows are padded with id -1."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         merged = {**self.spec.params, **(params or {})}
+        rerank = merged.pop("rerank", 0) if self.exact_source is not None else 0
+        if rerank > 1:
+            return self._reranked(queries, k, rerank, merged)
         if not len(self._dead):
             return self._index.search(queries, k, params=search_parameters(self.spec, merged))
         # Search the graph directly so the selector sees internal rows, then map rows to ids.
@@ -135,6 +141,19 @@ class VectorIndex:
         scores, rows = self._index.index.search(queries, k, params=search_parameters(self.spec, merged, alive))
         id_map = self._id_map()
         return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+
+    def _reranked(self, queries: np.ndarray, k: int, rerank: int, params: dict):
+        """IVF-PQ: ``rerank`` x k candidates by compressed codes, re-scored with their exact
+        vectors from ``exact_source``; the best k of those, ties by id."""
+        _, candidates = self._index.search(queries, k * rerank, params=search_parameters(self.spec, params))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, found) in enumerate(zip(queries, candidates)):
+            found_ids, vectors = self.exact_source(found[found >= 0])
+            exact = vectors @ query
+            order = np.lexsort((found_ids, -exact))[:k]
+            scores[row, : len(order)], ids[row, : len(order)] = exact[order], found_ids[order]
+        return scores, ids
 
     # -- exact work on chosen ids (filtered search, de-duplication) -----------------------------
     def _matrix(self) -> np.ndarray:
