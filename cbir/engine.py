@@ -273,7 +273,7 @@ class Library:
                 # even when the run was interrupted: a batch committed but not yet indexed
                 # leaves one stale, and a stale index is rebuilt on the next open.
                 try:
-                    self.indexes.save(dict(zip((IMAGES, TEXTS), indexes)))
+                    self.indexes.save_changed(dict(zip((IMAGES, TEXTS), indexes)))
                 except (CbirError, OperationalError, OSError):
                     pass  # a stale index is detected and rebuilt on the next open
             return report

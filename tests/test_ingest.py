@@ -44,9 +44,11 @@ def test_reingest_encodes_nothing(fake_library, photos):
     lib = fake_library(encoder=encoder)
     lib.ingest(photos)
     before = encoder.images_encoded
+    generation = generations.read_manifest(lib.index_dir).generation
     report = lib.ingest(photos)
     assert encoder.images_encoded == before
     assert (report.unchanged, report.added, report.encoded) == (20, 0, 0)
+    assert generations.read_manifest(lib.index_dir).generation == generation  # no index rewritten
 
 
 def test_modified_moved_deleted_and_copied_files(fake_library, photos):

@@ -53,9 +53,25 @@ class LibraryIndexes:
         )
 
     def save(self, indexes: dict, builds: dict | None = None):
+        """Write ``indexes`` as a new generation (the others carried over) and switch to it."""
         from cbir.index import generations
 
         return generations.save(self.folder, indexes, self.catalog.model_fingerprint() or {}, builds)
+
+    def save_changed(self, indexes: dict) -> None:
+        """Save those of ``indexes`` whose vector version the current generation does not have
+        yet: an ingest that changed nothing rewrites no index file."""
+        from cbir.index.generations import read_manifest
+
+        manifest = read_manifest(self.folder)
+        saved = manifest.indexes if manifest else {}
+        changed = {
+            name: index
+            for name, index in indexes.items()
+            if name not in saved or saved[name].vector_version != index.vector_version
+        }
+        if changed:
+            self.save(changed)
 
     def load(self, name: str, *, writer: bool):
         """The saved index, or one rebuilt from the stored vectors (of the kind it had) when it

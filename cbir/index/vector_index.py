@@ -28,6 +28,7 @@ class VectorIndex:
         # The database vector version this index reflects; whoever changes the index updates it.
         self.vector_version: int | None = None
         self._rows: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their rows)
+        self._id_map_copy: np.ndarray | None = None
         # IVF-PQ: ids -> (ids found, exact vectors) from the library's database, for re-ranking;
         # set by whoever opens the index (without it, PQ scores are final)
         self.exact_source = None
@@ -82,16 +83,17 @@ class VectorIndex:
         return int(self._index.ntotal) - len(self._dead)
 
     def _id_map(self) -> np.ndarray | None:
-        """Internal row -> id, for indexes wrapped in IndexIDMap2 (flat, HNSW)."""
-        if hasattr(self._index, "id_map"):
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        return None
+        """Internal row -> id, for indexes wrapped in IndexIDMap2 (flat, HNSW); kept until the
+        index changes, since every HNSW search with tombstones maps rows through it."""
+        if self._id_map_copy is None and hasattr(self._index, "id_map"):
+            self._id_map_copy = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        return self._id_map_copy
 
     def ids(self) -> np.ndarray:
         """The ids of the live vectors."""
         id_map = self._id_map()
         if id_map is not None:
-            return np.delete(id_map, self._dead) if len(self._dead) else id_map
+            return np.delete(id_map, self._dead) if len(self._dead) else id_map.copy()
         ivf = faiss.extract_index_ivf(self._index)
         invlists = ivf.invlists
         parts = [
@@ -104,7 +106,7 @@ class VectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             self._index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
-            self._rows = None
+            self._rows = self._id_map_copy = None
 
     def remove(self, ids: np.ndarray) -> None:
         if not len(ids):
@@ -115,7 +117,7 @@ class VectorIndex:
             self._dead = np.union1d(self._dead, rows).astype(np.int64)
         else:
             self._index.remove_ids(ids)
-        self._rows = None
+        self._rows = self._id_map_copy = None
 
     def apply(self, changes) -> None:
         """Follow a committed ``cbir.store.catalog.VectorChanges`` (removals before additions, so a
