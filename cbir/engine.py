@@ -216,6 +216,11 @@ class Library:
         self._require_images()
         return self.indexes.shard(shards, by, kind)
 
+    def rebuild_shard(self, number: int, kind: str | None = None):
+        """Rebuild one shard of a sharded image index on its own; its BuildReport."""
+        self._require_images()
+        return self.indexes.rebuild_shard(number, kind)
+
     def verify_index(self) -> dict[str, list[str]]:
         """Problems of each index (checksums, model, version, ids == the database's ids); an
         index with an empty list is sound."""

@@ -14,6 +14,7 @@ import pytest
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
+from cbir.errors import UsageError
 from cbir.index import generations
 from cbir.store.catalog import MODEL, Changes, ImageRecord
 
@@ -201,3 +202,22 @@ def test_a_damaged_shard_is_found_and_repaired(fake_library, photos):
     lib.repair_index()
     assert lib.verify_index()["images"] == []
     assert len(lib._index("images").shards) == 2
+
+
+def test_one_shard_is_rebuilt_on_its_own(fake_library, photos):
+    lib = fake_library()
+    lib.ingest(photos)
+    before = [h.id for h in lib.search("x", k=20)]
+    lib.shard_index(3, "hash")
+    untouched = generations.read_manifest(lib.index_dir).indexes["images"].files
+    report = lib.rebuild_shard(1, "hnsw")
+    assert report.kind == "hnsw" and report.name == "images shard 1" and report.bytes > 0
+    files = generations.read_manifest(lib.index_dir).indexes["images"].files
+    assert files["images.0.faiss"] == untouched["images.0.faiss"]
+    assert files["images.1.faiss"] != untouched["images.1.faiss"]
+    index = lib._index("images")
+    assert [s.kind for s in index.shards] == ["flat", "hnsw", "flat"]
+    assert sorted(h.id for h in lib.search("x", k=20)) == sorted(before)
+    assert lib.verify_index()["images"] == []
+    with pytest.raises(UsageError, match="no shard 3"):
+        lib.rebuild_shard(3)

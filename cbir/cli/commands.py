@@ -209,16 +209,20 @@ def index_group():
 @index_group.command("rebuild")
 @click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), default="auto", show_default=True, help="Index kind; auto chooses from the vector count, dimension and memory budget.")
 @click.option("--memory", metavar="SIZE", help="Memory budget for the index, e.g. 4GB (auto picks IVF-PQ when full vectors do not fit).")
+@click.option("--shard", "shard", type=click.IntRange(min=0), help="Rebuild only this shard of a sharded image index (--type: its kind; default the one it has).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON Lines.")
 @library_options
-def index_rebuild(kind, memory, as_json, library, model, device):
+def index_rebuild(kind, memory, shard, as_json, library, model, device):
     """Build new indexes from the stored vectors (no image is re-encoded), tune their search
     parameters for recall@10 >= 0.95 on a held-out sample, and switch to them atomically."""
     from cbir.index.types import parse_memory
 
     budget = parse_memory(memory) if memory else None
     with _open(library=library, model=model, device=device) as lib:
-        reports = lib.rebuild_index(kind, budget)
+        if shard is not None:
+            reports = [lib.rebuild_shard(shard, None if kind == "auto" else kind)]
+        else:
+            reports = lib.rebuild_index(kind, budget)
     for report in reports:
         if as_json:
             echo_json(report.as_dict())

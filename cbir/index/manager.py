@@ -127,7 +127,6 @@ class LibraryIndexes:
 
     def _sharded(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None):
         """(ShardedIndex of the image vectors, a BuildReport per shard)."""
-        from cbir.index.build import build
         from cbir.index.sharded import BY, Router, ShardedIndex
         from cbir.index.vector_index import IMAGES
 
@@ -147,28 +146,51 @@ class LibraryIndexes:
                 router.folders[key] = sizes.index(min(sizes))
                 sizes[router.folders[key]] += count
         where = router.assign(ids)
-        version, chunks = self.stored(IMAGES)
-        built = []
-        for number in range(shards):
-            mine = ids[where == number]
-
-            def shard_chunks(mine=mine):
-                for chunk_ids, vectors in chunks():
-                    keep = np.isin(chunk_ids, mine)
-                    yield chunk_ids[keep], vectors[keep]
-
-            def shard_sample(size, mine=mine, seed=number):
-                chosen = np.random.default_rng(seed).choice(mine, min(size, len(mine)), replace=False)
-                return self.catalog.vectors_of(IMAGES, chosen)
-
-            built.append(
-                build(IMAGES, self.catalog.dim, len(mine), shard_chunks, shard_sample, version,
-                      kind=kind, memory_bytes=memory_bytes and memory_bytes // shards,
-                      exact_source=self._exact_source(IMAGES))
-            )
-        for number, (_, report) in enumerate(built):
-            report.name = f"{IMAGES} shard {number}"
+        budget = memory_bytes and memory_bytes // shards
+        built = [self._build_shard(ids[where == number], number, kind, budget) for number in range(shards)]
         return ShardedIndex([index for index, _ in built], router), [report for _, report in built]
+
+    def _build_shard(self, ids: np.ndarray, number: int, kind: str, memory_bytes: int | None = None):
+        """(index, report) of shard ``number``: the stored image vectors ``ids``."""
+        from cbir.index.build import build
+        from cbir.index.vector_index import IMAGES
+
+        version, chunks = self.stored(IMAGES)
+
+        def shard_chunks():
+            for chunk_ids, vectors in chunks():
+                keep = np.isin(chunk_ids, ids)
+                yield chunk_ids[keep], vectors[keep]
+
+        def shard_sample(size):
+            chosen = np.random.default_rng(number).choice(ids, min(size, len(ids)), replace=False)
+            return self.catalog.vectors_of(IMAGES, chosen)
+
+        index, report = build(
+            IMAGES, self.catalog.dim, len(ids), shard_chunks, shard_sample, version,
+            kind=kind, memory_bytes=memory_bytes, exact_source=self._exact_source(IMAGES),
+        )
+        report.name = f"{IMAGES} shard {number}"
+        return index, report
+
+    def rebuild_shard(self, number: int, kind: str | None = None):
+        """Rebuild one shard of the image index from the stored vectors its rule routes to it
+        (as its kind unless ``kind``), leaving the other shards as they are; its BuildReport."""
+        from cbir.index.vector_index import IMAGES
+
+        with writer_lock(self.library):
+            index = self.get(IMAGES)
+            if not hasattr(index, "shards"):
+                raise UsageError("the image index is not sharded; shard it with `cbir index shard --shards N`")
+            if not 0 <= number < len(index.shards):
+                raise UsageError(f"no shard {number}: the image index has shards 0 to {len(index.shards) - 1}")
+            ids = self.catalog.vector_ids(IMAGES)
+            mine = ids[index.router.assign(ids, [s.ntotal for s in index.shards]) == number]
+            shard, report = self._build_shard(mine, number, kind or index.shards[number].kind)
+            index.shards[number] = shard
+            saved = self.save({IMAGES: index})
+        report.bytes = (self.folder / saved.folder / f"{IMAGES}.{number}.faiss").stat().st_size
+        return report
 
     def shard(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
         """Split the image index into ``shards`` files by hash of the id, top-level folder, or
