@@ -35,6 +35,7 @@ from cbir.query import Query
 from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Catalog, ImageInfo
 from cbir.store.db import create_db_engine, current_revision, head_revision, library_db_path, migrate
+from cbir.timing import Timer
 
 INDEX_DIR = "index"
 
@@ -396,28 +397,30 @@ class Library:
                 "`cbir label add IMAGE TEXT`"
             )
         expressions = [q.expression() for q in queries]
+        matches = [fts_match(e.texts) for e in expressions]  # FTS5 queries of their words
         modes = [mode or planning.default_mode(target, bool(e.texts), index.ntotal > 0) for e in expressions]
-        for e, m in zip(expressions, modes):
-            if m != planning.SEMANTIC and not fts_match(e.texts):
+        for e, m, match in zip(expressions, modes, matches):
+            if m != planning.SEMANTIC and not match:
                 raise UsageError(f"--mode {m} needs words to look for; this query has none: {e}")
         if min_score is not None and planning.KEYWORD in modes:
             raise UsageError("--min-score is a similarity cut-off; keyword mode has no similarity")
         setup = {"prepare": time.perf_counter() - started}  # checks, filters, parsing
+        timed = Timer(setup)
         matching = None
         if condition is not None:
-            start = time.perf_counter()
-            matching = collection.count(condition)
-            setup["count"] = time.perf_counter() - start
+            with timed("count"):
+                matching = collection.count(condition)
         needs_vector = [m != planning.KEYWORD for m in modes]
         if self._encoder is None and any(
             n and any(t.like is None for t in e.terms) for e, n in zip(expressions, needs_vector)
         ):
-            start = time.perf_counter()
-            self.encoder  # loaded on first use: timed on its own, not as the first query's embedding
-            setup["load model"] = time.perf_counter() - start
-        start = time.perf_counter()
-        vectors = self._embed(expressions, needs_vector)
-        embed_each = (time.perf_counter() - start) / max(1, sum(needs_vector))
+            with timed("load model"):  # on its own, not as the first query's embedding
+                self.encoder
+        embedding = {}
+        with Timer(embedding)("embed"):
+            vectors = self._embed(expressions, needs_vector)
+        embed_each = embedding["embed"] / max(1, sum(needs_vector))
+        described = filters.describe() if condition is not None else ""
         options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)
         plans = []
         for expression, m, vector in zip(expressions, modes, vectors):
@@ -430,18 +433,19 @@ class Library:
                 want=options.need,
                 exact_index=index.exact,
                 forced=strategy,
-                filters=filters.describe() if condition is not None else "",
+                filters=described,
             )
             plan.timings = dict(setup, **({"embed": embed_each} if vector is not None else {}))
             plans.append(plan)
         prefetched = _search_together(index, plans, vectors, options, index_params)
         results = []
-        for expression, plan, vector, first in zip(expressions, plans, vectors, prefetched):
+        vectors_of = self.indexes.vectors_of(target)
+        for plan, vector, match, first in zip(plans, vectors, matches, prefetched):
             executor = Executor(
                 plan, collection, index, condition,
-                vectors_of=self.indexes.vectors_of(target), params=index_params, prefetched=first,
+                vectors_of=vectors_of, params=index_params, prefetched=first,
             )
-            ranked = executor.run(vector, fts_match(expression.texts), options)[offset:]
+            ranked = executor.run(vector, match, options)[offset:]
             with executor.timed("fetch"):
                 hits = self._hits(target, ranked, offset)
             if sort == "date":
@@ -534,9 +538,8 @@ class Library:
         manifest = read_manifest(self.index_dir)
         entries = manifest.indexes if manifest else {}
         images, texts = entries.get(IMAGES), entries.get(TEXTS)
-        folder = self.index_dir / manifest.folder if manifest else None
-        index_bytes = sum(
-            (folder / f).stat().st_size for e in entries.values() for f in e.files if (folder / f).exists()
+        index_bytes = (
+            manifest.file_bytes(self.index_dir, [f for e in entries.values() for f in e.files]) if manifest else 0
         )
         db_bytes = sum(
             p.stat().st_size
@@ -579,13 +582,13 @@ def _search_together(index, plans, vectors, options, params) -> list:
     out = [None] * len(plans)
     if len(batch) < 2:
         return out
-    want = min(options.need * (2 if options.dedup else 1), index.ntotal)
-    start = time.perf_counter()
-    scores, ids = index.search(np.stack([vectors[i] for i in batch]), want, params)
-    each = (time.perf_counter() - start) / len(batch)
+    want = min(options.first_want, index.ntotal)
+    spent: dict[str, float] = {}
+    with Timer(spent)("search"):
+        scores, ids = index.search(np.stack([vectors[i] for i in batch]), want, params)
     for row, i in enumerate(batch):
         out[i] = (scores[row], ids[row])
-        plans[i].timings["search"] = each
+        plans[i].timings["search"] = spent["search"] / len(batch)
     return out
 
 

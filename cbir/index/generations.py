@@ -64,6 +64,11 @@ class Manifest:
         data["indexes"] = {name: e.as_dict() for name, e in self.indexes.items()}
         return data
 
+    def file_bytes(self, root: Path, files) -> int:
+        """The size on disk of these files of the generation (missing ones count 0)."""
+        folder = root / self.folder
+        return sum((folder / f).stat().st_size for f in files if (folder / f).exists())
+
 
 def read_manifest(root: Path) -> Manifest | None:
     """The current generation's manifest, or None when there is none (or it is unreadable)."""

@@ -189,7 +189,7 @@ class LibraryIndexes:
             shard, report = self._build_shard(mine, number, kind or index.shards[number].kind)
             index.shards[number] = shard
             saved = self.save({IMAGES: index})
-        report.bytes = (self.folder / saved.folder / f"{IMAGES}.{number}.faiss").stat().st_size
+        report.bytes = saved.file_bytes(self.folder, _shard_files(saved, number))
         return report
 
     def shard(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
@@ -205,10 +205,8 @@ class LibraryIndexes:
             index, reports = self._sharded(shards, by, kind or (current.spec.kind if current else "auto"))
             saved = self.save({IMAGES: index}, {IMAGES: {"shards": [r.for_manifest() for r in reports]}})
         self._loaded[IMAGES] = index
-        folder = self.folder / saved.folder
         for number, report in enumerate(reports):
-            files = [f for f in saved.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}.")]
-            report.bytes = sum((folder / f).stat().st_size for f in files)
+            report.bytes = saved.file_bytes(self.folder, _shard_files(saved, number))
         return reports
 
     def get(self, name: str):
@@ -229,9 +227,8 @@ class LibraryIndexes:
             indexes = {name: index for name, (index, _) in built.items()}
             manifest = self.save(indexes, {n: report.for_manifest() for n, (_, report) in built.items()})
         self._loaded.update(indexes)
-        folder = self.folder / manifest.folder
         for name, (_, report) in built.items():
-            report.bytes = sum((folder / f).stat().st_size for f in manifest.indexes[name].files)
+            report.bytes = manifest.file_bytes(self.folder, manifest.indexes[name].files)
         return [report for _, report in built.values()]
 
     def verify(self) -> dict[str, list[str]]:
@@ -278,9 +275,8 @@ class LibraryIndexes:
         if manifest is None:
             return {"generation": None, "indexes": {}}
         data = manifest.as_dict()
-        folder = self.folder / manifest.folder
         for entry in data["indexes"].values():
-            entry["bytes"] = sum((folder / f).stat().st_size for f in entry["files"] if (folder / f).exists())
+            entry["bytes"] = manifest.file_bytes(self.folder, entry["files"])
         return data
 
     def vectors_of(self, name: str):
@@ -290,3 +286,10 @@ class LibraryIndexes:
         if index.stores_exact_vectors:
             return index.vectors
         return lambda ids: self.catalog.vectors_of(name, ids)
+
+
+def _shard_files(manifest, number: int) -> list[str]:
+    """The files of image shard ``number`` (its index and any tombstones)."""
+    from cbir.index.vector_index import IMAGES
+
+    return [f for f in manifest.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}.")]

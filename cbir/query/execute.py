@@ -36,6 +36,11 @@ class Options:
     def need(self) -> int:
         return self.offset + self.k
 
+    @property
+    def first_want(self) -> int:
+        """Results to rank first: twice what is needed when near-duplicates will be dropped."""
+        return self.need * (2 if self.dedup else 1)
+
 
 class Executor:
     def __init__(self, plan: Plan, collection, index, condition, *, vectors_of, params=None, prefetched=None):
@@ -54,7 +59,7 @@ class Executor:
     # -- the whole query ------------------------------------------------------------------------
     def run(self, vector: np.ndarray | None, match: str | None, options: Options) -> list[Ranked]:
         """The best ``options.need`` results (before the offset is applied), best first."""
-        want = options.need * (2 if options.dedup else 1)
+        want = options.first_want
         while True:
             ranked, exhausted = self._rank(vector, match, want)
             results = ranked

@@ -62,14 +62,13 @@ class Plan:
 
     def describe(self) -> list[str]:
         """The plan as lines of text for --explain."""
-        what = self.target if self.target == IMAGES else "texts"
         lines = [
             f"plan      {self.kind}, {self.mode}, strategy {self.strategy}",
             f"why       {self.reason}",
         ]
         if self.filters:
             lines.append(f"filters   {self.filters}")
-        counted = "" if self.matching is None else f"{self.matching} of {self.total} {what} pass the filters; "
+        counted = "" if self.matching is None else f"{self.matching} of {self.total} {self.target} pass the filters; "
         lines.append(
             f"examined  {counted}expected to examine {self.fetch}, examined {self.examined}"
             f" in {self.rounds} round{'s' if self.rounds != 1 else ''}; returned {self.returned}"

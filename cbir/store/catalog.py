@@ -424,15 +424,10 @@ class Catalog:
     def vectors_of(self, name: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids found, their stored vectors), in the order of ``ids``."""
         id_column, vector_column = self._vector_columns(name)
-        found: dict[int, np.ndarray] = {}
-        ids = [int(i) for i in ids]
-        with self.engine.connect() as c:
-            for start in range(0, len(ids), 10_000):  # SQLite caps bound parameters
-                query = select(id_column, vector_column).where(id_column.in_(ids[start : start + 10_000]))
-                found.update((i, _from_blob(blob)) for i, blob in c.execute(query))
-        kept = [i for i in ids if i in found]
+        found = self._by_id(id_column, ids, vector_column)
+        kept = [int(i) for i in ids if int(i) in found]
         dim = self.dim or 0
-        vectors = np.stack([found[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
+        vectors = np.stack([_from_blob(found[i][0]) for i in kept]) if kept else np.zeros((0, dim), np.float32)
         return np.asarray(kept, dtype=np.int64), vectors
 
     def top_folders(self, ids: np.ndarray) -> list[str]:
@@ -445,13 +440,18 @@ class Catalog:
 
     def _image_column(self, ids: np.ndarray, *columns) -> list[tuple]:
         """``columns`` of the images ``ids``, in the order of ``ids``."""
+        rows = self._by_id(Image.id, ids, *columns)
+        return [rows[int(i)] for i in ids]
+
+    def _by_id(self, id_column, ids, *columns) -> dict[int, tuple]:
+        """id -> ``columns`` of the rows whose ``id_column`` is in ``ids`` (any number of ids)."""
         ids = [int(i) for i in ids]
         rows: dict[int, tuple] = {}
         with self.engine.connect() as c:
             for start in range(0, len(ids), 10_000):  # SQLite caps bound parameters
-                query = select(Image.id, *columns).where(Image.id.in_(ids[start : start + 10_000]))
+                query = select(id_column, *columns).where(id_column.in_(ids[start : start + 10_000]))
                 rows.update((r[0], tuple(r[1:])) for r in c.execute(query))
-        return [rows[i] for i in ids]
+        return rows
 
     def sample_vectors(self, name: str, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``size`` stored (ids, vectors) picked at random (ids first, so only the chosen
