@@ -36,6 +36,7 @@ class Settings:
     device: str = "auto"
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decode processes; None: one per CPU core
+    gpu: bool = False  # search the indexes on the GPU (faiss GPU)
 
     @property
     def model_for_new_library(self) -> str:
@@ -61,6 +62,7 @@ def resolve_settings(
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
+    gpu: bool = False,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     default_library_name: str = "default",
@@ -84,4 +86,5 @@ def resolve_settings(
         device=device,
         batch_size=_positive_int("batch size", pick(batch_size, "CBIR_BATCH_SIZE")),
         workers=_positive_int("workers", pick(workers, "CBIR_WORKERS")),
+        gpu=bool(gpu),
     )

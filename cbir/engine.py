@@ -105,13 +105,17 @@ class Library:
         self.path = settings.library
         self.catalog = catalog
         self._encoder = encoder
-        self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR)
+        self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR, gpu=settings.gpu)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, settings: Settings, *, create: bool = False, encoder: Encoder | None = None):
         path = settings.library
         db_path = library_db_path(path)
+        if settings.gpu:
+            from cbir.index.gpu import resolve
+
+            resolve(True)  # a clear error now, not at the first search
         if path.exists() and not path.is_dir():
             raise UsageError(f"--library {path} is a file, not a library folder")
         if not db_path.is_file():
@@ -203,24 +207,26 @@ class Library:
     def _index(self, name: str):
         return self.indexes.get(name)
 
-    def rebuild_index(self, kind: str = "auto", memory_bytes: int | None = None) -> list:
+    def rebuild_index(self, kind: str = "auto", memory_bytes: int | None = None, gpu: bool | None = None) -> list:
         """Rebuild the indexes from the stored vectors, never re-encoding; ``kind`` (auto, flat,
         hnsw, ivf, ivfpq) and the memory budget apply to the image index, the text index is
-        chosen automatically. Returns a BuildReport per index; the switch to them is atomic."""
+        chosen automatically. ``gpu``: True builds on the GPU (an error without one), None when
+        one is usable and the index is big enough to gain. Returns a BuildReport per index; the
+        switch to them is atomic."""
         self._require_images()
-        return self.indexes.rebuild(kind, memory_bytes)
+        return self.indexes.rebuild(kind, memory_bytes, gpu)
 
-    def shard_index(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
+    def shard_index(self, shards: int, by: str = "hash", kind: str | None = None, gpu: bool | None = None) -> list:
         """Split the image index into ``shards`` files by hash of the id, top-level folder, or
         date taken (each built and tuned on its own, of the current kind unless ``kind``), and
         switch to them atomically. Returns a BuildReport per shard."""
         self._require_images()
-        return self.indexes.shard(shards, by, kind)
+        return self.indexes.shard(shards, by, kind, gpu)
 
-    def rebuild_shard(self, number: int, kind: str | None = None):
+    def rebuild_shard(self, number: int, kind: str | None = None, gpu: bool | None = None):
         """Rebuild one shard of a sharded image index on its own; its BuildReport."""
         self._require_images()
-        return self.indexes.rebuild_shard(number, kind)
+        return self.indexes.rebuild_shard(number, kind, gpu)
 
     def verify_index(self) -> dict[str, list[str]]:
         """Problems of each index (checksums, model, version, ids == the database's ids); an

@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 
 from cbir.demo import make_demo_photos, scene_of
+from cbir.index import gpu as faiss_gpu
 from tests.conftest import run_cbir
 
 
@@ -166,3 +167,10 @@ def test_index_commands(tmp_path):
     assert len(search(library, "a red circle", "-k", "5", "--json").stdout.splitlines()) == 5
     out = run_cbir("index", "rebuild", "--memory", "1KB", "--library", library)
     assert out.returncode == 2 and "needs" in out.stderr and "Traceback" not in out.stderr
+    if not faiss_gpu.available():  # asking for the GPU without one: one line, nothing changed
+        generation = json.loads(run_cbir("index", "info", "--json", "--library", library).stdout)["generation"]
+        for args in (("index", "rebuild", "--gpu"), ("index", "shard", "--shards", "2", "--gpu"), ("search", "dog", "--gpu")):
+            out = run_cbir(*args, "--library", library)
+            assert out.returncode == 2 and out.stderr.startswith("Error: --gpu: "), out.stderr
+            assert len(out.stderr.splitlines()) == 1
+        assert json.loads(run_cbir("index", "info", "--json", "--library", library).stdout)["generation"] == generation

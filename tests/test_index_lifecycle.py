@@ -194,14 +194,27 @@ def test_flat_shards_merge_to_exactly_the_unsharded_results(fake_library, tmp_pa
 def test_a_damaged_shard_is_found_and_repaired(fake_library, photos):
     lib = fake_library()
     lib.ingest(photos)
-    lib.shard_index(2, "hash")
+    lib.shard_index(3, "hash")
+    before = [h.id for h in lib.search("x", k=10)]
     manifest = generations.read_manifest(lib.index_dir)
     shard = lib.index_dir / manifest.folder / "images.1.faiss"
     shard.write_bytes(shard.read_bytes()[:64])
     assert "images.1.faiss does not match its checksum" in lib.verify_index()["images"][0]
     lib.repair_index()
     assert lib.verify_index()["images"] == []
-    assert len(lib._index("images").shards) == 2
+    assert len(lib._index("images").shards) == 3
+    # only the damaged shard was rebuilt: the others kept their build records
+    records = generations.read_manifest(lib.index_dir).indexes["images"].build["shards"]
+    old = manifest.indexes["images"].build["shards"]
+    assert records[0] == old[0] and records[2] == old[2] and records[1] != old[1]
+    lib.indexes.forget()
+    assert [h.id for h in lib.search("x", k=10)] == before
+    # a missing shard file is rebuilt the same way
+    shard = lib.index_dir / generations.read_manifest(lib.index_dir).folder / "images.2.faiss"
+    shard.unlink()
+    assert lib.verify_index()["images"] == ["images.2.faiss is missing"]
+    lib.repair_index()
+    assert lib.verify_index()["images"] == [] and len(lib._index("images").shards) == 3
 
 
 def test_one_shard_is_rebuilt_on_its_own(fake_library, photos):
@@ -216,7 +229,12 @@ def test_one_shard_is_rebuilt_on_its_own(fake_library, photos):
     assert files["images.0.faiss"] == untouched["images.0.faiss"]
     assert files["images.1.faiss"] != untouched["images.1.faiss"]
     index = lib._index("images")
+    assert [s.kind for s in index.shards] == ["flat", "hnsw", "flat"] and index.kind == "flat+hnsw"
+    assert not index.exact
+    lib.indexes.forget()  # as a new process opens it: each shard read as the kind it is
+    index = lib._index("images")
     assert [s.kind for s in index.shards] == ["flat", "hnsw", "flat"]
+    assert "efSearch" in index.shards[1].spec.params and index.shards[0].spec.params == {}
     assert sorted(h.id for h in lib.search("x", k=20)) == sorted(before)
     assert lib.verify_index()["images"] == []
     with pytest.raises(UsageError, match="no shard 3"):

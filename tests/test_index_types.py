@@ -44,7 +44,7 @@ def built(data):
         index = T.new_index(spec, DIM)
         rng = np.random.default_rng(1)
         sample = vectors[rng.choice(N, spec.train_size, replace=False)] if spec.train_size else vectors[:0]
-        T.train(index, sample)
+        T.train(index, spec, sample)
         for s in range(0, N, 5000):
             index.add_with_ids(vectors[s : s + 5000], ids[s : s + 5000])
         indexes[kind] = (spec, index, time.perf_counter() - start)
@@ -108,7 +108,7 @@ def test_ivf_reconstructs_and_removes_by_external_id(data):
     vectors, ids, _, _ = data
     spec = T.choose_spec(2000, DIM, kind="ivf")
     index = T.new_index(spec, DIM)
-    T.train(index, vectors[: spec.train_size])
+    T.train(index, spec, vectors[: spec.train_size])
     index.add_with_ids(vectors[:2000], ids[:2000])
     np.testing.assert_allclose(index.reconstruct(int(ids[17])), vectors[17])
     assert index.remove_ids(np.array([ids[17]], dtype=np.int64)) == 1
@@ -118,10 +118,11 @@ def test_ivf_reconstructs_and_removes_by_external_id(data):
 
 def test_train_rejects_too_small_a_sample(data):
     vectors = data[0]
-    index = T.new_index(T.choose_spec(N, DIM, kind="ivf"), DIM)
+    spec = T.choose_spec(N, DIM, kind="ivf")
     with pytest.raises(UsageError, match="at least 512"):
-        T.train(index, vectors[:100])
-    T.train(T.new_index(T.choose_spec(N, DIM, kind="flat"), DIM), vectors[:0])  # no-op
+        T.train(T.new_index(spec, DIM), spec, vectors[:100])
+    flat = T.choose_spec(N, DIM, kind="flat")
+    T.train(T.new_index(flat, DIM), flat, vectors[:0])  # no-op
 
 
 # -- search parameters: selectors and no mutation ----------------------------------------------------
@@ -316,3 +317,22 @@ def test_importing_cbir_does_not_import_faiss():
 
     code = "import sys, cbir, cbir.index; assert 'faiss' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_auto_falls_back_to_ivf_when_hnsw_misses_the_target(monkeypatch):
+    from cbir.index import build as B
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64)
+    monkeypatch.setattr(T, "FLAT_MAX", 100)  # auto picks HNSW for 3,000 vectors
+    monkeypatch.setattr(B, "TARGET_RECALL", 1.01)  # a target HNSW cannot reach
+
+    def chunks():
+        yield ids, vectors
+
+    _, report = B.build("images", 16, 3000, chunks, lambda n: (ids[:n], vectors[:n]), 1)
+    assert report.kind == "ivf" and "HNSW reached only recall@10" in report.reason
+    _, named = B.build("images", 16, 3000, chunks, lambda n: (ids[:n], vectors[:n]), 1, kind="hnsw")
+    assert named.kind == "hnsw"  # a kind asked for by name is kept

@@ -120,10 +120,11 @@ def filter_options(f):
 @click.option("--strategy", type=click.Choice(["auto", "ann", "exact-subset", "ann-post-filter"]), default="auto", show_default=True, help="Override the planner's choice (for comparing).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: lists to visit for this query (default: chosen at build time).")
 @click.option("--ef", type=click.IntRange(min=1), help="HNSW indexes: search breadth for this query (default: chosen at build time).")
+@click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra; flat and IVF kinds); an error without one.")
 @click.option("--explain", is_flag=True, help="Print the plan: strategy and why, candidates, time per stage.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per result (and the plan, with --explain).")
 @library_options
-def search(query, image, like, batch, target, mode, after, before, folder, camera, min_width, min_height, formats, tag, where, k, offset, min_score, sort, dedup, strategy, nprobe, ef, explain, as_json, library, model, device):
+def search(query, image, like, batch, target, mode, after, before, folder, camera, min_width, min_height, formats, tag, where, k, offset, min_score, sort, dedup, strategy, nprobe, ef, gpu, explain, as_json, library, model, device):
     """Search the library by text (QUERY), by example (--image, --like) or many at once (--batch).
 
     \b
@@ -165,7 +166,7 @@ def search(query, image, like, batch, target, mode, after, before, folder, camer
         tags=tuple(tag),
         where=where,
     )
-    with _open(library=library, model=model, device=device) as lib:
+    with _open(library=library, model=model, device=device, gpu=gpu) as lib:
         results = lib.search_many(
             [q for _, q in items],
             k=k,
@@ -210,9 +211,10 @@ def index_group():
 @click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), default="auto", show_default=True, help="Index kind; auto chooses from the vector count, dimension and memory budget.")
 @click.option("--memory", metavar="SIZE", help="Memory budget for the index, e.g. 4GB (auto picks IVF-PQ when full vectors do not fit).")
 @click.option("--shard", "shard", type=click.IntRange(min=0), help="Rebuild only this shard of a sharded image index (--type: its kind; default the one it has).")
+@click.option("--gpu/--no-gpu", "gpu", default=None, help="Build on the GPU with faiss GPU ([gpu] extra); an error without one. Default: on the GPU when one is usable and the index is past the flat size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON Lines.")
 @library_options
-def index_rebuild(kind, memory, shard, as_json, library, model, device):
+def index_rebuild(kind, memory, shard, gpu, as_json, library, model, device):
     """Build new indexes from the stored vectors (no image is re-encoded), tune their search
     parameters for recall@10 >= 0.95 on a held-out sample, and switch to them atomically."""
     from cbir.index.types import parse_memory
@@ -220,9 +222,9 @@ def index_rebuild(kind, memory, shard, as_json, library, model, device):
     budget = parse_memory(memory) if memory else None
     with _open(library=library, model=model, device=device) as lib:
         if shard is not None:
-            reports = [lib.rebuild_shard(shard, None if kind == "auto" else kind)]
+            reports = [lib.rebuild_shard(shard, None if kind == "auto" else kind, gpu)]
         else:
-            reports = lib.rebuild_index(kind, budget)
+            reports = lib.rebuild_index(kind, budget, gpu)
     for report in reports:
         if as_json:
             echo_json(report.as_dict())
@@ -234,14 +236,15 @@ def index_rebuild(kind, memory, shard, as_json, library, model, device):
 @click.option("--shards", type=click.IntRange(min=2), required=True, help="How many shard files.")
 @click.option("--by", type=click.Choice(["hash", "folder", "date"]), default="hash", show_default=True, help="What decides an image's shard: a hash of its id, its top-level folder, or its date taken (equal-sized date ranges).")
 @click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), help="Index kind of every shard (default: the current kind).")
+@click.option("--gpu/--no-gpu", "gpu", default=None, help="Build on the GPU with faiss GPU ([gpu] extra); an error without one. Default: on the GPU when one is usable and the index is past the flat size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON Lines.")
 @library_options
-def index_shard(shards, by, kind, as_json, library, model, device):
+def index_shard(shards, by, kind, gpu, as_json, library, model, device):
     """Split the image index into shard files, each built and tuned on its own; a query fans out
     over them in parallel and merges the results (on flat shards exactly the unsharded results).
     `cbir index rebuild` makes one index again."""
     with _open(library=library, model=model, device=device) as lib:
-        reports = lib.shard_index(shards, by, kind)
+        reports = lib.shard_index(shards, by, kind, gpu)
     for report in reports:
         if as_json:
             echo_json(report.as_dict())

@@ -98,7 +98,8 @@ def build_summary(report) -> str:
     )
     return (
         f"{report.name}: {report.kind} ({report.factory}), {report.vectors} vectors, "
-        f"{human_bytes(report.bytes)}, built in {report.seconds:.1f} s; search {params}; {recall}\n"
+        f"{human_bytes(report.bytes)}, built in {report.seconds:.1f} s{' on the GPU' if report.gpu else ''}; "
+        f"search {params}; {recall}\n"
         f"  why: {report.reason}"
     )
 

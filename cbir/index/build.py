@@ -10,7 +10,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from cbir.index.types import IndexSpec, choose_spec, exact_top_k, tune
+from cbir.errors import UsageError
+from cbir.index import gpu as faiss_gpu
+from cbir.index.types import FLAT_MAX, IndexSpec, choose_spec, exact_top_k, tune
 from cbir.index.vector_index import VectorIndex
 
 TARGET_RECALL = 0.95
@@ -34,6 +36,7 @@ class BuildReport:
     bytes: int = 0  # on disk, filled in once saved
     recall_at_10: float | None = None  # measured on held-out queries; None: too few vectors
     queries: int = 0
+    gpu: bool = False  # built (and tuned) on the GPU
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,20 +57,42 @@ def build(
     kind: str = "auto",
     memory_bytes: int | None = None,
     exact_source: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    gpu: bool | None = False,
 ) -> tuple[VectorIndex, BuildReport]:
     """Build index ``name`` of ``count`` vectors. ``chunks()`` streams them; ``sample(n)`` gives
     n random stored (ids, vectors) for training and for measuring recall; ``exact_source(ids)``
-    gives stored vectors by id (IVF-PQ re-ranks with them)."""
+    gives stored vectors by id (IVF-PQ re-ranks with them). ``gpu``: True builds on the GPU (an
+    error without one), None does when one is usable and the index is past the flat size."""
     started = time.perf_counter()
-    spec = choose_spec(count, dim, memory_bytes, kind)
+    on_gpu = faiss_gpu.resolve(gpu) and (gpu is True or count > FLAT_MAX)
+    spec = choose_spec(count, dim, memory_bytes, kind, gpu=on_gpu)
+    index, report = _build_tuned(name, dim, count, chunks, sample, vector_version, spec, exact_source, on_gpu)
+    if kind == "auto" and spec.kind == "hnsw" and report.recall_at_10 is not None and report.recall_at_10 < TARGET_RECALL:
+        # Some libraries' vectors (many overlapping clusters) keep HNSW below the target even at
+        # its widest search; IVF-Flat reaches it by probing more lists, when it fits.
+        try:
+            ivf = choose_spec(count, dim, memory_bytes, "ivf")
+        except UsageError:
+            pass
+        else:
+            shortfall = (f"; HNSW reached only recall@10 {report.recall_at_10:.3f} at "
+                         f"{_params_text(report.params)}, so IVF-Flat instead")
+            spec = IndexSpec(ivf.kind, ivf.factory, ivf.params, ivf.train_size, ivf.reason + shortfall)
+            index, report = _build_tuned(name, dim, count, chunks, sample, vector_version, spec, exact_source, on_gpu)
+    report.seconds = time.perf_counter() - started
+    return index, report
+
+
+def _build_tuned(name, dim, count, chunks, sample, vector_version, spec, exact_source, on_gpu):
+    """(index, report) of ``spec`` over the stored vectors, its search parameters tuned."""
     if count:
         training = sample(max(spec.train_size, TUNING_QUERIES))
     else:
         training = (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     train_on = training[1][: spec.train_size] if spec.train_size else None
-    index = VectorIndex.build(dim, chunks(), vector_version, name, spec, train_on)
+    index = VectorIndex.build(dim, chunks(), vector_version, name, spec, train_on, gpu=on_gpu)
     index.exact_source = exact_source
-    report = BuildReport(name, spec.kind, spec.factory, spec.reason, index.ntotal, dict(spec.params))
+    report = BuildReport(name, spec.kind, spec.factory, spec.reason, index.ntotal, dict(spec.params), gpu=on_gpu)
     queries = min(TUNING_QUERIES, count // 10)
     if queries >= 10:
         query_ids, query_vectors = training[0][:queries], training[1][:queries]
@@ -84,8 +109,11 @@ def build(
         )
         index.spec = IndexSpec(spec.kind, spec.factory, params, spec.train_size, spec.reason)
         report.params, report.recall_at_10, report.queries = params, recall, queries
-    report.seconds = time.perf_counter() - started
     return index, report
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "its only setting"
 
 
 def _held_out_truth(chunks: Chunks, query_ids: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ reader that loses the race with a removal reads the manifest again.
 
 manifest.json: {"generation": N, "folder": "gen-...", "model": fingerprint, "indexes": {name:
 {"spec", "dim", "count", "vector_version", "files": {file: sha256}, "build": {...},
-"sharding": {"router", "counts"} or null}}}. A sharded index has a file per shard (images.0.faiss,
-...); HNSW tombstones sit beside their index (NAME.dead.npy).
+"sharding": {"router", "counts", "specs"} or null}}}. A sharded index has a file per shard
+(images.0.faiss, ...), and each shard its own spec (shards are tuned, and may be rebuilt as
+another kind, on their own); HNSW tombstones sit beside their index (NAME.dead.npy).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class Entry:
     vector_version: int
     files: dict[str, str]  # file name -> sha256
     build: dict = field(default_factory=dict)  # how it was built: seconds, recall@10, sample ...
-    sharding: dict | None = None  # {"router": Router.as_dict(), "counts": [vectors per shard]}
+    # {"router": Router.as_dict(), "counts": [vectors per shard], "specs": [spec per shard]}
+    sharding: dict | None = None
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -50,6 +52,11 @@ class Entry:
         data = dict(data)
         data["spec"] = IndexSpec.from_dict(data["spec"])
         return cls(**data)
+
+    def shard_spec(self, shard: int | None) -> IndexSpec:
+        """The spec of shard ``shard`` (of the index itself for None)."""
+        specs = (self.sharding or {}).get("specs")
+        return IndexSpec.from_dict(specs[shard]) if shard is not None and specs else self.spec
 
 
 @dataclass
@@ -103,7 +110,7 @@ def _read(folder: Path, entry: Entry, name: str, dim: int, shard: int | None = N
 
     index_file, dead_file = _files(name, shard)
     dead = np.load(folder / dead_file) if dead_file in entry.files else None
-    return VectorIndex(dim, name, entry.spec, faiss.read_index(str(folder / index_file)), dead)
+    return VectorIndex(dim, name, entry.shard_spec(shard), faiss.read_index(str(folder / index_file)), dead)
 
 
 def load(root: Path, name: str, dim: int, vector_version: int):
@@ -162,9 +169,11 @@ def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[
         build = (builds or {}).get(name)
         if build is None and current and name in current.indexes:
             build = current.indexes[name].build
-        sharding = (
-            {"router": index.router.as_dict(), "counts": [s.ntotal for s in index.shards]} if sharded else None
-        )
+        sharding = {
+            "router": index.router.as_dict(),
+            "counts": [s.ntotal for s in index.shards],
+            "specs": [s.spec.as_dict() for s in index.shards],
+        } if sharded else None
         entries[name] = Entry(index.spec, index.dim, index.ntotal, index.vector_version, files, build or {}, sharding)
     if current:  # indexes not in memory stay as they were: hard links, not copies
         for name, entry in current.indexes.items():
@@ -203,6 +212,32 @@ def _remove_old(root: Path, keep: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def damaged_files(root: Path, manifest: Manifest, name: str) -> dict[str, bool]:
+    """The files of index ``name`` in ``manifest``'s generation that are missing (True) or do not
+    match their checksum (False)."""
+    folder = root / manifest.folder
+    damaged = {}
+    for file, checksum in manifest.indexes[name].files.items():
+        path = folder / file
+        if not path.is_file():
+            damaged[file] = True
+        elif sha256_of(path) != checksum:
+            damaged[file] = False
+    return damaged
+
+
+def read_shards(root: Path, manifest: Manifest, name: str, dim: int, numbers) -> dict[int, VectorIndex]:
+    """Shards ``numbers`` of index ``name`` as ``manifest``'s generation holds them."""
+    entry = manifest.indexes[name]
+    return {n: _read(root / manifest.folder, entry, name, dim, n) for n in numbers}
+
+
+def shard_of_file(file: str) -> int | None:
+    """The shard a file belongs to (images.3.faiss -> 3), None for an unsharded index's file."""
+    parts = file.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+
 def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.ndarray, model: dict) -> list[str]:
     """What is wrong with index ``name`` in the current generation, one line each (nothing when
     it is sound): its files and their checksums, its model, its version, and that it holds
@@ -216,13 +251,8 @@ def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.
     problems = []
     if manifest.model and model and manifest.model.get("weights") != model.get("weights"):
         problems.append(f"the {name} index was built with {manifest.model.get('spec')}, not {model.get('spec')}")
-    folder = root / manifest.folder
-    for file, checksum in entry.files.items():
-        path = folder / file
-        if not path.is_file():
-            problems.append(f"{file} is missing")
-        elif sha256_of(path) != checksum:
-            problems.append(f"{file} does not match its checksum (damaged or changed)")
+    for file, missing in damaged_files(root, manifest, name).items():
+        problems.append(f"{file} is missing" if missing else f"{file} does not match its checksum (damaged or changed)")
     if problems:
         return problems
     index, _ = load(root, name, dim, entry.vector_version)

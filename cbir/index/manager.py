@@ -17,10 +17,11 @@ class LibraryIndexes:
     """The image and text indexes of the library at ``library`` (files in ``folder``), derived
     from the vectors ``catalog`` stores."""
 
-    def __init__(self, catalog, library: Path, folder: Path):
+    def __init__(self, catalog, library: Path, folder: Path, gpu: bool = False):
         self.catalog = catalog
         self.library = library
         self.folder = folder
+        self.gpu = gpu  # search the loaded indexes on the GPU (checked usable by the caller)
         self._loaded: dict = {}  # name -> VectorIndex or ShardedIndex, loaded on first use
 
     def forget(self) -> None:
@@ -35,7 +36,7 @@ class LibraryIndexes:
             return self.catalog.vector_version(), self.catalog.iter_vectors
         return self.catalog.text_version(), self.catalog.iter_text_vectors
 
-    def _build(self, name: str, kind: str = "auto", memory_bytes: int | None = None):
+    def _build(self, name: str, kind: str = "auto", memory_bytes: int | None = None, gpu: bool | None = False):
         """(index, report) built from the stored vectors: never re-encoding anything."""
         from cbir.index.build import build
 
@@ -50,6 +51,7 @@ class LibraryIndexes:
             kind=kind,
             memory_bytes=memory_bytes,
             exact_source=self._exact_source(name),
+            gpu=gpu,
         )
 
     def save(self, indexes: dict, builds: dict | None = None):
@@ -98,9 +100,13 @@ class LibraryIndexes:
 
     def _bind(self, name: str, index):
         """Give an index what it needs from the database: exact vectors for IVF-PQ re-ranking,
-        and a sharded index the keys its routing rule reads."""
+        and a sharded index the keys its routing rule reads; parts faiss can run on the GPU
+        search there when the library was opened for GPU search."""
+        from cbir.index.gpu import KINDS as GPU_KINDS
+
         for part in getattr(index, "shards", [index]):
             part.exact_source = self._exact_source(name)
+            part.gpu = self.gpu and part.kind in GPU_KINDS
         if hasattr(index, "router"):
             index.router.keys = self._shard_keys(index.router.by)
         return index
@@ -125,7 +131,8 @@ class LibraryIndexes:
             return self.catalog.top_folders
         return lambda ids: [t.isoformat() for t in self.catalog.dates_taken(ids)]
 
-    def _sharded(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None):
+    def _sharded(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None,
+                 gpu: bool | None = False):
         """(ShardedIndex of the image vectors, a BuildReport per shard)."""
         from cbir.index.sharded import BY, Router, ShardedIndex
         from cbir.index.vector_index import IMAGES
@@ -147,10 +154,11 @@ class LibraryIndexes:
                 sizes[router.folders[key]] += count
         where = router.assign(ids)
         budget = memory_bytes and memory_bytes // shards
-        built = [self._build_shard(ids[where == number], number, kind, budget) for number in range(shards)]
+        built = [self._build_shard(ids[where == number], number, kind, budget, gpu) for number in range(shards)]
         return ShardedIndex([index for index, _ in built], router), [report for _, report in built]
 
-    def _build_shard(self, ids: np.ndarray, number: int, kind: str, memory_bytes: int | None = None):
+    def _build_shard(self, ids: np.ndarray, number: int, kind: str, memory_bytes: int | None = None,
+                     gpu: bool | None = False):
         """(index, report) of shard ``number``: the stored image vectors ``ids``."""
         from cbir.index.build import build
         from cbir.index.vector_index import IMAGES
@@ -168,12 +176,12 @@ class LibraryIndexes:
 
         index, report = build(
             IMAGES, self.catalog.dim, len(ids), shard_chunks, shard_sample, version,
-            kind=kind, memory_bytes=memory_bytes, exact_source=self._exact_source(IMAGES),
+            kind=kind, memory_bytes=memory_bytes, exact_source=self._exact_source(IMAGES), gpu=gpu,
         )
         report.name = f"{IMAGES} shard {number}"
         return index, report
 
-    def rebuild_shard(self, number: int, kind: str | None = None):
+    def rebuild_shard(self, number: int, kind: str | None = None, gpu: bool | None = None):
         """Rebuild one shard of the image index from the stored vectors its rule routes to it
         (as its kind unless ``kind``), leaving the other shards as they are; its BuildReport."""
         from cbir.index.vector_index import IMAGES
@@ -186,13 +194,13 @@ class LibraryIndexes:
                 raise UsageError(f"no shard {number}: the image index has shards 0 to {len(index.shards) - 1}")
             ids = self.catalog.vector_ids(IMAGES)
             mine = ids[index.router.assign(ids, [s.ntotal for s in index.shards]) == number]
-            shard, report = self._build_shard(mine, number, kind or index.shards[number].kind)
+            shard, report = self._build_shard(mine, number, kind or index.shards[number].kind, gpu=gpu)
             index.shards[number] = shard
             saved = self.save({IMAGES: index})
         report.bytes = saved.file_bytes(self.folder, _shard_files(saved, number))
         return report
 
-    def shard(self, shards: int, by: str = "hash", kind: str | None = None) -> list:
+    def shard(self, shards: int, by: str = "hash", kind: str | None = None, gpu: bool | None = None) -> list:
         """Split the image index into ``shards`` files by hash of the id, top-level folder, or
         date taken (each built and tuned on its own, of the current kind unless ``kind``), and
         switch to them atomically. Returns a BuildReport per shard."""
@@ -202,9 +210,9 @@ class LibraryIndexes:
         with writer_lock(self.library):
             manifest = read_manifest(self.folder)
             current = manifest.indexes.get(IMAGES) if manifest else None
-            index, reports = self._sharded(shards, by, kind or (current.spec.kind if current else "auto"))
+            index, reports = self._sharded(shards, by, kind or (current.spec.kind if current else "auto"), gpu=gpu)
             saved = self.save({IMAGES: index}, {IMAGES: {"shards": [r.for_manifest() for r in reports]}})
-        self._loaded[IMAGES] = index
+        self._loaded[IMAGES] = self._bind(IMAGES, index)
         for number, report in enumerate(reports):
             report.bytes = saved.file_bytes(self.folder, _shard_files(saved, number))
         return reports
@@ -213,20 +221,22 @@ class LibraryIndexes:
         index = self._loaded.get(name)
         return index if index is not None else self.load(name, writer=False)
 
-    def rebuild(self, kind: str = "auto", memory_bytes: int | None = None) -> list:
+    def rebuild(self, kind: str = "auto", memory_bytes: int | None = None, gpu: bool | None = None) -> list:
         """Rebuild the indexes from the stored vectors, never re-encoding; ``kind`` (auto, flat,
         hnsw, ivf, ivfpq) and the memory budget apply to the image index, the text index is
-        chosen automatically. Returns a BuildReport per index; the switch to them is atomic."""
+        chosen automatically; ``gpu`` as for cbir.index.build.build. Returns a BuildReport per
+        index; the switch to them is atomic."""
         from cbir.index.vector_index import IMAGES, TEXTS
 
         with writer_lock(self.library):
             built = {
-                IMAGES: self._build(IMAGES, kind, memory_bytes),
-                TEXTS: self._build(TEXTS, "auto", memory_bytes),
+                IMAGES: self._build(IMAGES, kind, memory_bytes, gpu),
+                # the text index is sized on its own: on the GPU only when it is big enough (auto)
+                TEXTS: self._build(TEXTS, "auto", memory_bytes, gpu and None),
             }
             indexes = {name: index for name, (index, _) in built.items()}
             manifest = self.save(indexes, {n: report.for_manifest() for n, (_, report) in built.items()})
-        self._loaded.update(indexes)
+        self._loaded.update({name: self._bind(name, index) for name, index in indexes.items()})
         for name, (_, report) in built.items():
             report.bytes = manifest.file_bytes(self.folder, manifest.indexes[name].files)
         return [report for _, report in built.values()]
@@ -250,22 +260,60 @@ class LibraryIndexes:
         return problems
 
     def repair(self) -> dict[str, list[str]]:
-        """Rebuild (as the same kind, from the stored vectors) every index verify finds broken;
-        returns what was wrong with the ones rebuilt."""
+        """Rebuild (as the same kind, from the stored vectors) every index verify finds broken:
+        of a sharded index only the shards whose files are damaged, when the rest is sound.
+        Returns what was wrong with the ones rebuilt."""
         from cbir.index import generations
 
         with writer_lock(self.library):
             broken = {name: p for name, p in self.verify().items() if p}
             manifest = generations.read_manifest(self.folder)
-            built = {
-                name: self._rebuild_like(name, manifest.indexes.get(name) if manifest else None)
-                for name in broken
-            }
+            built = {}
+            for name in broken:
+                entry = manifest.indexes.get(name) if manifest else None
+                repaired = self._repair_shards(manifest, name) if entry and entry.sharding else None
+                built[name] = repaired or self._rebuild_like(name, entry)
             if built:
                 self.save({n: i for n, (i, _) in built.items()}, {n: b for n, (_, b) in built.items()})
                 for name in built:
                     self._loaded.pop(name, None)  # loaded afresh, with its routing bound
         return broken
+
+    def _repair_shards(self, manifest, name: str):
+        """(index, build record) with only the damaged shards of sharded index ``name`` rebuilt
+        and the others read as they are; None when more than shard files is wrong (stale,
+        unreadable, other ids), for a rebuild of the whole."""
+        from cbir.index import generations
+        from cbir.index.sharded import Router, ShardedIndex
+
+        entry = manifest.indexes[name]
+        version, _ = self.stored(name)
+        bad = {generations.shard_of_file(f) for f in generations.damaged_files(self.folder, manifest, name)}
+        count = len(entry.sharding["counts"])
+        if not bad or None in bad or entry.vector_version != version:
+            return None
+        try:
+            good = generations.read_shards(self.folder, manifest, name, self.catalog.dim, set(range(count)) - bad)
+        except (RuntimeError, OSError, ValueError):
+            return None
+        router = Router.from_dict(entry.sharding["router"])
+        router.keys = self._shard_keys(router.by)
+        ids = self.catalog.vector_ids(name)
+        where = router.assign(ids, entry.sharding["counts"])
+        records = list(entry.build.get("shards") or [{}] * count)
+        shards = []
+        for number in range(count):
+            if number in good:
+                shards.append(good[number])
+                continue
+            shard, report = self._build_shard(ids[where == number], number, entry.shard_spec(number).kind)
+            shards.append(shard)
+            records[number] = report.for_manifest()
+        index = ShardedIndex(shards, router)
+        index.vector_version = version
+        if not np.array_equal(np.sort(index.ids()), ids):
+            return None
+        return index, {"shards": records}
 
     def info(self) -> dict:
         """The current generation's manifest, with each index's files and sizes."""

@@ -86,15 +86,16 @@ class ShardedIndex:
 
     @property
     def kind(self) -> str:
-        return self.shards[0].kind
+        """The shards' kind, e.g. "flat", or "flat+hnsw" when a shard was rebuilt as another."""
+        return "+".join(dict.fromkeys(s.kind for s in self.shards))
 
     @property
     def exact(self) -> bool:
-        return self.shards[0].exact
+        return all(s.exact for s in self.shards)
 
     @property
     def stores_exact_vectors(self) -> bool:
-        return self.shards[0].stores_exact_vectors
+        return all(s.stores_exact_vectors for s in self.shards)
 
     @property
     def vector_version(self) -> int | None:

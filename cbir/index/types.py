@@ -197,16 +197,23 @@ def parse_memory(text: str) -> int:
     return size
 
 
-def choose_spec(n: int, dim: int, memory_bytes: int | None = None, kind: str = "auto") -> IndexSpec:
-    """The index for n dim-d vectors within ``memory_bytes`` (None: no limit).
+def choose_spec(n: int, dim: int, memory_bytes: int | None = None, kind: str = "auto",
+                gpu: bool = False) -> IndexSpec:
+    """The index for n dim-d vectors within ``memory_bytes`` (None: no limit), to be built on the
+    GPU when ``gpu``.
 
-    auto: flat up to FLAT_MAX vectors, HNSW32 up to HNSW_MAX, IVF-Flat beyond; each only if it
-    fits the budget, else the next (smaller or equal) one, down to IVF-PQ with the largest code
-    that fits. A named kind gets that kind's parameters chosen the same way; it is an error if
-    it does not fit, as it is when not even the smallest IVF-PQ does.
+    auto: flat up to FLAT_MAX vectors, HNSW32 up to HNSW_MAX (not on a GPU, which has no HNSW),
+    IVF-Flat beyond; each only if it fits the budget, else the next (smaller or equal) one, down
+    to IVF-PQ with the largest code that fits (and that the GPU supports). A named kind gets that
+    kind's parameters chosen the same way; it is an error if it does not fit, as it is when not
+    even the smallest IVF-PQ does.
     """
     if kind != "auto" and kind not in KINDS:
         raise UsageError(f"unknown index type {kind!r}: use one of auto, {', '.join(KINDS)}")
+    if gpu and kind != "auto":
+        from cbir.index.gpu import check_kind
+
+        check_kind(kind)
     if n < 0 or dim < 1:
         raise UsageError(f"cannot size an index of {n} vectors of dimension {dim}")
     budget = math.inf if memory_bytes is None else memory_bytes
@@ -225,19 +232,20 @@ def choose_spec(n: int, dim: int, memory_bytes: int | None = None, kind: str = "
         if n <= FLAT_MAX and fits("flat"):
             return _flat(n, dim, f"{size} <= {FLAT_MAX:,}, exact search is fast enough; "
                                  f"needs {need('flat')} ({within})")
-        if n <= HNSW_MAX and fits("hnsw"):
+        if n <= HNSW_MAX and fits("hnsw") and not gpu:
             return _hnsw(n, dim, f"{size} > {FLAT_MAX:,} (flat limit), <= {HNSW_MAX:,} (HNSW limit); "
                                  f"graph + vectors need {need('hnsw')} ({within})")
         if fits("ivf"):
             why = (f"> {HNSW_MAX:,} (HNSW limit)" if n > HNSW_MAX
+                   else "building on the GPU, which has no HNSW" if gpu
                    else f"HNSW would need {need('hnsw')}, over the {within}")
             return _ivf(n, dim, f"{size}, {why}; IVF-Flat with {nlist_for(n)} lists needs "
                                 f"{need('ivf')} ({within})")
         return _ivfpq(n, dim, budget, f"{size} as full vectors need {need('ivf')} (IVF-Flat), "
-                                      f"over the {within}")
+                                      f"over the {within}", gpu)
 
     if kind == "ivfpq":
-        return _ivfpq(n, dim, budget, f"{size}, IVF-PQ requested")
+        return _ivfpq(n, dim, budget, f"{size}, IVF-PQ requested", gpu)
     if not fits(kind):
         raise UsageError(
             f"a {kind} index of {size} needs {need(kind)}, over the {within}: "
@@ -264,12 +272,18 @@ def _ivf(n: int, dim: int, reason: str) -> IndexSpec:
     return IndexSpec("ivf", f"IVF{nlist},Flat", _ivf_params(nlist), train_size, "ivf: " + reason)
 
 
-def _ivfpq(n: int, dim: int, budget: float, reason: str) -> IndexSpec:
+def _ivfpq(n: int, dim: int, budget: float, reason: str, gpu: bool = False) -> IndexSpec:
     if n < PQ_CENTROIDS:
         raise UsageError(f"IVF-PQ needs at least {PQ_CENTROIDS} vectors to train its codebooks, "
                          f"this library has {n:,}; a flat index of them needs "
                          f"~{format_bytes(estimate_bytes('flat', n, dim))}")
     nlist, choices = nlist_for(n), pq_m_choices(dim)
+    if gpu:
+        from cbir.index.gpu import PQ_CODE_BYTES
+
+        choices = [m for m in choices if m in PQ_CODE_BYTES]
+        if not choices:
+            raise UsageError(f"no IVF-PQ code for {dim}-d vectors runs on the GPU; build it without --gpu")
     fitting = [m for m in choices if estimate_bytes("ivfpq", n, dim, nlist=nlist, m=m) <= budget]
     if not fitting:
         m = choices[0]
@@ -295,8 +309,9 @@ def _ivfpq(n: int, dim: int, budget: float, reason: str) -> IndexSpec:
 
 
 # -- building ----------------------------------------------------------------------------------------
-def new_index(spec: IndexSpec, dim: int):
-    """An empty inner-product index for ``spec`` that takes add_with_ids.
+def new_index(spec: IndexSpec, dim: int, for_gpu: bool = False):
+    """An empty inner-product index for ``spec`` that takes add_with_ids (to be copied to the GPU
+    and built there when ``for_gpu``).
 
     IVF indexes store ids in their lists; a hashtable direct map makes reconstruct/remove_ids by
     id O(1). Flat and HNSW number vectors 0..n-1, so they are wrapped in IndexIDMap2 (which also
@@ -309,22 +324,29 @@ def new_index(spec: IndexSpec, dim: int):
         return index
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     if spec.kind == "ivfpq":
         # The factory turns on polysemous training (re-ordering codes for Hamming pre-filtering,
         # which we never use); it is ~80% of the training time.
         ivf.do_polysemous_training = False
     ivf.nprobe = spec.params.get("nprobe", ivf.nprobe)
+    return index if for_gpu else with_id_lookup(index, spec)
+
+
+def with_id_lookup(index, spec: IndexSpec):
+    """``index`` with the id hashtable IVF kinds need on the CPU (reconstruct and remove by id),
+    which a copy back from the GPU does not bring."""
+    if spec.kind in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
     return index
 
 
-def train(index, sample: np.ndarray) -> None:
-    """Train ``index`` on ``sample`` (spec.train_size vectors); nothing to do for flat and HNSW."""
+def train(index, spec: IndexSpec, sample: np.ndarray) -> None:
+    """Train ``index`` (CPU or GPU) on ``sample`` (spec.train_size vectors); nothing to do for
+    flat and HNSW."""
     if index.is_trained:
         return
     sample = np.ascontiguousarray(sample, dtype=np.float32)
-    nlist = faiss.extract_index_ivf(index).nlist
-    needed = max(nlist, PQ_CENTROIDS if "PQ" in type(faiss.downcast_index(index)).__name__ else 0)
+    needed = max(spec.shape.get("nlist", 1), PQ_CENTROIDS if spec.kind == "ivfpq" else 0)
     if len(sample) < needed:
         raise UsageError(f"training this index needs at least {needed:,} vectors, got {len(sample):,}")
     index.train(sample)

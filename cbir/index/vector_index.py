@@ -12,7 +12,8 @@ from typing import Iterable
 import faiss
 import numpy as np
 
-from cbir.index.types import IndexSpec, choose_spec, new_index, search_parameters, train
+from cbir.index import gpu as faiss_gpu
+from cbir.index.types import IndexSpec, choose_spec, new_index, search_parameters, train, with_id_lookup
 
 IMAGES, TEXTS = "images", "texts"  # the indexes of a library
 
@@ -29,6 +30,10 @@ class VectorIndex:
         self.vector_version: int | None = None
         self._rows: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their rows)
         self._id_map_copy: np.ndarray | None = None
+        # Search on the GPU (set by whoever opens the index, after checking one is usable): a GPU
+        # copy of the index, made on first search and dropped whenever the index changes.
+        self.gpu = False
+        self._gpu_copy = None
         # IVF-PQ: ids -> (ids found, exact vectors) from the library's database, for re-ranking;
         # set by whoever opens the index (without it, PQ scores are final)
         self.exact_source = None
@@ -43,16 +48,30 @@ class VectorIndex:
         name: str = IMAGES,
         spec: IndexSpec | None = None,
         sample: np.ndarray | None = None,
+        gpu: bool = False,
     ) -> "VectorIndex":
         """An index of ``chunks`` of (ids, vectors), the database's vectors at ``vector_version``;
-        kinds that need training are trained on ``sample`` first."""
+        kinds that need training are trained on ``sample`` first. With ``gpu`` the training
+        (k-means) and adding run on the GPU, the result is kept on the CPU too (for saving) and
+        searched on the GPU."""
         index = cls(dim, name, spec)
-        if index.spec.train_size:
-            train(index._index, sample)
-        for ids, vectors in chunks:
-            index.add(ids, vectors)
+        if not gpu:
+            index._fill(chunks, sample)
+        else:
+            with faiss_gpu.LOCK:
+                index._index = faiss_gpu.to_gpu(new_index(index.spec, dim, for_gpu=True), index.kind)
+                index._fill(chunks, sample)
+                built = index._index
+                index._index = with_id_lookup(faiss_gpu.to_cpu(built), index.spec)
+                index.gpu, index._gpu_copy = True, built
         index.vector_version = vector_version
         return index
+
+    def _fill(self, chunks, sample) -> None:
+        if self.spec.train_size:
+            train(self._index, self.spec, sample)
+        for ids, vectors in chunks:
+            self.add(ids, vectors)
 
     @property
     def kind(self) -> str:
@@ -106,7 +125,10 @@ class VectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             self._index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
-            self._rows = self._id_map_copy = None
+            self._changed()
+
+    def _changed(self) -> None:
+        self._rows = self._id_map_copy = self._gpu_copy = None
 
     def remove(self, ids: np.ndarray) -> None:
         if not len(ids):
@@ -117,7 +139,7 @@ class VectorIndex:
             self._dead = np.union1d(self._dead, rows).astype(np.int64)
         else:
             self._index.remove_ids(ids)
-        self._rows = self._id_map_copy = None
+        self._changed()
 
     def apply(self, changes) -> None:
         """Follow a committed ``cbir.store.catalog.VectorChanges`` (removals before additions, so a
@@ -136,7 +158,7 @@ class VectorIndex:
         if rerank > 1:
             return self._reranked(queries, k, rerank, merged)
         if not len(self._dead):
-            return self._index.search(queries, k, params=search_parameters(self.spec, merged))
+            return self._search(queries, k, merged)
         # Search the graph directly so the selector sees internal rows, then map rows to ids.
         dead = faiss.IDSelectorBatch(self._dead)
         alive = faiss.IDSelectorNot(dead)
@@ -147,7 +169,7 @@ class VectorIndex:
     def _reranked(self, queries: np.ndarray, k: int, rerank: int, params: dict):
         """IVF-PQ: ``rerank`` x k candidates by compressed codes, re-scored with their exact
         vectors from ``exact_source``; the best k of those, ties by id."""
-        _, candidates = self._index.search(queries, k * rerank, params=search_parameters(self.spec, params))
+        _, candidates = self._search(queries, k * rerank, params)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, (query, found) in enumerate(zip(queries, candidates)):
@@ -156,6 +178,16 @@ class VectorIndex:
             order = np.lexsort((found_ids, -exact))[:k]
             scores[row, : len(order)], ids[row, : len(order)] = exact[order], found_ids[order]
         return scores, ids
+
+    def _search(self, queries: np.ndarray, k: int, params: dict):
+        """faiss search with ``params``: on the GPU copy when searching on the GPU and the call is
+        within what faiss's GPU k-selection handles, else on the CPU index."""
+        if self.gpu and max(k, params.get("nprobe", 0)) <= faiss_gpu.MAX_K:
+            with faiss_gpu.LOCK:
+                if self._gpu_copy is None:
+                    self._gpu_copy = faiss_gpu.to_gpu(self._index, self.kind)
+                return self._gpu_copy.search(queries, k, params=search_parameters(self.spec, params))
+        return self._index.search(queries, k, params=search_parameters(self.spec, params))
 
     # -- exact work on chosen ids (filtered search, de-duplication) -----------------------------
     def _matrix(self) -> np.ndarray:
