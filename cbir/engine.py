@@ -243,17 +243,36 @@ class Library:
         return self.indexes.info()
 
     # -- ingest --------------------------------------------------------------------------------
-    def ingest(self, path: str | Path, *, progress=None):
-        """Add a folder (or one image) to the library: new files are encoded, changed ones
-        re-encoded, moved ones followed, deleted ones removed; bad files are recorded as skipped.
-        Caption files beside images and descriptions inside them become the library's texts."""
-        from cbir.index.vector_index import IMAGES, TEXTS
-        from cbir.ingest.pipeline import default_workers, run_ingest
+    def ingest(self, path: str | Path, *, progress=None, format: str | None = None,
+               image_column: str | None = None, caption_column: str | None = None):
+        """Add a folder (or one image) or a dataset to the library: new files are encoded,
+        changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
+        are recorded as skipped. Caption files beside images, descriptions inside them and a
+        dataset's captions become the library's texts.
 
-        target = Path(path).expanduser()
-        if not target.exists():
-            raise UsageError(f"no such file or folder: {path}")
-        target = target.resolve()
+        ``format`` (default: detected from ``path``): folder, csv, tsv, jsonl, parquet (a
+        manifest naming image files, with optional caption and other columns) or webdataset
+        (tar shards: one, a glob or a brace list)."""
+        from cbir.index.vector_index import IMAGES, TEXTS
+        from cbir.ingest.datasets import FORMATS, detect_format
+        from cbir.ingest.pipeline import default_workers, run_ingest
+        from cbir.ingest.scan import is_image_name
+
+        if format is not None and format not in FORMATS:
+            raise UsageError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+        single_image = Path(path).expanduser().is_file() and is_image_name(str(path))
+        fmt = format or ("folder" if single_image else detect_format(str(path)))
+        dataset = None
+        if fmt == "folder":
+            target = Path(path).expanduser()
+            if not target.exists():
+                raise UsageError(f"no such file or folder: {path}")
+            target = target.resolve()
+        else:
+            from cbir.ingest.sources import read_dataset
+
+            dataset = read_dataset(str(path), fmt, image_column=image_column, caption_column=caption_column)
+            target = dataset.base.resolve()
         with writer_lock(self.path):
             encoder = self.encoder
             if self.fingerprint is None:
@@ -264,6 +283,9 @@ class Library:
             if not target.is_dir():
                 scope = f"{scope}/{target.name}" if scope else target.name
             root = self.catalog.roots()[root_id]
+            scanned = dataset.scan_result(root) if dataset else None
+            if dataset:
+                scope = ""
             indexes = [self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
             batch = self.settings.batch_size or (256 if encoder.device.startswith("cuda") else 32)
             try:
@@ -277,6 +299,7 @@ class Library:
                     batch_size=batch,
                     workers=self.settings.workers or default_workers(),
                     progress=progress,
+                    dataset=scanned,
                 )
             except OperationalError as e:
                 raise _database_error(e, self.path) from e

@@ -394,7 +394,7 @@ def test_syntax_error_points_at_the_column():
     ("tag ~ x", "tag does not take '~'"),
     ("width is null", "width does not take 'is null' at column 7"),
     ("colour = red", "unknown field 'colour' at column 1 (fields: taken, added, width, height, size, "
-                     "format, camera, folder, path, tag, text)"),
+                     "format, camera, folder, path, tag, text, extra.COLUMN)"),
     ('folder = ""', "bad value '' for folder"),
     ("width = 99999999999999999999", "bad value '99999999999999999999' for width"),
 ])

@@ -52,22 +52,31 @@ class _Progress:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @library_options
+@click.option("--format", "fmt", type=click.Choice(["folder", "csv", "tsv", "jsonl", "parquet", "webdataset"]), help="What PATH is (default: detected from it).")
+@click.option("--image-column", metavar="NAME", help="Manifests: the column with image paths (default: path, image, filepath, ...).")
+@click.option("--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch. [env: CBIR_BATCH_SIZE]")
 @click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, batch_size, workers, as_json, quiet):
+def ingest(path, library, model, device, fmt, image_column, caption_column, batch_size, workers, as_json, quiet):
     """Add the images under PATH to the library (or update it: only new and changed files are
-    encoded; moved files keep their vectors; deleted files leave the index).
+    encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
+    dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
+    other columns, or WebDataset tar shards (one .tar, a glob or a brace list, quoted).
 
-    Example: cbir ingest ~/Pictures
+    \b
+    Examples:
+      cbir ingest ~/Pictures
+      cbir ingest captions.csv --caption-column alt_text
+      cbir ingest 'laion/{00000..00009}.tar'
     """
     lib = _open(create=True, library=library, model=model, device=device, batch_size=batch_size, workers=workers)
     with lib:
         with _Progress(enabled=not quiet and not as_json) as progress:
-            report = lib.ingest(path, progress=progress)
+            report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column, caption_column=caption_column)
         if as_json:
             echo_json(report.as_dict())
         else:
@@ -353,6 +362,77 @@ def status(as_json, skipped, library, model, device):
         echo_json(st.as_dict())
     else:
         click.echo(status_text(st))
+
+
+@cli.group("eval")
+def eval_group():
+    """Measure retrieval quality with the library's model, as CLIP papers report it.
+
+    \b
+      cbir eval retrieval                  text->image and image->text Recall@1/5/10
+      cbir eval zeroshot --templates openai  zero-shot top-1/top-5 on class folders
+    """
+
+
+@eval_group.command("retrieval")
+@click.option("--where", metavar="EXPR", help="Only images passing this filter (see cbir search --where).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@library_options
+def eval_retrieval(where, as_json, library, model, device):
+    """Image-caption retrieval over the library's captioned images: each caption finds its
+    image (text->image), each image its captions (image->text); Recall@1/5/10 and median rank."""
+    from cbir.evaluate import retrieval_table
+    from cbir.evaluate.library import evaluate_retrieval
+    from cbir.query.filters import Filters
+
+    with _open(library=library, model=model, device=device) as lib:
+        result = evaluate_retrieval(lib, Filters(where=where) if where else None)
+    if as_json:
+        echo_json(result.as_dict())
+    else:
+        click.echo(retrieval_table(result))
+
+
+@eval_group.command("zeroshot")
+@click.option("--templates", default="ensemble", show_default=True, metavar="NAME|FILE", help="Prompt templates: single (a photo of a {}.), ensemble (open_clip's 7), openai (CLIP's 80) or a file with one template per line.")
+@click.option("--label", default="folder", show_default=True, metavar="folder|extra.COLUMN", help="Each image's class: the folder holding it, or a dataset column.")
+@click.option("--where", metavar="EXPR", help="Only images passing this filter (see cbir search --where).")
+@click.option("--worst", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the worst classes to show with their confusions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@library_options
+def eval_zeroshot(templates, label, where, worst, as_json, library, model, device):
+    """Zero-shot classification of the library's images: class names from their folders (or a
+    column) filled into prompt templates; top-1/top-5 accuracy and the worst classes' confusions."""
+    from cbir.evaluate import zeroshot_table
+    from cbir.evaluate.library import evaluate_zeroshot
+    from cbir.query.filters import Filters
+
+    with _open(library=library, model=model, device=device) as lib:
+        result = evaluate_zeroshot(lib, templates, label, Filters(where=where) if where else None, worst)
+    if as_json:
+        echo_json(result.as_dict())
+    else:
+        click.echo(zeroshot_table(result))
+
+
+@cli.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), default="parquet", show_default=True, help="parquet: one file, a row per image with its vector; npy: a folder with vectors.npy, ids.npy and metadata.jsonl.")
+@library_options
+def export_command(out, fmt, library, model, device):
+    """Write the library's image vectors with their ids and metadata to OUT, for pandas, numpy
+    or another index (streamed: a large library is never held in memory).
+
+    \b
+    Examples:
+      cbir export library.parquet
+      cbir export vectors/ --format npy
+    """
+    from cbir.export import export
+
+    with _open(library=library, model=model, device=device) as lib:
+        count = export(lib.catalog, out, fmt)
+    click.echo(f"exported {count} images to {out}")
 
 
 @cli.command()

@@ -41,6 +41,7 @@ class FileTask:
     abspath: str
     size: int
     mtime_ns: int
+    offset: int | None = None  # the image is `size` bytes at this offset of `abspath` (a tar member)
 
 
 @dataclass
@@ -171,7 +172,13 @@ def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pi
     start = time.perf_counter()
     try:
         with open(task.abspath, "rb") as f:
-            data = f.read()
+            if task.offset is not None:
+                f.seek(task.offset)
+                data = f.read(task.size)
+                if len(data) != task.size:
+                    raise OSError(f"{task.abspath} ends before the image does (truncated?)")
+            else:
+                data = f.read()
     except FileNotFoundError:
         result.error = "vanished before it could be read"
         return result

@@ -23,9 +23,9 @@ from cbir.encode.spec import TEXT_BATCH, Encoder, encode_texts_batched
 from cbir.errors import CbirError
 from cbir.index.vector_index import VectorIndex
 from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
-from cbir.ingest.scan import ScanResult, scan
+from cbir.ingest.scan import ScannedFile, ScanResult, scan
 from cbir.ingest.texts import SidecarError, read_sidecar
-from cbir.store.catalog import EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
+from cbir.store.catalog import CAPTION, EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
 from cbir.timing import Timer
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
@@ -118,32 +118,57 @@ def run_ingest(
     batch_size: int,
     workers: int,
     progress: Progress | None = None,
+    dataset: ScanResult | None = None,
 ) -> IngestReport:
+    """Ingest the folder ``root / scope``, or with ``dataset`` the images a dataset lists under
+    ``root`` (cbir.ingest.sources): folder scans and datasets each follow, and remove, only the
+    images they added."""
     started = time.perf_counter()
     report = IngestReport(root / scope if scope else root)
     timer = Timer(report.timings)
 
     with timer("scan"):
-        scanned = scan(root, scope)
-        stored = catalog.files_under(root_id, scope)
-        skips = catalog.skips_under(root_id, scope)
+        others: set[str] = set()  # files a dataset added, which a folder scan leaves to it
+        if dataset is None:
+            scanned = scan(root, scope)
+            stored = catalog.files_under(root_id, scope)
+            others = {p for p, s in stored.items() if s.dataset is not None}
+            stored = {p: s for p, s in stored.items() if s.dataset is None}
+            skips = catalog.skips_under(root_id, scope)
+            captions = _Captions(catalog, root, root_id, scope, scanned, skips)
+        else:
+            scanned = dataset
+            listed = {f.path for f in scanned.files}
+            stored = {
+                p: s for p, s in catalog.files_under(root_id).items()
+                if s.dataset in scanned.datasets or p in listed
+            }
+            # its bad rows (under the manifest's or tar's path) and its images that failed
+            scopes = tuple(s + "/" for s in scanned.skip_scopes)
+            skips = {p: v for p, v in catalog.skips_under(root_id).items() if p in listed or p.startswith(scopes)}
+            captions = _DatasetRows(catalog, root_id, scanned, stored)
         known = catalog.known_hashes()
-        captions = _Captions(catalog, root, root_id, scope, scanned, skips)
     report.scanned = len(scanned.files)
+    entries = {f.path: f for f in scanned.files}
 
     todo: list[FileTask] = []
     unchanged: list[str] = []  # stored images whose caption file may still have changed
     for f in scanned.files:
         mine = stored.get(f.path)
-        if mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
+        if f.path in others:
+            report.unchanged += 1
+        elif mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             report.unchanged += 1
             unchanged.append(f.path)
         elif f.path in skips and skips[f.path] == (f.size, f.mtime_ns):
             report.unchanged += 1  # a known bad file that has not changed: not retried
         else:
-            todo.append(FileTask(f.path, str(root / f.path), f.size, f.mtime_ns))
+            todo.append(FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset))
     seen = {f.path for f in scanned.files} | set(scanned.sidecars)
-    gone: dict[str, StoredFile] = {p: s for p, s in stored.items() if p not in seen}
+    # gone: what this scan follows (a folder's files, a dataset's rows) and no longer finds
+    gone: dict[str, StoredFile] = {
+        p: s for p, s in stored.items() if p not in seen and (dataset is None or s.dataset in dataset.datasets)
+    }
     gone_by_hash: dict[str, list[str]] = defaultdict(list)
     for p, s in gone.items():
         gone_by_hash[s.content_hash].append(p)
@@ -162,7 +187,7 @@ def run_ingest(
                 vectors = encoder.encode_images(np.stack([d.pixels for d in pending]))
             report.encoded += len(pending)
             for d, vector in zip(pending, vectors):
-                record = _record(d)
+                record = _record(d, entries[d.task.path])
                 mine = stored.get(d.task.path)
                 if mine:
                     changes.replaced.append((mine.id, record, vector))
@@ -216,11 +241,11 @@ def run_ingest(
                 candidates = gone_by_hash.get(d.content_hash)
                 if candidates:
                     old = gone.pop(candidates.pop())
-                    changes.moved.append((old.id, _reuse(catalog, old.id, d)))
+                    changes.moved.append((old.id, _reuse(catalog, old.id, d, entries[path])))
                     report.moved += 1
                 else:
                     source = known[d.content_hash]
-                    changes.copied.append((_reuse(catalog, source, d), source))
+                    changes.copied.append((_reuse(catalog, source, d, entries[path]), source))
                     report.copied += 1
                 captions.queue(path, texts, changes, report)
         done += 1
@@ -277,6 +302,26 @@ class _Captions:
         texts[(image_path, SIDECAR)] = [(content, size, mtime_ns)] if content else []
 
 
+class _DatasetRows:
+    """A dataset's captions and extra columns, compared with what the library holds for each
+    image it lists: the captions (source "caption") and columns are replaced when they differ,
+    so an edited manifest updates its images without re-encoding them."""
+
+    def __init__(self, catalog: Catalog, root_id: int, scanned: ScanResult, stored: dict[str, StoredFile]):
+        self.entries = {f.path: f for f in scanned.files}
+        self.rows = catalog.dataset_rows(root_id)
+        self.stored = stored  # images already in the library (new ones get their columns on insert)
+
+    def queue(self, image_path: str, texts: dict, changes: Changes, report: IngestReport) -> None:
+        entry = self.entries[image_path]
+        captions, extra = self.rows.get(image_path, ((), None))
+        if tuple(sorted(set(entry.captions))) != captions:
+            texts[(image_path, CAPTION)] = [(c, None, None) for c in dict.fromkeys(entry.captions)]
+        mine = self.stored.get(image_path)
+        if mine is not None and (entry.extra or None) != extra:
+            changes.extras.append((mine.id, entry.extra))
+
+
 def _embed_texts(encoder: Encoder, texts: dict) -> dict[tuple[str, str], list[TextRecord]]:
     """Encode every queued text in batches; keys with no texts stay (they delete old ones)."""
     flat = [(key, item) for key, items in texts.items() for item in items]
@@ -287,7 +332,7 @@ def _embed_texts(encoder: Encoder, texts: dict) -> dict[tuple[str, str], list[Te
     return out
 
 
-def _record(d: Decoded) -> ImageRecord:
+def _record(d: Decoded, entry: ScannedFile) -> ImageRecord:
     return ImageRecord(
         path=d.task.path,
         size=d.task.size,
@@ -298,13 +343,17 @@ def _record(d: Decoded) -> ImageRecord:
         format=d.format,
         taken_at=d.taken_at,
         camera=d.camera,
+        dataset=entry.dataset,
+        extra=entry.extra,
     )
 
 
-def _reuse(catalog: Catalog, image_id: int, d: Decoded) -> ImageRecord:
-    """The stored metadata of identical content, under the new file's path, size and mtime."""
+def _reuse(catalog: Catalog, image_id: int, d: Decoded, entry: ScannedFile) -> ImageRecord:
+    """The stored metadata of identical content, under the new file's path, size and mtime
+    (and the dataset and columns of the row that lists it)."""
     return replace(
-        catalog.record_of(image_id), path=d.task.path, size=d.task.size, mtime_ns=d.task.mtime_ns
+        catalog.record_of(image_id), path=d.task.path, size=d.task.size, mtime_ns=d.task.mtime_ns,
+        dataset=entry.dataset, extra=entry.extra,
     )
 
 

@@ -15,6 +15,14 @@ class ScannedFile:
     path: str  # relative to the root, POSIX separators
     size: int
     mtime_ns: int
+    # Dataset entries only (see cbir.ingest.sources): where the bytes are when not at root/path
+    # (a tar member: the tar, and the member's offset in it), the row's captions and other
+    # columns, and the dataset that lists it.
+    abspath: str | None = None
+    offset: int | None = None
+    captions: tuple[str, ...] = ()
+    extra: dict | None = field(default=None, hash=False)
+    dataset: str | None = None
 
 
 @dataclass
@@ -22,6 +30,10 @@ class ScanResult:
     files: list[ScannedFile] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     sidecars: dict[str, tuple[int, int]] = field(default_factory=dict)  # caption file -> size, mtime
+    # A dataset's scan: the datasets it lists in full (their images not listed are gone) and
+    # the skip records it owns (under these path prefixes); None for a folder scan.
+    datasets: frozenset[str] | None = None
+    skip_scopes: tuple[str, ...] = ()
 
     def sidecar_of(self, image_path: str) -> tuple[str, int, int] | None:
         """(path, size, mtime_ns) of the caption file beside an image, if there is one."""

@@ -141,6 +141,14 @@ FIELDS: dict[str, _Field] = {
     "tag": _Field(("=", "!=", "in")),
     "text": _Field(("=", "!=", "~", "in")),
 }
+# extra.NAME: a column of the dataset row that added the image (cbir ingest of a manifest or of
+# WebDataset shards), e.g. extra.split = train, extra.aesthetic >= 6. Numbers compare as numbers.
+EXTRA = "extra."
+_EXTRA_FIELD = _Field(_ORDERED + ("~", "is null", "is not null"), words=True)
+
+
+def _field(name: str) -> _Field:
+    return _EXTRA_FIELD if name.startswith(EXTRA) else FIELDS[name]
 
 
 # -- the AST ---------------------------------------------------------------------------------------
@@ -162,7 +170,7 @@ class Compare:
     def __str__(self) -> str:
         if not self.values:
             return f"{self.field} {self.op}"
-        words = FIELDS[self.field].words
+        words = _field(self.field).words
         shown = [v if words and _BARE_RE.fullmatch(v) else _quote(v) for v in self.values]
         if self.op == "in":
             return f"{self.field} in ({', '.join(shown)})"
@@ -225,7 +233,7 @@ _NOT.2: /not\b/i
 IN.2: /in\b/i
 IS.2: /is\b/i
 _NULL.2: /null\b/i
-FIELD: /[a-z_][a-z0-9_]*/i
+FIELD: /[a-z_][a-z0-9_]*(\.[a-z0-9_][\w-]*)?/i
 OP: "==" | "!=" | "<=" | ">=" | "=" | "<" | ">" | "~"
 BARE: /[\w.\/:-]+/
 STRING: /"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'/s
@@ -333,11 +341,12 @@ def _build(tree: Tree, text: str, depth: int) -> WhereNode:
 
 def _comparison(tree: Tree, text: str) -> Compare:
     field_token, op_token, *value_tokens = tree.children
-    field = field_token.lower()
-    if field not in FIELDS:
+    prefix, dot, key = str(field_token).partition(".")
+    field = prefix.lower() + dot + key  # the names of a dataset's columns keep their case
+    if field not in FIELDS and prefix.lower() + dot != EXTRA:
         raise _where_error(text, field_token.start_pos, f"unknown field {str(field_token)!r}",
-                           "fields: " + ", ".join(FIELDS))
-    spec = FIELDS[field]
+                           "fields: " + ", ".join(FIELDS) + ", extra.COLUMN")
+    spec = _field(field)
     op = {"is_null": "is null", "is_not_null": "is not null"}.get(tree.data) or op_token.lower()
     op = "=" if op == "==" else op
     if op not in spec.ops:
@@ -413,6 +422,8 @@ def _compare(node: Compare, folders: _Folders) -> ColumnElement[bool]:
         return not_(_compare(Compare(field, "=", node.values), folders))
     if op == "in":
         return or_(*(_compare(Compare(field, "=", (v,)), folders) for v in node.values))
+    if field.startswith(EXTRA):
+        return _extra_compare(field[len(EXTRA):], op, node.values)
     if op in ("is null", "is not null"):
         column = getattr(Image, field)
         return column.is_(None) if op == "is null" else column.is_not(None)
@@ -441,6 +452,32 @@ def _compare(node: Compare, folders: _Folders) -> ColumnElement[bool]:
     if op == "=":
         return _has_text(_same_text(_TEXTS.content, value))
     return _has_text(_like(_TEXTS.content, _contains(value)))
+
+
+def _extra_compare(key: str, op: str, values: tuple[str, ...]) -> ColumnElement[bool]:
+    """A comparison with one extra column (a JSON value, read with SQLite's json_extract):
+    numbers and true/false compare as numbers, anything else as text (= ignoring case)."""
+    column = func.json_extract(Image.extra, '$."' + key.replace('"', '""') + '"')
+    if op in ("is null", "is not null"):
+        return column.is_(None) if op == "is null" else column.is_not(None)
+    value = values[0]
+    if op == "~":
+        return _known(column, _like(column, _contains(value)))
+    number = _json_number(value)
+    if number is not None:
+        return and_(column.is_not(None), _COMPARE[op](column, number))
+    if op == "=":
+        return and_(column.is_not(None), _same_text(column, value))
+    return and_(column.is_not(None), _COMPARE[op](column, value))
+
+
+def _json_number(text: str) -> float | int | None:
+    if text.lower() in ("true", "false"):
+        return int(text.lower() == "true")  # json_extract gives JSON true/false as 1/0
+    try:
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    except ValueError:
+        return None
 
 
 def _within(column, op: str, period: tuple[datetime, datetime]) -> ColumnElement[bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
 MODEL = "model"  # the model fingerprint (JSON)
 
 # Where a text comes from. Sidecar and embedded texts follow their files; labels are the user's.
-SIDECAR, EMBEDDED, LABEL, TAG = "sidecar", "embedded", "label", "tag"
+SIDECAR, EMBEDDED, LABEL, TAG, CAPTION = "sidecar", "embedded", "label", "tag", "caption"  # caption: a dataset's
 TAG_SOURCES = (LABEL, TAG)  # what --tag matches
 
 
@@ -33,6 +34,7 @@ class StoredFile:
     size: int
     mtime_ns: int
     content_hash: str
+    dataset: str | None = None  # the dataset that added it; None for a folder scan
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class ImageRecord:
     format: str
     taken_at: datetime | None = None
     camera: str | None = None
+    dataset: str | None = None  # the dataset that added it; None for a folder scan
+    extra: dict | None = None  # a dataset row's other columns
 
     def columns(self) -> dict:
         return {
@@ -75,7 +79,13 @@ class ImageRecord:
             "taken_at": self.taken_at,
             "taken": self.taken_at or local_time(self.mtime_ns),
             "camera": self.camera,
+            "dataset": self.dataset,
+            "extra": _extra_json(self.extra),
         }
+
+
+def _extra_json(extra: dict | None) -> str | None:
+    return json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
 
 
 def local_time(mtime_ns: int) -> datetime:
@@ -109,6 +119,7 @@ class Changes:
     unskipped: list[str] = field(default_factory=list)  # paths whose skip record is obsolete
     # (image path, source) -> the texts that replace that image's texts of that source
     texts: dict[tuple[str, str], list[TextRecord]] = field(default_factory=dict)
+    extras: list[tuple[int, dict | None]] = field(default_factory=list)  # id, new dataset columns
 
     def __len__(self) -> int:
         return sum(
@@ -123,6 +134,7 @@ class Changes:
                 self.skipped,
                 self.unskipped,
                 self.texts,
+                self.extras,
             )
         )
 
@@ -220,9 +232,10 @@ class Catalog:
         return (column == scope) | (func.substr(column, 1, len(scope) + 1) == scope + "/")
 
     def files_under(self, root_id: int, scope: str = "") -> dict[str, StoredFile]:
-        query = select(Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash).where(
-            Image.root_id == root_id, self._in_scope(Image.path, scope)
-        )
+        """The stored images under ``scope``, whatever added them (see StoredFile.dataset)."""
+        query = select(
+            Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash, Image.dataset
+        ).where(Image.root_id == root_id, self._in_scope(Image.path, scope))
         with self.engine.connect() as c:
             return {row[0]: StoredFile(*row[1:]) for row in c.execute(query)}
 
@@ -241,7 +254,9 @@ class Catalog:
     def record_of(self, image_id: int) -> ImageRecord:
         with self.engine.connect() as c:
             row = c.execute(select(Image).where(Image.id == image_id)).mappings().one()
-        return ImageRecord(**{k: row[k] for k in ImageRecord.__dataclass_fields__})
+        record = ImageRecord(**{k: row[k] for k in ImageRecord.__dataclass_fields__})
+        record.extra = json.loads(record.extra) if record.extra else None
+        return record
 
     # -- writing -----------------------------------------------------------------------------
     def apply(self, changes: Changes) -> Applied:
@@ -280,6 +295,8 @@ class Catalog:
                         taken=func.coalesce(Image.taken_at, local_time(mtime_ns)),
                     )
                 )
+            for image_id, extra in changes.extras:
+                c.execute(update(Image).where(Image.id == image_id).values(extra=_extra_json(extra)))
             for image_id, record, vector in changes.replaced:
                 c.execute(update(Image).where(Image.id == image_id).values(**record.columns()))
                 c.execute(
@@ -403,6 +420,24 @@ class Catalog:
         with self.engine.connect() as c:
             return {p: (s, m) for p, s, m in c.execute(query)}
 
+    def dataset_rows(self, root_id: int) -> dict[str, tuple[tuple[str, ...], dict | None]]:
+        """image path -> (its dataset captions, sorted; its extra columns) for the images of
+        ``root_id`` that have either: what a dataset ingest compares its rows with."""
+        captions: dict[str, list[str]] = defaultdict(list)
+        extras: dict[str, dict] = {}
+        with self.engine.connect() as c:
+            for path, content in c.execute(
+                select(Image.path, ImageText.content)
+                .join(ImageText, ImageText.image_id == Image.id)
+                .where(Image.root_id == root_id, ImageText.source == CAPTION)
+            ):
+                captions[path].append(content)
+            for path, extra in c.execute(
+                select(Image.path, Image.extra).where(Image.root_id == root_id, Image.extra.is_not(None))
+            ):
+                extras[path] = json.loads(extra)
+        return {p: (tuple(sorted(captions.get(p, ()))), extras.get(p)) for p in set(captions) | set(extras)}
+
     # -- reading for search and status ---------------------------------------------------------
     def iter_vectors(self, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All stored image vectors in id order, in chunks of (ids, float32 matrix)."""
@@ -507,6 +542,78 @@ class Catalog:
                 )
                 for r in c.execute(query)
             }
+
+    def captions(self, condition=None) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, text ids) of every caption (a dataset's, or a caption file's) of the
+        images passing ``condition`` (a filter over ``images``), in text id order."""
+        query = (
+            select(ImageText.image_id, ImageText.id)
+            .join(Image, Image.id == ImageText.image_id)
+            .where(ImageText.source.in_((CAPTION, SIDECAR)))
+            .order_by(ImageText.id)
+        )
+        if condition is not None:
+            query = query.where(condition)
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        return np.asarray([r[0] for r in rows], np.int64), np.asarray([r[1] for r in rows], np.int64)
+
+    def image_labels(self, column: str, condition=None) -> tuple[np.ndarray, list[str]]:
+        """(image ids, their label) for zero-shot evaluation: ``folder`` is the name of the
+        folder holding the image (a class-per-folder dataset), ``extra.NAME`` a dataset
+        column; images without one are left out."""
+        if column == "folder":
+            label = Image.path
+        elif column.startswith("extra.") and len(column) > 6:
+            label = func.json_extract(Image.extra, '$."' + column[6:].replace('"', '""') + '"')
+        else:
+            raise ValueError(f"not a label column: {column}")
+        query = select(Image.id, label).where(label.is_not(None)).order_by(Image.id)
+        if condition is not None:
+            query = query.where(condition)
+        ids, labels = [], []
+        with self.engine.connect() as c:
+            for image_id, value in c.execute(query):
+                if column == "folder":
+                    value = value.rpartition("/")[0].rpartition("/")[2]
+                if value not in ("", None):
+                    ids.append(image_id)
+                    labels.append(str(value))
+        return np.asarray(ids, np.int64), labels
+
+    def export_rows(self, ids: Iterable[int]) -> dict[int, dict]:
+        """image id -> its metadata as plain values (absolute path, dates as ISO text, the
+        dataset's extra columns and captions), for `cbir export`."""
+        ids = [int(i) for i in ids]
+        roots = self.roots()
+        rows: dict[int, dict] = {}
+        columns = (Image.id, Image.root_id, Image.path, Image.width, Image.height, Image.format,
+                   Image.taken_at, Image.taken, Image.camera, Image.dataset, Image.extra, Image.size)
+        with self.engine.connect() as c:
+            for start in range(0, len(ids), 10_000):  # SQLite caps bound parameters
+                chunk = ids[start : start + 10_000]
+                for r in c.execute(select(*columns).where(Image.id.in_(chunk))):
+                    rows[r.id] = {
+                        "id": r.id,
+                        "path": str(roots[r.root_id] / r.path),
+                        "width": r.width,
+                        "height": r.height,
+                        "format": r.format,
+                        "bytes": r.size,
+                        "taken_at": r.taken_at.isoformat() if r.taken_at else None,
+                        "taken": r.taken.isoformat() if r.taken else None,
+                        "camera": r.camera,
+                        "dataset": r.dataset,
+                        "extra": json.loads(r.extra) if r.extra else None,
+                        "captions": [],
+                    }
+                for image_id, content in c.execute(
+                    select(ImageText.image_id, ImageText.content)
+                    .where(ImageText.image_id.in_(chunk), ImageText.source.in_((CAPTION, SIDECAR)))
+                    .order_by(ImageText.id)
+                ):
+                    rows[image_id]["captions"].append(content)
+        return rows
 
     def texts(self, ids: Iterable[int]) -> dict[int, tuple[str, str, int]]:
         """text id -> (content, source, image id)."""

@@ -64,6 +64,10 @@ class Image(Base):
     taken: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # always set by cbir
     camera: Mapped[str | None] = mapped_column(String(128), index=True)
     added_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # The dataset that added the image ("manifest:train.csv", "tar:shards/0001.tar"); NULL for
+    # a folder scan. A scan of one kind never removes the other's images.
+    dataset: Mapped[str | None] = mapped_column(String(300), index=True)
+    extra: Mapped[str | None] = mapped_column(Text)  # JSON object: a dataset row's other columns
 
 
 class Vector(Base):
