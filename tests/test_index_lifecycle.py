@@ -16,6 +16,7 @@ from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
 from cbir.errors import UsageError
 from cbir.index import generations
+from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Changes, ImageRecord
 
 
@@ -239,3 +240,16 @@ def test_one_shard_is_rebuilt_on_its_own(fake_library, photos):
     assert lib.verify_index()["images"] == []
     with pytest.raises(UsageError, match="no shard 3"):
         lib.rebuild_shard(3)
+
+
+def test_post_filter_on_ivf_never_stops_short_of_the_matches(big_library):
+    """IVF returns only what its probed lists hold: a selective filter whose matches lie in other
+    lists must still get every match, through the exact subset, not a short list."""
+    lib, _ = big_library
+    lib.rebuild_index("ivf")
+    where = Filters(where="path in (" + ", ".join(f'"f/{i}.jpg"' for i in range(0, 4000, 400)) + ")")
+    forced = lib.search("q", k=10, filters=where, strategy="ann-post-filter", index_params={"nprobe": 1})
+    exact = lib.search("q", k=10, filters=where, strategy="exact-subset")
+    assert len(exact) == 10
+    assert [h.id for h in forced] == [h.id for h in exact]
+    assert "exact subset instead" in forced.plan.reason and forced.plan.strategy == "exact-subset"

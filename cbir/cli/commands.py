@@ -415,6 +415,31 @@ def eval_zeroshot(templates, label, where, worst, as_json, library, model, devic
         click.echo(zeroshot_table(result))
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="Small sizes: a few minutes (the full run takes about an hour on 2 cores).")
+@click.option("--only", metavar="SECTIONS", help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu (default: all).")
+@click.option("--model", default="ViT-B-32:none", show_default=True, help="Model for the ingest sections (random weights: throughput does not depend on them).")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|auto", help="Where the model runs (the gpu section always uses CUDA when present).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch (default: 32 on CPU, 256 on CUDA).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("bench.json"), show_default=True, help="Where to write the full report.")
+@debug_option
+def bench(quick, only, model, device, batch_size, workers, json_path):
+    """Measure ingest and search speed on this machine: end-to-end ingest against the model's own
+    forward-pass ceiling and a naive one-image-at-a-time baseline, decode, per-stage timings,
+    search latency per index kind, filtered search, memory. Prints Markdown tables."""
+    import json as json_module
+
+    from cbir.bench import SECTIONS, report_text, run
+
+    sections = _split([only]) if only else SECTIONS
+    report = run(quick=quick, model=model, device=device, sections=sections, batch=batch_size,
+                 workers=workers, progress=lambda line: click.echo(line, err=True))
+    json_path.write_text(json_module.dumps(report, indent=2, default=str))
+    click.echo(report_text(report))
+    click.echo(f"\n(full report: {json_path})")
+
+
 @cli.command("export")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), default="parquet", show_default=True, help="parquet: one file, a row per image with its vector; npy: a folder with vectors.npy, ids.npy and metadata.jsonl.")

@@ -121,9 +121,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS):
+def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft: bool = True):
     """Decode bytes to (model pixels, width, height, format, taken_at, camera, embedded texts) or
-    raise BadImage."""
+    raise BadImage. ``draft=False`` decodes JPEGs at full size (for comparing, in cbir bench)."""
     if not data:
         raise BadImage("empty file")
     try:
@@ -138,7 +138,7 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS):
                 )
             fmt = (image.format or "unknown").lower()
             taken, camera, orientation = _exif_metadata(image)
-            if fmt in ("jpeg", "mpo"):
+            if draft and fmt in ("jpeg", "mpo"):
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the model
                 # input: far less work for camera-size photos, and the result is downscaled anyway.
                 image.draft("RGB", (pp.size, pp.size))

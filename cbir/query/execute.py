@@ -133,8 +133,18 @@ class Executor:
             self._passing.update((i, i in passing) for i in fresh)
             keep = np.array([i >= 0 and self._passing[int(i)] for i in ids[0]], dtype=bool)
             ranked = _ranked(scores[0][keep], ids[0][keep])
-            if len(ranked) >= want or fetch >= total:
-                return ranked[:want], fetch >= total
+            if len(ranked) >= want:
+                return ranked[:want], False
+            # An approximate index returns only what its probed lists or graph walk reach (IVF
+            # pads with -1), so asking for more stops helping before every match is seen:
+            # then the exact answer over the matching subset replaces it.
+            reached_all = fetch >= total or int((ids[0] >= 0).sum()) < fetch
+            if reached_all:
+                if self.index.exact:
+                    return ranked[:want], True
+                self.plan.strategy = EXACT_SUBSET
+                self.plan.reason += f"; the {self.index.kind} index ran out of candidates, so exact subset instead"
+                return self._vector(vector, want)
             self._fetch = min(total, fetch * 4)  # too few passed: widen
             self.plan.rounds += 1
 
