@@ -20,7 +20,7 @@ SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu")
 
 # (quick, full) sizes: quick finishes in a few minutes on 2 cores, full in about an hour
 SIZES = {
-    "ingest": ({"web": 32, "camera": 4}, {"web": 256, "camera": 32}),
+    "ingest": ({"web": 32, "camera": 4}, {"web": 256, "camera": 96}),
     "decode": (4, 16),
     "search": ((10_000,), (10_000, 100_000, 1_000_000)),
     "filtered": (10_000, 100_000),

@@ -106,7 +106,7 @@ def filter_options(f):
         click.option("--min-height", type=click.IntRange(min=1), metavar="PX", help="At least this tall."),
         click.option("--format", "formats", multiple=True, metavar="FMT", help="File format: jpeg, png, webp, ... (repeat or comma-separate)."),
         click.option("--tag", multiple=True, metavar="LABEL", help="Has this label (cbir label add); repeat to require several."),
-        click.option("--where", metavar="EXPR", help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text).'),
+        click.option("--where", metavar="EXPR", help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).'),
     ]
     for option in reversed(options):
         f = option(f)
