@@ -244,7 +244,8 @@ class Library:
 
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None, format: str | None = None,
-               image_column: str | None = None, caption_column: str | None = None):
+               image_column: str | None = None, caption_column: str | None = None,
+               decode_device: str | None = "auto"):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
         are recorded as skipped. Caption files beside images, descriptions inside them and a
@@ -252,7 +253,8 @@ class Library:
 
         ``format`` (default: detected from ``path``): folder, csv, tsv, jsonl, parquet (a
         manifest naming image files, with optional caption and other columns) or webdataset
-        (tar shards: one, a glob or a brace list)."""
+        (tar shards: one, a glob or a brace list). ``decode_device``: where JPEGs are decoded;
+        auto is on the GPU (nvJPEG) when the model runs on CUDA, else in the CPU workers (None)."""
         from cbir.index.vector_index import IMAGES, TEXTS
         from cbir.ingest.datasets import FORMATS, detect_format
         from cbir.ingest.pipeline import default_workers, run_ingest
@@ -288,6 +290,12 @@ class Library:
                 scope = ""
             indexes = [self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
             batch = self.settings.batch_size or (256 if encoder.device.startswith("cuda") else 32)
+            if decode_device == "auto":
+                decode_device = None
+                if encoder.device.startswith("cuda"):
+                    from cbir.ingest import device_decode
+
+                    decode_device = encoder.device if device_decode.available(encoder.device) else None
             try:
                 report = run_ingest(
                     self.catalog,
@@ -300,6 +308,7 @@ class Library:
                     workers=self.settings.workers or default_workers(),
                     progress=progress,
                     dataset=scanned,
+                    decode_device=decode_device,
                 )
             except OperationalError as e:
                 raise _database_error(e, self.path) from e

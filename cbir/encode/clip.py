@@ -89,10 +89,15 @@ class OpenClipEncoder:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
-        if self.device.startswith("cuda"):
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 [n, S, S, 3] model pixels (numpy, or a tensor already on the device when JPEGs
+        were decoded there) -> L2-normalised embeddings."""
+        if isinstance(pixels, torch.Tensor):
+            batch = pixels.to(self.device)
+        else:
+            batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
+            if self.device.startswith("cuda"):
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
         # uint8 NHWC -> normalised float NCHW, on the device (4x less to copy than floats)
         batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
         with self._autocast():

@@ -55,6 +55,7 @@ class Decoded:
     taken_at: datetime | None = None
     camera: str | None = None
     texts: tuple[str, ...] = ()  # descriptions embedded in the file (EXIF, XMP, PNG text)
+    jpeg: bytes | None = None  # a JPEG left for the model's device to decode (pixels is None)
     error: str | None = None
     read_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -121,9 +122,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft: bool = True):
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == JPEG_MAGIC
+
+
+def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft: bool = True,
+               pixels: bool = True):
     """Decode bytes to (model pixels, width, height, format, taken_at, camera, embedded texts) or
-    raise BadImage. ``draft=False`` decodes JPEGs at full size (for comparing, in cbir bench)."""
+    raise BadImage. ``draft=False`` decodes JPEGs at full size (for comparing, in cbir bench);
+    ``pixels=False`` reads only a JPEG's header and metadata (pixels None: decoded elsewhere)."""
     if not data:
         raise BadImage("empty file")
     try:
@@ -138,6 +148,9 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
                 )
             fmt = (image.format or "unknown").lower()
             taken, camera, orientation = _exif_metadata(image)
+            if not pixels and fmt == "jpeg":  # JPEG metadata sits in markers before the pixels
+                sideways = orientation in (5, 6, 7, 8)
+                return None, *((h, w) if sideways else (w, h)), fmt, taken, camera, tuple(embedded_texts(image, camera))
             if draft and fmt in ("jpeg", "mpo"):
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the model
                 # input: far less work for camera-size photos, and the result is downscaled anyway.
@@ -166,8 +179,10 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
     return to_model_pixels(image, pp), w, h, fmt, taken, camera, texts
 
 
-def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pixels=MAX_PIXELS):
-    """Read, hash and (unless the content is already in the library) decode one file."""
+def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pixels=MAX_PIXELS,
+                jpeg_elsewhere: bool = False):
+    """Read, hash and (unless the content is already in the library) decode one file; with
+    ``jpeg_elsewhere`` a JPEG's pixels are left to the model's device (``Decoded.jpeg``)."""
     result = Decoded(task)
     start = time.perf_counter()
     try:
@@ -199,7 +214,9 @@ def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pi
             result.taken_at,
             result.camera,
             result.texts,
-        ) = open_image(data, pp, max_pixels)
+        ) = open_image(data, pp, max_pixels, pixels=not (jpeg_elsewhere and is_jpeg(data)))
+        if result.pixels is None:
+            result.jpeg = data
     except BadImage as e:
         result.error = str(e)
     result.decode_seconds = time.perf_counter() - start
@@ -216,11 +233,12 @@ def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -
 _worker: dict = {}
 
 
-def init_worker(pp: Preprocess, known_hashes: frozenset, max_pixels: int) -> None:
+def init_worker(pp: Preprocess, known_hashes: frozenset, max_pixels: int, jpeg_elsewhere: bool = False) -> None:
     # Decoders are single-threaded per process; keep BLAS/OpenMP from oversubscribing cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker.update(pp=pp, known=known_hashes, max_pixels=max_pixels)
+    _worker.update(pp=pp, known=known_hashes, max_pixels=max_pixels, jpeg_elsewhere=jpeg_elsewhere)
 
 
 def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
-    return [decode_file(t, _worker["pp"], _worker["known"], _worker["max_pixels"]) for t in tasks]
+    w = _worker
+    return [decode_file(t, w["pp"], w["known"], w["max_pixels"], w["jpeg_elsewhere"]) for t in tasks]

@@ -64,20 +64,21 @@ class IngestReport:
 
 
 def decode_stream(
-    tasks: list[FileTask], encoder_pp, known: frozenset, workers: int
+    tasks: list[FileTask], encoder_pp, known: frozenset, workers: int, jpeg_elsewhere: bool = False
 ) -> Iterator[Decoded]:
     """Decoded files in input order. Worker processes decode ahead of the consumer, bounded to a
-    few chunks per worker so memory stays flat however slow encoding is."""
+    few chunks per worker so memory stays flat however slow encoding is. With ``jpeg_elsewhere``
+    they only read JPEGs' metadata and leave their pixels to the model's device."""
     if workers <= 1 or len(tasks) <= 2 * CHUNK:
         for task in tasks:
-            yield decode_file(task, encoder_pp, known, MAX_PIXELS)
+            yield decode_file(task, encoder_pp, known, MAX_PIXELS, jpeg_elsewhere)
         return
     chunks = (tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK))
     pool = ProcessPoolExecutor(
         workers,
         mp_context=_worker_context(),
         initializer=init_worker,
-        initargs=(encoder_pp, known, MAX_PIXELS),
+        initargs=(encoder_pp, known, MAX_PIXELS, jpeg_elsewhere),
     )
     try:
         inflight = deque(pool.submit(decode_chunk, c) for c in islice(chunks, 3 * workers))
@@ -119,10 +120,12 @@ def run_ingest(
     workers: int,
     progress: Progress | None = None,
     dataset: ScanResult | None = None,
+    decode_device: str | None = None,
 ) -> IngestReport:
     """Ingest the folder ``root / scope``, or with ``dataset`` the images a dataset lists under
     ``root`` (cbir.ingest.sources): folder scans and datasets each follow, and remove, only the
-    images they added."""
+    images they added. ``decode_device`` (e.g. "cuda"): decode JPEGs there, in batches, instead
+    of in the CPU workers (cbir.ingest.device_decode)."""
     started = time.perf_counter()
     report = IngestReport(root / scope if scope else root)
     timer = Timer(report.timings)
@@ -181,10 +184,24 @@ def run_ingest(
     pending: list[Decoded] = []
     texts: dict[tuple[str, str], list[tuple[str, int | None, int | None]]] = {}
 
+    def skip(d: Decoded) -> None:
+        changes.skipped.append((d.task.path, d.task.size, d.task.mtime_ns, d.error))
+        report.skipped += 1
+        mine = stored.get(d.task.path)
+        if mine:  # it was a good image before and is broken now: its old vector is stale
+            changes.removed.append(mine.id)
+
     def flush() -> None:
+        if decode_device is not None and any(d.jpeg is not None for d in pending):
+            with timer("decode"):
+                _decode_jpegs(pending, encoder.preprocess, decode_device)
+            for d in pending:
+                if d.error:
+                    skip(d)
+            pending[:] = [d for d in pending if not d.error]
         if pending:
             with timer("encode"):
-                vectors = encoder.encode_images(np.stack([d.pixels for d in pending]))
+                vectors = encoder.encode_images(_stack([d.pixels for d in pending], decode_device))
             report.encoded += len(pending)
             for d, vector in zip(pending, vectors):
                 record = _record(d, entries[d.task.path])
@@ -215,20 +232,17 @@ def run_ingest(
     done = 0
     if progress:
         progress(0, len(todo))
-    for d in decode_stream(todo, encoder.preprocess, frozenset(known), workers):
+    for d in decode_stream(todo, encoder.preprocess, frozenset(known), workers, decode_device is not None):
         report.timings["read"] += d.read_seconds
         report.timings["decode"] += d.decode_seconds
         path = d.task.path
         mine = stored.get(path)
         if d.error:
-            changes.skipped.append((path, d.task.size, d.task.mtime_ns, d.error))
-            report.skipped += 1
-            if mine:  # it was a good image before and is broken now: its old vector is stale
-                changes.removed.append(mine.id)
+            skip(d)
         else:
             if path in skips:
                 changes.unskipped.append(path)
-            if d.pixels is not None:
+            if d.pixels is not None or d.jpeg is not None:
                 pending.append(d)
             elif mine and mine.content_hash == d.content_hash:
                 changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
@@ -267,6 +281,30 @@ def run_ingest(
     report.skipped_total = catalog.count_skipped()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _decode_jpegs(pending: list[Decoded], pp, device: str) -> None:
+    """Give the JPEGs in ``pending`` their model pixels, decoded in one batch on ``device``; one
+    the device decoder refuses is decoded by Pillow, and one Pillow refuses too gets its error."""
+    from cbir.ingest import device_decode
+    from cbir.ingest.decode import BadImage, open_image
+
+    jpegs = [d for d in pending if d.jpeg is not None]
+    for d, pixels in zip(jpegs, device_decode.decode([d.jpeg for d in jpegs], pp, device)):
+        if pixels is None:
+            try:
+                pixels = open_image(d.jpeg, pp)[0]
+            except BadImage as e:
+                d.error = str(e)
+        d.pixels, d.jpeg = pixels, None
+
+
+def _stack(pixels: list, decode_device: str | None):
+    if decode_device is None:
+        return np.stack(pixels)
+    from cbir.ingest.device_decode import stack
+
+    return stack(pixels, decode_device)
 
 
 class _Captions:
