@@ -111,7 +111,17 @@ def _gpu(work: Path, quick: bool, batch: int | None, workers: int | None, say) -
         row["gflop_per_image"] = VIT_B_32_GFLOP
         if peak:
             row["model_utilisation"] = row["end_to_end"] * VIT_B_32_GFLOP / (peak * 1000)
-    return {"device": torch.cuda.get_device_name(0), "peak_fp16_tflops": peak, "rows": rows}
+    report = {"device": torch.cuda.get_device_name(0), "peak_fp16_tflops": peak, "rows": rows}
+    from cbir.index import gpu as faiss_gpu
+
+    if faiss_gpu.available():
+        from cbir.bench.search import search_benchmark
+
+        sizes = (100_000,) if quick else (100_000, 1_000_000)
+        report["search"] = search_benchmark(sizes=sizes, kinds=("flat", "ivf", "ivfpq"), progress=say, gpu=True)
+    else:
+        report["search"] = {"skipped": faiss_gpu.unavailable()}
+    return report
 
 
 VIT_B_32_GFLOP = 8.8  # per 224x224 image, forward (the figure; open_clip's profile: 4.4 GMACs)

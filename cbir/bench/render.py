@@ -59,4 +59,10 @@ def render(report: dict) -> str:
                      f"{100 * r['model_utilisation']:.1f}%" if "model_utilisation" in r else "-"] for r in g["rows"]]
             parts.append(f"**GPU** ({g['device']}, fp16)\n\n" + _table(
                 ["images", "end to end/s", "ceiling/s", "ratio", "model utilisation"], rows))
+            if isinstance(g.get("search"), list):
+                from cbir.bench.search import search_table
+
+                parts.append("**faiss on the GPU**\n\n" + search_table(g["search"]))
+            elif g.get("search"):
+                parts.append(f"faiss on the GPU: skipped ({g['search']['skipped']})")
     return "\n\n".join(parts)

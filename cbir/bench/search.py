@@ -147,8 +147,10 @@ def search_benchmark(
     dim: int = 512,
     queries: int = 200,
     progress: Progress | None = None,
+    gpu: bool = False,
 ) -> list[dict]:
     """One row per (size, kind), sizes in the outer loop: see ``measure_kind`` for its keys.
+    ``gpu``: build and search with faiss on the GPU (flat, IVF and IVF-PQ only).
 
     The exact top-K of the queries is computed once per size, here, and handed to each kind's
     process, which rebuilds the library from the seed rather than receiving it."""
@@ -166,7 +168,7 @@ def search_benchmark(
         say(f"{n:,} x {dim}-d: exact top-{K} of {queries} queries in {seconds:.1f} s")
         for kind in kinds:
             say(f"{n:,} x {dim}-d: building and measuring {kind} in a process of its own")
-            row = in_child(measure_kind, kind, n, dim, queries, truth)
+            row = in_child(measure_kind, kind, n, dim, queries, truth, gpu)
             say(
                 f"{n:,} x {dim}-d: {kind} built in {row['build_s']:.1f} s, recall@{K} "
                 f"{row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms, {row['batched_qps']:.0f} q/s batched"
@@ -175,7 +177,7 @@ def search_benchmark(
     return rows
 
 
-def measure_kind(kind: str, n: int, dim: int, queries: int, truth: np.ndarray) -> dict:
+def measure_kind(kind: str, n: int, dim: int, queries: int, truth: np.ndarray, gpu: bool = False) -> dict:
     """Build one kind over the first ``n`` vectors and measure it (meant to run in a process of
     its own: ``peak_rss_mb`` is this process's peak). Keys: vectors, dim, queries, kind, factory,
     params (as tuned), build_s, peak_rss_mb, size_mb (serialised), tuned_recall (what the build
@@ -194,7 +196,7 @@ def measure_kind(kind: str, n: int, dim: int, queries: int, truth: np.ndarray) -
             exact_source = lambda ids: (np.asarray(ids), np.asarray(stored[np.asarray(ids)]))  # noqa: E731
         index, report = build(
             "images", dim, n, lambda: chunks(n, dim), lambda size: sample(n, dim, size), 1,
-            kind=kind, exact_source=exact_source,
+            kind=kind, exact_source=exact_source, gpu=gpu,
         )
         q = query_vectors(dim, queries)
         _, found = index.search(q, K)  # also warms up the index before anything is timed
