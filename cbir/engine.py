@@ -296,6 +296,7 @@ class Library:
                     from cbir.ingest import device_decode
 
                     decode_device = encoder.device if device_decode.available(encoder.device) else None
+            failed = True
             try:
                 report = run_ingest(
                     self.catalog,
@@ -310,6 +311,7 @@ class Library:
                     dataset=scanned,
                     decode_device=decode_device,
                 )
+                failed = False
             except OperationalError as e:
                 raise _database_error(e, self.path) from e
             finally:
@@ -318,8 +320,11 @@ class Library:
                 # leaves one stale, and a stale index is rebuilt on the next open.
                 try:
                     self.indexes.save_changed(dict(zip((IMAGES, TEXTS), indexes)))
-                except (CbirError, OperationalError, OSError):
-                    pass  # a stale index is detected and rebuilt on the next open
+                except (CbirError, OperationalError, OSError) as e:
+                    if not failed:  # else the run's own error is the one to report
+                        raise StorageError(
+                            f"{e}; every image ingested is committed, and the index is rebuilt "
+                            "from them on the next run") from e
             return report
 
     # -- labels: texts the user adds -----------------------------------------------------------

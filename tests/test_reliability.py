@@ -1,0 +1,174 @@
+"""Faults that must lose nothing: a rebuild killed at random moments, searches in other processes
+while an ingest writes. Real SQLite files, real FAISS indexes, real processes and signals."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cbir.config import resolve_settings
+from cbir.encode.fake import FakeEncoder
+from cbir.engine import Library
+from cbir.index import generations
+from cbir.store.catalog import MODEL, Changes, ImageRecord
+from tests.conftest import write_image
+
+DIM = 64
+
+
+def _vector_library(path, n: int, seed: int = 0) -> Library:
+    """A library of ``n`` clustered vectors stored straight in the catalog (no images)."""
+    encoder = FakeEncoder(dim=DIM)
+    lib = Library.open(resolve_settings(library=path, env={}), create=True, encoder=encoder)
+    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
+    lib.catalog.dim = DIM
+    root_id, _ = lib.catalog.root_for(path / "photos")
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, DIM))
+    for start in range(0, n, 5000):
+        changes = Changes(root_id)
+        for i in range(start, min(n, start + 5000)):
+            v = centres[i % 50] + 0.5 * rng.standard_normal(DIM)
+            changes.added.append((ImageRecord(f"f{i % 7}/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480, "jpeg"), v / np.linalg.norm(v)))
+        lib.catalog.apply(changes)
+    lib.rebuild_index("flat")
+    return lib
+
+
+def test_a_rebuild_killed_at_any_moment_leaves_a_loadable_generation(tmp_path):
+    lib = _vector_library(tmp_path / "lib", 30_000)
+    query = lib.catalog.vectors_of("images", np.array([17]))[1][0]
+    lib.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    rng = random.Random(11)
+    kinds = ["hnsw", "ivf", "flat", "ivfpq"]
+    kills = 0
+    for run in range(8):
+        cmd = [sys.executable, "-m", "cbir", "index", "rebuild", "--type", kinds[run % 4], "--library", str(tmp_path / "lib")]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        # whatever moment it died at, the current generation is whole and agrees with the database
+        with Library.open(resolve_settings(library=tmp_path / "lib", env={}), encoder=FakeEncoder(dim=DIM)) as again:
+            assert again.verify_index() == {"images": [], "texts": []}, f"run {run}"
+            index = again._index("images")
+            assert index.ntotal == 30_000
+            assert index.search(query, 10)[1][0][0] == 17  # a stored vector finds itself, whatever kind is current
+    assert kills >= 4  # most runs were really cut short
+    folders = [p.name for p in (tmp_path / "lib" / "index").iterdir() if p.is_dir()]
+    manifest = generations.read_manifest(tmp_path / "lib" / "index")
+    assert manifest.folder in folders
+    # a finished rebuild cleans up what killed ones left behind
+    with Library.open(resolve_settings(library=tmp_path / "lib", env={}), encoder=FakeEncoder(dim=DIM)) as again:
+        again.rebuild_index("flat")
+    assert [p.name for p in (tmp_path / "lib" / "index").iterdir() if p.is_dir()] == [generations.read_manifest(tmp_path / "lib" / "index").folder]
+
+
+def _searcher(library: str, seconds: float, out) -> None:
+    """Open the library again and again and search it until time is up; report what failed."""
+    errors, searches = [], 0
+    stop = time.time() + seconds
+    while time.time() < stop:
+        try:
+            with Library.open(resolve_settings(library=library, env={}), encoder=FakeEncoder()) as lib:
+                for _ in range(5):
+                    hits = lib.search("anything", k=5)
+                    assert len(hits) == 5 and len({h.id for h in hits}) == 5
+                    searches += 1
+        except Exception as e:  # noqa: BLE001 - every failure is the finding
+            errors.append(f"{type(e).__name__}: {e}")
+    out.put((searches, errors))
+
+
+def test_searches_in_other_processes_never_fail_while_an_ingest_writes(fake_library, tmp_path):
+    first = tmp_path / "photos" / "first"
+    for i in range(20):
+        write_image(first / f"{i}.jpg", seed=i)
+    lib = fake_library()
+    lib.ingest(first)
+    more = tmp_path / "photos" / "more"
+    for i in range(300):
+        write_image(more / f"{i}.jpg", seed=1000 + i)
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    searchers = [context.Process(target=_searcher, args=(str(lib.path), 12.0, out)) for _ in range(3)]
+    for p in searchers:
+        p.start()
+    time.sleep(1.0)
+    for chunk in range(3):  # several ingests, each a new index generation while they search
+        (more / f"batch{chunk}").mkdir()
+        for path in sorted(more.glob("*.jpg"))[:100]:
+            path.rename(more / f"batch{chunk}" / path.name)
+        report = lib.ingest(more / f"batch{chunk}")
+        assert report.added == 100
+    results = [out.get(timeout=60) for _ in searchers]
+    for p in searchers:
+        p.join()
+    assert sum(n for n, _ in results) > 30
+    assert [e for _, errors in results for e in errors] == []
+    assert lib.catalog.count_images() == 320
+
+
+def test_a_full_disk_stops_the_ingest_with_one_message_and_keeps_what_was_committed(fake_library, photos, monkeypatch):
+    """SQLite reports a full disk as "database or disk is full": the batch in flight is rolled
+    back, the ones before stay, and the next run carries on."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from cbir.errors import StorageError
+
+    lib = fake_library(batch_size=4)
+    real_apply = lib.catalog.apply
+    calls = {"n": 0}
+
+    def apply_until_the_disk_is_full(changes):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+        return real_apply(changes)
+
+    monkeypatch.setattr(lib.catalog, "apply", apply_until_the_disk_is_full)
+    with pytest.raises(StorageError, match="disk full .* everything committed before is kept"):
+        lib.ingest(photos)
+    kept = lib.catalog.count_images()
+    assert kept == 8  # two batches of 4 committed, the third lost nothing but itself
+    monkeypatch.setattr(lib.catalog, "apply", real_apply)
+    report = lib.ingest(photos)  # space is back: the run resumes where it stopped
+    assert report.added == 12 and lib.catalog.count_images() == 20
+    assert lib.verify_index()["images"] == []
+
+
+def test_a_full_disk_while_saving_the_index_is_reported_and_the_index_rebuilt_next_time(fake_library, photos, monkeypatch):
+    import errno
+
+    import faiss
+
+    from cbir.errors import StorageError
+
+    lib = fake_library()
+    lib.ingest(photos / "a")  # 10 images, indexed and saved
+
+    def no_space(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", no_space)
+    with pytest.raises(StorageError, match="disk full while writing .* every image ingested is committed"):
+        lib.ingest(photos)
+    assert lib.catalog.count_images() == 20  # the 10 new ones committed before the index save
+    monkeypatch.undo()
+    with Library.open(resolve_settings(library=lib.path, env={}), encoder=FakeEncoder()) as again:
+        assert len(again.search("x", k=20)) == 20  # the stale index is rebuilt from the database
+        assert again.verify_index()["images"] == []
