@@ -245,7 +245,7 @@ class Library:
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None, format: str | None = None,
                image_column: str | None = None, caption_column: str | None = None,
-               decode_device: str | None = "auto"):
+               decode_device: str | None = "auto", retry_failed: bool = False):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
         are recorded as skipped. Caption files beside images, descriptions inside them and a
@@ -254,7 +254,8 @@ class Library:
         ``format`` (default: detected from ``path``): folder, csv, tsv, jsonl, parquet (a
         manifest naming image files, with optional caption and other columns) or webdataset
         (tar shards: one, a glob or a brace list). ``decode_device``: where JPEGs are decoded;
-        auto is on the GPU (nvJPEG) when the model runs on CUDA, else in the CPU workers (None)."""
+        auto is on the GPU (nvJPEG) when the model runs on CUDA, else in the CPU workers (None).
+        Files that failed before are retried only once they change, or with ``retry_failed``."""
         from cbir.index.vector_index import IMAGES, TEXTS
         from cbir.ingest.datasets import FORMATS, detect_format
         from cbir.ingest.pipeline import default_workers, run_ingest
@@ -310,6 +311,7 @@ class Library:
                     progress=progress,
                     dataset=scanned,
                     decode_device=decode_device,
+                    retry_failed=retry_failed,
                 )
                 failed = False
             except OperationalError as e:

@@ -59,9 +59,10 @@ class _Progress:
 @click.option("--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch. [env: CBIR_BATCH_SIZE]")
 @click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]")
+@click.option("--retry-failed", is_flag=True, help="Try again the files recorded as skipped (by default they are retried only once they change).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, fmt, image_column, caption_column, batch_size, workers, as_json, quiet):
+def ingest(path, library, model, device, fmt, image_column, caption_column, batch_size, workers, retry_failed, as_json, quiet):
     """Add the images under PATH to the library (or update it: only new and changed files are
     encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
     dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
@@ -76,7 +77,8 @@ def ingest(path, library, model, device, fmt, image_column, caption_column, batc
     lib = _open(create=True, library=library, model=model, device=device, batch_size=batch_size, workers=workers)
     with lib:
         with _Progress(enabled=not quiet and not as_json) as progress:
-            report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column, caption_column=caption_column)
+            report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column,
+                                caption_column=caption_column, retry_failed=retry_failed)
         if as_json:
             echo_json(report.as_dict())
         else:

@@ -61,7 +61,7 @@ CAPTION_COLUMNS = (
 )
 
 # Tar members that are images, in order of preference when a sample has several.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif")
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024  # a .txt/.json member larger than this is not metadata
 CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the stdlib default (128 KiB) rejects long descriptions
 PARQUET_BATCH_ROWS = 1024

@@ -19,8 +19,26 @@ from cbir.encode.spec import Preprocess
 from cbir.ingest.texts import embedded_texts
 
 SUPPORTED_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
+
+
+def _register_heif() -> bool:
+    """HEIC/HEIF (iPhone photos) decode through the pillow-heif plugin when it is installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF = _register_heif()
+# Only the formats photos come in are tried: Pillow's other decoders (EPS, FITS, PSD, ...) are a
+# larger attack surface than cbir needs, and a file in them is "not an image" here.
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF") if f in Image.OPEN)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
 # Refuse images above this many pixels before decoding them (decompression bombs). 2x Pillow's
 # default warning limit: ~179 MP, above any camera sold today.
 MAX_PIXELS = 2 * 89_478_485
@@ -139,7 +157,7 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = image.size
             if w * h > max_pixels:
                 raise BadImage(
@@ -165,6 +183,8 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
     except BadImage:
         raise
     except UnidentifiedImageError:
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and "HEIF" not in FORMATS:
+            raise BadImage("HEIC/HEIF photo: unsupported without the pillow-heif plugin (pip install pillow-heif)") from None
         raise BadImage("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"refused: {e}") from None

@@ -121,11 +121,13 @@ def run_ingest(
     progress: Progress | None = None,
     dataset: ScanResult | None = None,
     decode_device: str | None = None,
+    retry_failed: bool = False,
 ) -> IngestReport:
     """Ingest the folder ``root / scope``, or with ``dataset`` the images a dataset lists under
     ``root`` (cbir.ingest.sources): folder scans and datasets each follow, and remove, only the
     images they added. ``decode_device`` (e.g. "cuda"): decode JPEGs there, in batches, instead
-    of in the CPU workers (cbir.ingest.device_decode)."""
+    of in the CPU workers (cbir.ingest.device_decode). Files recorded as skipped are retried
+    only once they change, or with ``retry_failed``."""
     started = time.perf_counter()
     report = IngestReport(root / scope if scope else root)
     timer = Timer(report.timings)
@@ -163,7 +165,7 @@ def run_ingest(
         elif mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             report.unchanged += 1
             unchanged.append(f.path)
-        elif f.path in skips and skips[f.path] == (f.size, f.mtime_ns):
+        elif not retry_failed and f.path in skips and skips[f.path] == (f.size, f.mtime_ns):
             report.unchanged += 1  # a known bad file that has not changed: not retried
         else:
             todo.append(FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset))

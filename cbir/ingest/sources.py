@@ -104,7 +104,7 @@ def _typed(value):
 def _unusable(image: Path, raw: str) -> str | None:
     """Why a manifest row's image cannot be ingested, or None."""
     if not is_image_name(image.name):
-        return f"{raw}: not an image file name (supported: jpg, png, webp, gif, bmp, tiff)"
+        return f"{raw}: not an image file name (supported: jpg, png, webp, gif, bmp, tiff, heic, avif)"
     try:
         if image.is_file():
             return None
