@@ -174,6 +174,16 @@ def test_a_full_disk_while_saving_the_index_is_reported_and_the_index_rebuilt_ne
         assert again.verify_index()["images"] == []
 
 
+def _images_in(db) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db, timeout=30) as c:
+            return c.execute("select count(*) from images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 @pytest.mark.slow
 def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
     """20 rounds: the folder changes (new photos, deletions, a move), `cbir ingest` is killed with
@@ -199,8 +209,14 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
             path.unlink()
         moved = rng.choice(sorted(photos.rglob("*.jpg")))
         shutil.move(moved, moved.with_name("moved-" + moved.name))
+        before = _images_in(library / "library.db")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 4.0))
+        if round_ % 2:  # at a random time: while starting, scanning, encoding or committing
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:  # after a random number of committed batches
+            target, deadline = before + rng.randint(1, 8), time.time() + 60
+            while proc.poll() is None and _images_in(library / "library.db") < target and time.time() < deadline:
+                time.sleep(0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -217,7 +233,8 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
         assert len(set(hashes)) == len(hashes)
         with Library.open(resolve_settings(library=library, env={})) as lib:
             assert lib.verify_index() == {"images": [], "texts": []}, f"round {round_}"
-    assert kills >= 10
+    print(f"\n{kills} of 20 ingests killed; every round lost nothing")  # shown with pytest -s
+    assert kills >= 8  # the other runs ended before their kill came
     clean = tmp_path / "clean"
     assert subprocess.run([*cmd[:6], str(clean), *cmd[7:]], env=env, capture_output=True).returncode == 0
     with Library.open(resolve_settings(library=library, env={})) as lib, \
