@@ -261,6 +261,7 @@ class Library:
         from cbir.ingest.pipeline import default_workers, run_ingest
         from cbir.ingest.scan import is_image_name
 
+        _user_path(path, "ingest")
         if format is not None and format not in FORMATS:
             raise UsageError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
         single_image = Path(path).expanduser().is_file() and is_image_name(str(path))
@@ -331,7 +332,7 @@ class Library:
 
     # -- labels: texts the user adds -----------------------------------------------------------
     def _library_image(self, path: str | Path, option: str = "image") -> int:
-        image_id = self.catalog.image_at(Path(path).expanduser().resolve())
+        image_id = self.catalog.image_at(_user_path(path, option).resolve())
         if image_id is None:
             raise UsageError(f"{option} {path}: not an image of this library (ingest it first)")
         return image_id
@@ -557,7 +558,7 @@ class Library:
         from cbir.ingest.decode import BadImage, read_query_image
 
         try:
-            pixels = read_query_image(Path(path).expanduser(), self.encoder.preprocess)
+            pixels = read_query_image(_user_path(path, "--image"), self.encoder.preprocess)
         except FileNotFoundError:
             raise UsageError(f"query image not found: {path}") from None
         except (OSError, BadImage) as e:
@@ -652,6 +653,13 @@ def _check_search_options(k: int, target: str, mode: str | None, sort: str, offs
     ):
         if value not in allowed:
             raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(a for a in allowed if a)}")
+
+
+def _user_path(path: str | Path, option: str) -> Path:
+    """A path given by the user; one the OS cannot take (a NUL byte) is a usage error."""
+    if "\x00" in str(path):
+        raise UsageError(f"{option}: a path cannot contain a NUL byte")
+    return Path(path).expanduser()
 
 
 def _database_error(e: OperationalError, library: Path) -> CbirError:

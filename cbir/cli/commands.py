@@ -117,8 +117,8 @@ def filter_options(f):
 
 @cli.command()
 @click.argument("query", nargs=-1)
-@click.option("--image", "image", type=click.Path(path_type=Path), help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
-@click.option("--like", "like", type=click.Path(path_type=Path), help="Find images similar to this image of the library (no model needed for it).")
+@click.option("--image", "image", type=str, help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
+@click.option("--like", "like", type=str, help="Find images similar to this image of the library (no model needed for it).")
 @click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (a query, or {\"image\": \"PATH\"}); - for stdin.")
 @click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels).")
 @click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.")
@@ -314,7 +314,7 @@ def label():
 
 
 @label.command("add")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=str)
 @click.argument("labels", nargs=-1, required=True)
 @library_options
 def label_add(image, labels, library, model, device):
@@ -326,7 +326,7 @@ def label_add(image, labels, library, model, device):
 
 
 @label.command("remove")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=str)
 @click.argument("labels", nargs=-1)
 @library_options
 def label_remove(image, labels, library, model, device):
@@ -338,7 +338,7 @@ def label_remove(image, labels, library, model, device):
 
 
 @label.command("list")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=str)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON Lines.")
 @library_options
 def label_list(image, as_json, library, model, device):
