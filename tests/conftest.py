@@ -54,6 +54,17 @@ def fake_library(tmp_path):
     return make
 
 
+def count_images(db) -> int:
+    """Images in a library database, read as another process would (0 before it exists)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db, timeout=30) as c:
+            return c.execute("select count(*) from images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=None, timeout=300):
     """The real console entry point in a subprocess, as a user runs it."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}

@@ -3,7 +3,6 @@ while an ingest writes. Real SQLite files, real FAISS indexes, real processes an
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import random
@@ -15,37 +14,18 @@ import time
 import numpy as np
 import pytest
 
+from cbir.bench.filtered import build_library
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
 from cbir.index import generations
-from cbir.store.catalog import MODEL, Changes, ImageRecord
-from tests.conftest import write_image
+from tests.conftest import count_images, write_image
 
 DIM = 64
 
 
-def _vector_library(path, n: int, seed: int = 0) -> Library:
-    """A library of ``n`` clustered vectors stored straight in the catalog (no images)."""
-    encoder = FakeEncoder(dim=DIM)
-    lib = Library.open(resolve_settings(library=path, env={}), create=True, encoder=encoder)
-    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
-    lib.catalog.dim = DIM
-    root_id, _ = lib.catalog.root_for(path / "photos")
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((50, DIM))
-    for start in range(0, n, 5000):
-        changes = Changes(root_id)
-        for i in range(start, min(n, start + 5000)):
-            v = centres[i % 50] + 0.5 * rng.standard_normal(DIM)
-            changes.added.append((ImageRecord(f"f{i % 7}/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480, "jpeg"), v / np.linalg.norm(v)))
-        lib.catalog.apply(changes)
-    lib.rebuild_index("flat")
-    return lib
-
-
 def test_a_rebuild_killed_at_any_moment_leaves_a_loadable_generation(tmp_path):
-    lib = _vector_library(tmp_path / "lib", 30_000)
+    lib, _ = build_library(tmp_path / "lib", 30_000, DIM)  # clustered vectors, no images
     query = lib.catalog.vectors_of("images", np.array([17]))[1][0]
     lib.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
@@ -175,16 +155,6 @@ def test_a_full_disk_while_saving_the_index_is_reported_and_the_index_rebuilt_ne
         assert again.verify_index()["images"] == []
 
 
-def _images_in(db) -> int:
-    import sqlite3
-
-    try:
-        with sqlite3.connect(db, timeout=30) as c:
-            return c.execute("select count(*) from images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.slow
 def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
     """20 rounds: the folder changes (new photos, deletions, a move), `cbir ingest` is killed with
@@ -210,13 +180,13 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
             path.unlink()
         moved = rng.choice(sorted(photos.rglob("*.jpg")))
         shutil.move(moved, moved.with_name("moved-" + moved.name))
-        before = _images_in(library / "library.db")
+        before = count_images(library / "library.db")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if round_ % 2:  # at a random time: while starting, scanning, encoding or committing
             time.sleep(rng.uniform(0.2, 3.0))
         else:  # after a random number of committed batches
             target, deadline = before + rng.randint(1, 8), time.time() + 60
-            while proc.poll() is None and _images_in(library / "library.db") < target and time.time() < deadline:
+            while proc.poll() is None and count_images(library / "library.db") < target and time.time() < deadline:
                 time.sleep(0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

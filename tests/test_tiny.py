@@ -21,6 +21,7 @@ from cbir.engine import Library
 from cbir.errors import ModelMismatch
 from cbir.query import Query
 from cbir.synthetic import all_scenes, make_gallery
+from tests.conftest import count_images
 
 EVAL_SEED = 31337  # a gallery the model never saw in training
 
@@ -103,14 +104,6 @@ def test_another_model_is_refused(gallery):
         Library.open(settings)
 
 
-def _count(db) -> int:
-    try:
-        with sqlite3.connect(db, timeout=30) as c:
-            return c.execute("select count(*) from images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_path):
     photos = tmp_path / "photos"
     pairs = make_gallery(photos, 240, seed=EVAL_SEED + 1)
@@ -125,17 +118,17 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
     kills = 0
     for _ in range(3):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        start = _count(db)
+        start = count_images(db)
         target = start + rng.randint(4, 40)
         deadline = time.time() + 120
-        while proc.poll() is None and _count(db) < target and time.time() < deadline:
+        while proc.poll() is None and count_images(db) < target and time.time() < deadline:
             time.sleep(0.02)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
     assert kills >= 1
-    assert _count(db) < 240  # the kills really interrupted the run
+    assert count_images(db) < 240  # the kills really interrupted the run
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -186,7 +179,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while proc.poll() is None and _count(library / "library.db") < 8 and time.time() < deadline:
+    while proc.poll() is None and count_images(library / "library.db") < 8 and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -194,7 +187,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
         pytest.skip("the run finished before the interrupt arrived")
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
-    done = _count(library / "library.db")
+    done = count_images(library / "library.db")
     assert 0 < done < 160
     result = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
