@@ -56,7 +56,11 @@ def writer_lock(library: Path) -> Iterator[None]:
     import fcntl
 
     path = library / "write.lock"
-    with open(path, "a+") as f:
+    try:
+        f = open(path, "a+")
+    except OSError as e:  # a read-only library (or disk), or something odd in its place
+        raise storage_error(e, path) from e
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

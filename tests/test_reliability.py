@@ -212,3 +212,17 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
             Library.open(resolve_settings(library=clean, env={})) as fresh:
         for query in ("a red circle on a gray background", "a white star on a cyan background"):
             assert [h.path for h in lib.search(query, k=10)] == [h.path for h in fresh.search(query, k=10)]
+
+
+def test_a_library_that_cannot_be_written_is_a_one_line_error(fake_library, photos):
+    """What a read-only folder does to the lock file, without needing a non-root user: the lock
+    file cannot be opened for writing. Searching, which takes no lock, still works."""
+    from cbir.errors import StorageError
+
+    lib = fake_library()
+    lib.ingest(photos / "a")
+    (lib.path / "write.lock").unlink()
+    (lib.path / "write.lock").mkdir()
+    with pytest.raises(StorageError, match="cannot write .*write.lock"):
+        lib.ingest(photos)
+    assert lib.catalog.count_images() == 10 and len(lib.search("x", k=5)) == 5
