@@ -143,18 +143,18 @@ def run_ingest(
             captions = _Captions(catalog, root, root_id, scope, scanned, skips)
         else:
             scanned = dataset
-            listed = {f.path for f in scanned.files}
+        entries = {f.path: f for f in scanned.files}
+        if dataset is not None:
             stored = {
                 p: s for p, s in catalog.files_under(root_id).items()
-                if s.dataset in scanned.datasets or p in listed
+                if s.dataset in scanned.datasets or p in entries
             }
             # its bad rows (under the manifest's or tar's path) and its images that failed
             scopes = tuple(s + "/" for s in scanned.skip_scopes)
-            skips = {p: v for p, v in catalog.skips_under(root_id).items() if p in listed or p.startswith(scopes)}
-            captions = _DatasetRows(catalog, root_id, scanned, stored)
+            skips = {p: v for p, v in catalog.skips_under(root_id).items() if p in entries or p.startswith(scopes)}
+            captions = _DatasetRows(catalog, root_id, entries, stored)
         known = catalog.known_hashes()
     report.scanned = len(scanned.files)
-    entries = {f.path: f for f in scanned.files}
 
     todo: list[FileTask] = []
     unchanged: list[str] = []  # stored images whose caption file may still have changed
@@ -347,8 +347,8 @@ class _DatasetRows:
     image it lists: the captions (source "caption") and columns are replaced when they differ,
     so an edited manifest updates its images without re-encoding them."""
 
-    def __init__(self, catalog: Catalog, root_id: int, scanned: ScanResult, stored: dict[str, StoredFile]):
-        self.entries = {f.path: f for f in scanned.files}
+    def __init__(self, catalog: Catalog, root_id: int, entries: dict[str, ScannedFile], stored: dict[str, StoredFile]):
+        self.entries = entries  # image path -> its row
         self.rows = catalog.dataset_rows(root_id)
         self.stored = stored  # images already in the library (new ones get their columns on insert)
 
