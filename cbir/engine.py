@@ -31,7 +31,7 @@ from cbir.errors import (
 )
 from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
-from cbir.query import Query
+from cbir.query import ImageData, Query
 from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Catalog, ImageInfo
 from cbir.store.db import create_db_engine, current_revision, head_revision, library_db_path, migrate
@@ -105,6 +105,7 @@ class Library:
         self.path = settings.library
         self.catalog = catalog
         self._encoder = encoder
+        self._wrap = None  # see wrap_encoder
         self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR, gpu=settings.gpu)
 
     # -- opening -------------------------------------------------------------------------------
@@ -180,6 +181,18 @@ class Library:
         )
 
     @property
+    def loaded_encoder(self) -> Encoder | None:
+        """The model if it is loaded (None: not needed yet)."""
+        return self._encoder
+
+    def wrap_encoder(self, wrap) -> None:
+        """Use ``wrap(model)`` instead of the model, now and when it is loaded (cbir serve
+        shares one model among request threads this way)."""
+        self._wrap = wrap
+        if self._encoder is not None:
+            self._encoder = wrap(self._encoder)
+
+    @property
     def encoder(self) -> Encoder:
         """The model, loaded on first use: the library's own, or the requested one for a new library."""
         if self._encoder is None:
@@ -193,6 +206,8 @@ class Library:
             else:
                 spec = parse_model_spec(self.settings.model_for_new_library)
             self._encoder = load_encoder(spec, self.settings.device)
+            if self._wrap is not None:
+                self._encoder = self._wrap(self._encoder)
         stored = self.fingerprint
         actual = self._encoder.fingerprint()
         if stored and not same_model(stored, actual):
@@ -383,7 +398,7 @@ class Library:
         self,
         text: str | None = None,
         *,
-        image: str | Path | None = None,
+        image: str | Path | ImageData | None = None,
         like: str | Path | None = None,
         k: int = 10,
         **options,
@@ -391,16 +406,17 @@ class Library:
         """Images (or, with target="texts", texts) best matching a query, best first.
 
         ``text`` may combine terms (``'"dog" + "snow" - "indoors"'``, ``'"cat":2 + sofa'``);
-        ``image`` is a picture file and ``like`` an image of the library, each optionally
-        combined with ``text`` (``image="a.jpg", text='+ "in winter"'``). Options: ``target``
-        ("images" or "texts"), ``mode`` ("semantic", "keyword", "hybrid"), ``filters``
-        (:class:`cbir.query.filters.Filters`), ``min_score``, ``sort`` ("score" or "date"),
-        ``offset``, ``dedup``, ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter"),
-        ``index_params`` (per-query index search parameters: {"nprobe": 32}, {"efSearch": 128}).
+        ``image`` is a picture file (or its bytes as :class:`cbir.query.ImageData`) and ``like``
+        an image of the library, each optionally combined with ``text`` (``image="a.jpg",
+        text='+ "in winter"'``). Options: ``target`` ("images" or "texts"), ``mode``
+        ("semantic", "keyword", "hybrid"), ``filters`` (:class:`cbir.query.filters.Filters`),
+        ``min_score``, ``sort`` ("score" or "date"), ``offset``, ``dedup``, ``strategy``
+        ("auto", "ann", "exact-subset", "ann-post-filter"), ``index_params`` (per-query index
+        search parameters: {"nprobe": 32}, {"efSearch": 128}).
         The result is a list of hits with the executed plan as ``.plan``."""
         query = Query(
             text=text,
-            image=Path(image) if image is not None else None,
+            image=Path(image) if isinstance(image, (str, Path)) else image,
             like=Path(like) if like is not None else None,
         )
         return self.search_many([query], k=k, **options)[0]
@@ -554,9 +570,15 @@ class Library:
             out.append((total / norm).astype(np.float32))
         return out
 
-    def _embed_image_file(self, path: str) -> np.ndarray:
-        from cbir.ingest.decode import BadImage, read_query_image
+    def _embed_image_file(self, path) -> np.ndarray:
+        from cbir.ingest.decode import BadImage, open_image, read_query_image
 
+        if isinstance(path, ImageData):
+            try:
+                pixels = open_image(path.data, self.encoder.preprocess)[0]
+            except BadImage as e:
+                raise UsageError(f"cannot use the {path} as a query image: {e}") from None
+            return self.encoder.encode_images(pixels[None])[0]
         try:
             pixels = read_query_image(_user_path(path, "--image"), self.encoder.preprocess)
         except FileNotFoundError:

@@ -5,7 +5,8 @@ them into one JSON-able report and ``report_text`` prints it as Markdown tables.
 Sections: ingest (end to end vs model-forward ceiling vs naive, per photo size), decode (full
 vs draft JPEG decoding), stages (where the ingest's time goes), text (query encoding latency),
 search (index kinds at several sizes), filtered (planner vs fixed strategies by selectivity),
-memory (peak RSS of an ingest and of an index rebuild), gpu (the same on CUDA, when present).
+memory (peak RSS of an ingest and of an index rebuild), gpu (the same on CUDA, when present),
+serve (concurrent clients against `cbir serve` on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu")
+SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve")
 
 # (quick, full) sizes: quick finishes in a few minutes on 2 cores, full in about an hour
 SIZES = {
@@ -25,6 +26,7 @@ SIZES = {
     "search": ((10_000,), (10_000, 100_000, 1_000_000)),
     "filtered": (10_000, 100_000),
     "memory": (0, 1_000_000),  # vectors of the rebuild measured (0: the rebuild is skipped)
+    "serve": ({"images": 64, "clients": (1, 4), "seconds": 3.0}, {"images": 512, "clients": (1, 4, 16), "seconds": 15.0}),
 }
 
 
@@ -91,6 +93,10 @@ def run(*, quick: bool = False, model: str = "ViT-B-32:none", device: str = "cpu
             report["memory"] = memory_benchmark(model, work, SIZES["ingest"][size]["web"], SIZES["memory"][size], batch, workers, say)
         if "gpu" in sections:
             report["gpu"] = _gpu(work, quick, batch, workers, say)
+        if "serve" in sections:
+            from cbir.bench.serve import serve_benchmark
+
+            report["serve"] = serve_benchmark(model, device, work, **SIZES["serve"][size], say=say)
     report["seconds"] = time.perf_counter() - started
     return report
 

@@ -65,4 +65,11 @@ def render(report: dict) -> str:
                 parts.append("**faiss on the GPU**\n\n" + search_table(g["search"]))
             elif g.get("search"):
                 parts.append(f"faiss on the GPU: skipped ({g['search']['skipped']})")
+    if "serve" in report:
+        from cbir.bench.serve import serve_table
+
+        v = report["serve"]
+        parts.append(f"**cbir serve under load** ({v['images']} photos, {v['model']} on {v['device']}; each row "
+                     f"{v['seconds_each']:g} s of clients on 127.0.0.1 sharing the machine with the server)\n\n"
+                     + serve_table(v))
     return "\n\n".join(parts)

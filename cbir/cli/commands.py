@@ -419,7 +419,7 @@ def eval_zeroshot(templates, label, where, worst, as_json, library, model, devic
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="Small sizes: a few minutes (the full run takes about an hour on 2 cores).")
-@click.option("--only", metavar="SECTIONS", help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu (default: all).")
+@click.option("--only", metavar="SECTIONS", help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu, serve (default: all).")
 @click.option("--model", default="ViT-B-32:none", show_default=True, help="Model for the ingest sections (random weights: throughput does not depend on them).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|auto", help="Where the model runs (the gpu section always uses CUDA when present).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch (default: 32 on CPU, 256 on CUDA).")
@@ -440,6 +440,29 @@ def bench(quick, only, model, device, batch_size, workers, json_path):
     json_path.write_text(json_module.dumps(report, indent=2, default=str))
     click.echo(report_text(report))
     click.echo(f"\n(full report: {json_path})")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Any address but loopback needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one, printed).")
+@click.option("--token", envvar="CBIR_TOKEN", metavar="TOKEN", help="Secret every request must carry (Authorization: Bearer TOKEN, or open /?token=TOKEN once). [env: CBIR_TOKEN]")
+@click.option("--upload-limit", default="25MB", show_default=True, metavar="SIZE", help="Largest query image accepted.")
+@click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra); an error without one.")
+@library_options
+def serve(host, port, token, upload_limit, gpu, library, model, device):
+    """Search the library in a browser, or from other programs over HTTP (read-only).
+
+    \b
+    Examples:
+      cbir serve                                  then open http://127.0.0.1:8000/
+      cbir serve --port 9000 --library ~/photo-libs/large
+      CBIR_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe())') cbir serve --host 0.0.0.0
+    """
+    from cbir.index.types import parse_memory
+    from cbir.serve import serve as run
+
+    settings = resolve_settings(library=library, model=model, device=device, gpu=gpu)
+    run(settings, host=host, port=port, token=token or None, upload_limit=parse_memory(upload_limit), echo=click.echo)
 
 
 @cli.command("export")

@@ -4,6 +4,7 @@ kind, sharded, verified and repaired. The Library composes it; nothing here enco
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -17,12 +18,17 @@ class LibraryIndexes:
     """The image and text indexes of the library at ``library`` (files in ``folder``), derived
     from the vectors ``catalog`` stores."""
 
-    def __init__(self, catalog, library: Path, folder: Path, gpu: bool = False):
+    def __init__(self, catalog, library: Path, folder: Path, gpu: bool = False, follow: bool = False):
         self.catalog = catalog
         self.library = library
         self.folder = folder
         self.gpu = gpu  # search the loaded indexes on the GPU (checked usable by the caller)
+        # A long-lived reader (cbir serve) follows the generations other processes save: it
+        # reloads when a newer one appears, and serves the last saved one while an ingest runs.
+        self.follow = follow
         self._loaded: dict = {}  # name -> VectorIndex or ShardedIndex, loaded on first use
+        self._loading = threading.Lock()  # one load at a time; searches go on with what is loaded
+        self._manifest_seen: tuple | None = None  # (stat of manifest.json, saved vector versions)
 
     def forget(self) -> None:
         """Drop what is loaded: the next use reads (or rebuilds) the saved indexes."""
@@ -83,6 +89,9 @@ class LibraryIndexes:
 
         version, _ = self.stored(name)
         index, entry = generations.load(self.folder, name, self.catalog.dim, version)
+        if index is None and self.follow and entry and entry.vector_version < version and self._writer_busy():
+            # an ingest is committing batches: search its last saved index rather than rebuild
+            index, entry = generations.load(self.folder, name, self.catalog.dim, entry.vector_version)
         if index is None:
             index, build = self._rebuild_like(name, entry)
             builds = {name: build}
@@ -219,7 +228,50 @@ class LibraryIndexes:
 
     def get(self, name: str):
         index = self._loaded.get(name)
-        return index if index is not None else self.load(name, writer=False)
+        if index is None:
+            with self._loading:
+                index = self._loaded.get(name)
+                return index if index is not None else self.load(name, writer=False)
+        if self.follow and self._outdated(name, index) and self._loading.acquire(blocking=False):
+            try:  # other threads keep searching the loaded index while this one reloads
+                return self.load(name, writer=False)
+            finally:
+                self._loading.release()
+        return index
+
+    def _outdated(self, name: str, index) -> bool:
+        """Whether a newer ``name`` was saved, or the database moved past ``index`` with no
+        writer left to save it (an interrupted ingest): then it is loaded or rebuilt again."""
+        if self._saved_is_newer(name, index):
+            return True
+        return self.stored(name)[0] > (index.vector_version or 0) and not self._writer_busy()
+
+    def _saved_is_newer(self, name: str, index) -> bool:
+        """Whether the current generation holds a newer ``name`` than ``index`` (the manifest is
+        read again only when its file changed: a stat per search)."""
+        from cbir.index.generations import MANIFEST, read_manifest
+
+        try:
+            st = (self.folder / MANIFEST).stat()
+        except OSError:
+            return False
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._manifest_seen is None or self._manifest_seen[0] != key:
+            manifest = read_manifest(self.folder)
+            saved = {n: e.vector_version for n, e in manifest.indexes.items()} if manifest else {}
+            self._manifest_seen = (key, saved)
+        saved_version = self._manifest_seen[1].get(name)
+        return saved_version is not None and saved_version > (index.vector_version or 0)
+
+    def _writer_busy(self) -> bool:
+        """Whether another process holds the library's write lock (an ingest in progress)."""
+        try:
+            with writer_lock(self.library):
+                return False
+        except LibraryLocked:
+            return True
+        except (StorageError, OSError):  # a read-only library: nobody can be writing
+            return False
 
     def rebuild(self, kind: str = "auto", memory_bytes: int | None = None, gpu: bool | None = None) -> list:
         """Rebuild the indexes from the stored vectors, never re-encoding; ``kind`` (auto, flat,

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A query image given as bytes rather than a file (an upload to ``cbir serve``); decoded
+    with the same format and decompression-bomb checks as a file."""
+
+    data: bytes = field(repr=False)
+    name: str = "uploaded image"
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -14,7 +26,7 @@ class Query:
     file, an image already in the library (``like``), or an image or like plus text terms."""
 
     text: str | None = None
-    image: Path | None = None
+    image: Path | ImageData | None = None
     like: Path | None = None
 
     def __post_init__(self):
@@ -30,7 +42,7 @@ class Query:
 
         first = None
         if self.image is not None:
-            first = Term(1.0, image=str(self.image))
+            first = Term(1.0, image=self.image if isinstance(self.image, ImageData) else str(self.image))
         elif self.like is not None:
             first = Term(1.0, like=str(self.like))
         return parse_expression(self.text, first=first)

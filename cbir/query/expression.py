@@ -35,9 +35,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from cbir.errors import UsageError
+
+if TYPE_CHECKING:
+    from cbir.query import ImageData
 
 __all__ = ["Term", "Expression", "parse_expression", "expression_from_argv"]
 
@@ -55,7 +58,7 @@ class Term:
 
     weight: float = 1.0  # signed: a subtracted term has a negative weight
     text: str | None = None
-    image: str | None = None
+    image: str | ImageData | None = None  # a path, or bytes (cbir.query.ImageData)
     like: str | None = None
 
     def __post_init__(self):
@@ -74,6 +77,8 @@ class Term:
             object.__setattr__(self, "text", text)
         else:
             kind = "image" if self.image is not None else "like"
+            if not isinstance(getattr(self, kind), (str, os.PathLike)):
+                return  # image bytes (cbir.query.ImageData), not a path
             path = os.fspath(getattr(self, kind))
             if not path:
                 raise UsageError(f"empty {kind} path in query")
@@ -84,7 +89,7 @@ class Term:
         if self.text is not None:
             body = _quote(self.text)
         elif self.image is not None:
-            body = "image:" + _quote(self.image)
+            body = "image:" + _quote(str(self.image))
         else:
             body = "like:" + _quote(self.like)
         size = abs(self.weight)

@@ -51,6 +51,20 @@ class ImageInfo:
     taken: datetime | None = None  # what date filters and --sort date use
 
 
+@dataclass(frozen=True)
+class ImageFile:
+    """An image's file as stored: ``path`` is absolute; for a WebDataset sample it is the tar's
+    path followed by the member's name (``dataset`` starts with ``tar:``)."""
+
+    id: int
+    path: Path
+    size: int
+    content_hash: str
+    format: str
+    dataset: str | None
+    extra: dict
+
+
 @dataclass
 class ImageRecord:
     """A file's metadata as written by ingest."""
@@ -542,6 +556,19 @@ class Catalog:
                 )
                 for r in c.execute(query)
             }
+
+    def image_file(self, image_id: int) -> ImageFile | None:
+        """Where an image's bytes are and what they were when ingested (to serve them)."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                select(Image.root_id, Image.path, Image.size, Image.content_hash, Image.format, Image.dataset, Image.extra)
+                .where(Image.id == image_id)
+            ).one_or_none()
+        if row is None:
+            return None
+        extra = json.loads(row.extra) if row.extra else {}
+        return ImageFile(image_id, self.roots()[row.root_id] / row.path, row.size, row.content_hash,
+                         row.format, row.dataset, extra if isinstance(extra, dict) else {"value": extra})
 
     def captions(self, condition=None) -> tuple[np.ndarray, np.ndarray]:
         """(image ids, text ids) of every caption (a dataset's, or a caption file's) of the

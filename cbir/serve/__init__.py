@@ -1,0 +1,80 @@
+"""`cbir serve`: the library in a browser, and an HTTP API for other programs.
+
+The model and the indexes are loaded once, before the server answers. Request threads share the
+model through a BatchingEncoder; the indexes follow what an ingest running beside the server
+saves (cbir.index.manager), so searching goes on while photos are added.
+"""
+
+from __future__ import annotations
+
+from cbir.serve.security import check_binding, is_loopback
+
+__all__ = ["create_app", "open_for_serving", "serve", "check_binding", "is_loopback"]
+
+
+def create_app(*args, **kwargs):
+    from cbir.serve.app import create_app as create
+
+    return create(*args, **kwargs)
+
+
+def open_for_serving(settings):
+    """The library opened for many request threads, its model and indexes loaded now."""
+    from cbir.engine import Library
+    from cbir.index.vector_index import IMAGES, TEXTS
+    from cbir.serve.batcher import BatchingEncoder
+
+    library = Library.open(settings)
+    library.indexes.follow = True
+    library.wrap_encoder(BatchingEncoder)
+    if library.fingerprint:  # an empty library loads its model when images arrive
+        library.encoder
+        library.indexes.get(IMAGES)
+        if library.catalog.count_texts():
+            library.indexes.get(TEXTS)
+    return library
+
+
+def serve(settings, *, host: str, port: int, token: str | None, upload_limit: int, echo=print) -> None:
+    """Open the library, then serve it until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    check_binding(host, token)
+    listening = _bind(host, port)  # before loading anything: a busy port fails at once
+    library = open_for_serving(settings)
+    app = create_app(library, token=token, host=host, upload_limit=upload_limit)
+    port = listening.getsockname()[1]  # the one the system chose for --port 0
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
+    status = library.status()
+    echo(f"cbir serve: {status.images:,} images in {library.path} ({status.model}, {status.index_type} index)")
+    echo(f"open {url}{'?token=TOKEN' if token else ''} in a browser; API docs at {url}docs; Ctrl-C stops")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[listening])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on: stopping is normal
+        echo("cbir serve: stopped")
+    finally:
+        listening.close()
+        library.close()
+
+
+def _bind(host: str, port: int):
+    import socket
+
+    from cbir.errors import UsageError
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Connections accepted from a socket handed to uvicorn keep Nagle's algorithm unless the
+        # listening socket has it off: every keep-alive response then waited ~40 ms for an ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock

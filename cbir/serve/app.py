@@ -1,0 +1,249 @@
+"""The HTTP API and web page of `cbir serve`: the same planner as `cbir search`, read-only.
+
+    GET  /api/search?q=...&k=20&after=2019&folder=trips&explain=true   text -> image (or -> text)
+    POST /api/search/image   (multipart "file", same parameters)       uploaded image -> image
+    GET  /api/images/{id}/similar                                     library image -> image
+    GET  /api/images/{id}  ./thumbnail?size=320  ./original           metadata and files, by id
+    GET  /api/status                                                   the library and the server
+    GET  /   the web page; /docs and /openapi.json describe the API
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Path as PathParameter
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+import cbir
+from cbir.errors import CbirError, EmptyLibrary, LibraryLocked, UsageError
+from cbir.query import ImageData
+from cbir.serve.files import ImageFiles, ImageGone, Served
+from cbir.serve.security import LOOPBACK_NAMES, Guard
+
+log = logging.getLogger("cbir.serve")
+
+STATIC = Path(__file__).with_name("static")
+UPLOAD_LIMIT = 25_000_000  # bytes of an uploaded query image (cbir serve --upload-limit 25MB)
+MAX_K = 500
+MAX_OFFSET = 10_000
+MAX_QUERY_CHARS = 2_000
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the upload
+# The page loads nothing from elsewhere; /docs (Swagger UI from a CDN) is left out of this.
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+
+class TooLarge(UsageError):
+    """An upload over the limit."""
+
+
+STATUS_OF = {TooLarge: 413, UsageError: 400, ImageGone: 404, EmptyLibrary: 409, LibraryLocked: 503}
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """What `cbir search` takes besides the query itself, from the query string."""
+
+    q: str | None
+    k: int
+    explain: bool
+    options: dict = field(default_factory=dict)  # keyword arguments of Library.search
+
+
+def search_params(
+    q: Annotated[str | None, Query(max_length=MAX_QUERY_CHARS, description='Query text; may combine terms: "dog" + "snow" - "indoors". With an image: text added to it.')] = None,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="Results per page.")] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many results (paging).")] = 0,
+    target: Annotated[Literal["images", "text"], Query(description="Search images, or the library's texts.")] = "images",
+    mode: Annotated[Literal["semantic", "keyword", "hybrid"] | None, Query()] = None,
+    after: Annotated[str | None, Query(max_length=40, description="Taken on or after (2019, 2019-06, 2019-06-01).")] = None,
+    before: Annotated[str | None, Query(max_length=40, description="Taken before.")] = None,
+    folder: Annotated[list[str], Query(description="In this folder or below (repeat for any of several).")] = [],
+    camera: Annotated[list[str], Query(description="Camera contains this text (repeat for any of several).")] = [],
+    format: Annotated[list[str], Query(description="File format: jpeg, png, ... (repeat or comma-separate).")] = [],
+    tag: Annotated[list[str], Query(description="Has this label (repeat to require several).")] = [],
+    where: Annotated[str | None, Query(max_length=MAX_QUERY_CHARS, description='Filter expression, as cbir search --where: taken >= 2019-06-01 and camera ~ "Pixel".')] = None,
+    min_width: Annotated[int | None, Query(ge=1)] = None,
+    min_height: Annotated[int | None, Query(ge=1)] = None,
+    min_score: Annotated[float | None, Query(ge=-1, le=1, description="Only results with cosine similarity at least this.")] = None,
+    sort: Annotated[Literal["score", "date"], Query()] = "score",
+    dedup: Annotated[bool, Query(description="Collapse near-identical results.")] = False,
+    strategy: Annotated[Literal["auto", "ann", "exact-subset", "ann-post-filter"], Query()] = "auto",
+    nprobe: Annotated[int | None, Query(ge=1, le=65536)] = None,
+    ef: Annotated[int | None, Query(ge=1, le=65536)] = None,
+    explain: Annotated[bool, Query(description="Include the executed plan and its timings.")] = False,
+) -> SearchParams:
+    from cbir.query.filters import Filters, parse_date
+
+    filters = Filters(
+        after=parse_date(after)[0] if after else None,
+        before=parse_date(before)[0] if before else None,
+        folders=tuple(folder),
+        cameras=tuple(camera),
+        min_width=min_width,
+        min_height=min_height,
+        formats=tuple(f.strip() for value in format for f in value.split(",") if f.strip()),
+        tags=tuple(tag),
+        where=where or None,
+    )
+    index_params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef} if ef else {})}
+    options = dict(offset=offset, target="texts" if target == "text" else "images", mode=mode, filters=filters,
+                   min_score=min_score, sort=sort, dedup=dedup, strategy=strategy, index_params=index_params)
+    return SearchParams(q.strip() if q and q.strip() else None, k, explain, options)
+
+
+Params = Annotated[SearchParams, Depends(search_params)]
+ImageId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="An image id from a search result.")]
+
+
+def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", upload_limit: int = UPLOAD_LIMIT) -> Guard:
+    """The app for an open Library (searched from many threads: give it a BatchingEncoder, as
+    cbir.serve.serve does). With a token every request must carry it; without one only requests
+    addressed to this machine's loopback names are answered."""
+    app = FastAPI(
+        title="cbir",
+        version=cbir.__version__,
+        description="Search an image library by text, by example or by uploaded image. Read-only.",
+        max_body_size=upload_limit + FORM_OVERHEAD,
+    )
+    files = ImageFiles(library.catalog, library.path)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if not request.url.path.startswith(("/docs", "/redoc")):
+            response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+        return response
+
+    @app.exception_handler(CbirError)
+    @app.exception_handler(ImageGone)
+    async def known_error(_request: Request, e: Exception):
+        status = next((code for kind, code in STATUS_OF.items() if isinstance(e, kind)), 500)
+        return JSONResponse({"error": str(e), "type": type(e).__name__}, status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(_request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": problems, "type": "UsageError"}, 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, e: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}", "type": "InternalError"}, 500)
+
+    def run_search(params: SearchParams, echo: dict, **query) -> dict:
+        started = time.perf_counter()
+        results = library.search(params.q if not query else _added_text(params.q), k=params.k, **query, **params.options)
+        body = {
+            "query": echo,
+            "took_ms": round((time.perf_counter() - started) * 1000, 3),
+            "count": len(results),
+            "hits": [_hit_json(hit) for hit in results],
+        }
+        if params.explain:
+            body["plan"] = results.plan.as_dict()
+        return body
+
+    @app.get("/api/search", summary="Search by text (images, or texts with target=text)")
+    def search(params: Params) -> dict:
+        if params.q is None:
+            raise UsageError("give a query text: /api/search?q=...")
+        return run_search(params, {"text": params.q})
+
+    @app.post("/api/search/image", summary="Search by an uploaded image (optionally plus text)")
+    def search_by_image(params: Params, file: Annotated[UploadFile, File(description="The query image.")]) -> dict:
+        data = file.file.read(upload_limit + 1)
+        if len(data) > upload_limit:
+            raise TooLarge(f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)")
+        name = f"uploaded image {file.filename!r}" if file.filename else "uploaded image"
+        echo = {"image": file.filename or "upload", **({"text": params.q} if params.q else {})}
+        return run_search(params, echo, image=ImageData(data, name))
+
+    @app.get("/api/images/{image_id}/similar", summary="Images similar to a library image (optionally plus text)")
+    def similar(image_id: ImageId, params: Params) -> dict:
+        info = _image_info(image_id)
+        echo = {"like": image_id, **({"text": params.q} if params.q else {})}
+        return run_search(params, echo, like=info.path)
+
+    @app.get("/api/images/{image_id}", summary="An image's metadata and texts")
+    def image(image_id: ImageId) -> dict:
+        info = _image_info(image_id)
+        stored = library.catalog.image_file(image_id)
+        texts = [{"source": source, "text": text} for source, text in library.catalog.texts_of(image_id)]
+        return {**_hit_json(info), "texts": texts, "extra": stored.extra if stored else {}}
+
+    @app.get("/api/images/{image_id}/thumbnail", summary="A WebP thumbnail (160, 320, 640 or 1280 px)")
+    def thumbnail(image_id: ImageId, request: Request, size: Annotated[int, Query(ge=1, le=4096)] = 320) -> Response:
+        return _send(files.thumbnail(image_id, size), request)
+
+    @app.get("/api/images/{image_id}/original", summary="The image file as ingested")
+    def original(image_id: ImageId, request: Request) -> Response:
+        return _send(files.original(image_id), request)
+
+    @app.get("/api/status", summary="The library, its model and index, and the server")
+    def status() -> dict:
+        data = library.status().as_dict()
+        data.pop("skipped_files", None)
+        encoder = library.loaded_encoder
+        data["server"] = {
+            "version": cbir.__version__,
+            "upload_limit_bytes": upload_limit,
+            "token_required": token is not None,
+            "text_batches": dict(sorted(getattr(encoder, "batch_sizes", {}).items())),
+        }
+        return data
+
+    def _image_info(image_id: ImageId):
+        infos = library.catalog.images([image_id])
+        if image_id not in infos:
+            raise ImageGone(f"no image {image_id} in this library")
+        return infos[image_id]
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The guard wraps everything, so a request without the token (or for another host) reaches
+    # nothing at all; a body declared too large is refused before it is read, and one that turns
+    # out too large while streaming is cut off by FastAPI's max_body_size.
+    allowed = tuple(dict.fromkeys((*LOOPBACK_NAMES, host.lower())))
+    return Guard(app, token=token, allowed_hosts=allowed, max_body=upload_limit + FORM_OVERHEAD)
+
+
+def _added_text(text: str | None) -> str | None:
+    """Text given with an image query is added to it (the CLI's --image a.jpg + "in winter")."""
+    if text is None or text.lstrip().startswith(("+", "-")):
+        return text
+    return f"+ {text}"
+
+
+def _hit_json(hit) -> dict:
+    data = hit.as_dict() if hasattr(hit, "as_dict") else {
+        "id": hit.id, "path": str(hit.path), "width": hit.width, "height": hit.height, "format": hit.format,
+        "taken_at": hit.taken_at.isoformat() if hit.taken_at else None,
+        "taken": hit.taken.isoformat() if hit.taken else None, "camera": hit.camera,
+    }
+    data["thumbnail"] = f"/api/images/{hit.id}/thumbnail"
+    data["original"] = f"/api/images/{hit.id}/original"
+    return data
+
+
+def _send(served: Served, request: Request) -> Response:
+    headers = {
+        "ETag": served.etag,
+        # private: photos are personal; revalidated after a day (the ETag makes that cheap)
+        "Cache-Control": "private, max-age=86400" if served.cacheable else "no-cache",
+    }
+    if request.headers.get("if-none-match") == served.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(served.data, media_type=served.media_type, headers=headers)

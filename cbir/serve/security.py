@@ -1,0 +1,120 @@
+"""Who may talk to `cbir serve`.
+
+* Bound to a loopback address (the default), requests need no token, but their Host header
+  must name this machine: a web page elsewhere cannot reach the server through DNS rebinding.
+* Bound to any other address, a token (``--token`` or ``CBIR_TOKEN``) is required to start, and
+  every request must carry it: ``Authorization: Bearer TOKEN``, or the ``cbir_token`` cookie the
+  server sets when the page is first opened as ``/?token=TOKEN`` (image tags send no headers).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cbir.errors import UsageError
+
+COOKIE = "cbir_token"
+MIN_TOKEN_LENGTH = 16
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_binding(host: str, token: str | None) -> None:
+    """Refuse, before anything starts, to expose a library without a token (or with a weak one)."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise UsageError(
+            f"--token must be at least {MIN_TOKEN_LENGTH} characters; make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
+    if token is None and not is_loopback(host):
+        raise UsageError(
+            f"--host {host} lets other machines reach your photos: give a token with --token or "
+            "CBIR_TOKEN (python -c 'import secrets; print(secrets.token_urlsafe())'), or keep the "
+            "default --host 127.0.0.1"
+        )
+
+
+class Guard:
+    """ASGI middleware: the token check, or the Host check on a loopback-only server."""
+
+    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: tuple[str, ...], max_body: int):
+        self.app = app
+        self.token = token
+        self.allowed_hosts = allowed_hosts
+        self.max_body = max_body  # a declared larger body is refused before it is read
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await _refuse(scope, receive, send, 413, f"request body over the limit of {self.max_body:,} bytes")
+        if self.token is None:
+            host = _host_name(headers.get("host", ""))
+            if host not in self.allowed_hosts:
+                return await _refuse(scope, receive, send, 400, f"unexpected Host header {host!r}")
+            return await self.app(scope, receive, send)
+        query_token = _query_token(scope)
+        if query_token is not None and self._valid(query_token) and scope["path"] == "/":
+            # the page opened from the URL cbir printed: keep the token as a cookie, drop it from the URL
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        offered = _bearer(headers.get("authorization", "")) or _cookie(headers.get("cookie", ""), COOKIE) or query_token
+        if offered is None or not self._valid(offered):
+            reason = "this server needs a token" if offered is None else "wrong token"
+            return await _refuse(scope, receive, send, 401, f"{reason}: send Authorization: Bearer TOKEN, or open /?token=TOKEN")
+        return await self.app(scope, receive, send)
+
+    def _valid(self, offered: str) -> bool:
+        return secrets.compare_digest(offered.encode(), self.token.encode())
+
+
+async def _refuse(scope, receive, send, status: int, message: str) -> None:
+    kind = {401: "Unauthorized", 413: "TooLarge"}.get(status, "BadRequest")
+    response = JSONResponse({"error": message, "type": kind}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    await response(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value
+    return None
+
+
+def _query_token(scope: Scope) -> str | None:
+    from urllib.parse import parse_qs
+
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None
