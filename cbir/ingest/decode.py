@@ -140,6 +140,30 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _why(e: BaseException) -> str:
+    """An exception's message as one line (Pillow's are, mostly), never empty."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _header_error(data: bytes) -> str | None:
+    """Why Pillow refused a file that one of FORMATS claims by its signature (a corrupt or
+    unsupported variant, not "not an image"); None when none claims it."""
+    prefix = data[:16]  # what Image.open shows each plugin's accept()
+    for fmt in FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        claimed = accept(prefix) if accept else False
+        if not claimed or isinstance(claimed, str):
+            continue
+        try:  # again, to learn why: Image.open drops the plugin's exception
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                factory(io.BytesIO(data)).close()
+        except Exception as e:
+            return f"corrupt or unsupported {fmt} image: {_why(e)}"
+        return f"corrupt or unsupported {fmt} image"
+    return None
+
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -154,6 +178,7 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
     ``pixels=False`` reads only a JPEG's header and metadata (pixels None: decoded elsewhere)."""
     if not data:
         raise BadImage("empty file")
+    compression = None  # a TIFF's, for the reason when libtiff cannot decode it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -165,6 +190,8 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
                     "(possible decompression bomb)"
                 )
             fmt = (image.format or "unknown").lower()
+            if fmt == "tiff":
+                compression = image.info.get("compression")
             taken, camera, orientation = _exif_metadata(image)
             if not pixels and fmt == "jpeg":  # JPEG metadata sits in markers before the pixels
                 sideways = orientation in (5, 6, 7, 8)
@@ -185,11 +212,16 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
     except UnidentifiedImageError:
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and "HEIF" not in FORMATS:
             raise BadImage("HEIC/HEIF photo: unsupported without the pillow-heif plugin (pip install pillow-heif)") from None
-        raise BadImage("not an image (unrecognised format)") from None
+        raise BadImage(_header_error(data) or "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
-        raise BadImage(f"refused: {e}") from None
+        raise BadImage(f"refused: {_why(e)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise BadImage(f"corrupt or truncated image: {e}") from None
+        if compression not in (None, "raw") and str(e).startswith("decoder error"):  # libtiff's
+            raise BadImage(
+                f"corrupt or unsupported TIFF image: libtiff {e} on its {compression} compression "
+                "(corrupt data, or a codec this Pillow build lacks)"
+            ) from None
+        raise BadImage(f"corrupt or truncated image: {_why(e)}") from None
     except MemoryError:
         raise BadImage("image too large to decode in memory") from None
     if image.size[0] < 1 or image.size[1] < 1:
@@ -262,3 +294,35 @@ def init_worker(pp: Preprocess, known_hashes: frozenset, max_pixels: int, jpeg_e
 def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
     w = _worker
     return [decode_file(t, w["pp"], w["known"], w["max_pixels"], w["jpeg_elsewhere"]) for t in tasks]
+
+
+def display_image(data: bytes, longest_side: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image to show people (cbir serve's thumbnails): upright, RGB, at most ``longest_side``
+    pixels on its longest side, with the same format and decompression-bomb checks as ingest."""
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            w, h = image.size
+            if w * h > max_pixels:
+                raise BadImage(f"refused: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,} limit")
+            if image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (longest_side, longest_side))  # decode at 1/2..1/8 scale when enough
+            image.load()
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:
+                pass  # a broken orientation tag: show the pixels as stored
+            image = _to_rgb(image)
+            image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+            return image
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise BadImage(f"corrupt or truncated image: {e}") from None
+    except MemoryError:
+        raise BadImage("image too large to decode in memory") from None
