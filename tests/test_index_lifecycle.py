@@ -253,3 +253,25 @@ def test_post_filter_on_ivf_never_stops_short_of_the_matches(big_library):
     assert len(exact) == 10
     assert [h.id for h in forced] == [h.id for h in exact]
     assert "exact subset instead" in forced.plan.reason and forced.plan.strategy == "exact-subset"
+
+
+def test_an_index_copied_in_from_another_models_library_is_rebuilt(fake_library, photos):
+    """Same dimension, same files, same ids, another model: its index must not answer."""
+    import shutil
+
+    from cbir.index.generations import read_manifest
+
+    mine, theirs = fake_library("mine", FakeEncoder(seed=0)), fake_library("theirs", FakeEncoder(seed=1))
+    mine.ingest(photos)
+    theirs.ingest(photos)
+    query = photos / "a" / "img01.jpg"
+    expected = [(h.id, round(h.score, 5)) for h in mine.search(image=query, k=5)]
+    mine.close()
+    shutil.rmtree(mine.index_dir)
+    shutil.copytree(theirs.index_dir, mine.index_dir)
+    reopened = fake_library("mine", FakeEncoder(seed=0))
+    assert [(h.id, round(h.score, 5)) for h in reopened.search(image=query, k=5)] == expected
+    assert read_manifest(reopened.index_dir).model["weights"] == "seed0"  # rebuilt and saved as its own
+    assert not any(reopened.verify_index().values())
+    reopened.close()
+    theirs.close()

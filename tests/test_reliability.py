@@ -226,3 +226,40 @@ def test_a_library_that_cannot_be_written_is_a_one_line_error(fake_library, phot
     with pytest.raises(StorageError, match="cannot write .*write.lock"):
         lib.ingest(photos)
     assert lib.catalog.count_images() == 10 and len(lib.search("x", k=5)) == 5
+
+
+def test_a_file_edited_between_scan_and_read_is_stored_as_read_and_settled_next_run(fake_library, tmp_path, monkeypatch):
+    """The hash is taken from the very bytes that are decoded, so the stored vector always
+    matches the stored hash; the listing's older size and time make the next run look again,
+    find the content it already has, and only update them."""
+    import hashlib
+
+    import cbir.ingest.pipeline as pipeline
+    from tests.conftest import write_image
+
+    photos = tmp_path / "photos"
+    edited = write_image(photos / "edited.jpg", seed=1)
+    write_image(photos / "other.jpg", seed=2)
+    listed = pipeline.scan
+
+    def list_then_edit(*args, **kwargs):
+        result = listed(*args, **kwargs)
+        write_image(edited, seed=99, size=(90, 70))  # changed after the listing, before reading
+        return result
+
+    monkeypatch.setattr(pipeline, "scan", list_then_edit)
+    lib = fake_library()
+    assert lib.ingest(photos).added == 2
+    monkeypatch.setattr(pipeline, "scan", listed)
+    image_id = lib.catalog.image_at(edited)
+    record = lib.catalog.record_of(image_id)
+    assert record.content_hash == hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert (record.width, record.height) == (90, 70)  # the pixels are the edited file's
+    best = lib.search(image=edited, k=1)[0]
+    assert best.id == image_id and best.score > 0.999
+    again = lib.ingest(photos)
+    assert again.encoded == 0 and again.touched == 1  # same content: only size and time updated
+    assert lib.catalog.record_of(image_id).size == edited.stat().st_size
+    assert lib.ingest(photos).unchanged == 2
+    assert not any(lib.verify_index().values())
+    lib.close()

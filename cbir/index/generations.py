@@ -113,10 +113,11 @@ def _read(folder: Path, entry: Entry, name: str, dim: int, shard: int | None = N
     return VectorIndex(dim, name, entry.shard_spec(shard), faiss.read_index(str(folder / index_file)), dead)
 
 
-def load(root: Path, name: str, dim: int, vector_version: int):
+def load(root: Path, name: str, dim: int, vector_version: int, model: dict | None = None):
     """(index, manifest entry): the saved index ``name`` if the current generation holds it for
-    ``vector_version`` and ``dim``, else (None, the entry if any, to rebuild the index alike).
-    A sharded index comes back as a ShardedIndex."""
+    ``vector_version``, ``dim`` and (when given) the library's ``model`` fingerprint, else (None,
+    the entry if any, to rebuild the index alike). A sharded index comes back as a ShardedIndex."""
+    from cbir.encode.spec import same_model
     from cbir.index.sharded import Router, ShardedIndex
 
     for _ in range(3):  # a writer may remove the generation between reading and opening
@@ -124,6 +125,8 @@ def load(root: Path, name: str, dim: int, vector_version: int):
         entry = manifest.indexes.get(name) if manifest else None
         if entry is None or entry.vector_version != vector_version or entry.dim != dim:
             return None, entry
+        if model and not same_model(manifest.model or {}, model):
+            return None, entry  # another model's index (copied in from another library?)
         folder = root / manifest.folder
         try:
             if entry.sharding:

@@ -88,10 +88,11 @@ class LibraryIndexes:
         from cbir.index import generations
 
         version, _ = self.stored(name)
-        index, entry = generations.load(self.folder, name, self.catalog.dim, version)
+        model = self.catalog.model_fingerprint()
+        index, entry = generations.load(self.folder, name, self.catalog.dim, version, model)
         if index is None and self.follow and entry and entry.vector_version < version and self._writer_busy():
             # an ingest is committing batches: search its last saved index rather than rebuild
-            index, entry = generations.load(self.folder, name, self.catalog.dim, entry.vector_version)
+            index, entry = generations.load(self.folder, name, self.catalog.dim, entry.vector_version, model)
         if index is None:
             index, build = self._rebuild_like(name, entry)
             builds = {name: build}
