@@ -19,7 +19,7 @@ from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
 from cbir.index import generations
-from tests.conftest import count_images, write_image
+from tests.conftest import count_images, run_cbir, write_image
 
 DIM = 64
 
@@ -228,6 +228,40 @@ def test_a_library_that_cannot_be_written_is_a_one_line_error(fake_library, phot
     assert lib.catalog.count_images() == 10 and len(lib.search("x", k=5)) == 5
 
 
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A tmpfs mounted at tmp_path/ro, to be remounted read-only: a really read-only disk (root
+    ignores permission bits, not a read-only mount). Skipped where mounting is not allowed."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cbir-test", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_library_on_a_read_only_disk_is_searchable_and_refuses_changes(tmp_path, photos, read_only_mount):
+    """SQLite's WAL mode cannot open a database whose folder cannot hold its -shm file; cbir
+    opens it immutable instead. Searching, status and verify work; ingest and labels refuse
+    with one line; nothing changes."""
+    import shutil
+
+    library = read_only_mount / "lib"
+    assert run_cbir("ingest", str(photos), "--library", str(library), "--model", "cbir-tiny", "--device", "cpu").returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in library.rglob("*") if p.is_file()}
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
+    found = run_cbir("search", "a red circle", "--library", str(library), "--json", "-k", "3")
+    assert found.returncode == 0 and len(found.stdout.splitlines()) == 3, found.stderr
+    assert run_cbir("status", "--library", str(library)).returncode == 0
+    assert run_cbir("index", "verify", "--library", str(library)).returncode == 0
+    for args in (["ingest", str(photos)], ["label", "add", str(photos / "a" / "img01.jpg"), "x"]):
+        refused = run_cbir(*args, "--library", str(library))
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in library.rglob("*") if p.is_file()} == before
+    shutil.rmtree(library, ignore_errors=True)
+
+
 def test_a_file_edited_between_scan_and_read_is_stored_as_read_and_settled_next_run(fake_library, tmp_path, monkeypatch):
     """The hash is taken from the very bytes that are decoded, so the stored vector always
     matches the stored hash; the listing's older size and time make the next run look again,
@@ -235,7 +269,6 @@ def test_a_file_edited_between_scan_and_read_is_stored_as_read_and_settled_next_
     import hashlib
 
     import cbir.ingest.pipeline as pipeline
-    from tests.conftest import write_image
 
     photos = tmp_path / "photos"
     edited = write_image(photos / "edited.jpg", seed=1)

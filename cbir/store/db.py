@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 
@@ -19,7 +21,13 @@ def create_db_engine(db_path: Path, *, busy_timeout_ms: int = 30_000) -> Engine:
     foreign keys on, synchronous=FULL. Transactions of ``for_writing(engine)`` start with
     ``BEGIN IMMEDIATE``: they take the write lock up front instead of failing half-way with
     "database is locked"; reads start a plain ``BEGIN`` and never wait for a writer."""
-    engine = create_engine(f"sqlite:///{db_path}")
+    read_only = db_path.is_file() and not os.access(db_path.parent, os.W_OK)
+    if read_only:
+        # A WAL database needs its -shm file, which a read-only folder (or disk, or mount) cannot
+        # hold: open it immutable instead, so searching still works; writing fails cleanly.
+        engine = create_engine(f"sqlite:///file:{quote(str(db_path))}?mode=ro&immutable=1&uri=true")
+    else:
+        engine = create_engine(f"sqlite:///{db_path}")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -27,8 +35,9 @@ def create_db_engine(db_path: Path, *, busy_timeout_ms: int = 30_000) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
