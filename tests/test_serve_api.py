@@ -433,6 +433,9 @@ def test_searches_follow_an_ingest_in_another_library_handle(tmp_path):
         done.set()
     # the writer is gone without saving: the reader rebuilds from the stored vectors
     assert done.is_set() and len(reader.search("a red circle", k=50)) == 25
+    writer.rebuild_index("hnsw")  # same vectors, another kind: followed too
+    assert len(reader.search("a red circle", k=50)) == 25
+    assert reader.indexes.get("images").kind == "hnsw"
     writer.close()
     reader.close()
 

@@ -28,7 +28,8 @@ class LibraryIndexes:
         self.follow = follow
         self._loaded: dict = {}  # name -> VectorIndex or ShardedIndex, loaded on first use
         self._loading = threading.Lock()  # one load at a time; searches go on with what is loaded
-        self._manifest_seen: tuple | None = None  # (stat of manifest.json, saved vector versions)
+        self._files: dict = {}  # name -> the saved files (name -> sha256) loaded, None if built here
+        self._manifest_seen: tuple | None = None  # (stat of manifest.json, the manifest)
 
     def forget(self) -> None:
         """Drop what is loaded: the next use reads (or rebuilds) the saved indexes."""
@@ -93,6 +94,7 @@ class LibraryIndexes:
         if index is None and self.follow and entry and entry.vector_version < version and self._writer_busy():
             # an ingest is committing batches: search its last saved index rather than rebuild
             index, entry = generations.load(self.folder, name, self.catalog.dim, entry.vector_version, model)
+        files = entry.files if index is not None else None  # what was read, for follow
         if index is None:
             index, build = self._rebuild_like(name, entry)
             builds = {name: build}
@@ -102,10 +104,11 @@ class LibraryIndexes:
                 try:
                     with writer_lock(self.library):
                         if self.stored(name)[0] == version:
-                            self.save({name: index}, builds)
+                            files = self.save({name: index}, builds).indexes[name].files
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
         self._loaded[name] = self._bind(name, index)
+        self._files[name] = files
         return index
 
     def _bind(self, name: str, index):
@@ -241,28 +244,23 @@ class LibraryIndexes:
         return index
 
     def _outdated(self, name: str, index) -> bool:
-        """Whether a newer ``name`` was saved, or the database moved past ``index`` with no
-        writer left to save it (an interrupted ingest): then it is loaded or rebuilt again."""
-        if self._saved_is_newer(name, index):
-            return True
-        return self.stored(name)[0] > (index.vector_version or 0) and not self._writer_busy()
-
-    def _saved_is_newer(self, name: str, index) -> bool:
-        """Whether the current generation holds a newer ``name`` than ``index`` (the manifest is
-        read again only when its file changed: a stat per search)."""
+        """Whether another process saved a different ``name`` (an ingest, a rebuild as another
+        kind), or the database moved past ``index`` with no writer left to save it (an
+        interrupted ingest): then it is loaded, or rebuilt, again."""
         from cbir.index.generations import MANIFEST, read_manifest
 
         try:
             st = (self.folder / MANIFEST).stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
-            return False
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._manifest_seen is None or self._manifest_seen[0] != key:
-            manifest = read_manifest(self.folder)
-            saved = {n: e.vector_version for n, e in manifest.indexes.items()} if manifest else {}
-            self._manifest_seen = (key, saved)
-        saved_version = self._manifest_seen[1].get(name)
-        return saved_version is not None and saved_version > (index.vector_version or 0)
+            key = None
+        if self._manifest_seen is None or self._manifest_seen[0] != key:  # a stat per search
+            self._manifest_seen = (key, read_manifest(self.folder) if key else None)
+        manifest = self._manifest_seen[1]
+        saved = manifest.indexes.get(name) if manifest else None
+        if saved and saved.files != self._files.get(name) and saved.vector_version >= (index.vector_version or 0):
+            return True
+        return self.stored(name)[0] > (index.vector_version or 0) and not self._writer_busy()
 
     def _writer_busy(self) -> bool:
         """Whether another process holds the library's write lock (an ingest in progress)."""
