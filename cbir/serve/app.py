@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -111,7 +112,6 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
         title="cbir",
         version=cbir.__version__,
         description="Search an image library by text, by example or by uploaded image. Read-only.",
-        max_body_size=upload_limit + FORM_OVERHEAD,
     )
     files = ImageFiles(library.catalog, library.path)
 
@@ -128,17 +128,21 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
     @app.exception_handler(ImageGone)
     async def known_error(_request: Request, e: Exception):
         status = next((code for kind, code in STATUS_OF.items() if isinstance(e, kind)), 500)
-        return JSONResponse({"error": str(e), "type": type(e).__name__}, status)
+        return _error(str(e), type(e).__name__, status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, e: HTTPException):  # unknown paths, wrong methods
+        return _error(str(e.detail), e.detail.replace(" ", ""), e.status_code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(_request: Request, e: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in e.errors())
-        return JSONResponse({"error": problems, "type": "UsageError"}, 400)
+        return _error(problems, "UsageError", 400)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, e: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}", "type": "InternalError"}, 500)
+        return _error(f"internal error: {type(e).__name__}: {e}", "InternalError", 500)
 
     def run_search(params: SearchParams, echo: dict, **query) -> dict:
         started = time.perf_counter()
@@ -189,6 +193,9 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
     def original(image_id: ImageId, request: Request) -> Response:
         return _send(files.original(image_id), request)
 
+    for path, endpoint in (("/api/images/{image_id}/thumbnail", thumbnail), ("/api/images/{image_id}/original", original)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)  # caches and link checkers
+
     @app.get("/api/status", summary="The library, its model and index, and the server")
     def status() -> dict:
         data = library.status().as_dict()
@@ -208,16 +215,25 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
             raise ImageGone(f"no image {image_id} in this library")
         return infos[image_id]
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The guard wraps everything, so a request without the token (or for another host) reaches
-    # nothing at all; a body declared too large is refused before it is read, and one that turns
-    # out too large while streaming is cut off by FastAPI's max_body_size.
+    # nothing at all, and a body over the limit is refused (declared) or cut off (streamed).
     allowed = tuple(dict.fromkeys((*LOOPBACK_NAMES, host.lower())))
     return Guard(app, token=token, allowed_hosts=allowed, max_body=upload_limit + FORM_OVERHEAD)
+
+
+def _error(message: str, kind: str, status: int, headers=None) -> JSONResponse:
+    """An error as one line (what a client shows); a message with more lines (a --where
+    expression's caret under the problem) keeps them all in ``detail``."""
+    lines = message.splitlines() or [kind]
+    body = {"error": lines[0].removeprefix("--"), "type": kind}
+    if len(lines) > 1:
+        body["detail"] = message
+    return JSONResponse(body, status, headers=headers)
 
 
 def _added_text(text: str | None) -> str | None:

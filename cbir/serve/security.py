@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+from urllib.parse import parse_qsl, urlencode
 
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cbir.errors import UsageError
@@ -20,6 +21,9 @@ from cbir.errors import UsageError
 COOKIE = "cbir_token"
 MIN_TOKEN_LENGTH = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+TOKEN_PAGE = """<!doctype html><meta charset="utf-8"><title>cbir: token needed</title>
+<h1>cbir</h1><p>{reason}. Open the address <code>cbir serve</code> printed, which ends in
+<code>/?token=...</code>, or add <code>?token=YOUR_TOKEN</code> to this address.</p>"""
 
 
 def is_loopback(host: str) -> bool:
@@ -53,7 +57,7 @@ class Guard:
         self.app = app
         self.token = token
         self.allowed_hosts = allowed_hosts
-        self.max_body = max_body  # a declared larger body is refused before it is read
+        self.max_body = max_body  # request bodies are cut off past this many bytes (413)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # cbir has none: refused before any check could be missed
@@ -61,25 +65,58 @@ class Guard:
         if scope["type"] != "http":  # lifespan
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        too_large = f"request body over the limit of {self.max_body:,} bytes"
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
-            return await _refuse(scope, receive, send, 413, f"request body over the limit of {self.max_body:,} bytes")
+            return await _refuse(scope, receive, send, 413, too_large)
         if self.token is None:
             host = _host_name(headers.get("host", ""))
             if host not in self.allowed_hosts:
                 return await _refuse(scope, receive, send, 400, f"unexpected Host header {host!r}")
-            return await self.app(scope, receive, send)
-        query_token = _query_token(scope)
+            return await self._limited(scope, receive, send, too_large)
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        query_token = next((v for k, v in query if k == "token"), None)
         if query_token is not None and self._valid(query_token) and scope["path"] == "/":
             # the page opened from the URL cbir printed: keep the token as a cookie, drop it from the URL
-            response = RedirectResponse("/", status_code=303)
+            rest = urlencode([(k, v) for k, v in query if k != "token"])
+            response = RedirectResponse("/" + (f"?{rest}" if rest else ""), status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
             return await response(scope, receive, send)
         offered = _bearer(headers.get("authorization", "")) or _cookie(headers.get("cookie", ""), COOKIE) or query_token
         if offered is None or not self._valid(offered):
             reason = "this server needs a token" if offered is None else "wrong token"
+            if scope["path"] == "/" and "text/html" in headers.get("accept", ""):  # a person, in a browser
+                return await HTMLResponse(TOKEN_PAGE.format(reason=reason), 401)(scope, receive, send)
             return await _refuse(scope, receive, send, 401, f"{reason}: send Authorization: Bearer TOKEN, or open /?token=TOKEN")
-        return await self.app(scope, receive, send)
+        return await self._limited(scope, receive, send, too_large)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, too_large: str) -> None:
+        """Run the app, counting the body as it streams in (chunked uploads declare no length):
+        past the limit the app sees the client go away, and its answer is replaced by a 413."""
+        state = {"received": 0, "over": False, "started": False}
+
+        async def counted():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body:
+                    state["over"] = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message):
+            if state["over"]:
+                return  # the app's answer to a body cut short; the 413 goes out instead
+            state["started"] |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await _refuse(scope, receive, send, 413, too_large)
 
     def _valid(self, offered: str) -> bool:
         return secrets.compare_digest(offered.encode(), self.token.encode())
@@ -115,8 +152,3 @@ def _cookie(header: str, name: str) -> str | None:
     return None
 
 
-def _query_token(scope: Scope) -> str | None:
-    from urllib.parse import parse_qs
-
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return values[0] if values else None
