@@ -558,5 +558,6 @@ def demo(library, images, device, k):
     click.echo(
         f"\nText search found {found_total} of the {shown_total} exact matches it could show."
         f"\nTry your own: cbir search --library {settings.library} \"a green star on a pink background\""
+        f"\nIn a browser: cbir serve --library {settings.library}   (then open http://127.0.0.1:8000/)"
         f"\nWith real CLIP weights on your photos: cbir ingest ~/Pictures --model ViT-B-32:laion2b_s34b_b79k"
     )
