@@ -377,6 +377,42 @@ class Library:
         """(source, text) of every text a library image has: captions, descriptions, labels."""
         return self.catalog.texts_of(self._library_image(image))
 
+    # -- zero-shot labels, tags and duplicates (cbir.classify, cbir.duplicates) ------------------
+    def classify(self, images: Iterable[str | Path], labels: Iterable[str], *, templates: str = "ensemble",
+                 top: int = 5) -> list:
+        """Zero-shot labels of image files (in the library or not) with the library's model:
+        a :class:`cbir.classify.Classification` per file, best labels first."""
+        from cbir.classify import classify_files
+
+        return classify_files(self.encoder, list(images), list(labels), templates, top)
+
+    def tag(self, vocabulary: Iterable[str], *, templates: str = "ensemble", threshold: float = 0.2,
+            top: int = 5, min_similarity: float | None = None):
+        """Tag every image from its stored vector with the words of ``vocabulary`` whose
+        zero-shot probability is >= ``threshold`` (at most ``top``), replacing earlier tags;
+        a :class:`cbir.classify.TagReport`."""
+        from cbir.classify import tag_library
+
+        return tag_library(self, list(vocabulary), templates, threshold, top, min_similarity)
+
+    def clear_tags(self) -> int:
+        """Remove every tag (labels and captions stay); how many were removed."""
+        from cbir.classify import clear_tags
+
+        return clear_tags(self)
+
+    def tags_of(self, image: str | Path) -> list[tuple[str, float | None]]:
+        """(tag, score) of a library image's tags, best first."""
+        return self.catalog.tags_of(self._library_image(image))
+
+    def duplicates(self, *, copy: float = 0.98, near: float = 0.92, neighbours: int = 32):
+        """Groups of exact copies, resized/re-encoded copies (cosine >= ``copy``) and similar
+        shots (cosine >= ``near``) with a suggested keeper each; nothing is deleted. A
+        :class:`cbir.duplicates.DuplicateReport`."""
+        from cbir.duplicates import find_duplicates
+
+        return find_duplicates(self, copy, near, neighbours)
+
     def _change_texts(self, name: str, change) -> bool:
         with writer_lock(self.path):
             index = self.indexes.load(name, writer=True)

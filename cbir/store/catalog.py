@@ -116,6 +116,7 @@ class TextRecord:
     vector: np.ndarray
     origin_size: int | None = None
     origin_mtime_ns: int | None = None
+    score: float | None = None  # a tag's zero-shot probability (cbir tag)
 
 
 @dataclass
@@ -395,6 +396,49 @@ class Catalog:
                 return None
             version = _bump(c, TEXT_VERSION, True)
         return VectorChanges.of([], [], texts.remove_ids, version, self.dim or 0)
+
+    def replace_tags(self, tags: list[tuple[int, str, float]], vectors: dict[str, np.ndarray]) -> VectorChanges | None:
+        """Replace the tags (texts of source TAG) of every image by ``tags`` (image id, tag,
+        score; ``vectors[tag]`` its text embedding) in one transaction; labels, captions and
+        descriptions are untouched, tags of images gone meanwhile are dropped. None if nothing
+        was removed or added."""
+        now = _now()
+        with self._writer.begin() as c:
+            removed = c.execute(select(ImageText.id).where(ImageText.source == TAG)).scalars().all()
+            c.execute(delete(ImageText).where(ImageText.source == TAG))
+            existing = set(c.execute(select(Image.id)).scalars())
+            rows = [
+                dict(image_id=i, source=TAG, content=t, vector=_to_blob(vectors[t]), origin_size=None,
+                     origin_mtime_ns=None, added_at=now, score=float(s))
+                for i, t, s in tags
+                if i in existing
+            ]
+            if rows:
+                c.execute(insert(ImageText), rows)
+            added = c.execute(
+                select(ImageText.id, ImageText.content).where(ImageText.source == TAG).order_by(ImageText.id)
+            ).all()
+            if not removed and not added:
+                return None
+            version = _bump(c, TEXT_VERSION, True)
+        return VectorChanges.of(
+            [i for i, _ in added], [vectors[t] for _, t in added], removed, version, self.dim or 0
+        )
+
+    def tags_of(self, image_id: int) -> list[tuple[str, float | None]]:
+        """(tag, score) of an image's tags (cbir tag), best first."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(ImageText.content, ImageText.score)
+                .where(ImageText.image_id == image_id, ImageText.source == TAG)
+                .order_by(ImageText.score.desc(), ImageText.id)
+            ).all()
+        return [(content, score) for content, score in rows]
+
+    def content_hashes(self) -> dict[int, str]:
+        """image id -> content hash, for every image (copies share a hash)."""
+        with self.engine.connect() as c:
+            return {i: h for i, h in c.execute(select(Image.id, Image.content_hash))}
 
     def texts_of(self, image_id: int) -> list[tuple[str, str]]:
         """(source, content) of every text of an image, labels last."""
@@ -710,6 +754,7 @@ class _TextChanges:
                     origin_size=record.origin_size,
                     origin_mtime_ns=record.origin_mtime_ns,
                     added_at=now,
+                    score=record.score,
                 )
             ).inserted_primary_key[0]
             self.add_ids.append(text_id)

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -115,3 +116,5 @@ class ImageText(Base):
     origin_size: Mapped[int | None] = mapped_column(BigInteger)
     origin_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     added_at: Mapped[datetime] = mapped_column(DateTime)
+    # A tag's zero-shot probability over the vocabulary it came from (cbir tag); NULL otherwise.
+    score: Mapped[float | None] = mapped_column(Float)
