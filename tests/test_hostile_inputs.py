@@ -106,3 +106,33 @@ def test_the_cli_records_the_same_and_retries_on_request(hostile, tmp_path):
     assert first["skipped"] == len(BAD)
     out = run_cbir("ingest", str(hostile), "--library", library, "--retry-failed", "--json")
     assert out.returncode == 0 and __import__("json").loads(out.stdout)["skipped"] == len(BAD)
+
+
+def test_a_file_that_could_not_be_read_is_tried_again_next_run(fake_library, tmp_path, monkeypatch):
+    """Permission denied (simulated: the tests run as root, which ignores permissions) says
+    nothing about the content, unlike a corrupt file: the next run tries it again by itself."""
+    import builtins
+
+    from cbir.ingest import decode
+
+    photos = tmp_path / "photos"
+    locked = photos / "locked.jpg"
+    locked.parent.mkdir()
+    locked.write_bytes(_jpeg(1))
+    (photos / "broken.jpg").write_bytes(_jpeg(2)[:300])
+
+    def no_access(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "open", no_access, raising=False)
+    lib = fake_library()
+    first = lib.ingest(photos)
+    assert first.added == 0 and first.skipped == 2
+    assert dict((p.name, r) for p, r in lib.catalog.skipped())["locked.jpg"] == "unreadable: Permission denied"
+    monkeypatch.setattr(decode, "open", builtins.open)  # permissions fixed; the file is unchanged
+    second = lib.ingest(photos)
+    assert second.added == 1 and second.skipped == 0  # the corrupt one, unchanged, is not retried
+    assert [p.name for p, _ in lib.catalog.skipped()] == ["broken.jpg"]
+    lib.close()

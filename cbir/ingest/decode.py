@@ -49,6 +49,16 @@ _DATETIME = 306
 _MAKE, _MODEL, _ORIENTATION = 271, 272, 274
 
 
+# Reasons a file could not even be read. Unlike a bad image they say nothing about the content
+# (permissions fixed, a disk remounted): such a file is tried again on every run.
+VANISHED = "vanished before it could be read"
+UNREADABLE = "unreadable"
+
+
+def read_failed(reason: str) -> bool:
+    return reason == VANISHED or reason.startswith(UNREADABLE + ":")
+
+
 class BadImage(Exception):
     """The file cannot be used; the message is the reason recorded for it."""
 
@@ -247,10 +257,10 @@ def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pi
             else:
                 data = f.read()
     except FileNotFoundError:
-        result.error = "vanished before it could be read"
+        result.error = VANISHED
         return result
     except OSError as e:
-        result.error = f"unreadable: {e.strerror or e}"
+        result.error = f"{UNREADABLE}: {e.strerror or e}"
         return result
     result.content_hash = hashlib.sha256(data).hexdigest()
     result.read_seconds = time.perf_counter() - start

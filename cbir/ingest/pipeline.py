@@ -22,7 +22,7 @@ import numpy as np
 from cbir.encode.spec import TEXT_BATCH, Encoder, encode_texts_batched
 from cbir.errors import CbirError
 from cbir.index.vector_index import VectorIndex
-from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
+from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker, read_failed
 from cbir.ingest.scan import ScannedFile, ScanResult, scan
 from cbir.ingest.texts import SidecarError, read_sidecar
 from cbir.store.catalog import CAPTION, EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
@@ -165,7 +165,8 @@ def run_ingest(
         elif mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             report.unchanged += 1
             unchanged.append(f.path)
-        elif not retry_failed and f.path in skips and skips[f.path] == (f.size, f.mtime_ns):
+        elif not retry_failed and f.path in skips and skips[f.path][:2] == (f.size, f.mtime_ns) \
+                and not read_failed(skips[f.path][2]):
             report.unchanged += 1  # a known bad file that has not changed: not retried
         else:
             todo.append(FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset))
@@ -328,7 +329,7 @@ class _Captions:
             texts[(image_path, SIDECAR)] = []
             return
         name, size, mtime_ns = found
-        if self.skips.get(name) == (size, mtime_ns):
+        if self.skips.get(name, ())[:2] == (size, mtime_ns):
             return  # a known bad caption file that has not changed: not retried
         try:
             content = read_sidecar(self.root / name)

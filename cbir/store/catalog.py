@@ -254,12 +254,13 @@ class Catalog:
         with self.engine.connect() as c:
             return {row[0]: StoredFile(*row[1:]) for row in c.execute(query)}
 
-    def skips_under(self, root_id: int, scope: str = "") -> dict[str, tuple[int, int]]:
-        query = select(Skipped.path, Skipped.size, Skipped.mtime_ns).where(
+    def skips_under(self, root_id: int, scope: str = "") -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, reason) of the recorded skips under ``scope``."""
+        query = select(Skipped.path, Skipped.size, Skipped.mtime_ns, Skipped.reason).where(
             Skipped.root_id == root_id, self._in_scope(Skipped.path, scope)
         )
         with self.engine.connect() as c:
-            return {p: (s, m) for p, s, m in c.execute(query)}
+            return {p: (s, m, r) for p, s, m, r in c.execute(query)}
 
     def known_hashes(self) -> dict[str, int]:
         """content hash -> one image id holding it."""
