@@ -107,7 +107,7 @@ def filter_options(f):
         click.option("--min-width", type=click.IntRange(min=1), metavar="PX", help="At least this wide."),
         click.option("--min-height", type=click.IntRange(min=1), metavar="PX", help="At least this tall."),
         click.option("--format", "formats", multiple=True, metavar="FMT", help="File format: jpeg, png, webp, ... (repeat or comma-separate)."),
-        click.option("--tag", multiple=True, metavar="LABEL", help="Has this label (cbir label add); repeat to require several."),
+        click.option("--tag", multiple=True, metavar="LABEL", help="Has this label (cbir label add) or tag (cbir tag); repeat to require several."),
         click.option("--where", metavar="EXPR", help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).'),
     ]
     for option in reversed(options):
@@ -120,7 +120,7 @@ def filter_options(f):
 @click.option("--image", "image", type=str, help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
 @click.option("--like", "like", type=str, help="Find images similar to this image of the library (no model needed for it).")
 @click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (a query, or {\"image\": \"PATH\"}); - for stdin.")
-@click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels).")
+@click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels, tags).")
 @click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.")
 @filter_options
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")

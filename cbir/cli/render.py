@@ -77,7 +77,7 @@ def status_text(status) -> str:
         f"library   {status.library}",
         f"model     {model}",
         f"images    {status.images}",
-        f"texts     {status.texts}  (captions, descriptions, labels)",
+        f"texts     {status.texts}  (captions, descriptions, labels, tags)",
         f"skipped   {status.skipped}" + ("  (list: cbir status --skipped)" if status.skipped else ""),
         f"index     {status.index_type}, {status.index_vectors} vectors, "
         f"{human_bytes(status.index_bytes)}, {index_state}",
