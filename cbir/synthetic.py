@@ -27,6 +27,7 @@ __all__ = [
     "all_scenes",
     "random_scene",
     "render",
+    "render_located",
     "iter_gallery",
     "make_gallery",
 ]
@@ -141,6 +142,31 @@ def render(scene: Scene, rng: np.random.Generator,
     x0, y0 = (w - side) / 2, (h - side) / 2
     cx = x0 + float(rng.uniform(r, side - r))
     cy = y0 + float(rng.uniform(r, side - r))
+    return _paint(scene, rng, (w, h), cx, cy, r)[0]
+
+
+def render_located(scene: Scene, rng: np.random.Generator, size: tuple[int, int] = (256, 256),
+                   radius: tuple[float, float] = (20.0, 48.0)
+                   ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Render ``scene`` with a small shape (radius in pixels drawn from ``radius``) anywhere in
+    a ``size`` image; returns ``(image, box)``, ``box`` = ``(x0, y0, x1, y1)`` the shape's
+    bounding box in pixels (x1, y1 exclusive). For testing localisation (``cbir locate``)."""
+    if scene.colour not in COLOURS or scene.shape not in SHAPES or scene.background not in BACKGROUNDS:
+        raise ValueError(f"unknown scene: {scene!r}")
+    w, h = (int(v) for v in size)
+    r = float(rng.uniform(*radius))
+    if 2 * r >= min(w, h):
+        raise ValueError(f"radius {r:.1f} does not fit in {size!r}")
+    cx = float(rng.uniform(r, w - r))
+    cy = float(rng.uniform(r, h - r))
+    return _paint(scene, rng, (w, h), cx, cy, r)
+
+
+def _paint(scene: Scene, rng: np.random.Generator, size: tuple[int, int], cx: float, cy: float,
+           r: float) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Draw the shape at (cx, cy) with radius r (rotation, colours and noise from ``rng``);
+    returns the image and the shape's bounding box (x0, y0, x1, y1), x1/y1 exclusive."""
+    w, h = size
     angle = float(rng.uniform(0.0, 2 * math.pi))
     fg = _jitter(COLOURS[scene.colour], rng)
     bg = _jitter(BACKGROUNDS[scene.background], rng)
@@ -150,14 +176,19 @@ def render(scene: Scene, rng: np.random.Generator,
     draw = ImageDraw.Draw(img)
     if scene.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fg)
+        points = [(cx - r, cy - r), (cx + r, cy + r)]
     else:
-        draw.polygon(_polygon(scene.shape, cx, cy, r, angle), fill=fg)
+        points = _polygon(scene.shape, cx, cy, r, angle)
+        draw.polygon(points, fill=fg)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    box = (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))),
+           min(w, math.ceil(max(xs)) + 1), min(h, math.ceil(max(ys)) + 1))
 
     if sigma > 0:
         arr = np.asarray(img, dtype=np.float32)
         arr += rng.standard_normal(arr.shape, dtype=np.float32) * sigma
         img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
-    return img
+    return img, box
 
 
 def iter_gallery(n: int, seed: int, size: tuple[int, int] | None = None

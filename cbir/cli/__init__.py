@@ -119,3 +119,4 @@ def main() -> None:
 
 from cbir.cli import commands as _commands  # noqa: E402,F401  (registers the commands)
 from cbir.cli import library_tools as _library_tools  # noqa: E402,F401
+from cbir.cli import model_tools as _model_tools  # noqa: E402,F401

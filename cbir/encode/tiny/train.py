@@ -31,7 +31,6 @@ if __name__ == "__main__":
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cbir import finetune as _finetune
 from cbir.encode.tiny import CONFIG_DIR, MODEL_NAME, WEIGHTS
 from cbir.synthetic import all_scenes, iter_gallery, render
 
@@ -96,28 +96,9 @@ class SyntheticBatches(IterableDataset):
             yield make_batch(self.seed, step, self.batch_size, self.preprocess)
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-              logit_scale: torch.Tensor, scene_idx: torch.Tensor) -> torch.Tensor:
-    """Symmetric CLIP cross-entropy over the image-text similarity matrix.
-
-    Features are L2-normalised; ``logit_scale`` is already exponentiated. Pairs
-    showing the same scene count as positives (soft targets); with unique scenes
-    in the batch this is exactly the standard CLIP loss.
-    """
-    logits = logit_scale * image_features @ text_features.T
-    same = (scene_idx[:, None] == scene_idx[None, :]).float()
-    targets = same / same.sum(dim=1, keepdim=True)
-    loss_i = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
-    loss_t = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
-    return (loss_i + loss_t) / 2
-
-
-def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
+# The loss, the schedule and the optimizer groups are the fine-tuning trainer's (cbir.finetune);
+# re-exported here for compatibility.
+clip_loss, lr_at, _param_groups = _finetune.clip_loss, _finetune.lr_at, _finetune.param_groups
 
 
 @torch.no_grad()
@@ -198,26 +179,19 @@ def load(weights: str | Path = WEIGHTS, device: str = "cpu"):
     return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # Same split as open_clip's training code: no decay for gains, biases, logit_scale.
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
-
-
 def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e-3,
           weight_decay: float = 0.1, warmup: int = 50, workers: int = 1,
-          threads: int | None = None, progress: bool = True):
-    """Train a fresh model; returns ``(model, preprocess_val, tokenizer, last_loss)``."""
+          threads: int | None = None, progress: bool = True, steps_per_epoch: int | None = None,
+          state: str | Path | None = None, resume: bool = False):
+    """Train a fresh model with the fine-tuning trainer (:class:`cbir.finetune.Trainer`);
+    returns ``(model, preprocess_val, tokenizer, last_loss)``.
+
+    This script supplies only the synthetic batches, the from-scratch model and the
+    hyper-parameters. ``steps_per_epoch`` groups the steps into epochs, after each of which the
+    training state is saved to ``state`` (when given); ``resume`` continues from it. Neither
+    changes the result: batch ``step`` depends only on ``(seed, step)``.
+    """
     import open_clip
-    from tqdm import tqdm
 
     if threads:
         torch.set_num_threads(threads)
@@ -228,28 +202,33 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
     all_tokens = tokenizer([s.caption for s in _SCENES])
     model.train()
 
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr,
-                                  betas=(0.9, 0.98), eps=1e-6)
-    data = SyntheticBatches(seed, steps, batch_size, preprocess)
-    loader = DataLoader(data, batch_size=None, num_workers=workers,
-                        prefetch_factor=4 if workers > 0 else None,
-                        persistent_workers=False)
-    loss_value = float("nan")
-    bar = tqdm(loader, total=steps, disable=not progress, dynamic_ncols=True)
-    for step, (images, idx) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, warmup, lr)
-        image_features, text_features, logit_scale = model(images, all_tokens[idx])
-        loss = clip_loss(image_features, text_features, logit_scale, idx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        loss_value = loss.item()
-        bar.set_postfix(loss=f"{loss_value:.3f}", scale=f"{logit_scale.item():.1f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    bar.close()
+    trainer = _finetune.Trainer(model, _finetune.TrainConfig(
+        total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup), device="cpu")
+    per_epoch = steps_per_epoch or steps
+    epochs = -(-steps // per_epoch)
+    start_epoch = 0
+    if resume:
+        saved = torch.load(state, map_location="cpu", weights_only=False)
+        trainer.load_state_dict(saved["trainer"])
+        _finetune.set_rng_state(saved["rng"])
+        start_epoch = int(saved["epoch"])
+
+    def batches(epoch):
+        first, last = epoch * per_epoch, min(steps, (epoch + 1) * per_epoch)
+        loader = DataLoader(SyntheticBatches(seed, last, batch_size, preprocess, start=first),
+                            batch_size=None, num_workers=workers,
+                            prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+        for images, idx in loader:
+            yield images, all_tokens[idx], idx
+
+    def checkpoint(epoch):
+        if state is not None:
+            _finetune.save_atomic({"trainer": trainer.state_dict(), "rng": _finetune.rng_state(),
+                                   "epoch": epoch + 1}, Path(state))
+
+    loss_value = _finetune.fit(trainer, batches, epochs=epochs, steps_per_epoch=per_epoch,
+                               start_epoch=start_epoch, on_epoch_end=checkpoint,
+                               progress=progress, desc="cbir-tiny")
     model.eval()
     return model, preprocess, tokenizer, loss_value
 
@@ -277,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="DataLoader processes rendering batches (0 = main process)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="save the training state (--state) every this many steps")
+    p.add_argument("--state", default=None, help="training state file for checkpoints / --resume")
+    p.add_argument("--resume", action="store_true", help="continue from --state")
     p.add_argument("--eval-images", type=int, default=400)
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
     args = p.parse_args(argv)
@@ -287,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     model, preprocess, tokenizer, loss = train(
         steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, workers=args.workers,
-        threads=args.threads)
+        threads=args.threads, steps_per_epoch=args.steps_per_epoch, state=args.state,
+        resume=args.resume)
     train_s = time.perf_counter() - t0
     out = save_fp16(model, args.out)
     print(f"trained {args.steps} steps x {args.batch_size} in {train_s:.1f}s, final loss {loss:.4f}")

@@ -1,0 +1,144 @@
+"""`cbir locate` and `cbir finetune`: where a text is inside an image, and training a model on
+your own image-caption pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from cbir.cli import cli, debug_option, library_options
+from cbir.errors import UsageError
+
+
+def _encoder_for(library, model, device):
+    """The model to use: the library's when ``--library`` (or CBIR_LIBRARY) names one; else
+    ``--model`` (or CBIR_MODEL); else the default library's model when it exists; else cbir's
+    default model. Loaded on ``--device``."""
+    from cbir.config import DEFAULT_MODEL, resolve_settings
+    from cbir.encode import load_encoder
+    from cbir.store.db import library_db_path
+
+    settings = resolve_settings(library=library, model=model, device=device)
+    named = bool(library or os.environ.get("CBIR_LIBRARY"))
+    if named or (not settings.model and library_db_path(settings.library).is_file()):
+        from cbir.engine import Library
+
+        with Library.open(settings) as lib:
+            return lib.encoder
+    return load_encoder(settings.model or DEFAULT_MODEL, settings.device)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("text")
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write the PNG (heat map and box over the image); default: IMAGE_STEM.locate.png in the current folder.")
+@click.option("--windows", metavar="D,D,...", help="Window sides as divisors of the image's shorter side (default 3,4,6,8: 1/3 .. 1/8 of it); stride a quarter window.")
+@click.option("--json", "as_json", is_flag=True, help="Print the box and scores as JSON.")
+@library_options
+def locate(image, text, out, windows, as_json, library, model, device):
+    """Where TEXT is in IMAGE: slide windows of several sizes over it, score each crop against
+    the text with the model, and draw the relevance map and the best box.
+
+    \b
+      cbir locate photo.jpg "a butterfly"
+      cbir locate photo.jpg "a red car" --json --out car.png
+    """
+    from cbir.ingest.decode import MAX_PIXELS, BadImage, display_image
+    from cbir.locate import default_out, locate as run_locate, overlay, parse_windows
+
+    divisors = parse_windows(windows)
+    if not image.is_file():
+        raise UsageError(f"image not found: {image}")
+    try:
+        data = image.read_bytes()
+        picture = display_image(data, 1 << 30, MAX_PIXELS)  # upright RGB, full size
+    except OSError as e:
+        raise UsageError(f"cannot read {image}: {e.strerror or e}") from None
+    except BadImage as e:
+        raise UsageError(f"{image}: {e}") from None
+    out = out if out is not None else default_out(image)
+    if out.exists() and out.resolve() == image.resolve():
+        raise UsageError(f"--out {out} is the input image; choose another file")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: the picture is written as PNG; give a .png file name")
+    encoder = _encoder_for(library, model, device)
+    result = run_locate(encoder, picture, text, divisors)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        overlay(picture, result).save(out, "PNG")
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
+    if as_json:
+        click.echo(json.dumps({**result.as_dict(), "out": str(out)}))
+    else:
+        x0, y0, x1, y1 = result.box
+        click.echo(f"box {x0},{y0},{x1},{y1} (x0,y0,x1,y1 of {result.image_size[0]}x{result.image_size[1]}); "
+                   f"best window score {result.score:.3f}, whole image {result.whole_score:.3f}, "
+                   f"{result.windows} windows")
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--dataset", metavar="MANIFEST", help="Image-caption pairs: a .csv, .tsv, .jsonl or .parquet manifest (image paths relative to it).")
+@click.option("--model", metavar="NAME", help="Model to start from, e.g. ViT-B-32:laion2b_s34b_b79k, cbir-tiny, or ARCH:path/to/checkpoint.pt. [env: CBIR_MODEL]")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("finetuned.pt"), show_default=True, help="The fine-tuned checkpoint (load it with --model ARCH:OUT); the training state goes beside it as OUT_STEM.train.pt.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training pairs (default 5).")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Pairs per step; the loss contrasts them (default 64).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default 1e-5; AdamW, warmup then cosine).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay (default 0.1).")
+@click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps (default 10% of all steps).")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), help="Fraction of the images held out for evaluation (default 0.1).")
+@click.option("--seed", type=int, help="Seed of the held-out split and the batch order (default 0).")
+@click.option("--image-column", metavar="NAME", help="The manifest's image column (default: path, image, filepath, ...).")
+@click.option("--caption-column", metavar="NAME", help="The manifest's caption column (default: caption, text, ...).")
+@click.option("--workers", type=click.IntRange(min=0), help="Image decoding processes (default: up to 4; 0: in this process).")
+@click.option("--device", metavar="auto|cpu|cuda", help="Where to train; auto picks CUDA when present (fp16 autocast there). [env: CBIR_DEVICE]")
+@click.option("--resume", is_flag=True, help="Continue the run that writes --out from its last finished epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@debug_option
+def finetune(dataset, model, out, epochs, batch_size, lr, weight_decay, warmup, holdout, seed,
+             image_column, caption_column, workers, device, resume, as_json, quiet):
+    """Fine-tune a CLIP model on your image-caption pairs (contrastive CLIP loss), with a
+    held-out evaluation before and after and a checkpoint every epoch.
+
+    \b
+      cbir finetune --dataset pairs.csv --model ViT-B-32 --epochs 5 --out mine.pt
+      cbir finetune --out mine.pt --resume          continue a stopped run
+      cbir ingest photos --model ViT-B-32:mine.pt   use it
+    """
+    from cbir.config import resolve_settings
+    from cbir.finetune import finetune as run_finetune
+
+    settings = resolve_settings(model=model, device=device)
+    options = dict(dataset=dataset, model=settings.model, epochs=epochs, batch_size=batch_size, lr=lr,
+                   weight_decay=weight_decay, warmup=warmup, holdout=holdout, seed=seed,
+                   image_column=image_column, caption_column=caption_column)
+    if not resume and not dataset:
+        raise UsageError("--dataset MANIFEST is required: a .csv, .tsv, .jsonl or .parquet of image-caption pairs")
+    if not resume and not settings.model:
+        raise UsageError("--model is required: the model to start from, e.g. cbir-tiny or ViT-B-32")
+    log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    report = run_finetune(options, out, device=settings.device, workers=workers, resume=resume,
+                          progress=not quiet, log=log)
+    report.pop("encoder", None)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    before, after = report["before"], report["after"]
+
+    def line(name, m):
+        r = m["retrieval"]
+        return (f"{name}: held-out loss {m['loss']:.4f}; text->image R@1 {100 * r['text_to_image']['R@1']:.1f}% "
+                f"R@5 {100 * r['text_to_image']['R@5']:.1f}%; image->text R@1 {100 * r['image_to_text']['R@1']:.1f}%")
+
+    click.echo(line("before", before))
+    click.echo(line("after ", after))
+    skipped = report["skipped"]
+    if skipped["undecodable_pairs"]:
+        click.echo(f"skipped {skipped['undecodable_pairs']} pairs whose image could not be decoded")
+    click.echo(f"wrote {report['out']} ({report['steps']} steps in {report['train_seconds']:.0f}s); "
+               f"use it with --model {report['load_with']}")
