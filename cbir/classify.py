@@ -73,13 +73,6 @@ def logit_scale(encoder) -> float:
     """The model's learned logit scale (``exp(logit_scale)`` of an open_clip model, at most
     100), or 100 when the encoder has none."""
     value = getattr(encoder, "logit_scale", None)
-    if value is None:
-        parameter = getattr(getattr(encoder, "_model", None), "logit_scale", None)
-        if parameter is not None:
-            try:
-                value = math.exp(float(parameter.detach().float().cpu().item()))
-            except (AttributeError, TypeError, ValueError, RuntimeError, OverflowError):
-                value = None
     try:
         value = float(value)
     except (TypeError, ValueError):

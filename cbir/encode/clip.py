@@ -83,6 +83,13 @@ class OpenClipEncoder:
     def fingerprint(self) -> dict:
         return make_fingerprint(self.spec, self.dim, self.preprocess)
 
+    @property
+    def logit_scale(self) -> float | None:
+        """CLIP's learned temperature, exp(logit_scale): zero-shot probabilities are the
+        softmax of the cosine similarities times it (None for a model without one)."""
+        parameter = getattr(self._model, "logit_scale", None)
+        return None if parameter is None else float(parameter.detach().float().exp().cpu())
+
     def _autocast(self):
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
