@@ -1,7 +1,7 @@
 """Where a text is inside an image, from the relevance of image patches (any CLIP-like model).
 
-Square windows of several sizes (a fraction of the image's shorter side: 1/2, 1/3, 1/4 by
-default) slide over the image with a stride of a quarter window. Each crop is preprocessed as
+Square windows of several sizes (a fraction of the image's shorter side: 1/3, 1/4, 1/6 and 1/8
+by default) slide over the image with a stride of a quarter window. Each crop is preprocessed as
 the model's own inference transform does (``to_model_pixels``), encoded in bounded batches
 (``WINDOW_BATCH`` crops at a time) and scored against the text embedding (cosine).
 
@@ -243,13 +243,11 @@ def overlay(image: Image.Image, result: LocateResult, max_side: int = 1024, alph
 
 def _colormap(values: np.ndarray) -> np.ndarray:
     """A jet-like map: 0 blue, 0.5 green-yellow, 1 red; float [H, W, 3] in 0..255."""
-    v = values[..., None]
     anchors = np.array([0.0, 0.35, 0.65, 1.0])
     colours = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [230, 0, 0]], dtype=np.float32)
     out = np.empty(values.shape + (3,), dtype=np.float32)
     for channel in range(3):
         out[..., channel] = np.interp(values, anchors, colours[:, channel])
-    del v
     return out
 
 
