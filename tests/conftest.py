@@ -14,6 +14,8 @@ from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
 
 REPO = Path(__file__).resolve().parents[1]
+# CI sets this so that the Ray tests fail, rather than skip, when ray is not installed.
+REQUIRE_RAY = os.environ.get("CBIR_REQUIRE_RAY") == "1"
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +80,22 @@ def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=
         cwd=cwd,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster (2 CPUs, no dashboard, bound to 127.0.0.1) shared by every Ray
+    test of the session: starting one takes seconds. Skips when ray is not installed, unless
+    CBIR_REQUIRE_RAY=1 (CI), where that is a failure."""
+    try:
+        import ray
+    except ImportError:
+        if REQUIRE_RAY:
+            pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed: pip install 'cbir[ray]'")
+        pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+    # address="local": always a new cluster, never one a developer's RAY_ADDRESS points at
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
