@@ -1,7 +1,9 @@
 """The ingest pipeline: scan -> decode (worker processes) -> encode (batched) -> persist -> index.
 
-Every batch is committed to the database (metadata and vectors together) before the in-memory
-index sees it, so a run stopped at any moment resumes where it stopped on the next run."""
+Decode and encode form one pluggable stage (``Stage``): the local one here, or Ray's
+(cbir.distributed.ingest). Whatever runs it, this process alone commits: every batch goes to the
+database (metadata and vectors together) before the in-memory index sees it, so a run stopped at
+any moment resumes where it stopped on the next run."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections import defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,6 +33,15 @@ from cbir.timing import Timer
 Progress = Callable[[int, int], None]  # (files done, files to do)
 
 CHUNK = 16  # files per task sent to a decode worker
+MAX_CHANGES = 1000  # changes (moves, touches, skips, ...) committed together at most
+
+# A decoded file and its image vector; the vector is None when the file needed no model (its
+# content is already in the library) or could not be used (``Decoded.error``).
+Item = tuple[Decoded, "np.ndarray | None"]
+# Decode and encode: (files to read, content hashes the library holds, timer) -> batches of
+# items, each file once, in any order. The local engine's is LocalStage; Ray's is in
+# cbir.distributed.ingest.
+Stage = Callable[[list[FileTask], frozenset, Timer], Iterator[list[Item]]]
 
 
 @dataclass
@@ -107,6 +118,45 @@ def _worker_context():
     return multiprocessing.get_context("spawn")
 
 
+@dataclass
+class LocalStage:
+    """The local engine: decode in forked worker processes (``decode_stream``), encode here in
+    batches of ``batch_size``; with ``decode_device`` JPEGs are decoded there, batch by batch."""
+
+    encoder: Encoder
+    workers: int
+    batch_size: int
+    decode_device: str | None = None
+
+    def __call__(self, tasks: list[FileTask], known: frozenset, timer: Timer) -> Iterator[list[Item]]:
+        batch: list[Decoded] = []  # everything decoded since the last batch went out
+        to_encode = 0
+        elsewhere = self.decode_device is not None
+        for d in decode_stream(tasks, self.encoder.preprocess, known, self.workers, elsewhere):
+            batch.append(d)
+            if not d.error and (d.pixels is not None or d.jpeg is not None):
+                to_encode += 1
+            if to_encode >= self.batch_size or len(batch) >= MAX_CHANGES:
+                yield self._encode(batch, timer)
+                batch, to_encode = [], 0
+        if batch:
+            yield self._encode(batch, timer)
+
+    def _encode(self, batch: list[Decoded], timer: Timer) -> list[Item]:
+        if self.decode_device is not None and any(d.jpeg is not None for d in batch):
+            with timer("decode"):
+                _decode_jpegs(batch, self.encoder.preprocess, self.decode_device)
+        todo = [d for d in batch if not d.error and d.pixels is not None]
+        vectors: dict[int, np.ndarray] = {}
+        if todo:
+            with timer("encode"):
+                out = self.encoder.encode_images(_stack([d.pixels for d in todo], self.decode_device))
+            for d, vector in zip(todo, out):
+                vectors[id(d)] = vector
+                d.pixels = None  # encoded: the memory can go
+        return [(d, vectors.get(id(d))) for d in batch]
+
+
 def run_ingest(
     catalog: Catalog,
     index: VectorIndex,
@@ -122,12 +172,15 @@ def run_ingest(
     dataset: ScanResult | None = None,
     decode_device: str | None = None,
     retry_failed: bool = False,
+    stage: Stage | None = None,
 ) -> IngestReport:
     """Ingest the folder ``root / scope``, or with ``dataset`` the images a dataset lists under
     ``root`` (cbir.ingest.sources): folder scans and datasets each follow, and remove, only the
     images they added. ``decode_device`` (e.g. "cuda"): decode JPEGs there, in batches, instead
     of in the CPU workers (cbir.ingest.device_decode). Files recorded as skipped are retried
-    only once they change, or with ``retry_failed``."""
+    only once they change, or with ``retry_failed``. ``stage``: who decodes and encodes (default
+    a LocalStage of ``encoder``, ``workers``, ``batch_size`` and ``decode_device``); ``encoder``
+    still encodes the texts here."""
     started = time.perf_counter()
     report = IngestReport(root / scope if scope else root)
     timer = Timer(report.timings)
@@ -184,7 +237,7 @@ def run_ingest(
         if path not in skips:
             changes.skipped.append((path, 0, 0, reason))
             report.skipped += 1
-    pending: list[Decoded] = []
+    encoded = 0  # images with a vector in `changes`
     texts: dict[tuple[str, str], list[tuple[str, int | None, int | None]]] = {}
 
     def skip(d: Decoded) -> None:
@@ -195,30 +248,7 @@ def run_ingest(
             changes.removed.append(mine.id)
 
     def flush() -> None:
-        if decode_device is not None and any(d.jpeg is not None for d in pending):
-            with timer("decode"):
-                _decode_jpegs(pending, encoder.preprocess, decode_device)
-            for d in pending:
-                if d.error:
-                    skip(d)
-            pending[:] = [d for d in pending if not d.error]
-        if pending:
-            with timer("encode"):
-                vectors = encoder.encode_images(_stack([d.pixels for d in pending], decode_device))
-            report.encoded += len(pending)
-            for d, vector in zip(pending, vectors):
-                record = _record(d, entries[d.task.path])
-                mine = stored.get(d.task.path)
-                if mine:
-                    changes.replaced.append((mine.id, record, vector))
-                    report.updated += 1
-                else:
-                    changes.added.append((record, vector))
-                    report.added += 1
-                if d.texts or mine:  # a re-encoded file's old description goes
-                    texts[(d.task.path, EMBEDDED)] = [(t, None, None) for t in d.texts]
-                captions.queue(d.task.path, texts, changes, report)
-            pending.clear()
+        nonlocal encoded
         if texts:
             with timer("encode"):
                 changes.texts = _embed_texts(encoder, texts)
@@ -231,22 +261,39 @@ def run_ingest(
                 index.apply(applied.images)
                 text_index.apply(applied.texts)
             changes.__init__(root_id)
+        encoded = 0
 
-    done = 0
+    if stage is None:
+        stage = LocalStage(encoder, workers, batch_size, decode_device)
+    done: set[str] = set()
     if progress:
         progress(0, len(todo))
-    for d in decode_stream(todo, encoder.preprocess, frozenset(known), workers, decode_device is not None):
+    for d, vector in chain.from_iterable(stage(todo, frozenset(known), timer)):
+        path = d.task.path
+        if path in done:
+            continue  # delivered again by a stage that retried its work: committed once
+        done.add(path)
         report.timings["read"] += d.read_seconds
         report.timings["decode"] += d.decode_seconds
-        path = d.task.path
         mine = stored.get(path)
         if d.error:
             skip(d)
         else:
             if path in skips:
                 changes.unskipped.append(path)
-            if d.pixels is not None or d.jpeg is not None:
-                pending.append(d)
+            if vector is not None:
+                record = _record(d, entries[path])
+                if mine:
+                    changes.replaced.append((mine.id, record, vector))
+                    report.updated += 1
+                else:
+                    changes.added.append((record, vector))
+                    report.added += 1
+                report.encoded += 1
+                encoded += 1
+                if d.texts or mine:  # a re-encoded file's old description goes
+                    texts[(path, EMBEDDED)] = [(t, None, None) for t in d.texts]
+                captions.queue(path, texts, changes, report)
             elif mine and mine.content_hash == d.content_hash:
                 changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
                 report.touched += 1
@@ -265,15 +312,14 @@ def run_ingest(
                     changes.copied.append((_reuse(catalog, source, d, entries[path]), source))
                     report.copied += 1
                 captions.queue(path, texts, changes, report)
-        done += 1
-        if len(pending) >= batch_size or len(changes) >= 1000 or len(texts) >= TEXT_BATCH:
+        if encoded >= batch_size or len(changes) >= MAX_CHANGES or len(texts) >= TEXT_BATCH:
             flush()
         if progress:
-            progress(done, len(todo))
+            progress(len(done), len(todo))
     flush()
     for path in unchanged:
         captions.queue(path, texts, changes, report)
-        if len(texts) >= TEXT_BATCH or len(changes) >= 1000:
+        if len(texts) >= TEXT_BATCH or len(changes) >= MAX_CHANGES:
             flush()
 
     changes.removed.extend(s.id for s in gone.values())
