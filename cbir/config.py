@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -37,6 +37,9 @@ class Settings:
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decode processes; None: one per CPU core
     gpu: bool = False  # search the indexes on the GPU (faiss GPU)
+    # The catalogue in PostgreSQL (postgresql+psycopg://...), shared by many machines; None:
+    # SQLite in the library folder. Kept out of repr: it may hold a password.
+    database_url: str | None = field(default=None, repr=False)
 
     @property
     def model_for_new_library(self) -> str:
@@ -63,6 +66,7 @@ def resolve_settings(
     batch_size: int | None = None,
     workers: int | None = None,
     gpu: bool = False,
+    database_url: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     default_library_name: str = "default",
@@ -87,4 +91,13 @@ def resolve_settings(
         batch_size=_positive_int("batch size", pick(batch_size, "CBIR_BATCH_SIZE")),
         workers=_positive_int("workers", pick(workers, "CBIR_WORKERS")),
         gpu=bool(gpu),
+        database_url=_database_url(pick(database_url, "CBIR_DATABASE_URL")),
     )
+
+
+def _database_url(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from cbir.store.db import parse_database_url
+
+    return parse_database_url(text).render_as_string(hide_password=False)

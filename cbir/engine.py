@@ -34,7 +34,18 @@ from cbir.index.manager import LibraryIndexes
 from cbir.query import ImageData, Query
 from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Catalog, ImageInfo
-from cbir.store.db import create_db_engine, current_revision, head_revision, library_db_path, migrate
+from cbir.store.db import (
+    catalogue_writer_lock,
+    connection_error,
+    create_db_engine,
+    current_revision,
+    database_bytes,
+    describe,
+    head_revision,
+    is_postgresql,
+    library_db_path,
+    migrate,
+)
 from cbir.timing import Timer
 
 INDEX_DIR = "index"
@@ -119,30 +130,40 @@ class Library:
             resolve(True)  # a clear error now, not at the first search
         if path.exists() and not path.is_dir():
             raise UsageError(f"--library {path} is a file, not a library folder")
-        if not db_path.is_file():
-            if not create:
-                raise LibraryNotFound(
-                    f"no cbir library at {path}; create one with `cbir ingest PHOTOS_FOLDER` "
-                    "(or point --library / CBIR_LIBRARY at an existing library)"
-                )
+        shared = settings.database_url is not None  # the catalogue in PostgreSQL
+        if shared:
+            catalog, revision = _open_shared_catalogue(settings.database_url, create)
+        elif not db_path.is_file() and not create:
+            raise LibraryNotFound(
+                f"no cbir library at {path}; create one with `cbir ingest PHOTOS_FOLDER` "
+                "(or point --library / CBIR_LIBRARY at an existing library)"
+            )
+        # With a shared catalogue the folder still holds this machine's indexes and thumbnails.
+        if create or shared:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StorageError(f"cannot create library folder {path}: {e.strerror}") from e
-        catalog = Catalog(create_db_engine(db_path))
+        where = describe(catalog.engine) if shared else db_path
         try:
-            revision = current_revision(catalog.engine)
+            if not shared:
+                catalog = Catalog(create_db_engine(db_path))
+                revision = current_revision(catalog.engine)
             if revision != head_revision():
                 try:
                     migrate(catalog.engine)
                 except Exception as e:
                     raise LibraryCorrupt(
-                        f"cannot upgrade the library database {db_path} from schema {revision} "
+                        f"cannot upgrade the library database {where} from schema {revision} "
                         f"({e}); it may come from a newer cbir"
                     ) from e
             fingerprint = catalog.model_fingerprint()
+        except OperationalError as e:
+            if shared:  # the server went away meanwhile
+                raise connection_error(e, catalog.engine) from e
+            raise LibraryCorrupt(f"{where} is not a readable cbir library database ({e.orig})") from e
         except DatabaseError as e:
-            raise LibraryCorrupt(f"{db_path} is not a readable cbir library database ({e.orig})") from e
+            raise LibraryCorrupt(f"{where} is not a readable cbir library database ({e.orig})") from e
         library = cls(settings, catalog, encoder)
         if fingerprint:
             catalog.dim = fingerprint["dim"]
@@ -292,7 +313,7 @@ class Library:
 
             dataset = read_dataset(str(path), fmt, image_column=image_column, caption_column=caption_column)
             target = dataset.base.resolve()
-        with writer_lock(self.path):
+        with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
             encoder = self.encoder
             if self.fingerprint is None:
                 self.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
@@ -414,7 +435,7 @@ class Library:
         return find_duplicates(self, copy, near, neighbours)
 
     def _change_texts(self, name: str, change) -> bool:
-        with writer_lock(self.path):
+        with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
             index = self.indexes.load(name, writer=True)
             changes = change()
             if changes is None:
@@ -645,11 +666,14 @@ class Library:
         index_bytes = (
             manifest.file_bytes(self.index_dir, [f for e in entries.values() for f in e.files]) if manifest else 0
         )
-        db_bytes = sum(
-            p.stat().st_size
-            for p in self.path.glob(library_db_path(self.path).name + "*")
-            if p.is_file()
-        )
+        if is_postgresql(self.catalog.engine):
+            db_bytes = database_bytes(self.catalog.engine)
+        else:
+            db_bytes = sum(
+                p.stat().st_size
+                for p in self.path.glob(library_db_path(self.path).name + "*")
+                if p.is_file()
+            )
         text_version = self.catalog.text_version()
         return Status(
             library=self.path,
@@ -720,6 +744,24 @@ def _user_path(path: str | Path, option: str) -> Path:
     return Path(path).expanduser()
 
 
+def _open_shared_catalogue(url: str, create: bool) -> tuple[Catalog, str | None]:
+    """A PostgreSQL catalogue and its schema revision; one without cbir's schema is no library,
+    unless creating one (the migrations then create it)."""
+    catalog = Catalog(create_db_engine(url))
+    try:
+        revision = current_revision(catalog.engine)
+    except OperationalError as e:
+        catalog.engine.dispose()
+        raise connection_error(e, catalog.engine) from e
+    if revision is None and not create:
+        where = describe(catalog.engine)
+        catalog.engine.dispose()
+        raise LibraryNotFound(
+            f"no cbir library in the database {where}; create one with `cbir ingest PHOTOS_FOLDER --db URL`"
+        )
+    return catalog, revision
+
+
 def _database_error(e: OperationalError, library: Path) -> CbirError:
     message = str(e.orig)
     if "full" in message:
@@ -727,6 +769,6 @@ def _database_error(e: OperationalError, library: Path) -> CbirError:
             f"disk full while writing the library at {library}; everything committed before is "
             "kept: free some space and run the same command again"
         )
-    if "locked" in message:
+    if "locked" in message or "lock timeout" in message:
         return LibraryLocked(f"the library at {library} is busy (another process holds it)")
     return StorageError(f"database error in {library}: {message}")

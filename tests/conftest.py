@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
+from tests import postgres
 
 REPO = Path(__file__).resolve().parents[1]
 # CI sets this so that the Ray tests fail, rather than skip, when ray is not installed.
@@ -34,6 +36,44 @@ def write_image(path: Path, seed: int = 0, size=(64, 48), fmt: str | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, fmt, **save)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the session (started here, or CBIR_TEST_DATABASE_URL's): its
+    admin URL. Skips when PostgreSQL is not installed, unless CBIR_REQUIRE_POSTGRES=1 (CI)."""
+    reason = postgres.unavailable_reason()
+    if reason:
+        if postgres.REQUIRED:
+            pytest.fail(f"CBIR_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    with postgres.server() as url:
+        yield url
+
+
+def _databases(request):
+    """A function giving a new database URL at each call, all dropped at the end (None each
+    time for SQLite, whose database is the library folder's file)."""
+    if request.param == "sqlite":
+        yield lambda: None
+        return
+    server = request.getfixturevalue("postgres_server")
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(postgres.fresh_database(server))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """Each test twice: None (SQLite in the library folder), then a new PostgreSQL database."""
+    for new in _databases(request):
+        yield new()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def new_database(request):
+    """For module-scoped libraries: each test of the module twice, SQLite then PostgreSQL;
+    a call gives a library its own database (None: SQLite)."""
+    yield from _databases(request)
 
 
 @pytest.fixture
@@ -88,14 +128,12 @@ def ray_local():
     test of the session: starting one takes seconds. Skips when ray is not installed, unless
     CBIR_REQUIRE_RAY=1 (CI), where that is a failure."""
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         if REQUIRE_RAY:
             pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed: pip install 'cbir[ray]'")
         pytest.skip("ray is not installed (pip install 'cbir[ray]')")
-    # address="local": always a new cluster, never one a developer's RAY_ADDRESS points at
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    try:
+    from cbir.distributed.cluster import connected
+
+    with connected(None, num_cpus=2) as ray:  # cbir's own private cluster: new, on 127.0.0.1
         yield ray
-    finally:
-        ray.shutdown()

@@ -51,8 +51,8 @@ class Row:
     texts: tuple[tuple[str, str], ...] = ()
 
 
-def make_library(directory: Path, roots: dict[int, Path], rows: list[Row]):
-    engine = create_db_engine(directory / "library.db")
+def make_library(directory: Path, roots: dict[int, Path], rows: list[Row], database_url=None):
+    engine = create_db_engine(database_url or directory / "library.db")
     migrate(engine)
     with for_writing(engine).begin() as c:
         c.execute(insert(Root), [{"id": i, "path": str(p)} for i, p in roots.items()])
@@ -99,13 +99,13 @@ ALL = {r.id for r in SMALL}
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(tmp_path_factory, new_database):
     base = tmp_path_factory.mktemp("small")
     roots = {1: base / "photos", 2: base / "more"}
     for r in SMALL:
         (roots[r.root_id] / r.path).parent.mkdir(parents=True, exist_ok=True)
     (base / "elsewhere").mkdir()
-    engine = make_library(base, roots, SMALL)
+    engine = make_library(base, roots, SMALL, new_database())
     yield base, roots, engine
     engine.dispose()
 
@@ -473,11 +473,11 @@ ROWS = random_rows()
 
 
 @pytest.fixture(scope="module")
-def rand(tmp_path_factory):
+def rand(tmp_path_factory, new_database):
     base = tmp_path_factory.mktemp("random")
     (base / "cwd").mkdir()  # empty: no folder value names a directory here
     roots = {1: base / "r1", 2: base / "r2"}
-    engine = make_library(base, roots, ROWS)
+    engine = make_library(base, roots, ROWS, new_database())
     yield lambda text: matching(engine, Filters(where=text), roots, base / "cwd")
     engine.dispose()
 

@@ -30,7 +30,7 @@ def _unit(x):
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory):
+def library(tmp_path_factory, new_database):
     """A library of N images with random metadata and clustered random vectors (so near ties
     and near duplicates occur), a third of them with a caption, built straight in the catalog."""
     from cbir.config import resolve_settings
@@ -38,7 +38,8 @@ def library(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("planner")
     encoder = FakeEncoder(dim=16)
-    lib = Library.open(resolve_settings(library=base / "lib", env={}), create=True, encoder=encoder)
+    settings = resolve_settings(library=base / "lib", database_url=new_database(), env={})
+    lib = Library.open(settings, create=True, encoder=encoder)
     lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
     lib.catalog.dim = encoder.dim
     root_id, _ = lib.catalog.root_for(base / "photos")
@@ -238,13 +239,14 @@ SMALL_FILTERS = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def small_library(tmp_path_factory):
+def small_library(tmp_path_factory, new_database):
     from cbir.config import resolve_settings
     from cbir.engine import Library
 
     base = tmp_path_factory.mktemp("random-libraries")
     encoder = FakeEncoder(dim=4)
-    lib = Library.open(resolve_settings(library=base / "lib", env={}), create=True, encoder=encoder)
+    settings = resolve_settings(library=base / "lib", database_url=new_database(), env={})
+    lib = Library.open(settings, create=True, encoder=encoder)
     lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
     lib.catalog.dim = 4
     root_id, _ = lib.catalog.root_for(base / "photos")

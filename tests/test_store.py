@@ -15,8 +15,8 @@ from tests.conftest import REPO
 
 
 
-def test_migrations_produce_exactly_the_models(tmp_path):
-    engine = create_db_engine(tmp_path / "library.db")
+def test_migrations_produce_exactly_the_models(tmp_path, database_url):
+    engine = create_db_engine(database_url or tmp_path / "library.db")
     migrate(engine)
     assert current_revision(engine) == head_revision()
     with engine.connect() as connection:
@@ -25,12 +25,13 @@ def test_migrations_produce_exactly_the_models(tmp_path):
     assert diff == []
 
 
-def test_opening_an_older_library_upgrades_it(fake_library, photos):
-    lib = fake_library()
+def test_opening_an_older_library_upgrades_it(fake_library, photos, database_url):
+    lib = fake_library(database_url=database_url)
     lib.ingest(photos)
     downgrade(lib.catalog.engine, "base")
     assert current_revision(lib.catalog.engine) is None
-    reopened = fake_library()  # same folder
+    lib.close()
+    reopened = fake_library(database_url=database_url)  # same folder (and database)
     assert current_revision(reopened.catalog.engine) == head_revision()
 
 

@@ -67,8 +67,24 @@ debug_option = click.option(
 )
 
 
+DATABASE_KEY = "cbir.database_url"
+
+
+def _set_database(ctx: click.Context, _param, value: str | None) -> str | None:
+    if value:
+        ctx.meta[DATABASE_KEY] = value
+    return value
+
+
+def database_url() -> str | None:
+    """The --db of the running command (CBIR_DATABASE_URL is read by resolve_settings)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(DATABASE_KEY) if ctx is not None else None
+
+
 def library_options(f):
-    """--library, --model, --device (each also settable through CBIR_* variables)."""
+    """--library, --db, --model, --device (each also settable through CBIR_* variables). --db
+    reaches resolve_settings through database_url(), so commands need no parameter for it."""
     f = click.option(
         "--device",
         metavar="auto|cpu|cuda",
@@ -79,6 +95,15 @@ def library_options(f):
         metavar="NAME",
         help="Model for a new library, e.g. cbir-tiny or ViT-B-32:laion2b_s34b_b79k "
         "(see `cbir models`); an existing library keeps its own. [env: CBIR_MODEL]",
+    )(f)
+    f = click.option(
+        "--db",
+        metavar="URL",
+        expose_value=False,
+        callback=_set_database,
+        help="Keep the catalogue in PostgreSQL (postgresql+psycopg://USER:PASSWORD@HOST/DB), "
+        "shared by many machines; the library folder keeps indexes and thumbnails. Default: "
+        "SQLite in the library folder. [env: CBIR_DATABASE_URL]",
     )(f)
     f = click.option(
         "--library",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cbir.cli import cli, debug_option, library_options
+from cbir.cli import cli, database_url, debug_option, library_options
 from cbir.cli.render import (
     build_summary,
     echo_json,
@@ -23,7 +23,7 @@ from cbir.errors import UsageError
 def _open(create=False, **options):
     from cbir.engine import Library
 
-    return Library.open(resolve_settings(**options), create=create)
+    return Library.open(resolve_settings(database_url=database_url(), **options), create=create)
 
 
 class _Progress:
@@ -461,7 +461,7 @@ def serve(host, port, token, upload_limit, gpu, library, model, device):
     from cbir.index.types import parse_memory
     from cbir.serve import serve as run
 
-    settings = resolve_settings(library=library, model=model, device=device, gpu=gpu)
+    settings = resolve_settings(library=library, model=model, device=device, gpu=gpu, database_url=database_url())
     run(settings, host=host, port=port, token=token or None, upload_limit=parse_memory(upload_limit), echo=click.echo)
 
 

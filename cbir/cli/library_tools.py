@@ -7,7 +7,7 @@ import os
 
 import click
 
-from cbir.cli import cli, library_options  # noqa: F401  (commands below register on it)
+from cbir.cli import cli, database_url, library_options  # noqa: F401  (commands below register on it)
 from cbir.cli.render import echo_json, human_bytes
 from cbir.errors import UsageError
 
@@ -21,7 +21,7 @@ def _open(**options):
     from cbir.config import resolve_settings
     from cbir.engine import Library
 
-    return Library.open(resolve_settings(**options))
+    return Library.open(resolve_settings(database_url=database_url(), **options))
 
 
 def _classifier(library, model, device):
@@ -32,8 +32,8 @@ def _classifier(library, model, device):
     from cbir.engine import Library
     from cbir.store.db import library_db_path
 
-    settings = resolve_settings(library=library, model=model, device=device)
-    named = library or os.environ.get("CBIR_LIBRARY")
+    settings = resolve_settings(library=library, model=model, device=device, database_url=database_url())
+    named = library or os.environ.get("CBIR_LIBRARY") or settings.database_url
     if named or (not settings.model and library_db_path(settings.library).is_file()):
         lib = Library.open(settings)
         if lib.fingerprint is not None:

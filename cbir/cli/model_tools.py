@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cbir.cli import cli, debug_option, library_options
+from cbir.cli import cli, database_url, debug_option, library_options
 from cbir.errors import UsageError
 
 
@@ -21,8 +21,8 @@ def _encoder_for(library, model, device):
     from cbir.encode import load_encoder
     from cbir.store.db import library_db_path
 
-    settings = resolve_settings(library=library, model=model, device=device)
-    named = bool(library or os.environ.get("CBIR_LIBRARY"))
+    settings = resolve_settings(library=library, model=model, device=device, database_url=database_url())
+    named = bool(library or os.environ.get("CBIR_LIBRARY") or settings.database_url)
     if named or (not settings.model and library_db_path(settings.library).is_file()):
         from cbir.engine import Library
 

@@ -4,8 +4,8 @@ The --where language is parsed with lark into a small AST (``Compare``, ``Not``,
 whose ``str`` is canonical: ``parse_where(str(node)) == node``. Conditions are SQLAlchemy Core
 expressions in which every user value is a bound parameter.
 
-Text comparisons fold case with SQLite's ``lower()`` on both sides, so they are case-insensitive
-for ASCII letters only. Every condition is two-valued: a missing camera or date never matches
+Text comparisons fold case with ``lower()`` on both sides, so they are case-insensitive for ASCII
+letters only in SQLite (and in a PostgreSQL database of the C locale; others fold more). Every condition is two-valued: a missing camera or date never matches
 ``=``, ``~`` or ``in`` and always matches ``!=`` (``a != b`` is exactly ``not a = b``).
 """
 
@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 
 from cbir.errors import UsageError
 from cbir.store.models import Image, ImageText
+from cbir.store.sql import glob, json_number, json_text
 
 DATE_FORMS = "YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
 TAG_SOURCES = ("label", "tag")
@@ -455,9 +456,9 @@ def _compare(node: Compare, folders: _Folders) -> ColumnElement[bool]:
 
 
 def _extra_compare(key: str, op: str, values: tuple[str, ...]) -> ColumnElement[bool]:
-    """A comparison with one extra column (a JSON value, read with SQLite's json_extract):
-    numbers and true/false compare as numbers, anything else as text (= ignoring case)."""
-    column = func.json_extract(Image.extra, '$."' + key.replace('"', '""') + '"')
+    """A comparison with one extra column (a JSON value): numbers and true/false compare as
+    numbers, anything else as text (= ignoring case)."""
+    column = json_text(Image.extra, key)
     if op in ("is null", "is not null"):
         return column.is_(None) if op == "is null" else column.is_not(None)
     value = values[0]
@@ -465,7 +466,8 @@ def _extra_compare(key: str, op: str, values: tuple[str, ...]) -> ColumnElement[
         return _known(column, _like(column, _contains(value)))
     number = _json_number(value)
     if number is not None:
-        return and_(column.is_not(None), _COMPARE[op](column, number))
+        as_number = json_number(Image.extra, key)
+        return and_(as_number.is_not(None), _COMPARE[op](as_number, number))
     if op == "=":
         return and_(column.is_not(None), _same_text(column, value))
     return and_(column.is_not(None), _COMPARE[op](column, value))
@@ -520,10 +522,6 @@ def _has_text(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
     return Image.id.in_(select(_TEXTS.image_id).where(*conditions))
 
 
-def _glob(column, pattern: str) -> ColumnElement[bool]:
-    return column.op("GLOB", is_comparison=True)(pattern)
-
-
 def _glob_escape(text: str) -> str:
     return _GLOB_CHARS.sub(lambda m: f"[{m.group()}]", text)
 
@@ -563,7 +561,7 @@ class _Folders:
                 conditions.append(Image.root_id == root_id)
             elif directory.is_relative_to(root):
                 prefix = _glob_escape(directory.relative_to(root).as_posix())
-                conditions.append(and_(Image.root_id == root_id, _glob(Image.path, prefix + "/*")))
+                conditions.append(and_(Image.root_id == root_id, glob(Image.path, prefix + "/*")))
         if not conditions:
             known = ", ".join(str(r) for r in self.roots.values()) or "none yet"
             raise UsageError(
@@ -576,7 +574,7 @@ class _Folders:
         name = PurePosixPath(folder).as_posix()  # without trailing, doubled or "./" slashes
         # A name always matches literally ("a[1]"); one with wildcards also as a glob pattern.
         patterns = dict.fromkeys([_glob_escape(name), name])
-        return or_(*(_glob(Image.path, p) for n in patterns for p in (f"{n}/*", f"*/{n}/*")))
+        return or_(*(glob(Image.path, p) for n in patterns for p in (f"{n}/*", f"*/{n}/*")))
 
 
 # -- the filters of one search ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 
 from cbir.store.db import for_writing
 from cbir.store.models import Image, ImageText, Meta, Root, Skipped, Vector
+from cbir.store.sql import json_text, position
 
 VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes image vectors
 TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
@@ -526,7 +527,7 @@ class Catalog:
 
     def top_folders(self, ids: np.ndarray) -> list[str]:
         """For each image id: its root and top-level folder ("3:2019"; "3:" for files at the root)."""
-        rows = self._image_column(ids, Image.root_id, func.substr(Image.path, 1, func.instr(Image.path, "/") - 1))
+        rows = self._image_column(ids, Image.root_id, func.substr(Image.path, 1, position(Image.path, "/") - 1))
         return [f"{root}:{top}" for root, top in rows]
 
     def dates_taken(self, ids: np.ndarray) -> list[datetime]:
@@ -637,7 +638,7 @@ class Catalog:
         if column == "folder":
             label = Image.path
         elif column.startswith("extra.") and len(column) > 6:
-            label = func.json_extract(Image.extra, '$."' + column[6:].replace('"', '""') + '"')
+            label = json_text(Image.extra, column[6:])
         else:
             raise ValueError(f"not a label column: {column}")
         query = select(Image.id, label).where(label.is_not(None)).order_by(Image.id)

@@ -1,26 +1,68 @@
-"""Opening a library's database: SQLite pragmas, immediate write transactions, migrations."""
+"""Opening a library's database: SQLite in the library folder (pragmas, immediate write
+transactions) or a shared PostgreSQL catalogue (advisory locks), and migrations."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from cbir.errors import LibraryLocked, LibraryNotFound, StorageError, UsageError
 
 DB_FILENAME = "library.db"
+POSTGRESQL_DRIVER = "postgresql+psycopg"
+# Advisory lock keys (any constants, per database): one held by each write transaction, the
+# equivalent of SQLite's BEGIN IMMEDIATE; one held by a whole ingest or label change, the
+# equivalent across machines of the library folder's write.lock.
+WRITE_TRANSACTION_LOCK = 0x63626972_0001
+WRITER_LOCK = 0x63626972_0002
 
 
 def library_db_path(library: Path) -> Path:
     return library / DB_FILENAME
 
 
-def create_db_engine(db_path: Path, *, busy_timeout_ms: int = 30_000) -> Engine:
-    """An engine for a SQLite library file: WAL (readers never block the writer), a busy timeout,
-    foreign keys on, synchronous=FULL. Transactions of ``for_writing(engine)`` start with
-    ``BEGIN IMMEDIATE``: they take the write lock up front instead of failing half-way with
-    "database is locked"; reads start a plain ``BEGIN`` and never wait for a writer."""
+def parse_database_url(text: str) -> URL:
+    """A --db / CBIR_DATABASE_URL value as a psycopg URL; anything but PostgreSQL is refused."""
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise UsageError("--db: not a database URL; use postgresql+psycopg://USER:PASSWORD@HOST/DATABASE") from None
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
+        raise UsageError(
+            f"--db: unsupported database {url.drivername!r}; use postgresql+psycopg://USER:PASSWORD@HOST/DATABASE "
+            "(without --db the library keeps its catalogue in SQLite in the library folder)"
+        )
+    if not url.database:
+        raise UsageError(f"--db {safe_url(url)}: name the database, e.g. postgresql+psycopg://HOST/cbir")
+    return url.set(drivername=POSTGRESQL_DRIVER)
+
+
+def safe_url(url: URL | str) -> str:
+    """A database URL fit to print: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_db_engine(target: Path | str | URL, *, busy_timeout_ms: int = 30_000) -> Engine:
+    """An engine for a SQLite library file (a path) or a PostgreSQL catalogue (a URL)."""
+    if isinstance(target, str) and "://" in target:
+        target = parse_database_url(target)
+    if isinstance(target, URL):
+        return _postgresql_engine(target, busy_timeout_ms)
+    return _sqlite_engine(Path(target), busy_timeout_ms)
+
+
+def _sqlite_engine(db_path: Path, busy_timeout_ms: int) -> Engine:
+    """WAL (readers never block the writer), a busy timeout, foreign keys on, synchronous=FULL.
+    Transactions of ``for_writing(engine)`` start with ``BEGIN IMMEDIATE``: they take the write
+    lock up front instead of failing half-way with "database is locked"; reads start a plain
+    ``BEGIN`` and never wait for a writer."""
     read_only = db_path.is_file() and not os.access(db_path.parent, os.W_OK)
     if read_only:
         # A WAL database needs its -shm file, which a read-only folder (or disk, or mount) cannot
@@ -49,8 +91,77 @@ def create_db_engine(db_path: Path, *, busy_timeout_ms: int = 30_000) -> Engine:
     return engine
 
 
+def _postgresql_engine(url: URL, lock_timeout_ms: int) -> Engine:
+    """Pooled connections checked before use (a shared server restarts, idle connections are
+    cut). Transactions of ``for_writing(engine)`` first take a transaction-scoped advisory lock,
+    so writers run one at a time as with SQLite's BEGIN IMMEDIATE (waiting at most the lock
+    timeout); reads take no lock and never wait for a writer."""
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        if connection.get_execution_options().get("cbir_write", False):
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_TRANSACTION_LOCK})")
+
+    return engine
+
+
+def is_postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def describe(engine: Engine) -> str:
+    """Where the catalogue is, for messages (never with a password)."""
+    return safe_url(engine.url) if is_postgresql(engine) else str(engine.url.database)
+
+
+@contextmanager
+def catalogue_writer_lock(engine: Engine) -> Iterator[None]:
+    """For a PostgreSQL catalogue, which machines share: one writer (ingest, labels, tags) at a
+    time, held on a connection of its own for the whole command. (The library folder's
+    write.lock covers one machine; SQLite needs nothing more.)"""
+    if not is_postgresql(engine):
+        yield
+        return
+    # Autocommit: the held connection must not sit idle inside a transaction for the whole run.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        if not c.exec_driver_sql(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").scalar():
+            raise LibraryLocked(
+                f"another cbir process is writing to the catalogue {describe(engine)}; wait for it to finish"
+            )
+        try:
+            yield
+        finally:
+            c.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITER_LOCK})")
+
+
+def connection_error(e: OperationalError, engine: Engine):
+    """A failure to reach a PostgreSQL catalogue as one line: what libpq said, and where."""
+    reason = " ".join(line.strip() for line in str(e.orig).splitlines() if line.strip())
+    reason = reason.removeprefix("connection failed: ")
+    where = describe(engine)
+    if "does not exist" in reason and "database" in reason:
+        return LibraryNotFound(
+            f"no database {engine.url.database!r} on the PostgreSQL server of {where}; create it "
+            f"(createdb {engine.url.database}) and run `cbir ingest PHOTOS_FOLDER --db URL`"
+        )
+    return StorageError(f"cannot reach the catalogue {where}: {reason}")
+
+
+def database_bytes(engine: Engine) -> int:
+    """PostgreSQL: the bytes of cbir's tables with their indexes and TOAST."""
+    with engine.connect() as c:
+        return int(c.exec_driver_sql(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+            "AND n.nspname = current_schema() AND c.relname IN "
+            "('meta', 'roots', 'images', 'vectors', 'skipped', 'texts', 'alembic_version')"
+        ).scalar_one())
+
+
 def for_writing(engine: Engine) -> Engine:
-    """The same engine, whose transactions take SQLite's write lock when they begin."""
+    """The same engine, whose transactions take the write lock when they begin."""
     return engine.execution_options(cbir_write=True)
 
 

@@ -22,12 +22,14 @@ class Base(DeclarativeBase):
     pass
 
 
-FTS_TABLE = "texts_fts"  # FTS5 over texts.content; raw SQL in migration 0002, not a model
+# The keyword index over texts.content: raw SQL in migration 0002, not a model. SQLite: an FTS5
+# table (with shadow tables); PostgreSQL: a GIN index of that name on texts.
+FTS_TABLE = "texts_fts"
 
 
 def is_modelled(name: str | None, type_: str, _parent_names=None) -> bool:
-    """For Alembic's include_name: the FTS5 table and its shadow tables are not models."""
-    return not (type_ == "table" and name is not None and name.startswith(FTS_TABLE))
+    """For Alembic's include_name: the keyword index's tables and index are not models."""
+    return not (type_ in ("table", "index") and name is not None and name.startswith(FTS_TABLE))
 
 
 class Meta(Base):
