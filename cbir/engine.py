@@ -171,6 +171,7 @@ class Library:
         return library
 
     def close(self) -> None:
+        self.indexes.close()
         self.catalog.engine.dispose()
 
     def __enter__(self):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cbir.cli import cli, database_url, debug_option, library_options
+from cbir.cli.engine_options import ray_options, search_engine_options, use_engine
 from cbir.cli.render import (
     build_summary,
     echo_json,
@@ -134,6 +135,7 @@ def filter_options(f):
 @click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra; flat and IVF kinds); an error without one.")
 @click.option("--explain", is_flag=True, help="Print the plan: strategy and why, candidates, time per stage.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per result (and the plan, with --explain).")
+@search_engine_options
 @library_options
 def search(query, image, like, batch, target, mode, after, before, folder, camera, min_width, min_height, formats, tag, where, k, offset, min_score, sort, dedup, strategy, nprobe, ef, gpu, explain, as_json, library, model, device):
     """Search the library by text (QUERY), by example (--image, --like) or many at once (--batch).
@@ -177,7 +179,9 @@ def search(query, image, like, batch, target, mode, after, before, folder, camer
         tags=tuple(tag),
         where=where,
     )
+    engine = ray_options()
     with _open(library=library, model=model, device=device, gpu=gpu) as lib:
+        use_engine(lib, engine)
         results = lib.search_many(
             [q for _, q in items],
             k=k,
@@ -448,6 +452,7 @@ def bench(quick, only, model, device, batch_size, workers, json_path):
 @click.option("--token", envvar="CBIR_TOKEN", metavar="TOKEN", help="Secret every request must carry (Authorization: Bearer TOKEN, or open /?token=TOKEN once). [env: CBIR_TOKEN]")
 @click.option("--upload-limit", default="25MB", show_default=True, metavar="SIZE", help="Largest query image accepted.")
 @click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra); an error without one.")
+@search_engine_options
 @library_options
 def serve(host, port, token, upload_limit, gpu, library, model, device):
     """Search the library in a browser, or from other programs over HTTP (read-only).
@@ -457,12 +462,14 @@ def serve(host, port, token, upload_limit, gpu, library, model, device):
       cbir serve                                  then open http://127.0.0.1:8000/
       cbir serve --port 9000 --library ~/photo-libs/large
       CBIR_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe())') cbir serve --host 0.0.0.0
+      cbir serve --engine ray --address auto --shards-per-actor 2
     """
     from cbir.index.types import parse_memory
     from cbir.serve import serve as run
 
     settings = resolve_settings(library=library, model=model, device=device, gpu=gpu, database_url=database_url())
-    run(settings, host=host, port=port, token=token or None, upload_limit=parse_memory(upload_limit), echo=click.echo)
+    run(settings, host=host, port=port, token=token or None, upload_limit=parse_memory(upload_limit), echo=click.echo,
+        ray=ray_options())
 
 
 @cli.command("export")

@@ -30,10 +30,20 @@ class LibraryIndexes:
         self._loading = threading.Lock()  # one load at a time; searches go on with what is loaded
         self._files: dict = {}  # name -> the saved files (name -> sha256) loaded, None if built here
         self._manifest_seen: tuple | None = None  # (stat of manifest.json, the manifest)
+        # Serves what readers load from elsewhere (cbir.distributed.search.RayEngine): its
+        # wrap(name, index, files) returns the index searches use; writers keep the local one.
+        self.serving = None
 
     def forget(self) -> None:
         """Drop what is loaded: the next use reads (or rebuilds) the saved indexes."""
         self._loaded.clear()
+
+    def close(self) -> None:
+        """Stop serving elsewhere (the Ray actors), if anything does."""
+        serving, self.serving = self.serving, None
+        if serving is not None:
+            serving.close()
+            self.forget()
 
     def stored(self, name: str) -> tuple[int, object]:
         """(current version, chunks of stored vectors) behind the index ``name``."""
@@ -107,8 +117,13 @@ class LibraryIndexes:
                             files = self.save({name: index}, builds).indexes[name].files
                 except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
                     pass  # searching works from memory; the writer will save it
-        self._loaded[name] = self._bind(name, index)
         self._files[name] = files
+        index = self._bind(name, index)
+        # Each generation a reader loads is handed on here, so a serving copy follows it too;
+        # a writer changes the local index.
+        if self.serving is not None and not writer:
+            index = self.serving.wrap(name, index, files)
+        self._loaded[name] = index
         return index
 
     def _bind(self, name: str, index):

@@ -132,12 +132,7 @@ class ShardedIndex:
 
     def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every shard's top-k, in parallel, merged into the overall top-k (ties by id)."""
-        parts = list(_pool().map(lambda s: s.search(queries, k, params), self.shards))
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        scores = np.where(ids >= 0, scores, -np.inf)
-        order = np.lexsort((ids, -scores), axis=-1)[:, :k]  # row by row: best score, then id
-        return np.take_along_axis(scores, order, axis=1).astype(np.float32), np.take_along_axis(ids, order, axis=1)
+        return merge_top_k(list(_pool().map(lambda s: s.search(queries, k, params), self.shards)), k)
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [s.vectors(ids) for s in self.shards]
@@ -146,3 +141,13 @@ class ShardedIndex:
         position = {int(i): n for n, i in enumerate(np.asarray(ids).tolist())}
         order = np.argsort([position[int(i)] for i in found], kind="stable")
         return found[order], vectors[order]
+
+
+def merge_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The overall top-k of per-shard (scores, ids) results, row by row: best score, then id;
+    padding (id -1) scores -inf and comes last."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1).astype(np.float32), np.take_along_axis(ids, order, axis=1)

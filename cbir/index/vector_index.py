@@ -156,7 +156,7 @@ class VectorIndex:
         merged = {**self.spec.params, **(params or {})}
         rerank = merged.pop("rerank", 0) if self.exact_source is not None else 0
         if rerank > 1:
-            return self._reranked(queries, k, rerank, merged)
+            return rerank_exactly(queries, self._search(queries, k * rerank, merged)[1], k, self.exact_source)
         if not len(self._dead):
             return self._search(queries, k, merged)
         # Search the graph directly so the selector sees internal rows, then map rows to ids.
@@ -166,18 +166,15 @@ class VectorIndex:
         id_map = self._id_map()
         return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
 
-    def _reranked(self, queries: np.ndarray, k: int, rerank: int, params: dict):
-        """IVF-PQ: ``rerank`` x k candidates by compressed codes, re-scored with their exact
-        vectors from ``exact_source``; the best k of those, ties by id."""
-        _, candidates = self._search(queries, k * rerank, params)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
-        for row, (query, found) in enumerate(zip(queries, candidates)):
-            found_ids, vectors = self.exact_source(found[found >= 0])
-            exact = vectors @ query
-            order = np.lexsort((found_ids, -exact))[:k]
-            scores[row, : len(order)], ids[row, : len(order)] = exact[order], found_ids[order]
-        return scores, ids
+    def rerank_candidates(self, queries: np.ndarray, k: int, params: dict | None = None) -> np.ndarray | None:
+        """IVF-PQ re-ranked by someone else (a Ray actor has no database): the ``rerank`` x k
+        candidate ids by compressed codes, for ``rerank_exactly``; None when this search would
+        not re-rank."""
+        merged = {**self.spec.params, **(params or {})}
+        rerank = merged.pop("rerank", 0)
+        if rerank <= 1:
+            return None
+        return self._search(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32), k * rerank, merged)[1]
 
     def _search(self, queries: np.ndarray, k: int, params: dict):
         """faiss search with ``params``: on the GPU copy when searching on the GPU and the call is
@@ -233,3 +230,16 @@ class VectorIndex:
                 continue
             found.append(int(i))
         return np.asarray(found, dtype=np.int64), (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
+
+
+def rerank_exactly(queries: np.ndarray, candidates: np.ndarray, k: int, exact_source) -> tuple[np.ndarray, np.ndarray]:
+    """IVF-PQ: candidates found by compressed codes, re-scored with their exact vectors from
+    ``exact_source``; the best k of those, ties by id."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found_ids, vectors = exact_source(found[found >= 0])
+        exact = vectors @ query
+        order = np.lexsort((found_ids, -exact))[:k]
+        scores[row, : len(order)], ids[row, : len(order)] = exact[order], found_ids[order]
+    return scores, ids

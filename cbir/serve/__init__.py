@@ -18,36 +18,49 @@ def create_app(*args, **kwargs):
     return create(*args, **kwargs)
 
 
-def open_for_serving(settings):
-    """The library opened for many request threads, its model and indexes loaded now."""
+def open_for_serving(settings, ray=None):
+    """The library opened for many request threads, its model and indexes loaded now; with
+    ``ray`` (cbir.distributed.search.RayOptions) the image index is served by Ray actors."""
     from cbir.engine import Library
     from cbir.index.vector_index import IMAGES, TEXTS
     from cbir.serve.batcher import BatchingEncoder
 
     library = Library.open(settings)
-    library.indexes.follow = True
-    library.wrap_encoder(BatchingEncoder)
-    if library.fingerprint:  # an empty library loads its model when images arrive
-        library.encoder
-        library.indexes.get(IMAGES)
-        if library.catalog.count_texts():
-            library.indexes.get(TEXTS)
+    try:
+        library.indexes.follow = True
+        library.wrap_encoder(BatchingEncoder)
+        if ray is not None:
+            from cbir.distributed.search import attach
+
+            attach(library, ray)
+        if library.fingerprint:  # an empty library loads its model when images arrive
+            library.encoder
+            library.indexes.get(IMAGES)
+            if library.catalog.count_texts():
+                library.indexes.get(TEXTS)
+    except BaseException:
+        library.close()  # the Ray actors too
+        raise
     return library
 
 
-def serve(settings, *, host: str, port: int, token: str | None, upload_limit: int, echo=print) -> None:
-    """Open the library, then serve it until interrupted (Ctrl-C)."""
+def serve(settings, *, host: str, port: int, token: str | None, upload_limit: int, echo=print, ray=None) -> None:
+    """Open the library, then serve it until interrupted (Ctrl-C); ``ray``: as open_for_serving."""
     import uvicorn
 
     check_binding(host, token)
     listening = _bind(host, port)  # before loading anything: a busy port fails at once
-    library = open_for_serving(settings)
+    try:
+        library = open_for_serving(settings, ray)
+    except BaseException:
+        listening.close()
+        raise
     app = create_app(library, token=token, host=host, upload_limit=upload_limit)
     port = listening.getsockname()[1]  # the one the system chose for --port 0
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     status = library.status()
-    echo(f"cbir serve: {status.images:,} images in {library.path} ({status.model}, {status.index_type} index)")
+    echo(f"cbir serve: {status.images:,} images in {library.path} ({status.model}, {status.index_type} index{_engine(library)})")
     echo(f"open {url}{'?token=TOKEN' if token else ''} in a browser; API docs at {url}docs; Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     try:
@@ -78,3 +91,12 @@ def _bind(host: str, port: int):
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _engine(library) -> str:
+    """", searched by N Ray actors" when the Ray engine serves the image index."""
+    from cbir.index.vector_index import IMAGES
+
+    index = library.indexes._loaded.get(IMAGES)
+    count = getattr(index, "actor_count", None)
+    return f", {index.shard_count} shard(s) searched by {count} Ray actor(s)" if count else ""

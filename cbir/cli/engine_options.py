@@ -1,0 +1,60 @@
+"""--engine and the Ray options of the searching commands (cbir search, cbir serve): the image
+index served by Ray actors (cbir.distributed.search). They reach the command through click's
+context, like --db, so the commands take no parameters for them."""
+
+from __future__ import annotations
+
+import click
+
+from cbir.errors import UsageError
+
+KEY = "cbir.search_engine"
+
+
+def _keep(ctx: click.Context, param, value):
+    ctx.meta.setdefault(KEY, {})[param.name] = value
+    return value
+
+
+def search_engine_options(f):
+    options = [
+        _option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Where the image index is searched: in this process, or by Ray actors holding its shards (pip install 'cbir[ray]'). [env: CBIR_ENGINE]"),
+        _option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only."),
+        _option("--shards-per-actor", type=click.IntRange(min=1), default=1, show_default=True, help="--engine ray: shards each actor holds (an unsharded index is one shard)."),
+        _option("--actors", type=click.IntRange(min=1), help="--engine ray: how many actors share the shards (instead of --shards-per-actor)."),
+        _option("--actor-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="--engine ray: CPUs Ray reserves for each actor."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _option(*names, **settings):
+    """A click option handed to _keep for ray_options, not to the command."""
+    return click.option(*names, expose_value=False, callback=_keep, **settings)
+
+
+def ray_options():
+    """RayOptions for --engine ray, None for the local engine (then no Ray option may be given)."""
+    values = click.get_current_context().meta.get(KEY, {})
+    if values.get("engine", "local") != "ray":
+        given = [f"--{name.replace('_', '-')}" for name in ("address", "actors") if values.get(name)]
+        if given:
+            raise UsageError(f"{' and '.join(given)} go with --engine ray")
+        return None
+    from cbir.distributed.search import RayOptions
+
+    return RayOptions(
+        address=values.get("address") or None,
+        actors=values.get("actors"),
+        shards_per_actor=values.get("shards_per_actor") or 1,
+        num_cpus=values.get("actor_cpus", 1.0),
+    )
+
+
+def use_engine(library, options) -> None:
+    """Serve ``library``'s image index from Ray actors when ``options`` say so."""
+    if options is not None:
+        from cbir.distributed.search import attach
+
+        attach(library, options)

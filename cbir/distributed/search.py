@@ -1,0 +1,378 @@
+"""Sharded search served by Ray actors: each ShardActor holds one or more shards of the image
+index (on whatever node Ray's scheduler places it), a query fans out to every actor, each
+searches its shards with the call's parameters, and the driver merges the per-actor top-k lists
+with a heap, ties broken by id exactly as ``ShardedIndex.search`` does, so the results are the
+local sharded search's.
+
+Shards travel as bytes through Ray's object store (``faiss.serialize_index`` plus the HNSW
+tombstones), never as paths: the nodes need no shared filesystem. The actors are a read-only
+serving copy: the library's own process reads each generation, and ``RayEngine.wrap`` (called
+where ``LibraryIndexes`` loads a generation, so also when it follows a newer one) ships only the
+shards whose files changed, then switches searches over to the new set at once.
+
+Ray is imported here only, when asked for. Ray has no authentication: without an address a
+private Ray is started on 127.0.0.1 only (cbir.distributed.cluster); a cluster belongs on a
+private network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import math
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+
+from cbir.errors import CbirError, UsageError
+
+class RayError(CbirError):
+    """Ray is missing, unreachable, or its actors failed."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to serve the image shards on Ray."""
+
+    address: str | None = None  # None: a private local Ray on 127.0.0.1; "auto", "ray://HOST:10001", HOST:PORT
+    actors: int | None = None  # None: one actor per ``shards_per_actor`` shards
+    shards_per_actor: int = 1
+    num_cpus: float = 1.0  # reserved per actor by Ray's scheduler
+    max_concurrency: int = 4  # searches one actor runs at once (FAISS releases the GIL)
+    timeout: float = 120.0  # seconds to wait for actors to be placed and loaded
+
+    def __post_init__(self):
+        if self.actors is not None and self.actors < 1:
+            raise UsageError(f"--actors must be at least 1, got {self.actors}")
+        if self.shards_per_actor < 1:
+            raise UsageError(f"--shards-per-actor must be at least 1, got {self.shards_per_actor}")
+        if not self.num_cpus >= 0:
+            raise UsageError(f"--actor-cpus must be 0 or more, got {self.num_cpus}")
+
+    def actor_count(self, shards: int) -> int:
+        return min(shards, self.actors or math.ceil(shards / self.shards_per_actor))
+
+
+def require_ray():
+    """The ray module, or a one-line error saying how to install it."""
+    from cbir.distributed.cluster import import_ray
+
+    return import_ray()
+
+
+# -- the actor --------------------------------------------------------------------------------
+def _payload(shard) -> dict:
+    """One shard as plain data for the object store: its FAISS bytes, tombstones and spec."""
+    import faiss
+
+    return {
+        "index": faiss.serialize_index(shard.faiss_index),
+        "dead": np.asarray(shard.dead_rows, dtype=np.int64),
+        "spec": shard.spec.as_dict(),
+        "dim": shard.dim,
+        "name": shard.name,
+    }
+
+
+def _unpack(payload: dict):
+    import faiss
+
+    from cbir.index.types import IndexSpec
+    from cbir.index.vector_index import VectorIndex
+
+    index = faiss.deserialize_index(np.asarray(payload["index"]))
+    return VectorIndex(payload["dim"], payload["name"], IndexSpec.from_dict(payload["spec"]), index, payload["dead"])
+
+
+class ShardActor:
+    """Shards of an index, by key (a shard's number and file checksums); a search names the
+    keys of one generation, so a generation being loaded beside it is never mixed in."""
+
+    def __init__(self):
+        self.held: dict[str, object] = {}
+
+    def load(self, key: str, payload: dict) -> str:
+        self.held[key] = _unpack(payload)
+        return key
+
+    def drop(self, keys: list[str]) -> None:
+        for key in keys:
+            self.held.pop(key, None)
+
+    def search(self, keys: list[str], queries: np.ndarray, k: int, params: dict | None):
+        """(scores, ids) of these shards merged (None without such shards), and for IVF-PQ
+        shards that re-rank, their candidate ids: the driver re-scores those exactly, since
+        the exact vectors live in the library's database."""
+        from cbir.index.sharded import _pool, merge_top_k
+
+        def one(shard):
+            candidates = shard.rerank_candidates(queries, k, params)
+            return (None, candidates) if candidates is not None else (shard.search(queries, k, params), None)
+
+        results = list(_pool().map(one, [self.held[key] for key in keys]))
+        found = [r for r, _ in results if r is not None]
+        return (merge_top_k(found, k) if found else None), [c for _, c in results if c is not None]
+
+    def vectors(self, keys: list[str], ids: np.ndarray):
+        from cbir.index.sharded import ShardedIndex
+
+        return ShardedIndex([self.held[key] for key in keys], None).vectors(ids)
+
+    def ids(self, keys: list[str]) -> np.ndarray:
+        return np.concatenate([self.held[key].ids() for key in keys])
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+_REMOTE: list = []
+
+
+def _remote_actor_class():
+    ray = require_ray()
+    if not _REMOTE:
+        _REMOTE.append(ray.remote(ShardActor))
+    return _REMOTE[0]
+
+
+# -- the driver -------------------------------------------------------------------------------
+def merge_heap(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k of several already sorted top-k lists, row by row, with a heap on (-score, id)
+    (faiss.contrib's ResultHeap idea): the same order as ``merge_top_k``, padding (-inf, -1) last."""
+    rows = len(parts[0][0]) if parts else 0
+    scores = np.full((rows, k), -np.inf, dtype=np.float32)
+    ids = np.full((rows, k), -1, dtype=np.int64)
+    for row in range(rows):
+        streams = [
+            ((-s, i) for s, i in zip(part_scores[row].tolist(), part_ids[row].tolist()) if i >= 0)
+            for part_scores, part_ids in parts
+        ]
+        best = list(itertools.islice(heapq.merge(*streams), k))
+        if best:
+            scores[row, : len(best)] = [-s for s, _ in best]
+            ids[row, : len(best)] = [i for _, i in best]
+    return scores, ids
+
+
+def _shard_keys(count: int, files: dict | None) -> list[str]:
+    """A key per shard naming its content: its number and the checksums of its files, so an
+    unchanged shard keeps its key across generations; without files (an index built in memory)
+    a fresh key each time."""
+    if not files:
+        fresh = next(_FRESH)
+        return [f"{n}:new{fresh}" for n in range(count)]
+    from cbir.index.generations import shard_of_file
+
+    keys = []
+    for n in range(count):
+        mine = sorted((f, c) for f, c in files.items() if (shard_of_file(f) or 0) == n)
+        keys.append(f"{n}:" + hashlib.sha256(repr(mine).encode()).hexdigest()[:32])
+    return keys
+
+
+_FRESH = itertools.count()
+
+
+class RayEngine:
+    """The actors serving one library's image index, and the hook ``LibraryIndexes`` calls with
+    every generation it loads (``wrap``). Close it to stop the actors (and the private Ray)."""
+
+    def __init__(self, options: RayOptions | None = None):
+        self.options = options or RayOptions()
+        from cbir.distributed.cluster import connected
+
+        # kept connected until close(); a connection this process already has is kept after it
+        self._connection = ExitStack()
+        self.ray = self._connection.enter_context(connected(self.options.address))
+        self.actors: list = []
+        self.held: list[set[str]] = []  # the keys each actor holds
+        self.shipped = 0  # shards sent to actors so far (a refresh sends only the changed ones)
+        self.current: RayShardedIndex | None = None
+        self._live: list[RayShardedIndex] = []  # published, and not yet released
+        self._lock = threading.Lock()
+
+    # LibraryIndexes calls this with each generation a reader loads
+    def wrap(self, name: str, index, files: dict | None):
+        from cbir.index.vector_index import IMAGES
+
+        return self.publish(index, files) if name == IMAGES else index
+
+    def publish(self, local, files: dict | None = None) -> "RayShardedIndex":
+        """Serve ``local`` (a ShardedIndex or one VectorIndex) from the actors: shards they do
+        not hold yet are shipped, then searches switch to it; the previous set is dropped once
+        the searches still running on it end."""
+        ray = self.ray
+        shards = list(getattr(local, "shards", [local]))
+        keys = _shard_keys(len(shards), files)
+        count = self.options.actor_count(len(shards))
+        loads, added = [], []
+        with self._lock:
+            self._start_actors(count)
+            placement = [n % count for n in range(len(shards))]
+            for shard, key, actor in zip(shards, keys, placement):
+                if key not in self.held[actor]:
+                    loads.append(self.actors[actor].load.remote(key, ray.put(_payload(shard))))
+                    self.held[actor].add(key)
+                    added.append((actor, key))
+            index = RayShardedIndex(self, local, keys, placement)
+            self._live.append(index)
+        try:
+            self._wait(loads, f"load {len(loads)} shard(s) onto {count} Ray actor(s)")
+        except BaseException:
+            with self._lock:
+                self._live.remove(index)
+                for actor, key in added:
+                    self.held[actor].discard(key)
+            raise
+        self.shipped += len(loads)
+        with self._lock:
+            old, self.current = self.current, index
+        if old is not None:
+            old.retire()
+        return index
+
+    def _start_actors(self, count: int) -> None:
+        """At least ``count`` actors, spread over the cluster's nodes by Ray's scheduler."""
+        cls = _remote_actor_class()
+        while len(self.actors) < count:
+            self.actors.append(cls.options(
+                num_cpus=self.options.num_cpus,
+                max_concurrency=self.options.max_concurrency,
+                scheduling_strategy="SPREAD",
+            ).remote())
+            self.held.append(set())
+
+    def _wait(self, refs: list, what: str):
+        ray = self.ray
+        try:
+            return ray.get(refs, timeout=self.options.timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RayError(
+                f"Ray could not {what} within {self.options.timeout:g} s: are there "
+                f"{self.options.num_cpus:g} free CPUs per actor? (`ray status`; fewer --actors or --actor-cpus)"
+            ) from None
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, CbirError):
+                raise e.cause from None
+            raise RayError(f"a Ray shard actor failed: {type(e.cause).__name__}: {e.cause}") from None
+        except ray.exceptions.RayError as e:
+            raise RayError(f"Ray failed: {str(e).splitlines()[0]}") from None
+
+    def _release(self, index: "RayShardedIndex") -> None:
+        """Drop from the actors the shards of ``index`` that no live index uses."""
+        with self._lock:
+            if index in self._live:
+                self._live.remove(index)
+            in_use = {(a, key) for live in self._live for a, key in zip(live.placement, live.keys)}
+            for actor, key in zip(index.placement, index.keys):
+                if (actor, key) not in in_use and key in self.held[actor]:
+                    self.held[actor].discard(key)
+                    self.actors[actor].drop.remote([key])
+
+    def nodes(self) -> list[str]:
+        """The Ray node of each actor."""
+        return self._wait([a.node.remote() for a in self.actors], "reach the shard actors")
+
+    def close(self) -> None:
+        ray = self.ray
+        with self._lock:
+            actors, self.actors, self.held, self._live, self.current = self.actors, [], [], [], None
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone, or Ray is shutting down
+                pass
+        self._connection.close()
+
+
+class RayShardedIndex:
+    """The index interface searches use (as ``ShardedIndex``), over shards held by Ray actors.
+    Read-only: ingest and rebuilds change the library's files, and the engine follows them."""
+
+    def __init__(self, engine: RayEngine, local, keys: list[str], placement: list[int]):
+        self.engine = engine
+        self.keys, self.placement = keys, placement
+        self.name, self.dim, self.spec = local.name, local.dim, local.spec
+        self.kind, self.exact = local.kind, local.exact
+        self.stores_exact_vectors = local.stores_exact_vectors
+        self.vector_version = local.vector_version
+        self.ntotal = local.ntotal
+        self.shard_count = len(keys)
+        shards = list(getattr(local, "shards", [local]))
+        self.exact_source = shards[0].exact_source  # for IVF-PQ shards that re-rank
+        by_actor: dict[int, list[str]] = {}
+        for actor, key in zip(placement, keys):
+            by_actor.setdefault(actor, []).append(key)
+        self._by_actor = [(engine.actors[a], ks) for a, ks in sorted(by_actor.items())]
+        self._running = 0
+        self._retired = False
+        self._state = threading.Lock()
+
+    @property
+    def actor_count(self) -> int:
+        return len(self._by_actor)
+
+    def _call(self, method: str, *args) -> list:
+        """``method`` on every actor with its keys, waited for; the shards stay loaded until
+        the last call on this generation returns, even after a newer one is published."""
+        with self._state:
+            self._running += 1
+        try:
+            refs = [getattr(actor, method).remote(keys, *args) for actor, keys in self._by_actor]
+            return self.engine._wait(refs, f"{method} on the shard actors")
+        finally:
+            with self._state:
+                self._running -= 1
+                release = self._retired and self._running == 0
+            if release:
+                self.engine._release(self)
+
+    def retire(self) -> None:
+        with self._state:
+            self._retired = True
+            release = self._running == 0
+        if release:
+            self.engine._release(self)
+
+    def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every actor's top-k over its shards, merged into the overall top-k (ties by id)."""
+        from cbir.index.vector_index import rerank_exactly
+
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        parts = []
+        for found, pending in self._call("search", queries, k, params):
+            if found is not None:
+                parts.append(found)
+            parts.extend(rerank_exactly(queries, candidates, k, self.exact_source) for candidates in pending)
+        return merge_heap(parts, k)
+
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        parts = self._call("vectors", ids)
+        found = np.concatenate([p[0] for p in parts])
+        vectors = np.concatenate([p[1] for p in parts]) if len(found) else np.zeros((0, self.dim), np.float32)
+        position = {int(i): n for n, i in enumerate(ids.tolist())}
+        order = np.argsort([position[int(i)] for i in found], kind="stable")
+        return found[order], vectors[order]
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate(self._call("ids"))
+
+    def _read_only(self, *_args) -> None:
+        raise UsageError("the Ray-served index is a read-only copy: ingest and rebuild change the library itself")
+
+    add = remove = apply = _read_only
+
+
+def attach(library, options: RayOptions | None = None) -> RayEngine:
+    """Serve ``library``'s image index from Ray actors from now on (they start when it loads);
+    ``library.close()`` stops them."""
+    engine = RayEngine(options)
+    library.indexes.serving = engine
+    library.indexes.forget()
+    return engine
