@@ -49,6 +49,7 @@ from cbir.store.db import (
 from cbir.timing import Timer
 
 INDEX_DIR = "index"
+ENGINES = ("local", "ray")  # who decodes and encodes in Library.ingest
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,8 @@ class Library:
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None, format: str | None = None,
                image_column: str | None = None, caption_column: str | None = None,
-               decode_device: str | None = "auto", retry_failed: bool = False):
+               decode_device: str | None = "auto", retry_failed: bool = False, engine: str = "local",
+               address: str | None = None, gpus_per_worker: float = 0, ray_workers: int | None = None):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
         are recorded as skipped. Caption files beside images, descriptions inside them and a
@@ -292,13 +294,24 @@ class Library:
         manifest naming image files, with optional caption and other columns) or webdataset
         (tar shards: one, a glob or a brace list). ``decode_device``: where JPEGs are decoded;
         auto is on the GPU (nvJPEG) when the model runs on CUDA, else in the CPU workers (None).
-        Files that failed before are retried only once they change, or with ``retry_failed``."""
+        Files that failed before are retried only once they change, or with ``retry_failed``.
+
+        ``engine``: local (worker processes here) or ray: decode and encode on a Ray cluster
+        (cbir.distributed.ingest; ``address`` auto, ray://HOST:PORT or HOST:PORT, none for a
+        private local cluster on 127.0.0.1; ``ray_workers`` encode actors of
+        ``gpus_per_worker`` GPUs each), committed here as by the local engine."""
         from cbir.index.vector_index import IMAGES, TEXTS
         from cbir.ingest.datasets import FORMATS, detect_format
         from cbir.ingest.pipeline import default_workers, run_ingest
         from cbir.ingest.scan import is_image_name
 
         _user_path(path, "ingest")
+        if engine not in ENGINES:
+            raise UsageError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+        if engine == "ray":
+            from cbir.distributed.cluster import import_ray
+
+            import_ray()  # without Ray, a one-line error before any work
         if format is not None and format not in FORMATS:
             raise UsageError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
         single_image = Path(path).expanduser().is_file() and is_image_name(str(path))
@@ -335,6 +348,13 @@ class Library:
                     from cbir.ingest import device_decode
 
                     decode_device = encoder.device if device_decode.available(encoder.device) else None
+            stage = None
+            if engine == "ray":
+                from cbir.distributed.ingest import RayStage
+
+                batch = self.settings.batch_size or (256 if gpus_per_worker else 32)
+                stage = RayStage.of(encoder, batch_size=batch, address=address, workers=ray_workers,
+                                    gpus_per_worker=gpus_per_worker)
             failed = True
             try:
                 report = run_ingest(
@@ -350,6 +370,7 @@ class Library:
                     dataset=scanned,
                     decode_device=decode_device,
                     retry_failed=retry_failed,
+                    stage=stage,
                 )
                 failed = False
             except OperationalError as e:

@@ -61,9 +61,14 @@ class _Progress:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch. [env: CBIR_BATCH_SIZE]")
 @click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]")
 @click.option("--retry-failed", is_flag=True, help="Try again the files recorded as skipped (by default they are retried only once they change).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Who decodes and encodes: worker processes here, or a Ray cluster (pip install 'cbir[ray]'); this process commits either way. [env: CBIR_ENGINE]")
+@click.option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, help="--engine ray: GPUs for each encode worker (default 0: encode on CPUs).")
+@click.option("--ray-workers", type=click.IntRange(min=1), metavar="N", help="--engine ray: encode workers, each loading the model once (default: the cluster's GPUs / --gpus-per-worker, or half its CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, fmt, image_column, caption_column, batch_size, workers, retry_failed, as_json, quiet):
+def ingest(path, library, model, device, fmt, image_column, caption_column, batch_size, workers, retry_failed,
+           engine, address, gpus_per_worker, ray_workers, as_json, quiet):
     """Add the images under PATH to the library (or update it: only new and changed files are
     encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
     dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
@@ -74,12 +79,16 @@ def ingest(path, library, model, device, fmt, image_column, caption_column, batc
       cbir ingest ~/Pictures
       cbir ingest captions.csv --caption-column alt_text
       cbir ingest 'laion/{00000..00009}.tar'
+      cbir ingest /shared/photos --engine ray --address auto --gpus-per-worker 1
     """
+    if engine != "ray" and (address or gpus_per_worker or ray_workers):
+        raise UsageError("--address, --gpus-per-worker and --ray-workers go with --engine ray")
     lib = _open(create=True, library=library, model=model, device=device, batch_size=batch_size, workers=workers)
     with lib:
         with _Progress(enabled=not quiet and not as_json) as progress:
             report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column,
-                                caption_column=caption_column, retry_failed=retry_failed)
+                                caption_column=caption_column, retry_failed=retry_failed, engine=engine,
+                                address=address, gpus_per_worker=gpus_per_worker, ray_workers=ray_workers)
         if as_json:
             echo_json(report.as_dict())
         else:
