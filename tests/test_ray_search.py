@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.engine import Library
+from cbir.errors import UsageError
 from cbir.query import Query
 from cbir.query.filters import Filters
 from cbir.store.catalog import MODEL, Changes, ImageRecord
@@ -117,6 +118,8 @@ def test_per_call_parameters_reach_the_actors(stored, engines, kind, knob, value
         results.add(served.search(queries, 10, {knob: value})[1].tobytes())
     _same(local, served, queries, 10)  # the build-time defaults
     assert len(results) > 1  # the parameter changed the answer, so it was applied remotely
+    with pytest.raises(UsageError, match=f"{knob} must be a whole number"):  # the actor's own error
+        served.search(queries, 10, {knob: 0})
     if kind == "hnsw":  # tombstones (removed rows of a graph) travel with the shard
         for shard in local.shards:
             shard.remove(shard.ids()[::7])

@@ -6,7 +6,8 @@ Sections: ingest (end to end vs model-forward ceiling vs naive, per photo size),
 vs draft JPEG decoding), stages (where the ingest's time goes), text (query encoding latency),
 search (index kinds at several sizes), filtered (planner vs fixed strategies by selectivity),
 memory (peak RSS of an ingest and of an index rebuild), gpu (the same on CUDA, when present),
-serve (concurrent clients against `cbir serve` on 127.0.0.1).
+serve (concurrent clients against `cbir serve` on 127.0.0.1), ray (sharded search by Ray
+actors vs the same shards searched here).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve")
+SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve", "ray")
 
 # (quick, full) sizes: quick finishes in a few minutes on 2 cores, full in about an hour
 SIZES = {
@@ -26,6 +27,7 @@ SIZES = {
     "search": ((10_000,), (10_000, 100_000, 1_000_000)),
     "filtered": (10_000, 100_000),
     "memory": (0, 1_000_000),  # vectors of the rebuild measured (0: the rebuild is skipped)
+    "ray": ({"vectors": 20_000, "queries": 50}, {"vectors": 100_000, "queries": 300}),
     "serve": ({"images": 64, "clients": (1, 4), "seconds": 3.0}, {"images": 512, "clients": (1, 4, 16), "seconds": 15.0}),
 }
 
@@ -97,6 +99,10 @@ def run(*, quick: bool = False, model: str = "ViT-B-32:none", device: str = "cpu
             from cbir.bench.serve import serve_benchmark
 
             report["serve"] = serve_benchmark(model, device, work, **SIZES["serve"][size], say=say)
+        if "ray" in sections:
+            from cbir.bench.ray_search import ray_search_benchmark
+
+            report["ray"] = ray_search_benchmark(**SIZES["ray"][size], progress=say)
     report["seconds"] = time.perf_counter() - started
     return report
 

@@ -72,4 +72,14 @@ def render(report: dict) -> str:
         parts.append(f"**cbir serve under load** ({v['images']} photos, {v['model']} on {v['device']}; each row "
                      f"{v['seconds_each']:g} s of clients on 127.0.0.1 sharing the machine with the server)\n\n"
                      + serve_table(v))
+    if "ray" in report:
+        r = report["ray"]
+        if "skipped" in r:
+            parts.append(f"**Sharded search on Ray**: skipped ({r['skipped']})")
+        else:
+            from cbir.bench.ray_search import ray_search_table
+
+            parts.append(f"**Sharded search on Ray** ({r['vectors']:,} vectors of {r['dim']} dimensions in {r['shards']} "
+                         f"shards on {r['actors']} actors of a local Ray, vs the same shards searched in this process; "
+                         f"top-{r['k']}, one query per call unless batched)\n\n" + ray_search_table(r))
     return "\n\n".join(parts)
