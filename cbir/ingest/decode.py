@@ -181,24 +181,32 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == JPEG_MAGIC
 
 
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (not decode) an image of an allowed format, refusing one over ``max_pixels`` by its
+    header alone. Call it inside ``warnings.catch_warnings()``: Pillow's own bomb warning is
+    silenced, since the check here is the stricter one."""
+    if not data:
+        raise BadImage("empty file")
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    image = Image.open(io.BytesIO(data), formats=FORMATS)
+    w, h = image.size
+    if w * h > max_pixels:
+        raise BadImage(
+            f"refused: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,} limit (possible decompression bomb)"
+        )
+    return image
+
+
 def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft: bool = True,
                pixels: bool = True):
     """Decode bytes to (model pixels, width, height, format, taken_at, camera, embedded texts) or
     raise BadImage. ``draft=False`` decodes JPEGs at full size (for comparing, in cbir bench);
     ``pixels=False`` reads only a JPEG's header and metadata (pixels None: decoded elsewhere)."""
-    if not data:
-        raise BadImage("empty file")
     compression = None  # a TIFF's, for the reason when libtiff cannot decode it
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = _open_checked(data, max_pixels)
             w, h = image.size
-            if w * h > max_pixels:
-                raise BadImage(
-                    f"refused: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,} limit "
-                    "(possible decompression bomb)"
-                )
             fmt = (image.format or "unknown").lower()
             if fmt == "tiff":
                 compression = image.info.get("compression")
@@ -309,15 +317,9 @@ def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
 def display_image(data: bytes, longest_side: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An image to show people (cbir serve's thumbnails): upright, RGB, at most ``longest_side``
     pixels on its longest side, with the same format and decompression-bomb checks as ingest."""
-    if not data:
-        raise BadImage("empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            w, h = image.size
-            if w * h > max_pixels:
-                raise BadImage(f"refused: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,} limit")
+            image = _open_checked(data, max_pixels)
             if image.format in ("JPEG", "MPO"):
                 image.draft("RGB", (longest_side, longest_side))  # decode at 1/2..1/8 scale when enough
             image.load()
