@@ -17,6 +17,7 @@ def _keep(ctx: click.Context, param, value):
 
 
 def search_engine_options(f):
+    """--engine, --address, --shards-per-actor, --actors, --actor-cpus (read by ray_options)."""
     options = [
         _option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Where the image index is searched: in this process, or by Ray actors holding its shards (pip install 'cbir[ray]'). [env: CBIR_ENGINE]"),
         _option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only."),
