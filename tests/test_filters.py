@@ -49,6 +49,7 @@ class Row:
     camera: str | None = None
     added_at: datetime = ADDED
     texts: tuple[tuple[str, str], ...] = ()
+    extra: dict | None = None  # a dataset row's other columns
 
 
 def make_library(directory: Path, roots: dict[int, Path], rows: list[Row], database_url=None):
@@ -59,7 +60,8 @@ def make_library(directory: Path, roots: dict[int, Path], rows: list[Row], datab
         c.execute(insert(Image), [
             {"id": r.id, "root_id": r.root_id, "path": r.path, "size": r.size, "mtime_ns": 0,
              "content_hash": f"{r.id:064x}", "width": r.width, "height": r.height, "format": r.format,
-             "taken_at": None, "taken": r.taken, "camera": r.camera, "added_at": r.added_at}
+             "taken_at": None, "taken": r.taken, "camera": r.camera, "added_at": r.added_at,
+             "extra": json.dumps(r.extra) if r.extra else None}
             for r in rows
         ])
         texts = [{"image_id": r.id, "source": s, "content": t, "vector": b"", "added_at": ADDED}
@@ -410,6 +412,36 @@ def test_empty_and_oversized_expressions():
     assert parse_where("(" * 40 + "width = 1" + ")" * 40)  # parentheses alone nest nothing
     assert "too long" in where_error(" or ".join(["width = 1"] * 201))
     assert parse_where(" or ".join(["width = 1"] * 200))
+
+
+EXTRAS = [
+    Row(1, 1, "d/1.jpg", extra={"split": "Val", "score": 0.25, "n": 9, "flag": True, "label": "cat"}),
+    Row(2, 1, "d/2.jpg", extra={"split": "val", "score": 0.5, "n": 10, "flag": False, "label": "dog"}),
+    Row(3, 1, "d/3.jpg", extra={"split": "train", "score": 1.5, "n": 100, "label": None}),
+    Row(4, 1, "d/4.jpg"),
+]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("extra.split = val", {1, 2}),  # text ignoring case
+    ("extra.split = val and extra.score >= 0.3", {2}),  # numbers as numbers
+    ("extra.n > 9", {2, 3}),  # 10 > 9, though "10" < "9" as text
+    ("extra.n = 100", {3}),
+    ("extra.flag = true", {1}),
+    ("extra.flag = false", {2}),
+    ("extra.label ~ a", {1}),
+    ("extra.label is null", {3, 4}),  # a JSON null is no value
+    ("extra.label is not null", {1, 2}),
+    ("not extra.split = val", {3, 4}),
+    ("extra.missing = x", set()),
+])
+def test_extra_columns(tmp_path, database_url, text, expected):
+    roots = {1: tmp_path / "photos"}
+    engine = make_library(tmp_path, roots, EXTRAS, database_url)
+    try:
+        assert matching(engine, Filters(where=text), roots, tmp_path) == expected
+    finally:
+        engine.dispose()
 
 
 def test_injection_is_just_a_value(small):

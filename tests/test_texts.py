@@ -1,6 +1,7 @@
 """Library texts on the fake encoder: captions beside images and descriptions inside them are
 stored, embedded, indexed (vectors and FTS5) and kept in step with the files; labels; text
-search in every mode; filters, --like and query arithmetic through the Library API."""
+search in every mode; filters, --like and query arithmetic through the Library API. Every test
+runs on SQLite and on PostgreSQL (tsvector in place of FTS5)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sqlite3
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from cbir.errors import EmptyLibrary, UsageError
 from cbir.index import generations
@@ -18,22 +20,30 @@ from cbir.index.vector_index import TEXTS
 from cbir.query.filters import Filters
 
 
+@pytest.fixture
+def fake_library(fake_library, database_url):
+    """conftest's, on the database of this run: SQLite, then PostgreSQL."""
+    return lambda name="lib", **options: fake_library(name, database_url=database_url, **options)
+
+
 def captions(lib) -> dict[str, list[tuple[str, str]]]:
     """image file name -> sorted (source, text) pairs, read straight from the database."""
     out: dict[str, list] = {}
-    with sqlite3.connect(lib.path / "library.db") as c:
-        rows = c.execute(
+    with lib.catalog.engine.connect() as c:
+        rows = c.execute(text(
             "select images.path, texts.source, texts.content from texts join images on images.id = texts.image_id"
-        ).fetchall()
+        )).all()
     for path, source, content in rows:
         out.setdefault(path.rsplit("/", 1)[-1], []).append((source, content))
     return {k: sorted(v) for k, v in out.items()}
 
 
 def texts_consistent(lib) -> None:
-    """The FTS5 index matches the texts table, and the saved text index holds every text vector."""
-    with sqlite3.connect(lib.path / "library.db") as c:
-        c.execute("insert into texts_fts(texts_fts) values ('integrity-check')")
+    """The FTS5 index matches the texts table (PostgreSQL's GIN index is kept by the server
+    itself), and the saved text index holds every text vector."""
+    if lib.catalog.engine.dialect.name == "sqlite":
+        with sqlite3.connect(lib.path / "library.db") as c:
+            c.execute("insert into texts_fts(texts_fts) values ('integrity-check')")
     index, _ = generations.load(lib.index_dir, TEXTS, lib.catalog.dim, lib.catalog.text_version())
     assert index is not None, "text index missing or stale"
     stored = sorted(int(i) for ids, _ in lib.catalog.iter_text_vectors() for i in ids)
@@ -198,12 +208,12 @@ def test_migrating_a_0001_library_backfills_dates(fake_library, photos):
     assert len(hits) == 20 and all(h.taken is not None for h in hits)
 
 
-def test_a_like_query_loads_no_model(fake_library, photos, monkeypatch):
+def test_a_like_query_loads_no_model(fake_library, photos, monkeypatch, database_url):
     from cbir.config import resolve_settings
     from cbir.engine import Library
 
     fake_library().ingest(photos)
     monkeypatch.setattr("cbir.encode.load_encoder", lambda *a: pytest.fail("the model was loaded"))
-    lib = Library.open(resolve_settings(library=photos.parent / "lib", env={}))
+    lib = Library.open(resolve_settings(library=photos.parent / "lib", database_url=database_url, env={}))
     me = photos / "a" / "img07.jpg"
     assert lib.search(like=me, k=1, filters=Filters(folders=("a",)))[0].path == me

@@ -462,8 +462,8 @@ def _extra_compare(key: str, op: str, values: tuple[str, ...]) -> ColumnElement[
     if op in ("is null", "is not null"):
         return column.is_(None) if op == "is null" else column.is_not(None)
     value = values[0]
-    if op == "~":
-        return _known(column, _like(column, _contains(value)))
+    if op == "~":  # (not _known: a JSON value is no table column, so it knows no nullable)
+        return and_(column.is_not(None), _like(column, _contains(value)))
     number = _json_number(value)
     if number is not None:
         as_number = json_number(Image.extra, key)

@@ -1,0 +1,163 @@
+"""The catalogue in PostgreSQL, as users run it: `cbir ingest --db URL` on the demo photos and
+cbir-tiny, then searches from another library folder (another machine) through
+CBIR_DATABASE_URL; one-line errors that never show a password; writers serialised by advisory
+locks. The server is the tests' own (tests/postgres.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import make_url
+
+from cbir.demo import make_demo_photos, scene_of
+from cbir.errors import LibraryLocked, LibraryNotFound, StorageError, UsageError
+from tests import postgres
+from tests.conftest import run_cbir
+
+
+@pytest.fixture
+def database(postgres_server):
+    with postgres.fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, postgres_server):
+    """24 demo photos (6 with a caption file) ingested into a PostgreSQL catalogue."""
+    base = tmp_path_factory.mktemp("postgres")
+    photos = make_demo_photos(base / "photos", 24)
+    with postgres.fresh_database(postgres_server) as url:
+        library = base / "lib"
+        out = run_cbir("ingest", str(base / "photos"), "--library", str(library), "--db", url,
+                       "--model", "cbir-tiny", "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["texts"] == 6
+        yield base, photos, library, url
+
+
+def _rows(out) -> list[dict]:
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_ingest_and_search_through_db_and_the_environment(shared):
+    base, photos, library, url = shared
+    assert not (library / "library.db").exists()  # the catalogue is in PostgreSQL
+    assert (library / "index").is_dir()
+    rows = _rows(run_cbir("search", "a red circle on a gray background", "--library", str(library),
+                          "--db", url, "--json", "-k", "3"))
+    assert [scene_of(Path(r["path"])) for r in rows] == ["red-circle-on-gray"] * 3
+    # Another machine: its own library folder (indexes built there), the same catalogue.
+    env = {"CBIR_DATABASE_URL": url}
+    other = str(base / "other-machine")
+    keyword = _rows(run_cbir("search", "red circle", "--target", "text", "--mode", "keyword",
+                             "--library", other, "--json", env=env))
+    assert keyword and all("red" in r["text"] or "circle" in r["text"] for r in keyword)
+    assert keyword[0]["source"] == "sidecar"
+    hybrid = _rows(run_cbir("search", "a red circle on a gray background", "--target", "text",
+                            "--library", other, "--json", "-k", "2", env=env))
+    assert "a red circle on a gray background" in hybrid[0]["text"]
+    assert (base / "other-machine" / "index").is_dir()
+    status = json.loads(run_cbir("status", "--library", other, "--json", env=env).stdout)
+    assert status["images"] == 24 and status["texts"] == 6 and status["database_bytes"] > 0
+
+
+def test_labels_written_on_one_machine_are_seen_on_another(shared):
+    base, photos, library, url = shared
+    image = str(photos[5].path)
+    out = run_cbir("label", "add", image, "Rex", "--library", str(library), "--db", url)
+    assert out.returncode == 0, out.stderr
+    rows = _rows(run_cbir("search", "x", "--tag", "rex", "--library", str(base / "third"), "--json",
+                          env={"CBIR_DATABASE_URL": url}))
+    assert [r["path"] for r in rows] == [image]
+    assert run_cbir("label", "remove", image, "Rex", "--library", str(library), "--db", url).returncode == 0
+
+
+def test_errors_are_one_line_without_the_password(tmp_path, postgres_server, database):
+    admin = make_url(postgres_server)
+    closed = postgres._free_port()  # nothing listens there
+    refused = f"postgresql+psycopg://cbir:s3cret@127.0.0.1:{closed}/cbir"
+    missing = admin.set(password="s3cret", database="no_such_db").render_as_string(hide_password=False)
+    library = str(tmp_path / "lib")
+    for url, message in [(refused, "cannot reach the catalogue"), (missing, "no database 'no_such_db'"),
+                         (database, "no cbir library in the database")]:
+        out = run_cbir("status", "--library", library, "--db", url)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.startswith("Error: ") and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "s3cret" not in out.stderr
+        assert "127.0.0.1" in out.stderr
+    out = run_cbir("status", "--library", library, "--db", "mysql://root:s3cret@localhost/cbir")
+    assert out.returncode == 2 and "unsupported database 'mysql'" in out.stderr and "s3cret" not in out.stderr
+
+
+def test_open_errors_through_the_api(tmp_path, database):
+    from cbir.config import resolve_settings
+    from cbir.engine import Library
+
+    settings = resolve_settings(library=tmp_path / "lib", database_url=database, env={})
+    with pytest.raises(LibraryNotFound, match="no cbir library"):
+        Library.open(settings)
+    assert "s3cret" not in repr(resolve_settings(database_url="postgresql://u:s3cret@h/db", env={}))
+    with pytest.raises(UsageError, match="name the database"):
+        resolve_settings(database_url="postgresql://u:s3cret@h", env={})
+    refused = f"postgresql+psycopg://u:s3cret@127.0.0.1:{postgres._free_port()}/x"
+    with pytest.raises(StorageError) as error:
+        Library.open(resolve_settings(library=tmp_path / "lib", database_url=refused, env={}))
+    assert "s3cret" not in str(error.value) and "Connection refused" in str(error.value)
+
+
+def test_one_writer_at_a_time_across_machines(fake_library, photos, database):
+    from cbir.store.db import catalogue_writer_lock, create_db_engine
+
+    lib = fake_library(database_url=database)
+    elsewhere = create_db_engine(database)  # another machine's writer
+    with catalogue_writer_lock(elsewhere):
+        with pytest.raises(LibraryLocked, match="another cbir process is writing to the catalogue"):
+            lib.ingest(photos)
+        with pytest.raises(LibraryLocked):
+            with catalogue_writer_lock(elsewhere):
+                pass
+    elsewhere.dispose()
+    assert lib.ingest(photos).added == 20
+    other = fake_library("other", database_url=database)  # another machine's library folder
+    assert other.add_label(photos / "a" / "img01.jpg", "Rex")
+    assert lib.catalog.texts_of(other.catalog.image_at(photos / "a" / "img01.jpg")) == [("label", "Rex")]
+
+
+def test_write_transactions_take_turns(database):
+    from sqlalchemy import text
+
+    from cbir.store.db import create_db_engine, for_writing, migrate
+
+    engine = create_db_engine(database)
+    migrate(engine)
+    order = []
+    holding = threading.Event()
+
+    def first():
+        with for_writing(engine).begin() as c:
+            holding.set()
+            time.sleep(0.5)
+            c.execute(text("insert into meta (key, value) values ('first', '1')"))
+            order.append("first")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    holding.wait()
+    with for_writing(engine).begin() as c:  # waits for the first to commit, as BEGIN IMMEDIATE
+        order.append("second")
+        assert c.execute(text("select value from meta where key = 'first'")).scalar() == "1"
+    thread.join()
+    assert order == ["first", "second"]
+    # A writer that waits longer than the timeout gets a "lock timeout" (LibraryLocked in cbir).
+    impatient = create_db_engine(database, busy_timeout_ms=100)
+    with for_writing(engine).begin():
+        with pytest.raises(Exception, match="lock timeout"):
+            with for_writing(impatient).begin() as c:
+                c.execute(text("select 1"))
+    engine.dispose()
+    impatient.dispose()
