@@ -1,4 +1,5 @@
-"""Alembic environment. cbir passes an open connection; the alembic CLI passes -x library=PATH."""
+"""Alembic environment. cbir passes an open connection; the alembic CLI passes -x library=PATH
+(or -x db=postgresql+psycopg://... for a catalogue in PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def run_migrations_online() -> None:
     from cbir.store.db import create_db_engine, library_db_path
     from pathlib import Path
 
-    library = context.get_x_argument(as_dictionary=True).get("library")
-    if not library:
-        raise SystemExit("pass the library folder: alembic -x library=PATH ...")
-    engine = create_db_engine(library_db_path(Path(library)))
+    arguments = context.get_x_argument(as_dictionary=True)
+    library, db = arguments.get("library"), arguments.get("db")
+    if not (library or db):
+        raise SystemExit("pass the library folder or the catalogue's URL: alembic -x library=PATH (or -x db=URL) ...")
+    engine = create_db_engine(db or library_db_path(Path(library)))
     with engine.connect() as connection:
         _run(connection)
 

@@ -6,12 +6,15 @@ locks. The server is the tests' own (tests/postgres.py)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, make_url, text
 
 from cbir.demo import make_demo_photos, scene_of
 from cbir.errors import LibraryLocked, LibraryNotFound, StorageError, UsageError
@@ -129,8 +132,6 @@ def test_one_writer_at_a_time_across_machines(fake_library, photos, database):
 
 
 def test_write_transactions_take_turns(database):
-    from sqlalchemy import text
-
     from cbir.store.db import create_db_engine, for_writing, migrate
 
     engine = create_db_engine(database)
@@ -161,3 +162,26 @@ def test_write_transactions_take_turns(database):
                 c.execute(text("select 1"))
     engine.dispose()
     impatient.dispose()
+
+
+GLOB_CHARS = st.sampled_from(list("ab*?[]^-\\/.$()+|{}é ") + ["z-a", "[a-c]", "[^a]", "[]]", "[!a]"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pattern=st.lists(GLOB_CHARS, max_size=6).map("".join),
+       subject=st.lists(st.sampled_from(list("ab-]^[\\/.$é ")), max_size=6).map("".join))
+def test_glob_as_a_regular_expression_matches_what_sqlite_glob_does(postgres_connection, pattern, subject):
+    from cbir.store.sql import glob_to_regex
+
+    expected = bool(sqlite3.connect(":memory:").execute("select ? glob ?", (subject, pattern)).fetchone()[0])
+    regex = glob_to_regex(pattern)
+    got = regex is not None and postgres_connection.execute(text("select :s ~ :r"), {"s": subject, "r": regex}).scalar()
+    assert got == expected, (pattern, subject, regex)
+
+
+@pytest.fixture(scope="module")
+def postgres_connection(postgres_server):
+    engine = create_engine(postgres_server)
+    with engine.connect() as c:
+        yield c
+    engine.dispose()
