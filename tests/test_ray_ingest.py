@@ -166,10 +166,10 @@ def test_cli_engine_ray_joins_a_running_cluster(ray_local, tmp_path):
     photos = make_folder(tmp_path / "photos", n=6)
     address = ray_local.get_runtime_context().gcs_address
     result = run_cbir("ingest", str(photos), "--library", str(tmp_path / "lib"), "--model", "cbir-tiny",
-                      "--engine", "ray", "--address", address, "--json")
+                      "--engine", "ray", "--address", address, "--json", timeout=180)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert (report["added"], report["skipped"]) == (6, 1)
+    assert (report["added"], report["skipped"]) == (7, 1)  # 6 photos and a copy
     local = run_cbir("ingest", str(photos), "--library", str(tmp_path / "local"), "--model", "cbir-tiny", "-q")
     assert local.returncode == 0, local.stderr
     assert_same(tmp_path / "local", tmp_path / "lib")

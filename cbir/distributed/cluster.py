@@ -48,6 +48,10 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
             with _loopback_only():
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
             _check_loopback(ray)
+        elif _is_loopback(address):
+            # a driver finds its node by its own address: on a loopback-only cluster, loopback
+            with _loopback_only():
+                ray.init(address=address, logging_level=logging.WARNING)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except CbirError:
@@ -76,6 +80,24 @@ def _loopback_only():
             os.environ.pop(_LOOPBACK_SWITCH, None)
         else:
             os.environ[_LOOPBACK_SWITCH] = saved_env
+
+
+def _is_loopback(address: str) -> bool:
+    """``address`` (auto: the cluster running on this machine) is a head on 127.0.0.1."""
+    if address.startswith("ray://"):
+        return False  # Ray Client: the driver runs on the cluster
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            address = canonicalize_bootstrap_address("auto") or ""
+        except Exception:
+            return False  # none running: ray.init says so
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_loopback(ray) -> None:

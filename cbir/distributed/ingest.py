@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +27,7 @@ import numpy as np
 
 from cbir.distributed.cluster import connected
 from cbir.encode.spec import Encoder, Preprocess, same_model
+from cbir import errors
 from cbir.errors import CbirError, ModelMismatch
 from cbir.ingest.decode import MAX_PIXELS, FileTask, decode_file
 from cbir.ingest.pipeline import CHUNK, Item
@@ -168,7 +170,16 @@ def _error(e: BaseException) -> CbirError:
         if type(seen).__module__ == "cbir.errors":  # not Ray's copy of it, whose text is a traceback
             return seen
         seen, depth = getattr(seen, "cause", None) or seen.__cause__, depth + 1
+    # an actor that failed to start reaches the driver as text: its traceback's last cbir error
+    found = _CBIR_ERROR.findall(str(e))
+    if found:
+        name, message = found[-1]
+        kind = getattr(errors, name, CbirError)
+        return kind(message.strip()) if isinstance(kind, type) and issubclass(kind, CbirError) else CbirError(message)
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
     return CbirError(
         f"the Ray ingest failed ({first}); everything committed so far is kept: run the same command again"
     )
+
+
+_CBIR_ERROR = re.compile(r"^\s*cbir\.errors\.(\w+): (.+)$", re.MULTILINE)
