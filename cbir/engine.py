@@ -538,7 +538,7 @@ class Library:
                 "`cbir label add IMAGE TEXT`"
             )
         expressions = [q.expression() for q in queries]
-        matches = [fts_match(e.texts) for e in expressions]  # FTS5 queries of their words
+        matches = [fts_match(e.texts) for e in expressions]  # the words for keyword search
         modes = [mode or planning.default_mode(target, bool(e.texts), index.ntotal > 0) for e in expressions]
         for e, m, match in zip(expressions, modes, matches):
             if m != planning.SEMANTIC and not match:

@@ -57,7 +57,7 @@ class Executor:
         self.timed = Timer(plan.timings)
 
     # -- the whole query ------------------------------------------------------------------------
-    def run(self, vector: np.ndarray | None, match: str | None, options: Options) -> list[Ranked]:
+    def run(self, vector: np.ndarray | None, match: tuple[str, ...] | None, options: Options) -> list[Ranked]:
         """The best ``options.need`` results (before the offset is applied), best first."""
         want = options.first_want
         while True:
@@ -148,7 +148,7 @@ class Executor:
             self._fetch = min(total, fetch * 4)  # too few passed: widen
             self.plan.rounds += 1
 
-    def _keyword(self, match: str, want: int) -> tuple[list[Ranked], bool]:
+    def _keyword(self, match: tuple[str, ...], want: int) -> tuple[list[Ranked], bool]:
         with self.timed("keyword"):
             found = self.collection.keyword(match, self.condition, want)
         self.plan.examined += len(found)
