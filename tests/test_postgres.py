@@ -185,3 +185,24 @@ def postgres_connection(postgres_server):
     with engine.connect() as c:
         yield c
     engine.dispose()
+
+
+def test_a_dataset_with_extra_columns(fake_library, tmp_path, database):
+    from cbir.query.filters import Filters
+    from tests.conftest import write_image
+
+    data = tmp_path / "data"
+    lines = ["path,caption,split,score"]
+    for i in range(6):
+        write_image(data / "imgs" / f"img{i}.jpg", seed=i)
+        lines.append(f"imgs/img{i}.jpg,caption number {i},{'val' if i < 2 else 'train'},{i / 2}")
+    (data / "train.csv").write_text("\n".join(lines) + "\n")
+    lib = fake_library(database_url=database)
+    assert lib.ingest(data / "train.csv").added == 6
+    hits = lib.search("x", k=9, filters=Filters(where="extra.split = TRAIN and extra.score >= 1.5"))
+    assert sorted(h.path.name for h in hits) == ["img3.jpg", "img4.jpg", "img5.jpg"]
+    assert [h.text for h in lib.search("number", target="texts", mode="keyword", k=9)][:1] == ["caption number 0"]
+    ids, labels = lib.catalog.image_labels("extra.split")
+    assert sorted(labels) == ["train"] * 4 + ["val"] * 2
+    rows = lib.catalog.export_rows(ids)
+    assert {r["extra"]["split"] for r in rows.values()} == {"train", "val"}
