@@ -127,6 +127,25 @@ def test_per_call_parameters_reach_the_actors(stored, engines, kind, knob, value
         _same(local, served, queries, 20, {"efSearch": 64})
 
 
+def test_the_default_actor_count_fits_the_cluster_and_an_impossible_one_fails_at_once(stored, ray_local):
+    from cbir.distributed.search import RayEngine, RayError, RayOptions
+
+    assert RayOptions().actor_count(4, cluster_cpus=2) == 2  # one a shard, as many as fit
+    assert RayOptions().actor_count(4, cluster_cpus=16) == 4
+    assert RayOptions(num_cpus=0).actor_count(4, cluster_cpus=0) == 4
+    assert RayOptions(shards_per_actor=3).actor_count(4, cluster_cpus=1) == 2  # asked for: kept
+    assert RayOptions(actors=8).actor_count(4, cluster_cpus=1) == 4
+    lib, _, _ = stored
+    lib.shard_index(4, "hash", "flat")
+    engine = RayEngine(RayOptions(actors=4, num_cpus=1))  # the session's cluster has 2 CPUs
+    try:
+        with pytest.raises(RayError, match="4 Ray actor.* do not fit this Ray cluster's 2 CPUs"):
+            engine.publish(lib._index("images"))
+        assert engine.actors == []  # refused before any actor was started
+    finally:
+        engine.close()
+
+
 def test_planner_searches_give_the_same_hits_on_ray(stored, engines):
     from cbir.distributed.search import RayOptions, attach
 

@@ -21,7 +21,7 @@ def search_engine_options(f):
     options = [
         _option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Where the image index is searched: in this process, or by Ray actors holding its shards (pip install 'cbir[ray]'). [env: CBIR_ENGINE]"),
         _option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only."),
-        _option("--shards-per-actor", type=click.IntRange(min=1), default=1, show_default=True, help="--engine ray: shards each actor holds (an unsharded index is one shard)."),
+        _option("--shards-per-actor", type=click.IntRange(min=1), help="--engine ray: shards each actor holds (an unsharded index is one shard); default: one actor a shard, as many as the cluster's CPUs hold."),
         _option("--actors", type=click.IntRange(min=1), help="--engine ray: how many actors share the shards (instead of --shards-per-actor)."),
         _option("--actor-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="--engine ray: CPUs Ray reserves for each actor."),
     ]
@@ -48,7 +48,7 @@ def ray_options():
     return RayOptions(
         address=values.get("address") or None,
         actors=values.get("actors"),
-        shards_per_actor=values.get("shards_per_actor") or 1,
+        shards_per_actor=values.get("shards_per_actor"),
         num_cpus=values.get("actor_cpus", 1.0),
     )
 

@@ -39,7 +39,7 @@ class RayOptions:
 
     address: str | None = None  # None: a private local Ray on 127.0.0.1; "auto", "ray://HOST:10001", HOST:PORT
     actors: int | None = None  # None: one actor per ``shards_per_actor`` shards
-    shards_per_actor: int = 1
+    shards_per_actor: int | None = None  # None (and no ``actors``): as many actors as the cluster's CPUs hold
     num_cpus: float = 1.0  # reserved per actor by Ray's scheduler
     max_concurrency: int = 4  # searches one actor runs at once (FAISS releases the GIL)
     timeout: float = 120.0  # seconds to wait for actors to be placed and loaded
@@ -47,13 +47,20 @@ class RayOptions:
     def __post_init__(self):
         if self.actors is not None and self.actors < 1:
             raise UsageError(f"--actors must be at least 1, got {self.actors}")
-        if self.shards_per_actor < 1:
+        if self.shards_per_actor is not None and self.shards_per_actor < 1:
             raise UsageError(f"--shards-per-actor must be at least 1, got {self.shards_per_actor}")
         if not self.num_cpus >= 0:
             raise UsageError(f"--actor-cpus must be 0 or more, got {self.num_cpus}")
 
-    def actor_count(self, shards: int) -> int:
-        return min(shards, self.actors or math.ceil(shards / self.shards_per_actor))
+    def actor_count(self, shards: int, cluster_cpus: float) -> int:
+        """Actors for ``shards`` shards: as asked, else one a shard up to what the cluster's
+        CPUs can place (a private 2-core Ray cannot hold 4 one-CPU actors)."""
+        if self.actors:
+            return min(shards, self.actors)
+        if self.shards_per_actor:
+            return min(shards, math.ceil(shards / self.shards_per_actor))
+        fits = int(cluster_cpus // self.num_cpus) if self.num_cpus > 0 else shards
+        return max(1, min(shards, fits))
 
 
 def require_ray():
@@ -209,7 +216,13 @@ class RayEngine:
         ray = self.ray
         shards = list(getattr(local, "shards", [local]))
         keys = _shard_keys(len(shards), files)
-        count = self.options.actor_count(len(shards))
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        count = self.options.actor_count(len(shards), cpus)
+        if max(count, len(self.actors)) * self.options.num_cpus > cpus:  # would wait for CPUs forever
+            raise RayError(
+                f"{max(count, len(self.actors))} Ray actor(s) of {self.options.num_cpus:g} CPU(s) each do not fit this Ray "
+                f"cluster's {cpus:g} CPUs: ask for fewer --actors, more --shards-per-actor or less --actor-cpus"
+            )
         loads, added = [], []
         with self._lock:
             self._start_actors(count)
