@@ -30,7 +30,7 @@ from cbir.encode.spec import Encoder, Preprocess, same_model
 from cbir import errors
 from cbir.errors import CbirError, ModelMismatch
 from cbir.ingest.decode import MAX_PIXELS, FileTask, decode_file
-from cbir.ingest.pipeline import CHUNK, Item
+from cbir.ingest.pipeline import CHUNK, Item, encode_decoded
 from cbir.timing import Timer
 
 RETRIES = 3  # per decode task and per encode batch, against crashed or lost workers
@@ -148,13 +148,7 @@ class EncodeActor:
 
     def __call__(self, batch: dict) -> dict:
         decoded = [pickle.loads(b) for b in batch["item"]]
-        todo = [d for d in decoded if not d.error and d.pixels is not None]
-        vectors: dict[int, np.ndarray] = {}
-        if todo:
-            for d, vector in zip(todo, self.encoder.encode_images(np.stack([d.pixels for d in todo]))):
-                vectors[id(d)] = np.asarray(vector, dtype=np.float32)
-                d.pixels = None  # the driver needs the vector, not the pixels
-        return {"item": _column([(d, vectors.get(id(d))) for d in decoded])}
+        return {"item": _column(encode_decoded(self.encoder, decoded))}  # vectors, not pixels, go back
 
 
 def _column(values: list) -> np.ndarray:

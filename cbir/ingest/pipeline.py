@@ -146,15 +146,20 @@ class LocalStage:
         if self.decode_device is not None and any(d.jpeg is not None for d in batch):
             with timer("decode"):
                 _decode_jpegs(batch, self.encoder.preprocess, self.decode_device)
-        todo = [d for d in batch if not d.error and d.pixels is not None]
-        vectors: dict[int, np.ndarray] = {}
-        if todo:
-            with timer("encode"):
-                out = self.encoder.encode_images(_stack([d.pixels for d in todo], self.decode_device))
-            for d, vector in zip(todo, out):
-                vectors[id(d)] = vector
-                d.pixels = None  # encoded: the memory can go
-        return [(d, vectors.get(id(d))) for d in batch]
+        with timer("encode"):
+            return encode_decoded(self.encoder, batch, lambda pixels: _stack(pixels, self.decode_device))
+
+
+def encode_decoded(encoder: Encoder, batch: list[Decoded], stack=np.stack) -> list[Item]:
+    """Each decoded file of ``batch`` with its vector: the files with pixels are encoded in one
+    call (their pixels dropped afterwards), the others get None. Both engines' encode step."""
+    todo = [d for d in batch if not d.error and d.pixels is not None]
+    vectors: dict[int, np.ndarray] = {}
+    if todo:
+        for d, vector in zip(todo, encoder.encode_images(stack([d.pixels for d in todo]))):
+            vectors[id(d)] = vector
+            d.pixels = None  # encoded: the memory can go
+    return [(d, vectors.get(id(d))) for d in batch]
 
 
 def run_ingest(
