@@ -96,6 +96,24 @@ def fake_library(tmp_path):
     return make
 
 
+def stored_vector_library(folder: Path, records: list, vectors: list, dim: int = 32):
+    """A library (and its FakeEncoder) whose images are ``records`` with ``vectors``, stored
+    straight in the catalog under ``folder``: no images to decode."""
+    import json
+
+    from cbir.store.catalog import MODEL, Changes
+
+    encoder = FakeEncoder(dim=dim)
+    lib = Library.open(resolve_settings(library=folder / "lib", env={}), create=True, encoder=encoder)
+    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
+    lib.catalog.dim = dim
+    root_id, _ = lib.catalog.root_for(folder / "photos")
+    changes = Changes(root_id)
+    changes.added.extend(zip(records, vectors))
+    lib.catalog.apply(changes)
+    return lib, encoder
+
+
 def count_images(db) -> int:
     """Images in a library database, read as another process would (0 before it exists)."""
     import sqlite3

@@ -17,7 +17,8 @@ from cbir.engine import Library
 from cbir.errors import UsageError
 from cbir.index import generations
 from cbir.query.filters import Filters
-from cbir.store.catalog import MODEL, Changes, ImageRecord
+from cbir.store.catalog import ImageRecord
+from tests.conftest import stored_vector_library
 
 
 def _unit(x):
@@ -27,18 +28,11 @@ def _unit(x):
 @pytest.fixture
 def big_library(tmp_path):
     """4,000 clustered 32-d vectors stored straight in the catalog (no images to decode)."""
-    encoder = FakeEncoder(dim=32)
-    lib = Library.open(resolve_settings(library=tmp_path / "lib", env={}), create=True, encoder=encoder)
-    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
-    lib.catalog.dim = 32
-    root_id, _ = lib.catalog.root_for(tmp_path / "photos")
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 32))
-    changes = Changes(root_id)
-    for i in range(4000):
-        record = ImageRecord(f"f/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480, "jpeg")
-        changes.added.append((record, _unit(centres[i % 40] + 0.4 * rng.standard_normal(32))))
-    lib.catalog.apply(changes)
+    records = [ImageRecord(f"f/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480, "jpeg") for i in range(4000)]
+    vectors = [_unit(centres[i % 40] + 0.4 * rng.standard_normal(32)) for i in range(4000)]
+    lib, encoder = stored_vector_library(tmp_path, records, vectors)
     yield lib, encoder
     lib.close()
 

@@ -20,7 +20,8 @@ from cbir.engine import Library
 from cbir.errors import UsageError
 from cbir.query import Query
 from cbir.query.filters import Filters
-from cbir.store.catalog import MODEL, Changes, ImageRecord
+from cbir.store.catalog import ImageRecord
+from tests.conftest import stored_vector_library
 
 # Actors share the session's 2-CPU cluster: a quarter CPU each lets every layout be placed.
 CPUS = 0.25
@@ -34,21 +35,15 @@ def _unit(x):
 def stored(tmp_path_factory):
     """3,000 clustered 32-d vectors stored straight in a catalog, in three top-level folders of
     different sizes with dates over three years (no images to decode)."""
-    folder = tmp_path_factory.mktemp("ray-search")
-    encoder = FakeEncoder(dim=32)
-    lib = Library.open(resolve_settings(library=folder / "lib", env={}), create=True, encoder=encoder)
-    lib.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
-    lib.catalog.dim = 32
-    root_id, _ = lib.catalog.root_for(folder / "photos")
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((30, 32))
-    changes = Changes(root_id)
-    for i in range(3000):
-        top = ("2019", "2020", "2021")[i % 3 if i % 4 else 0]
-        record = ImageRecord(f"{top}/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480, "jpeg",
-                             taken_at=datetime(2019, 1, 1) + timedelta(hours=9 * i))
-        changes.added.append((record, _unit(centres[i % 30] + 0.5 * rng.standard_normal(32))))
-    lib.catalog.apply(changes)
+    records = [
+        ImageRecord(f"{('2019', '2020', '2021')[i % 3 if i % 4 else 0]}/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480,
+                    "jpeg", taken_at=datetime(2019, 1, 1) + timedelta(hours=9 * i))
+        for i in range(3000)
+    ]
+    vectors = [_unit(centres[i % 30] + 0.5 * rng.standard_normal(32)) for i in range(3000)]
+    lib, encoder = stored_vector_library(tmp_path_factory.mktemp("ray-search"), records, vectors)
     ids, vectors = map(np.concatenate, zip(*lib.catalog.iter_vectors()))
     queries = np.concatenate([_unit(vectors[::250] + 0.2 * rng.standard_normal((12, 32))), _unit(rng.standard_normal((4, 32)))])
     yield lib, encoder, queries
