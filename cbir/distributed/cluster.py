@@ -1,25 +1,31 @@
 """Connecting to Ray, for cbir's distributed engines.
 
-Ray's servers accept anyone who can reach them (token authentication exists only in recent Ray
-and only where it is switched on), so a cluster cbir starts itself listens on the loopback
-interface alone; reaching other machines takes a cluster started on purpose (``ray start``),
-joined with an address."""
+Ray's servers accept anyone who can reach them unless token authentication is on (Ray 2.52+,
+the default for local clusters since 2.59), so a cluster cbir starts itself listens on the
+loopback interface alone; reaching other machines takes a cluster started on purpose
+(``ray start``), joined with an address and, where it has one, its token."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import os
-from contextlib import contextmanager
+import sys
+import tempfile
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Iterator
 
 from cbir.errors import CbirError, UsageError
 
+log = logging.getLogger(__name__)
 RAY_MISSING = "the Ray engine needs Ray, which is not installed: pip install 'cbir[ray]'"
 # On Linux Ray binds its servers to the address of the default route; on macOS and Windows to
 # the loopback address. This switch selects the latter: ray reads it when imported, the
 # processes ray.init starts read it from their environment.
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray's token authentication: the mode, and where a driver finds the token (in this order).
+_AUTH_MODE, _TOKEN, _TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
 
 def import_ray():
@@ -43,26 +49,98 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
     if ray.is_initialized():
         yield ray
         return
+    loopback = address is None or _is_loopback(address)
+    held = _Held()
+    with _token_mode(address is not None and _token_available(loopback)):
+        try:
+            if address is None:
+                with _loopback_only():
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                             logging_level=logging.WARNING)
+                _check_loopback(ray)
+            else:
+                # a driver finds its node by its own address: on a loopback-only cluster, loopback
+                with _loopback_only() if loopback else nullcontext(), _stderr_held(held):
+                    ray.init(address=address, logging_level=logging.WARNING)
+                sys.stderr.write(held.text)
+        except CbirError:
+            raise
+        except Exception as e:  # ConnectionError, ValueError (bad address), RuntimeError, ...
+            log.info("Ray, while connecting:\n%s", held.text)  # shown with --debug
+            raise CbirError(_connect_error(address, e)) from e
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+class _Held:
+    text = ""
+
+
+@contextmanager
+def _stderr_held(held: _Held) -> Iterator[None]:
+    """What is written to file descriptor 2 while the block runs, kept instead of shown. Ray's
+    C++ client logs every failed attempt to reach a cluster there, 20 lines in 20 s, before
+    ray.init gives up; the one-line error says what they mean. Only for connecting: processes
+    started in the block would inherit the file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as file:
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            file.seek(0)
+            held.text = file.read().decode(errors="replace")
+
+
+def _token_available(loopback: bool) -> bool:
+    """A token to present: one given in the environment, or, for a cluster on this machine, the
+    default token file that ``ray start`` and ``ray get-auth-token --generate`` write. (That
+    file is not sent to other machines' clusters: it may be another cluster's secret.)"""
+    if os.environ.get(_TOKEN) or os.environ.get(_TOKEN_PATH):
+        return True
+    return loopback and (Path.home() / ".ray" / "auth_token").is_file()
+
+
+@contextmanager
+def _token_mode(on: bool) -> Iterator[None]:
+    """Token authentication switched on for this process while the block runs, when ``on`` and
+    the user has not chosen a mode (``RAY_AUTH_MODE``). ray.init does this by itself only for a
+    cluster found with ``auto``; a head given by address would refuse the connection."""
+    if not on or _AUTH_MODE in os.environ:
+        yield
+        return
     try:
-        if address is None:
-            with _loopback_only():
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-            _check_loopback(ray)
-        elif _is_loopback(address):
-            # a driver finds its node by its own address: on a loopback-only cluster, loopback
-            with _loopback_only():
-                ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
-    except CbirError:
-        raise
-    except Exception as e:  # ConnectionError, ValueError (bad address), RuntimeError, ...
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise CbirError(f"cannot connect to {where}: {' '.join(str(e).split())}") from e
+        from ray._raylet import Config
+    except ImportError:  # a Ray without token authentication
+        yield
+        return
+    os.environ[_AUTH_MODE] = "token"
+    Config.initialize("")  # Ray caches its configuration, the mode with it
     try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        os.environ.pop(_AUTH_MODE, None)
+        Config.initialize("")
+
+
+def _connect_error(address: str | None, error: Exception) -> str:
+    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+    causes, cause = [], error
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if any("InvalidAuthToken" in c or "no authentication token was found" in c for c in causes):
+        given = bool(os.environ.get(_TOKEN) or os.environ.get(_TOKEN_PATH))
+        return (f"cannot connect to {where}: it " + ("refused the token given in " + (_TOKEN if os.environ.get(_TOKEN) else _TOKEN_PATH)
+                if given else "requires a token")
+                + f": set {_TOKEN} to what `ray get-auth-token` prints on its head node")
+    return f"cannot connect to {where}: {' '.join(str(error).split())}"
 
 
 @contextmanager
