@@ -198,6 +198,33 @@ def test_an_ingest_beside_a_ray_served_reader_is_seen_after_the_refresh(ray_loca
         writer.close()
 
 
+def test_a_lost_actor_is_replaced_and_the_search_answered(ray_local, tmp_path, fake_library):
+    from cbir.distributed.search import ActorLost, RayOptions, attach
+    from tests.conftest import write_image
+
+    for i in range(30):
+        write_image(tmp_path / "photos" / f"{i}.jpg", seed=i)
+    writer = fake_library()
+    writer.ingest(tmp_path / "photos")
+    writer.shard_index(3, "hash")
+    writer.close()
+    reader = Library.open(resolve_settings(library=writer.path, env={}), encoder=FakeEncoder())
+    engine = attach(reader, RayOptions(num_cpus=CPUS))
+    try:
+        before = [(h.id, h.score) for h in reader.search("x", k=20)]
+        lost = engine.actors[1]
+        ray_local.kill(lost)  # as when its node goes down: no restart by Ray
+        assert [(h.id, h.score) for h in reader.search("x", k=20)] == before
+        assert engine.actors[1] is not lost and engine.shipped == 4  # its one shard sent again
+        served = reader._index("images")
+        served._reload = None  # a published index that cannot be loaded again: the loss is an error
+        ray_local.kill(engine.actors[0])
+        with pytest.raises(ActorLost, match="a Ray shard actor was lost"):
+            served.search(np.zeros((1, served.dim), np.float32), 5)
+    finally:
+        reader.close()
+
+
 # -- cbir serve and cbir search ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_library(tmp_path_factory):

@@ -33,6 +33,10 @@ class RayError(CbirError):
     """Ray is missing, unreachable, or its actors failed."""
 
 
+class ActorLost(RayError):
+    """A shard actor died: killed, out of memory, or its node went down."""
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """How to serve the image shards on Ray."""
@@ -204,15 +208,16 @@ class RayEngine:
         self._lock = threading.Lock()
 
     # LibraryIndexes calls this with each generation a reader loads
-    def wrap(self, name: str, index, files: dict | None):
+    def wrap(self, name: str, index, files: dict | None, reload=None):
         from cbir.index.vector_index import IMAGES
 
-        return self.publish(index, files) if name == IMAGES else index
+        return self.publish(index, files, reload) if name == IMAGES else index
 
-    def publish(self, local, files: dict | None = None) -> "RayShardedIndex":
+    def publish(self, local, files: dict | None = None, reload=None) -> "RayShardedIndex":
         """Serve ``local`` (a ShardedIndex or one VectorIndex) from the actors: shards they do
         not hold yet are shipped, then searches switch to it; the previous set is dropped once
-        the searches still running on it end."""
+        the searches still running on it end. ``reload``: how to load the index again (and
+        publish it) when an actor is lost; without it a lost actor is an error."""
         ray = self.ray
         shards = list(getattr(local, "shards", [local]))
         keys = _shard_keys(len(shards), files)
@@ -232,7 +237,7 @@ class RayEngine:
                     loads.append(self.actors[actor].load.remote(key, ray.put(_payload(shard))))
                     self.held[actor].add(key)
                     added.append((actor, key))
-            index = RayShardedIndex(self, local, keys, placement)
+            index = RayShardedIndex(self, local, keys, placement, reload)
             self._live.append(index)
         try:
             self._wait(loads, f"load {len(loads)} shard(s) onto {count} Ray actor(s)")
@@ -251,14 +256,32 @@ class RayEngine:
 
     def _start_actors(self, count: int) -> None:
         """At least ``count`` actors, spread over the cluster's nodes by Ray's scheduler."""
-        cls = _remote_actor_class()
         while len(self.actors) < count:
-            self.actors.append(cls.options(
-                num_cpus=self.options.num_cpus,
-                max_concurrency=self.options.max_concurrency,
-                scheduling_strategy="SPREAD",
-            ).remote())
+            self.actors.append(self._new_actor())
             self.held.append(set())
+
+    def _new_actor(self):
+        return _remote_actor_class().options(
+            num_cpus=self.options.num_cpus,
+            max_concurrency=self.options.max_concurrency,
+            scheduling_strategy="SPREAD",
+        ).remote()
+
+    def replace_lost(self) -> int:
+        """Start a new actor, holding nothing yet, in the place of each one that died; the next
+        publish ships it its shards. Returns how many were replaced."""
+        ray = self.ray
+        with self._lock:
+            alive = [actor.node.remote() for actor in self.actors]
+            replaced = 0
+            for n, ref in enumerate(alive):
+                try:
+                    ray.get(ref, timeout=self.options.timeout)
+                except ray.exceptions.RayActorError:
+                    self.actors[n] = self._new_actor()
+                    self.held[n] = set()
+                    replaced += 1
+            return replaced
 
     def _wait(self, refs: list, what: str):
         ray = self.ray
@@ -273,6 +296,8 @@ class RayEngine:
             if isinstance(e.cause, CbirError):
                 raise e.cause from None
             raise RayError(f"a Ray shard actor failed: {type(e.cause).__name__}: {e.cause}") from None
+        except ray.exceptions.RayActorError as e:
+            raise ActorLost(f"a Ray shard actor was lost ({str(e).splitlines()[0]})") from None
         except ray.exceptions.RayError as e:
             raise RayError(f"Ray failed: {str(e).splitlines()[0]}") from None
 
@@ -307,8 +332,9 @@ class RayShardedIndex:
     """The index interface searches use (as ``ShardedIndex``), over shards held by Ray actors.
     Read-only: ingest and rebuilds change the library's files, and the engine follows them."""
 
-    def __init__(self, engine: RayEngine, local, keys: list[str], placement: list[int]):
+    def __init__(self, engine: RayEngine, local, keys: list[str], placement: list[int], reload=None):
         self.engine = engine
+        self._reload = reload
         self.keys, self.placement = keys, placement
         self.name, self.dim, self.spec = local.name, local.dim, local.spec
         self.kind, self.exact = local.kind, local.exact
@@ -330,7 +356,19 @@ class RayShardedIndex:
     def actor_count(self) -> int:
         return len(self._by_actor)
 
-    def _call(self, method: str, *args) -> list:
+    def _call(self, method: str, *args, recover: bool = True) -> list:
+        """``method`` on every actor with its keys. When an actor was lost, it is replaced,
+        the index loaded and published again (the new actor gets its shards), and the call
+        made once more on what was published."""
+        try:
+            return self._call_once(method, *args)
+        except ActorLost:
+            if not recover or self._reload is None:
+                raise
+        self.engine.replace_lost()
+        return self._reload()._call(method, *args, recover=False)
+
+    def _call_once(self, method: str, *args) -> list:
         """``method`` on every actor with its keys, waited for; the shards stay loaded until
         the last call on this generation returns, even after a newer one is published."""
         with self._state:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -122,9 +123,14 @@ class LibraryIndexes:
         # Each generation a reader loads is handed on here, so a serving copy follows it too;
         # a writer changes the local index.
         if self.serving is not None and not writer:
-            index = self.serving.wrap(name, index, files)
+            index = self.serving.wrap(name, index, files, partial(self.reload, name))
         self._loaded[name] = index
         return index
+
+    def reload(self, name: str):
+        """``name`` loaded again, for a serving copy that lost a part (a Ray actor died)."""
+        with self._loading:
+            return self.load(name, writer=False)
 
     def _bind(self, name: str, index):
         """Give an index what it needs from the database: exact vectors for IVF-PQ re-ranking,
