@@ -7,7 +7,8 @@ vs draft JPEG decoding), stages (where the ingest's time goes), text (query enco
 search (index kinds at several sizes), filtered (planner vs fixed strategies by selectivity),
 memory (peak RSS of an ingest and of an index rebuild), gpu (the same on CUDA, when present),
 serve (concurrent clients against `cbir serve` on 127.0.0.1), ray (sharded search by Ray
-actors vs the same shards searched here).
+actors vs the same shards searched here), ray-ingest (the same ingest locally and on a Ray
+cluster of two worker nodes on this machine).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve", "ray")
+SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve", "ray", "ray-ingest")
 
 # (quick, full) sizes: quick finishes in a few minutes on 2 cores, full in about an hour
 SIZES = {
@@ -28,6 +29,7 @@ SIZES = {
     "filtered": (10_000, 100_000),
     "memory": (0, 1_000_000),  # vectors of the rebuild measured (0: the rebuild is skipped)
     "ray": ({"vectors": 20_000, "queries": 50}, {"vectors": 100_000, "queries": 300}),
+    "ray-ingest": ({"images": 32, "rounds": 1}, {"images": 1024, "rounds": 2}),
     "serve": ({"images": 64, "clients": (1, 4), "seconds": 3.0}, {"images": 512, "clients": (1, 4, 16), "seconds": 15.0}),
 }
 
@@ -103,6 +105,12 @@ def run(*, quick: bool = False, model: str = "ViT-B-32:none", device: str = "cpu
             from cbir.bench.ray_search import ray_search_benchmark
 
             report["ray"] = ray_search_benchmark(**SIZES["ray"][size], progress=say)
+        if "ray-ingest" in sections:
+            from cbir.bench.ray_ingest import ray_ingest_benchmark
+
+            report["ray-ingest"] = ray_ingest_benchmark(work / "ray-ingest", model=model, batch=batch,
+                                                        cpus=workers or os.cpu_count() or 2, say=say,
+                                                        **SIZES["ray-ingest"][size])
     report["seconds"] = time.perf_counter() - started
     return report
 

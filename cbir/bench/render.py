@@ -82,4 +82,13 @@ def render(report: dict) -> str:
             parts.append(f"**Sharded search on Ray** ({r['vectors']:,} vectors of {r['dim']} dimensions in {r['shards']} "
                          f"shards on {r['actors']} actors of a local Ray, vs the same shards searched in this process; "
                          f"top-{r['k']}, one query per call unless batched)\n\n" + ray_search_table(r))
+    if "ray-ingest" in report:
+        r = report["ray-ingest"]
+        if "skipped" in r:
+            parts.append(f"**Ingest on Ray**: skipped ({r['skipped']})")
+        else:
+            from cbir.bench.ray_ingest import ray_ingest_table
+
+            parts.append(f"**Ingest on Ray** ({r['images']} web-size JPEGs, {r['model']}, batch {r['batch']}, "
+                         f"best of {r['rounds']} alternating rounds)\n\n" + ray_ingest_table(r))
     return "\n\n".join(parts)

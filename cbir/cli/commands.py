@@ -432,7 +432,7 @@ def eval_zeroshot(templates, label, where, worst, as_json, library, model, devic
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="Small sizes: a few minutes (the full run takes about an hour on 2 cores).")
-@click.option("--only", metavar="SECTIONS", help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu, serve, ray (default: all).")
+@click.option("--only", metavar="SECTIONS", help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu, serve, ray, ray-ingest (default: all).")
 @click.option("--model", default="ViT-B-32:none", show_default=True, help="Model for the ingest sections (random weights: throughput does not depend on them).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|auto", help="Where the model runs (the gpu section always uses CUDA when present).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch (default: 32 on CPU, 256 on CUDA).")

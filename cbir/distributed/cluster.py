@@ -112,12 +112,15 @@ def _token_mode(on: bool) -> Iterator[None]:
     """Token authentication switched on for this process while the block runs, when ``on`` and
     the user has not chosen a mode (``RAY_AUTH_MODE``). ray.init does this by itself only for a
     cluster found with ``auto``; a head given by address would refuse the connection."""
-    if not on or _AUTH_MODE in os.environ:
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication
         yield
         return
-    try:
-        from ray._raylet import Config
-    except ImportError:  # a Ray without token authentication
+    # Ray keeps the first token it read for the process's life: another cluster's, when this
+    # process ran one before (cbir bench, a notebook)
+    AuthenticationTokenLoader.instance().reset_cache()
+    if not on or _AUTH_MODE in os.environ:
         yield
         return
     os.environ[_AUTH_MODE] = "token"
