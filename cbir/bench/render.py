@@ -73,22 +73,29 @@ def render(report: dict) -> str:
                      f"{v['seconds_each']:g} s of clients on 127.0.0.1 sharing the machine with the server)\n\n"
                      + serve_table(v))
     if "ray" in report:
-        r = report["ray"]
-        if "skipped" in r:
-            parts.append(f"**Sharded search on Ray**: skipped ({r['skipped']})")
-        else:
-            from cbir.bench.ray_search import ray_search_table
-
-            parts.append(f"**Sharded search on Ray** ({r['vectors']:,} vectors of {r['dim']} dimensions in {r['shards']} "
-                         f"shards on {r['actors']} actors of a local Ray, vs the same shards searched in this process; "
-                         f"top-{r['k']}, one query per call unless batched)\n\n" + ray_search_table(r))
+        parts.append(_on_ray("Sharded search on Ray", report["ray"], _ray_search))
     if "ray-ingest" in report:
-        r = report["ray-ingest"]
-        if "skipped" in r:
-            parts.append(f"**Ingest on Ray**: skipped ({r['skipped']})")
-        else:
-            from cbir.bench.ray_ingest import ray_ingest_table
-
-            parts.append(f"**Ingest on Ray** ({r['images']} web-size JPEGs, {r['model']}, batch {r['batch']}, "
-                         f"best of {r['rounds']} alternating rounds)\n\n" + ray_ingest_table(r))
+        parts.append(_on_ray("Ingest on Ray", report["ray-ingest"], _ray_ingest))
     return "\n\n".join(parts)
+
+
+def _on_ray(title: str, section: dict, describe) -> str:
+    """A Ray section: its heading and table, or why it was skipped (no Ray here)."""
+    if "skipped" in section:
+        return f"**{title}**: skipped ({section['skipped']})"
+    return f"**{title}** ({describe(section)}"
+
+
+def _ray_search(r: dict) -> str:
+    from cbir.bench.ray_search import ray_search_table
+
+    return (f"{r['vectors']:,} vectors of {r['dim']} dimensions in {r['shards']} shards on {r['actors']} actors "
+            f"of a local Ray, vs the same shards searched in this process; top-{r['k']}, one query per call "
+            f"unless batched)\n\n" + ray_search_table(r))
+
+
+def _ray_ingest(r: dict) -> str:
+    from cbir.bench.ray_ingest import ray_ingest_table
+
+    return (f"{r['images']} web-size JPEGs, {r['model']}, batch {r['batch']}, best of {r['rounds']} alternating "
+            f"rounds)\n\n" + ray_ingest_table(r))
