@@ -138,12 +138,11 @@ def _connect_error(address: str | None, error: Exception) -> str:
     while cause is not None:
         causes.append(str(cause))
         cause = cause.__cause__ or cause.__context__
-    if any("InvalidAuthToken" in c or "no authentication token was found" in c for c in causes):
-        given = bool(os.environ.get(_TOKEN) or os.environ.get(_TOKEN_PATH))
-        return (f"cannot connect to {where}: it " + ("refused the token given in " + (_TOKEN if os.environ.get(_TOKEN) else _TOKEN_PATH)
-                if given else "requires a token")
-                + f": set {_TOKEN} to what `ray get-auth-token` prints on its head node")
-    return f"cannot connect to {where}: {' '.join(str(error).split())}"
+    if not any("InvalidAuthToken" in c or "no authentication token was found" in c for c in causes):
+        return f"cannot connect to {where}: {' '.join(str(error).split())}"
+    given = _TOKEN if os.environ.get(_TOKEN) else _TOKEN_PATH if os.environ.get(_TOKEN_PATH) else None
+    problem = f"it refused the token given in {given}" if given else "it requires a token"
+    return f"cannot connect to {where}: {problem}: set {_TOKEN} to what `ray get-auth-token` prints on its head node"
 
 
 @contextmanager

@@ -10,9 +10,12 @@ serving copy: the library's own process reads each generation, and ``RayEngine.w
 where ``LibraryIndexes`` loads a generation, so also when it follows a newer one) ships only the
 shards whose files changed, then switches searches over to the new set at once.
 
-Ray is imported here only, when asked for. Ray has no authentication: without an address a
-private Ray is started on 127.0.0.1 only (cbir.distributed.cluster); a cluster belongs on a
-private network.
+Ray is imported here only, when asked for. Without token authentication anyone who reaches a
+Ray cluster can run code on it: without an address a private Ray is started on 127.0.0.1 only
+(cbir.distributed.cluster); a cluster belongs on a private network.
+
+An actor that dies is replaced at the next call that reaches it: the library loads the index
+again and publishes it, which ships the new actor its shards, and the call is made once more.
 """
 
 from __future__ import annotations
