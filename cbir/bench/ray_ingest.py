@@ -47,11 +47,12 @@ def ray_ingest_benchmark(work: Path, *, images: int = 256, model: str = "cbir-ti
         assert report.encoded == n, report
         return report.seconds
 
+    per_node = max(1, cpus // 2)
     say("ray-ingest: starting a head and 2 worker nodes")
     started = time.perf_counter()
     (work / "nodes").mkdir(parents=True)
     seconds: dict[tuple[str, int], list[float]] = {}
-    with started_ray_cluster(work / "nodes", nodes=2, cpus_per_node=max(1, cpus // 2)) as cluster, joined(cluster):
+    with started_ray_cluster(work / "nodes", nodes=2, cpus_per_node=per_node) as cluster, joined(cluster):
         cluster_start = time.perf_counter() - started
         for i in range(rounds):
             for engine in ("local", "ray"):
@@ -59,7 +60,7 @@ def ray_ingest_benchmark(work: Path, *, images: int = 256, model: str = "cbir-ti
                 for n in (small, images):
                     seconds.setdefault((engine, n), []).append(ingest(f"{engine}-{n}-{i}", engine, n))
     row = {"images": images, "small": small, "model": model, "cpus": cpus, "nodes": 2,
-           "cpus_per_node": max(1, cpus // 2), "batch": batch, "rounds": rounds, "cluster_start_s": round(cluster_start, 2),
+           "cpus_per_node": per_node, "batch": batch, "rounds": rounds, "cluster_start_s": round(cluster_start, 2),
            "all_rounds_s": {f"{e} {n}": [round(t, 2) for t in ts] for (e, n), ts in seconds.items()}}
     for engine in ("local", "ray"):
         full, part = min(seconds[engine, images]), min(seconds[engine, small])
