@@ -61,18 +61,10 @@ def started_ray_cluster(home: Path, *, nodes: int = 2, cpus_per_node: int = 1,
 def joined(cluster: StartedCluster) -> Iterator:
     """This process connected to ``cluster`` as a driver, its token in the environment meanwhile
     (where a user of a remote cluster puts it)."""
-    from cbir.distributed.cluster import connected
+    from cbir.distributed.cluster import connected, environment
 
-    saved = os.environ.get("RAY_AUTH_TOKEN")
-    os.environ["RAY_AUTH_TOKEN"] = cluster.token
-    try:
-        with connected(cluster.address) as ray:
-            yield ray
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-        else:
-            os.environ["RAY_AUTH_TOKEN"] = saved
+    with environment("RAY_AUTH_TOKEN", cluster.token), connected(cluster.address) as ray:
+        yield ray
 
 
 def _stop(nodes: list[subprocess.Popen], grace: float = 10) -> None:

@@ -123,13 +123,12 @@ def _token_mode(on: bool) -> Iterator[None]:
     if not on or _AUTH_MODE in os.environ:
         yield
         return
-    os.environ[_AUTH_MODE] = "token"
-    Config.initialize("")  # Ray caches its configuration, the mode with it
     try:
-        yield
+        with environment(_AUTH_MODE, "token"):
+            Config.initialize("")  # Ray caches its configuration, the mode with it
+            yield
     finally:
-        os.environ.pop(_AUTH_MODE, None)
-        Config.initialize("")
+        Config.initialize("")  # the mode as it was
 
 
 def _connect_error(address: str | None, error: Exception) -> str:
@@ -146,20 +145,30 @@ def _connect_error(address: str | None, error: Exception) -> str:
 
 
 @contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """The environment variable ``name`` set to ``value`` while the block runs, as it was after."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+@contextmanager
 def _loopback_only():
     from ray._private import ray_constants
 
-    saved_env, saved = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_LOOPBACK_SWITCH] = "0"
+    saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield
+        with environment(_LOOPBACK_SWITCH, "0"):
+            yield
     finally:  # later connections to real clusters need this process's real address
         ray_constants.ENABLE_RAY_CLUSTER = saved
-        if saved_env is None:
-            os.environ.pop(_LOOPBACK_SWITCH, None)
-        else:
-            os.environ[_LOOPBACK_SWITCH] = saved_env
 
 
 def _is_loopback(address: str) -> bool:

@@ -70,13 +70,6 @@ class RayOptions:
         return max(1, min(shards, fits))
 
 
-def require_ray():
-    """The ray module, or a one-line error saying how to install it."""
-    from cbir.distributed.cluster import import_ray
-
-    return import_ray()
-
-
 # -- the actor --------------------------------------------------------------------------------
 def _payload(shard) -> dict:
     """One shard as plain data for the object store: its FAISS bytes, tombstones and spec."""
@@ -148,7 +141,9 @@ _REMOTE: list = []
 
 
 def _remote_actor_class():
-    ray = require_ray()
+    from cbir.distributed.cluster import import_ray
+
+    ray = import_ray()
     if not _REMOTE:
         _REMOTE.append(ray.remote(ShardActor))
     return _REMOTE[0]
@@ -270,21 +265,18 @@ class RayEngine:
             scheduling_strategy="SPREAD",
         ).remote()
 
-    def replace_lost(self) -> int:
+    def replace_lost(self) -> None:
         """Start a new actor, holding nothing yet, in the place of each one that died; the next
-        publish ships it its shards. Returns how many were replaced."""
+        publish ships it its shards."""
         ray = self.ray
         with self._lock:
             alive = [actor.node.remote() for actor in self.actors]
-            replaced = 0
             for n, ref in enumerate(alive):
                 try:
                     ray.get(ref, timeout=self.options.timeout)
                 except ray.exceptions.RayActorError:
                     self.actors[n] = self._new_actor()
                     self.held[n] = set()
-                    replaced += 1
-            return replaced
 
     def _wait(self, refs: list, what: str):
         ray = self.ray
