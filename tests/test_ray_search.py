@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -198,6 +199,19 @@ def test_an_ingest_beside_a_ray_served_reader_is_seen_after_the_refresh(ray_loca
         writer.close()
 
 
+def _kill(ray, actor) -> None:
+    """``actor`` killed, as when its node goes down (no restart by Ray), and known dead: ray.kill
+    returns before the actor stops, and a call meanwhile would still be answered."""
+    ray.kill(actor)
+    for _ in range(300):
+        try:
+            ray.get(actor.node.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_a_lost_actor_is_replaced_and_the_search_answered(ray_local, tmp_path, fake_library):
     from cbir.distributed.search import ActorLost, RayOptions, attach
     from tests.conftest import write_image
@@ -213,12 +227,12 @@ def test_a_lost_actor_is_replaced_and_the_search_answered(ray_local, tmp_path, f
     try:
         before = [(h.id, h.score) for h in reader.search("x", k=20)]
         lost = engine.actors[1]
-        ray_local.kill(lost)  # as when its node goes down: no restart by Ray
+        _kill(ray_local, lost)
         assert [(h.id, h.score) for h in reader.search("x", k=20)] == before
         assert engine.actors[1] is not lost and engine.shipped == 4  # its one shard sent again
         served = reader._index("images")
         served._reload = None  # a published index that cannot be loaded again: the loss is an error
-        ray_local.kill(engine.actors[0])
+        _kill(ray_local, engine.actors[0])
         with pytest.raises(ActorLost, match="a Ray shard actor was lost"):
             served.search(np.zeros((1, served.dim), np.float32), 5)
     finally:
