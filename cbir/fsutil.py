@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shlex
+import sys
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,9 +54,31 @@ def storage_error(e: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {e.strerror or e}")
 
 
+# Descriptors of the write locks this process holds. A forked child (a decode worker) must not
+# keep one: flock belongs to the open file description, so a child that outlived a killed parent
+# would hold the library locked until someone found and killed it.
+_held_locks: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    if not _held_locks:
+        return
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd in _held_locks:
+        os.dup2(devnull, fd)  # the descriptor stays valid for the copied file object, lock-free
+    os.close(devnull)
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextmanager
 def writer_lock(library: Path) -> Iterator[None]:
-    """One writer per library at a time (readers are never blocked: SQLite WAL)."""
+    """One writer per library at a time (readers are never blocked: SQLite WAL). The kernel
+    frees the lock when its holder dies, however it dies; the file names the holder (pid,
+    command, since) so that a busy library can say who is writing."""
     import fcntl
 
     path = library / "write.lock"
@@ -64,10 +90,49 @@ def writer_lock(library: Path) -> Iterator[None]:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LibraryLocked(
-                f"another cbir process is writing to {library}; wait for it to finish"
-            ) from None
+            raise LibraryLocked(_busy_message(library, path)) from None
+        _held_locks.add(f.fileno())
+        _record_holder(f)
         try:
             yield
         finally:
+            _held_locks.discard(f.fileno())
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _record_holder(f) -> None:
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    program = {"cbir": "cbir", "__main__.py": "cbir", "-c": "python -c", "": "python"}.get(program, program)
+    command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
+    holder = {"pid": os.getpid(), "command": command[:200], "since": datetime.now().isoformat(timespec="seconds")}
+    try:  # best effort: a full disk must not stop the lock from working
+        f.truncate(0)
+        f.write(json.dumps(holder) + "\n")
+        f.flush()
+    except OSError:
+        pass
+
+
+def _busy_message(library: Path, path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        pid, command, since = int(holder["pid"]), str(holder["command"]), str(holder["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"another process is writing to {library}; wait for it to finish"
+    if _alive(pid):
+        when = since.replace("T", " ")
+        return f"another cbir process is writing to {library} (pid {pid}, `{command}`, since {when}); wait for it to finish"
+    # Only a process that inherited the lock from the recorded holder can hold it now (e.g. a
+    # worker of a cbir older than this one, whose parent was killed).
+    return (f"{library} is locked by a leftover process of pid {pid} (`{command}`), which has ended; "
+            f"`fuser -v {path}` names it, stop it and run again")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -41,16 +42,32 @@ class CbirGroup(click.Group):
             # Python's docs: point stdout at devnull so flushing at exit does not fail again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(141)  # 128 + SIGPIPE, what a shell reports for a tool killed by it
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if _debugging(ctx):
                 raise
-            click.echo("Interrupted: what was committed is kept; run the command again to continue.", err=True)
-            ctx.exit(130)
+            try:  # after a hang-up the terminal may be gone
+                click.echo("Interrupted: what was committed is kept; run the command again to continue.", err=True)
+            except OSError:
+                pass
+            ctx.exit(128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT))
         except Exception as e:
             if _debugging(ctx):
                 raise
             click.echo(f"Error: unexpected {type(e).__name__}: {e} (run with --debug for details)", err=True)
             ctx.exit(1)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``kill PID``, ``timeout``, systemd, a closed terminal): the command ends
+    as at Ctrl-C, committed work kept, with the exit status a shell gives for that signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise Terminated(signum)
 
 
 def _debugging(ctx: click.Context) -> bool:
@@ -139,6 +156,9 @@ def cli():
 
 
 def main() -> None:
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _terminate)
     cli(prog_name="cbir")
 
 

@@ -7,12 +7,9 @@ any moment resumes where it stopped on the next run."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import time
 from collections import defaultdict, deque
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
@@ -28,6 +25,7 @@ from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, deco
 from cbir.ingest.scan import ScannedFile, ScanResult, scan
 from cbir.ingest.texts import SidecarError, read_sidecar
 from cbir.store.catalog import CAPTION, EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
+from cbir.ingest.workers import worker_pool
 from cbir.timing import Timer
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
@@ -85,12 +83,7 @@ def decode_stream(
             yield decode_file(task, encoder_pp, known, MAX_PIXELS, jpeg_elsewhere)
         return
     chunks = (tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK))
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=_worker_context(),
-        initializer=init_worker,
-        initargs=(encoder_pp, known, MAX_PIXELS, jpeg_elsewhere),
-    )
+    pool = worker_pool(workers, init_worker, (encoder_pp, known, MAX_PIXELS, jpeg_elsewhere))
     try:
         inflight = deque(pool.submit(decode_chunk, c) for c in islice(chunks, 3 * workers))
         while inflight:
@@ -107,15 +100,6 @@ def decode_stream(
             yield from results
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _worker_context():
-    """fork on Linux, as torch's DataLoader does: workers start at once and a script needs no
-    ``if __name__ == "__main__"`` guard; they run only PIL/numpy, never torch. macOS and Windows
-    cannot fork safely and spawn instead."""
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
 
 
 @dataclass
