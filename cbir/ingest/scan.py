@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbir.ingest.decode import SUPPORTED_EXTENSIONS
+from cbir.ingest.decode import SUPPORTED_EXTENSIONS, special_file
 from cbir.ingest.texts import SIDECAR_SUFFIX, sidecar_candidates
 
 
@@ -47,6 +47,16 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS
 
 
+def _not_a_file(path: str | os.PathLike) -> str:
+    """Why a path named like an image is no file to read: a dangling symlink, a FIFO, ..."""
+    try:
+        kind = special_file(os.stat(path).st_mode)  # follows a symlink
+    except FileNotFoundError:
+        target = os.readlink(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        return f"dangling symlink (to {target}, which does not exist)"
+    return f"not a regular file: {kind}" if kind else "changed while the folder was scanned"
+
+
 def scan(root: Path, scope: str = "") -> ScanResult:
     """Image files under ``root / scope`` (a folder or a single file)."""
     result = ScanResult()
@@ -59,6 +69,9 @@ def scan(root: Path, scope: str = "") -> ScanResult:
             if sidecar.is_file():
                 st = sidecar.stat()
                 result.sidecars[name] = (st.st_size, st.st_mtime_ns)
+        return result
+    if not start.is_dir() and (start.exists() or start.is_symlink()):
+        result.problems.append((scope or ".", _not_a_file(start)))  # a FIFO given by name, ...
         return result
     visited: set[tuple[int, int]] = set()
     stack = [(start, scope)]
@@ -96,7 +109,9 @@ def scan(root: Path, scope: str = "") -> ScanResult:
                 elif entry.name.lower().endswith(SIDECAR_SUFFIX) and entry.is_file():
                     st = entry.stat()
                     result.sidecars[child] = (st.st_size, st.st_mtime_ns)
-            except OSError as e:  # dangling symlink, vanished entry, permissions
+                elif is_image_name(entry.name):  # named like an image, but no file to read
+                    result.problems.append((child, _not_a_file(entry.path)))
+            except OSError as e:  # vanished entry, permissions
                 if is_image_name(entry.name):
                     result.problems.append((child, f"unreadable: {e.strerror}"))
     return result
