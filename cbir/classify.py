@@ -98,6 +98,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # -- classify ------------------------------------------------------------------------------------
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be an image file, as far as it can be told without reading it (no
+    model needed: `cbir classify` checks its files before loading one); None if it may be."""
+    if "\x00" in str(path):
+        return "a path cannot contain a NUL byte"
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return "is a folder, not an image file"
+    if not path.exists():
+        return "no such file"
+    return None
+
+
 @dataclass
 class Classification:
     """One image file's labels, best first (the ``top`` shown), or why it could not be read."""
@@ -151,8 +164,8 @@ def classify_files(encoder, paths: Sequence[str | Path], labels: Sequence[str], 
         pending.clear()
 
     for i, path in enumerate(paths):
-        if "\x00" in str(path):
-            results[i].error = "a path cannot contain a NUL byte"
+        results[i].error = file_problem(path)
+        if results[i].error is not None:
             continue
         try:
             pending.append((i, read_query_image(Path(path).expanduser(), encoder.preprocess)))

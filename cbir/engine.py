@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +65,7 @@ class Hit(ImageInfo):
     text: str | None = None
     source: str | None = None
     text_id: int | None = None
+    missing: bool = False  # the file is no longer where the library saw it
 
     def as_dict(self) -> dict:
         data = {
@@ -78,6 +80,7 @@ class Hit(ImageInfo):
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
             "taken": self.taken.isoformat() if self.taken else None,
             "camera": self.camera,
+            "missing": self.missing,
         }
         if self.text_id is not None:
             data.update(text=self.text, source=self.source, text_id=self.text_id)
@@ -98,10 +101,12 @@ class Status:
     index_current: bool
     database_bytes: int
     skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    missing_roots: list[tuple[Path, int]] = field(default_factory=list)  # folders gone from disk, images
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
         data["library"] = str(self.library)
+        data["missing_roots"] = [{"path": str(p), "images": n} for p, n in self.missing_roots]
         data["skipped_files"] = [{"path": str(p), "reason": r} for p, r in self.skipped_files]
         return data
 
@@ -153,10 +158,12 @@ class Library:
             if revision != head_revision():
                 try:
                     migrate(catalog.engine)
+                except StorageError:
+                    raise  # a full disk, not a schema from elsewhere
                 except Exception as e:
                     raise LibraryCorrupt(
                         f"cannot upgrade the library database {where} from schema {revision} "
-                        f"({e}); it may come from a newer cbir"
+                        f"({getattr(e, 'orig', None) or e}); it may come from a newer cbir"
                     ) from e
             fingerprint = catalog.model_fingerprint()
         except OperationalError as e:
@@ -314,6 +321,13 @@ class Library:
             import_ray()  # without Ray, a one-line error before any work
         if format is not None and format not in FORMATS:
             raise UsageError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+        if format in (None, "folder"):
+            from cbir.ingest.roots import folder_gone, missing_folder_message
+
+            # a folder of the library gone from disk: say where its images are (or went)
+            known = folder_gone(Path(path).expanduser()) and missing_folder_message(self.catalog, path)
+            if known:
+                raise UsageError(known)
         single_image = Path(path).expanduser().is_file() and is_image_name(str(path))
         fmt = format or ("folder" if single_image else detect_format(str(path)))
         dataset = None
@@ -381,12 +395,41 @@ class Library:
                 # leaves one stale, and a stale index is rebuilt on the next open.
                 try:
                     self.indexes.save_changed(dict(zip((IMAGES, TEXTS), indexes)))
-                except (CbirError, OperationalError, OSError) as e:
-                    if not failed:  # else the run's own error is the one to report
+                except Exception as e:
+                    if failed:  # the run's own error is the one to report, never this one
+                        logging.getLogger(__name__).warning("saving the indexes after the error failed too: %s", e)
+                    elif isinstance(e, (CbirError, OperationalError, OSError)):
                         raise StorageError(
                             f"{e}; every image ingested is committed, and the index is rebuilt "
                             "from them on the next run") from e
+                    else:
+                        raise
             return report
+
+    def forget(self, path: str | Path, *, dry_run: bool = False):
+        """Remove a scanned folder's images (rows, vectors, texts, labels) and skip records from
+        the library, whether the folder still exists or not; the files are never touched. A
+        :class:`cbir.ingest.roots.Forgotten`; with ``dry_run`` it only counts the images."""
+        from cbir.index.vector_index import IMAGES, TEXTS
+        from cbir.ingest import roots
+
+        given = path
+        path = _user_path(path, "forget").resolve()
+        root_id = roots.find_root(self.catalog, path, given)
+        images = self.catalog.root_image_counts().get(root_id, 0)
+        gone = roots.folder_gone(path)
+        if dry_run:
+            return roots.Forgotten(path, images, None, gone, dry_run=True)
+        with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
+            root_id = roots.find_root(self.catalog, path, given)  # still there, now that we write
+            indexes = {name: self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)}
+            try:
+                images = self.catalog.root_image_counts().get(root_id, 0)
+                texts = roots.forget(self.catalog, root_id, indexes[IMAGES], indexes[TEXTS])
+            except OperationalError as e:
+                raise _database_error(e, self.path) from e
+            self.indexes.save_changed(indexes)
+        return roots.Forgotten(path, images, texts, gone)
 
     # -- labels: texts the user adds -----------------------------------------------------------
     def _library_image(self, path: str | Path, option: str = "image") -> int:
@@ -419,6 +462,10 @@ class Library:
     def texts_of(self, image: str | Path) -> list[tuple[str, str]]:
         """(source, text) of every text a library image has: captions, descriptions, labels."""
         return self.catalog.texts_of(self._library_image(image))
+
+    def labels(self) -> list[tuple[str, int]]:
+        """(label, number of images with it) of every label in the library, by label."""
+        return self.catalog.labels()
 
     # -- zero-shot labels, tags and duplicates (cbir.classify, cbir.duplicates) ------------------
     def classify(self, images: Iterable[str | Path], labels: Iterable[str], *, templates: str = "ensemble",
@@ -517,6 +564,7 @@ class Library:
     ) -> list["Results"]:
         """Many queries with one model load, one filter evaluation and one text-encoder batch."""
         from cbir.query import plan as planning
+        from cbir.index.types import check_params_apply
         from cbir.query.execute import Executor, Options
         from cbir.query.filters import image_condition
         from cbir.store.collections import Images, Texts, fts_match
@@ -530,6 +578,7 @@ class Library:
         filters = filters or Filters()
         condition = image_condition(filters, self.catalog.roots())
         index = self._index(target)
+        check_params_apply(index.kind, index_params or {}, target)
         collection = (Images if target == planning.IMAGES else Texts)(self.catalog.engine)
         if target == planning.TEXTS and index.ntotal == 0:
             raise EmptyLibrary(
@@ -598,7 +647,8 @@ class Library:
         if target == "images":
             infos = self.catalog.images(r.id for r in ranked)
             return [
-                Hit(rank=offset + n, score=r.score, similarity=r.similarity, **infos[r.id].__dict__)
+                Hit(rank=offset + n, score=r.score, similarity=r.similarity, missing=file_gone(infos[r.id].path),
+                    **infos[r.id].__dict__)
                 for n, r in enumerate(ranked, 1)
                 if r.id in infos
             ]
@@ -617,6 +667,7 @@ class Library:
                     text=content,
                     source=source,
                     text_id=r.id,
+                    missing=file_gone(infos[image_id].path),
                     **infos[image_id].__dict__,
                 )
             )
@@ -712,7 +763,14 @@ class Library:
             and (texts.vector_version == text_version if texts else text_version == 0),
             database_bytes=db_bytes,
             skipped_files=self.catalog.skipped() if with_skipped else [],
+            missing_roots=self._missing_roots(),
         )
+
+    def _missing_roots(self) -> list[tuple[Path, int]]:
+        from cbir.ingest.roots import vanished_roots
+
+        counts = self.catalog.root_image_counts()
+        return [(path, counts.get(i, 0)) for i, path in sorted(vanished_roots(self.catalog).items())]
 
 
 class Results(list):
@@ -757,6 +815,18 @@ def _check_search_options(k: int, target: str, mode: str | None, sort: str, offs
     ):
         if value not in allowed:
             raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(a for a in allowed if a)}")
+
+
+def file_gone(path: Path) -> bool:
+    """Whether a hit's file is no longer there: one stat. A WebDataset sample's path is its tar
+    followed by the member's name (stat says "not a directory" while the tar is there)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _user_path(path: str | Path, option: str) -> Path:

@@ -45,3 +45,8 @@ class DeviceError(CbirError):
 
 class StorageError(CbirError):
     """Writing to disk failed (disk full, permissions); what was committed before is kept."""
+
+
+class CbirWarning(UserWarning):
+    """Something went wrong that did not stop the command (an index searched from memory because
+    it could not be saved); the CLI shows it as one line."""

@@ -39,7 +39,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except OSError as e:
         raise storage_error(e, path) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # (a read-only disk) never in place of the error that got here
+            pass
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -48,7 +51,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def storage_error(e: OSError, path: Path) -> StorageError:
     if e.errno == errno.ENOSPC:
-        return StorageError(f"disk full while writing {path}; free some space and run again")
+        return StorageError(f"disk full while writing {path}; what was committed before is kept: free some space and run again")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(f"cannot write {path}: {e.strerror}")
     return StorageError(f"cannot write {path}: {e.strerror or e}")
@@ -105,10 +108,10 @@ def _record_holder(f) -> None:
     program = {"cbir": "cbir", "__main__.py": "cbir", "-c": "python -c", "": "python"}.get(program, program)
     command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
     holder = {"pid": os.getpid(), "command": command[:200], "since": datetime.now().isoformat(timespec="seconds")}
-    try:  # best effort: a full disk must not stop the lock from working
-        f.truncate(0)
-        f.write(json.dumps(holder) + "\n")
-        f.flush()
+    try:  # best effort (a full disk must not stop the lock from working), and unbuffered, so
+        # that closing the file has nothing left to flush
+        os.ftruncate(f.fileno(), 0)
+        os.write(f.fileno(), (json.dumps(holder) + "\n").encode())
     except OSError:
         pass
 

@@ -18,7 +18,9 @@ import threading
 import time
 import urllib.request
 from contextlib import contextmanager
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 MAX_REQUESTS = 20_000  # per measurement, whatever the duration
 QUERIES = [f"a {c} {s} on a {b} background" for c in ("red", "blue", "green", "yellow") for s in
@@ -79,10 +81,48 @@ def _wait_until_answering(url: str, process, timeout: float, token: str | None) 
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
+class _Client:
+    """One keep-alive HTTP connection to the server (the standard library's, so the bench needs
+    nothing a plain install lacks); it reconnects after a failed request."""
+
+    def __init__(self, url: str, timeout: float = 60):
+        parts = urlsplit(url)
+        self.host, self.port, self.base, self.timeout = parts.hostname, parts.port, parts.path, timeout
+        self.connection = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def get(self, path: str, params: dict | None = None) -> tuple[int, bytes]:
+        """(status, body) of GET base + path?params."""
+        if self.connection is None:
+            self.connection = HTTPConnection(self.host, self.port, timeout=self.timeout)
+        target = self.base + path + (f"?{urlencode(params)}" if params else "")
+        try:
+            self.connection.request("GET", target)
+            response = self.connection.getresponse()
+            return response.status, response.read()
+        except (OSError, HTTPException):
+            self.close()
+            raise
+
+    def get_ok(self, path: str, params: dict | None = None) -> bytes:
+        status, body = self.get(path, params)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status} {body[:100].decode('utf-8', 'replace')}")
+        return body
+
+
 def serve_benchmark(model: str, device: str, work: Path, images: int, clients: tuple[int, ...], seconds: float, say) -> dict:
     """Build a library of ``images`` generated photos with ``model``, serve it, and load it."""
-    import httpx
-
     from cbir.config import resolve_settings
     from cbir.engine import Library
     from cbir.synthetic import make_gallery
@@ -95,10 +135,10 @@ def serve_benchmark(model: str, device: str, work: Path, images: int, clients: t
         ids = sorted(lib.catalog.images(range(1, images + 1)))
     rows = []
     with running_server(work / "serve-lib", env={"CBIR_DEVICE": device}) as (url, _):
-        with httpx.Client(base_url=url) as warm:  # model and first thumbnails off the clock
-            warm.get("api/search", params={"q": QUERIES[0]}).raise_for_status()
+        with _Client(url) as warm:  # model and first thumbnails off the clock
+            warm.get_ok("api/search", {"q": QUERIES[0]})
             for image_id in ids[:64]:
-                warm.get(f"api/images/{image_id}/thumbnail").raise_for_status()
+                warm.get_ok(f"api/images/{image_id}/thumbnail")
         workloads = {
             "text search": lambda n: ("api/search", {"q": QUERIES[n % len(QUERIES)], "k": 20}),
             "similar": lambda n: (f"api/images/{ids[n % len(ids)]}/similar", {"k": 20}),
@@ -118,15 +158,15 @@ def serve_benchmark(model: str, device: str, work: Path, images: int, clients: t
 
 
 def _batches(url: str) -> dict:
-    import httpx
+    import json
 
-    return httpx.get(url + "api/status").json()["server"]["text_batches"]
+    with _Client(url) as http:
+        return json.loads(http.get_ok("api/status"))["server"]["text_batches"]
 
 
 def _load(url: str, request, clients: int, seconds: float) -> dict:
     """``clients`` threads, each with its own keep-alive connection, sending ``request(n)`` in
     a loop until ``seconds`` pass or MAX_REQUESTS are sent in all."""
-    import httpx
     import numpy as np
 
     latencies: list[float] = []
@@ -136,7 +176,7 @@ def _load(url: str, request, clients: int, seconds: float) -> dict:
     stop_at = time.perf_counter() + seconds
 
     def client():
-        with httpx.Client(base_url=url, timeout=60) as http:
+        with _Client(url) as http:
             while time.perf_counter() < stop_at:
                 with lock:
                     n = next(sent, None)
@@ -145,10 +185,10 @@ def _load(url: str, request, clients: int, seconds: float) -> dict:
                 path, params = request(n)
                 start = time.perf_counter()
                 try:
-                    response = http.get(path, params=params)
-                    ok = response.status_code == 200
-                    problem = f"{response.status_code} {response.text[:100]}"
-                except httpx.HTTPError as e:
+                    status, body = http.get(path, params)
+                    ok = status == 200
+                    problem = f"{status} {body[:100].decode('utf-8', 'replace')}"
+                except (OSError, HTTPException) as e:
                     ok, problem = False, f"{type(e).__name__}: {e}"
                 elapsed = time.perf_counter() - start
                 with lock:

@@ -9,11 +9,12 @@ import logging
 import os
 import signal
 import sys
+import warnings
 
 import click
 
 from cbir import __version__
-from cbir.errors import CbirError
+from cbir.errors import CbirError, CbirWarning
 
 DEBUG_KEY = "cbir.debug"
 
@@ -111,7 +112,8 @@ def library_options(f):
         "--model",
         metavar="NAME",
         help="Model for a new library, e.g. cbir-tiny or ViT-B-32:laion2b_s34b_b79k "
-        "(see `cbir models`); an existing library keeps its own. [env: CBIR_MODEL]",
+        "(see `cbir models`). An existing library always uses the model it was built with: "
+        "leave --model out there; naming another one is an error. [env: CBIR_MODEL]",
     )(f)
     f = click.option(
         "--db",
@@ -153,6 +155,18 @@ def cli():
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not _debugging(click.get_current_context()):
         logging.disable(logging.CRITICAL)
+    warnings.showwarning = _show_warning
+
+
+_python_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, *args, **kwargs) -> None:
+    """cbir's own warnings (a problem that did not stop the command) as one line on stderr."""
+    if issubclass(category, CbirWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)
 
 
 def main() -> None:

@@ -17,8 +17,17 @@ from cbir.cli.render import (
     query_label,
     status_text,
 )
-from cbir.config import resolve_settings
+from cbir.config import DEFAULT_MODEL, resolve_settings
 from cbir.errors import UsageError
+
+
+# Models that know only what cbir-tiny was trained on; an ingest with them says so.
+TOY_MODELS = ("cbir-tiny",)  # fingerprint specs: the bundled weights, not a fine-tuned copy
+TINY_NOTICE = (
+    "Note: cbir-tiny knows only coloured shapes (the demo's pictures), not photos; for your "
+    "photos use a real CLIP model in a new library: cbir ingest PHOTOS --library NEW_LIBRARY "
+    f"--model {DEFAULT_MODEL}"
+)
 
 
 def _open(create=False, **options):
@@ -83,17 +92,84 @@ def ingest(path, library, model, device, fmt, image_column, caption_column, batc
     """
     if engine != "ray" and (address or gpus_per_worker or ray_workers):
         raise UsageError("--address, --gpus-per-worker and --ray-workers go with --engine ray")
-    lib = _open(create=True, library=library, model=model, device=device, batch_size=batch_size, workers=workers)
-    with lib:
-        with _Progress(enabled=not quiet and not as_json) as progress:
-            report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column,
-                                caption_column=caption_column, retry_failed=retry_failed, engine=engine,
-                                address=address, gpus_per_worker=gpus_per_worker, ray_workers=ray_workers)
-        if as_json:
-            echo_json(report.as_dict())
-        else:
-            click.echo(ingest_summary(report))
-            click.echo(f"Library {lib.path}: {lib.catalog.count_images()} images ({lib.fingerprint['spec']})")
+    from cbir.engine import Library
+
+    settings = resolve_settings(database_url=database_url(), library=library, model=model, device=device,
+                                batch_size=batch_size, workers=workers)
+    # A first ingest that fails before committing anything (no such folder, the model cannot
+    # be downloaded) takes away the library folder it created: there is nothing in it to keep.
+    new_folders = [] if settings.database_url else _missing_folders(settings.library)
+    try:
+        with Library.open(settings, create=True) as lib:
+            with _Progress(enabled=not quiet and not as_json) as progress:
+                try:
+                    report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column,
+                                        caption_column=caption_column, retry_failed=retry_failed, engine=engine,
+                                        address=address, gpus_per_worker=gpus_per_worker, ray_workers=ray_workers)
+                finally:
+                    if new_folders and _committed(lib):
+                        new_folders = []
+            if as_json:
+                echo_json(report.as_dict())
+            else:
+                click.echo(ingest_summary(report))
+                click.echo(f"Library {lib.path}: {lib.catalog.count_images()} images ({lib.fingerprint['spec']})")
+            if not quiet and (lib.fingerprint or {}).get("spec") in TOY_MODELS:
+                click.echo(TINY_NOTICE, err=True)
+    except BaseException:
+        _remove_new_folders(new_folders)
+        raise
+
+
+def _check_query_images(queries) -> None:
+    """A query image that is not there is an error before the library and the model load
+    (which take seconds)."""
+    from cbir.query import ImageData
+
+    for query in queries:
+        if query.image is None or isinstance(query.image, ImageData) or "\x00" in str(query.image):
+            continue  # a NUL byte gets the library's own error
+        path = Path(query.image).expanduser()
+        if not path.exists():
+            raise UsageError(f"query image not found: {query.image}")
+        if not path.is_file():  # a folder, or a FIFO or device that would block or never end
+            from cbir.ingest.decode import special_file
+
+            raise UsageError(f"query image {query.image} is {special_file(path.stat().st_mode)}, not an image file")
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _committed(lib) -> bool:
+    """The library holds something: a model was recorded (the first batch commits it)."""
+    try:
+        return lib.fingerprint is not None
+    except Exception:  # cannot tell (the database itself failed): keep the folder
+        return True
+
+
+def _remove_new_folders(folders: list[Path]) -> None:
+    """Remove the library folder this run created and the parents it created with it. Only
+    folders that did not exist before the run are listed, so nothing of the user's is in them.
+    A failure here must not hide the error that brought us here."""
+    import shutil
+
+    if not folders:
+        return
+    shutil.rmtree(folders[0], ignore_errors=True)
+    for parent in folders[1:]:
+        try:
+            parent.rmdir()  # only while empty
+        except OSError:
+            return
 
 
 def _split(values) -> tuple[str, ...]:
@@ -127,8 +203,8 @@ def filter_options(f):
 
 @cli.command()
 @click.argument("query", nargs=-1)
-@click.option("--image", "image", type=str, help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
-@click.option("--like", "like", type=str, help="Find images similar to this image of the library (no model needed for it).")
+@click.option("--image", "image", type=str, metavar="PATH", help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
+@click.option("--like", "like", type=str, metavar="PATH", help="Find images similar to this image of the library (no model needed for it).")
 @click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (a query, or {\"image\": \"PATH\"}); - for stdin.")
 @click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels, tags).")
 @click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.")
@@ -177,6 +253,7 @@ def search(query, image, like, batch, target, mode, after, before, folder, camer
             **({"text": text} if text else {}),
         }
         items = [(echo, Query(text=text or None, image=image, like=like))]
+    _check_query_images(q for _, q in items)
     filters = Filters(
         after=after,
         before=before,
@@ -322,6 +399,7 @@ def label():
       cbir label add photos/2019/rex.jpg "Rex" "golden retriever"
       cbir search --tag rex dog on the beach
       cbir label list photos/2019/rex.jpg
+      cbir label list                        every label, with its number of images
       cbir label remove photos/2019/rex.jpg Rex
     """
 
@@ -351,14 +429,23 @@ def label_remove(image, labels, library, model, device):
 
 
 @label.command("list")
-@click.argument("image", type=str)
+@click.argument("image", type=str, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON Lines.")
 @library_options
 def label_list(image, as_json, library, model, device):
-    """The texts of IMAGE: caption file, embedded description and labels."""
+    """The texts of IMAGE: caption file, embedded description and labels; without IMAGE,
+    every label of the library with the number of images it is on."""
     with _open(library=library, model=model, device=device) as lib:
-        texts = lib.texts_of(image)
-    for source, text in texts:
+        texts = lib.texts_of(image) if image is not None else None
+        labels = lib.labels() if image is None else []
+    if image is None and not labels and not as_json:
+        click.echo('(no labels yet: cbir label add IMAGE "LABEL")')
+    for text, count in labels:
+        if as_json:
+            echo_json({"label": text, "images": count})
+        else:
+            click.echo(f"{count:>6}  {text}")
+    for source, text in texts or ():
         if as_json:
             echo_json({"source": source, "text": text})
         else:
@@ -377,6 +464,43 @@ def status(as_json, skipped, library, model, device):
         echo_json(st.as_dict())
     else:
         click.echo(status_text(st))
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not run from a terminal).")
+@click.option("--dry-run", is_flag=True, help="Only say how many images would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@library_options
+def forget(path, yes, dry_run, as_json, library, model, device):
+    """Remove the images of the folder PATH from the library: their vectors, texts and labels.
+    The files themselves are not touched. For folders gone from disk (cbir status lists them)
+    or no longer wanted; a renamed folder needs no forget: ingest it under its new name and its
+    images follow it.
+
+    \b
+    Examples:
+      cbir forget ~/Pictures/old-phone --dry-run
+      cbir forget ~/Pictures/old-phone --yes
+    """
+    import sys
+
+    with _open(library=library, model=model, device=device) as lib:
+        plan = lib.forget(path, dry_run=True)
+        where = "gone from disk" if plan.gone else "still on disk, untouched"
+        if not dry_run and not yes:
+            question = f"Forget the {plan.images} images of {plan.root} ({where})?"
+            if not sys.stdin.isatty():
+                raise UsageError(f"{question[:-1]}: confirm with --yes (no terminal to ask on)")
+            if not click.confirm(question, default=False, err=True):
+                raise UsageError("nothing forgotten")
+        done = plan if dry_run else lib.forget(path)
+    if as_json:
+        echo_json(done.as_dict())
+    elif dry_run:
+        click.echo(f"{done.root}: {done.images} images would be forgotten ({where})")
+    else:
+        click.echo(f"{done.root}: {done.images} images and {done.texts} texts forgotten (the files, {where}, are not touched)")
 
 
 @cli.group("eval")

@@ -66,19 +66,26 @@ def classify(images, labels, labels_file, templates, top, as_json, library, mode
       cbir classify photo.jpg --labels "dog,cat,car"
       cbir classify *.jpg --labels-file classes.txt --templates openai --json
     """
-    from cbir.classify import classify_files, parse_labels, read_labels_file
+    from cbir.classify import Classification, classify_files, file_problem, parse_labels, read_labels_file
 
     if bool(labels) == bool(labels_file):
         raise UsageError("give the labels with --labels A,B,C or --labels-file FILE (one of them)")
     names = parse_labels(labels) if labels else read_labels_file(labels_file)
     if len(names) < 2:
         raise UsageError(f"give at least two labels to choose between (got only {names[0]!r})")
-    lib, encoder = _classifier(library, model, device)
-    try:
-        results = classify_files(encoder, images, names, templates, top)
-    finally:
-        if lib is not None:
-            lib.close()
+    from cbir.evaluate.templates import resolve_templates
+
+    problems = [file_problem(path) for path in images]
+    if all(problems):  # nothing to classify: say so before the model loads (seconds)
+        results = [Classification(str(path), error=problem) for path, problem in zip(images, problems)]
+    else:
+        prompts = resolve_templates(templates)  # a bad templates file: an error before the model loads
+        lib, encoder = _classifier(library, model, device)
+        try:
+            results = classify_files(encoder, images, names, prompts, top)
+        finally:
+            if lib is not None:
+                lib.close()
     failed = [r for r in results if r.error is not None]
     if len(images) == 1 and failed:
         raise UsageError(f"cannot classify {failed[0].path}: {failed[0].error}")

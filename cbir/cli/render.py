@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import click
 
@@ -33,13 +34,17 @@ def hits_table(hits, text_width: int = 60) -> str:
     if any(h.text_id is not None for h in hits):
         lines = [f"{'rank':>4}  {'score':>6}  {'source':<8}  {'text':<{text_width}}  image"]
         lines += [
-            f"{h.rank:>4}  {h.score:>6.3f}  {h.source:<8}  {_clip(h.text, text_width):<{text_width}}  {h.path}"
+            f"{h.rank:>4}  {h.score:>6.3f}  {h.source:<8}  {_clip(h.text, text_width):<{text_width}}  {h.path}{_gone(h)}"
             for h in hits
         ]
         return "\n".join(lines)
     lines = [f"{'rank':>4}  {'score':>6}  path"]
-    lines += [f"{h.rank:>4}  {h.score:>6.3f}  {h.path}" for h in hits]
+    lines += [f"{h.rank:>4}  {h.score:>6.3f}  {h.path}{_gone(h)}" for h in hits]
     return "\n".join(lines)
+
+
+def _gone(hit) -> str:
+    return "  (missing: no longer on disk)" if getattr(hit, "missing", False) else ""
 
 
 def _clip(text: str, width: int) -> str:
@@ -64,6 +69,8 @@ def ingest_summary(report) -> str:
         f"{report.root}: {', '.join(parts)}; {report.encoded} encoded in "
         f"{report.seconds:.1f} s{speed}"
     )
+    for old, count in report.followed.items():
+        line += f"\n{count} of the moved images followed from {old}, which is gone"
     if report.skipped:
         line += "\nSkipped files and reasons: cbir status --skipped"
     return line
@@ -83,6 +90,9 @@ def status_text(status) -> str:
         f"{human_bytes(status.index_bytes)}, {index_state}",
         f"database  {human_bytes(status.database_bytes)}",
     ]
+    for path, count in status.missing_roots:
+        lines.append(f"missing   {path}: gone from disk, {count} images kept "
+                     f"(ingest it where it is now, or `cbir forget {shlex.quote(str(path))}`)")
     if status.skipped_files:
         lines.append("")
         lines += [f"{path}: {reason}" for path, reason in status.skipped_files]

@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
+from cbir.encode.hub import hub_access, unreachable_hint
 from cbir.encode.registry import BUNDLED_MODELS, bundled
 from cbir.encode.spec import BUNDLED, ModelSpec, Preprocess, make_fingerprint
 from cbir.errors import DeviceError, ModelLoadError, UsageError
@@ -55,15 +56,16 @@ class OpenClipEncoder:
             pretrained = str(bundled(spec.arch).weights)
         if spec.arch not in open_clip.list_models() and not spec.arch.startswith("hf-hub:"):
             raise ModelLoadError(f"unknown model architecture {spec.arch!r}; `cbir models` lists them")
-        try:
-            model, _, _ = open_clip.create_model_and_transforms(
-                spec.arch, pretrained=pretrained, device=self.device
-            )
-        except Exception as e:  # open_clip raises many kinds (RuntimeError, OSError, HF errors)
-            raise ModelLoadError(_load_hint(spec, e)) from e
+        with hub_access(spec) as unreachable:
+            try:
+                model, _, _ = open_clip.create_model_and_transforms(
+                    spec.arch, pretrained=pretrained, device=self.device
+                )
+                self._tokenizer = open_clip.get_tokenizer(spec.arch)  # hf-hub: models fetch theirs
+            except Exception as e:  # open_clip raises many kinds (RuntimeError, OSError, HF errors)
+                raise ModelLoadError(_load_hint(spec, e, unreachable)) from e
         model.eval()
         self._model = model
-        self._tokenizer = open_clip.get_tokenizer(spec.arch)
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg["size"]
         size = size[0] if isinstance(size, (tuple, list)) else size
@@ -124,10 +126,12 @@ def _normalise(features: torch.Tensor) -> np.ndarray:
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
-def _load_hint(spec: ModelSpec, error: Exception) -> str:
+def _load_hint(spec: ModelSpec, error: Exception, unreachable: bool = False) -> str:
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if spec.is_file:
         return f"cannot load checkpoint {spec.pretrained} into {spec.arch}: {detail}"
+    if unreachable:  # the library's detail would only say the cache lacks a file
+        return unreachable_hint(spec)
     return (
         f"cannot load {spec.name} ({detail}); weights come from the Hugging Face hub on first use, "
         f"so check the network, or pass a local file with --model {spec.arch}:path/to/weights.pt, "

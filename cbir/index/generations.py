@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.fsutil import atomic_write, atomic_write_text, fsync_dir
+from cbir.fsutil import atomic_write, atomic_write_text, fsync_dir, storage_error
 from cbir.index.types import IndexSpec
 from cbir.index.vector_index import VectorIndex
 
@@ -147,15 +147,30 @@ def load(root: Path, name: str, dim: int, vector_version: int, model: dict | Non
 
 def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[str, dict] | None = None) -> Manifest:
     """Write a new generation holding ``indexes`` (and, unchanged, the current generation's other
-    indexes), switch to it atomically, then remove older generations."""
-    import faiss
-
-    root.mkdir(parents=True, exist_ok=True)
+    indexes), switch to it atomically, then remove older generations. A failed write (a full
+    disk) raises StorageError and leaves the current generation as it was, with no new folder."""
     current = read_manifest(root)
     number = (current.generation if current else 0) + 1
     folder_name = f"{PREFIX}{number:06d}"
     folder = root / folder_name
-    folder.mkdir(exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
+        manifest = _write(root, folder, number, current, indexes, model, builds)
+    except BaseException as e:
+        switched = read_manifest(root)
+        if switched is None or switched.folder != folder_name:  # no one's: one writer holds the lock
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise storage_error(e, Path(e.filename) if e.filename else folder) from e
+        raise
+    _remove_old(root, keep=folder_name)
+    return manifest
+
+
+def _write(root: Path, folder: Path, number: int, current: Manifest | None, indexes: dict[str, VectorIndex],
+           model: dict, builds: dict[str, dict] | None) -> Manifest:
+    """Write generation ``number`` into ``folder`` and switch the manifest to it."""
     entries: dict[str, Entry] = {}
     for name, index in indexes.items():
         if index.vector_version is None:
@@ -164,7 +179,7 @@ def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[
         files: dict[str, str] = {}
         for position, shard in enumerate(index.shards if sharded else [index]):
             index_file, dead_file = _files(name, position if sharded else None)
-            atomic_write(folder / index_file, lambda tmp, i=shard: faiss.write_index(i.faiss_index, str(tmp)))
+            atomic_write(folder / index_file, lambda tmp, i=shard: _write_faiss(tmp, i.faiss_index))
             files[index_file] = sha256_of(folder / index_file)
             if len(shard.dead_rows):
                 atomic_write(folder / dead_file, lambda tmp, i=shard: _save_npy(tmp, i.dead_rows))
@@ -186,10 +201,33 @@ def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[
                 _link_or_copy(root / current.folder / file, folder / file)
             entries[name] = entry
     fsync_dir(folder)
-    manifest = Manifest(number, folder_name, model, entries)
+    manifest = Manifest(number, folder.name, model, entries)
     atomic_write_text(root / MANIFEST, json.dumps(manifest.as_dict(), indent=2))
-    _remove_old(root, keep=folder_name)
     return manifest
+
+
+def _write_faiss(path: Path, index) -> None:
+    """faiss.write_index through a Python file: a failed write raises the OSError (with its
+    errno, e.g. ENOSPC), where faiss's own file writer raises a RuntimeError with the errno in
+    its text, and only reports a failure of the final flush on stderr."""
+    import faiss
+
+    with open(path, "wb") as f:
+        failed: list[OSError] = []
+
+        def write(data: bytes) -> int:
+            try:
+                return f.write(data)
+            except OSError as e:
+                failed.append(e)
+                raise
+
+        try:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+        except RuntimeError:
+            if failed:  # a faiss that wraps the callback's error in its own
+                raise failed[0] from None
+            raise
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -241,6 +279,12 @@ def shard_of_file(file: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
 
 
+def _model_name(fingerprint: dict) -> str:
+    """A model as verify names it: its spec and weights, as two models may differ by weights
+    alone (cbir-tiny and a fine-tuned copy of it, under the same spec)."""
+    return f"{fingerprint.get('spec')} (weights {fingerprint.get('weights')})"
+
+
 def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.ndarray, model: dict) -> list[str]:
     """What is wrong with index ``name`` in the current generation, one line each (nothing when
     it is sound): its files and their checksums, its model, its version, and that it holds
@@ -253,7 +297,7 @@ def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.
         return [f"the {name} index is missing from generation {manifest.generation}"]
     problems = []
     if manifest.model and model and manifest.model.get("weights") != model.get("weights"):
-        problems.append(f"the {name} index was built with {manifest.model.get('spec')}, not {model.get('spec')}")
+        problems.append(f"the {name} index was built with {_model_name(manifest.model)}, not {_model_name(model)}")
     for file, missing in damaged_files(root, manifest, name).items():
         problems.append(f"{file} is missing" if missing else f"{file} does not match its checksum (damaged or changed)")
     if problems:

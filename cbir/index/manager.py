@@ -4,14 +4,16 @@ kind, sharded, verified and repaired. The Library composes it; nothing here enco
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from cbir.errors import LibraryLocked, StorageError, UsageError
+from cbir.errors import CbirWarning, LibraryLocked, StorageError, UsageError
 from cbir.fsutil import writer_lock
 
 
@@ -111,13 +113,17 @@ class LibraryIndexes:
             builds = {name: build}
             if writer:
                 self.save({name: index}, builds)
-            else:
+            else:  # searching never needs the save: it searches the index in memory
                 try:
                     with writer_lock(self.library):
                         if self.stored(name)[0] == version:
                             files = self.save({name: index}, builds).indexes[name].files
-                except (LibraryLocked, StorageError, OSError):  # busy, or a read-only library
-                    pass  # searching works from memory; the writer will save it
+                except LibraryLocked:
+                    pass  # the writer will save it
+                except Exception as e:  # a full disk, a read-only library: the search goes on
+                    if not _read_only(self.library):
+                        warnings.warn(f"the rebuilt {name} index is searched from memory, not saved: {e}",
+                                      CbirWarning, stacklevel=2)
         self._files[name] = files
         index = self._bind(name, index)
         # Each generation a reader loads is handed on here, so a serving copy follows it too;
@@ -239,8 +245,10 @@ class LibraryIndexes:
         date taken (each built and tuned on its own, of the current kind unless ``kind``), and
         switch to them atomically. Returns a BuildReport per shard."""
         from cbir.index.generations import read_manifest
+        from cbir.index.sharded import check_shard_count
         from cbir.index.vector_index import IMAGES
 
+        check_shard_count(shards, self.catalog.count_images())  # before the lock: a typo costs nothing
         with writer_lock(self.library):
             manifest = read_manifest(self.folder)
             current = manifest.indexes.get(IMAGES) if manifest else None
@@ -413,3 +421,8 @@ def _shard_files(manifest, number: int) -> list[str]:
     from cbir.index.vector_index import IMAGES
 
     return [f for f in manifest.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}.")]
+
+
+def _read_only(library: Path) -> bool:
+    """A library no one can write (a read-only folder or disk): not saving there is expected."""
+    return not os.access(library, os.W_OK)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from cbir.errors import UsageError
 from cbir.index.vector_index import VectorIndex
 
 BY = ("hash", "folder", "date")
@@ -24,6 +25,16 @@ def _pool() -> ThreadPoolExecutor:
     if not _POOL:
         _POOL.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="shard"))
     return _POOL[0]
+
+
+def check_shard_count(shards: int, vectors: int) -> None:
+    """At most one shard per vector: each shard is a file built and tuned on its own, so a
+    count beyond the vectors would only build empty shards (for a very long time)."""
+    if shards > vectors:
+        raise UsageError(
+            f"--shards {shards} is more than the {vectors} vectors of the image index; each shard "
+            "needs at least one"
+        )
 
 
 @dataclass

@@ -381,6 +381,25 @@ def search_parameters(spec_or_kind, params: dict, selector=None):
     return cls(**values)
 
 
+_OPTIONS = {"nprobe": "nprobe (--nprobe)", "efSearch": "efSearch (--ef)"}
+
+
+def check_params_apply(kind: str, params: dict, name: str) -> None:
+    """A search parameter that no kind of the searched index uses would silently change nothing
+    (--nprobe on an HNSW index): an error naming what the index is. ``kind`` is an index's
+    kind, or a sharded index's kinds joined by "+"."""
+    kinds = kind.split("+")
+    for param in params:
+        users = [k for k in KINDS if param in PARAM_NAMES[k]]
+        if users and not any(param in PARAM_NAMES.get(k, ()) for k in kinds):
+            own = sorted({_OPTIONS.get(p, p) for k in kinds for p in PARAM_NAMES.get(k, ()) if p not in NOT_FAISS})
+            fits = f"its search parameter is {' or '.join(own)}" if own else "it is exact and takes no search parameter"
+            raise UsageError(
+                f"{_OPTIONS.get(param, param)} tunes {' and '.join(users)} indexes, but the {name} index is "
+                f"{kind}: {fits}"
+            )
+
+
 def search(index, queries: np.ndarray, k: int, spec: IndexSpec, params: dict | None = None, selector=None):
     """Top-k (scores, ids) per query with spec.params overridden by ``params``, for this call only;
     rows are padded with id -1 when fewer than k vectors pass."""

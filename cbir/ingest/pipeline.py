@@ -22,10 +22,11 @@ from cbir.encode.spec import TEXT_BATCH, Encoder, encode_texts_batched
 from cbir.errors import CbirError
 from cbir.index.vector_index import VectorIndex
 from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker, read_failed
+from cbir.ingest.roots import VanishedRows
 from cbir.ingest.scan import ScannedFile, ScanResult, scan
 from cbir.ingest.texts import SidecarError, read_sidecar
-from cbir.store.catalog import CAPTION, EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
 from cbir.ingest.workers import worker_pool
+from cbir.store.catalog import CAPTION, EMBEDDED, SIDECAR, Catalog, Changes, ImageRecord, StoredFile, TextRecord
 from cbir.timing import Timer
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
@@ -51,6 +52,7 @@ class IngestReport:
     moved: int = 0  # renamed or moved: the stored vector follows the file
     copied: int = 0  # content already in the library: its vector is reused
     touched: int = 0  # mtime changed, content did not
+    followed: dict[str, int] = field(default_factory=dict)  # of `moved`: from a vanished root, by its path
     unchanged: int = 0
     removed: int = 0  # files gone from disk, taken out of the library
     skipped: int = 0  # files that could not be used in this run
@@ -220,6 +222,8 @@ def run_ingest(
     gone_by_hash: dict[str, list[str]] = defaultdict(list)
     for p, s in gone.items():
         gone_by_hash[s.content_hash].append(p)
+    # a folder renamed or moved: its old root is gone and its rows follow their content here
+    vanished = VanishedRows(catalog, root_id) if dataset is None else None
 
     changes = Changes(root_id)
     for path, reason in scanned.problems:
@@ -296,6 +300,12 @@ def run_ingest(
                     old = gone.pop(candidates.pop())
                     changes.moved.append((old.id, _reuse(catalog, old.id, d, entries[path])))
                     report.moved += 1
+                elif vanished and (claimed := vanished.claim(d.content_hash, path)):
+                    old, sidecar = claimed
+                    changes.moved.append((old.id, _reuse(catalog, old.id, d, entries[path])))
+                    report.moved += 1
+                    if sidecar:  # its caption file moved too: not read again unless it changed
+                        captions.stored[path] = sidecar
                 else:
                     source = known[d.content_hash]
                     changes.copied.append((_reuse(catalog, source, d, entries[path]), source))
@@ -316,6 +326,9 @@ def run_ingest(
     problem_paths = {p for p, _ in scanned.problems}
     changes.unskipped.extend(p for p in skips if p not in seen and p not in problem_paths)
     flush()
+    if vanished is not None:
+        report.followed = {str(vanished.roots[i]): n for i, n in vanished.moved_from.items()}
+        vanished.finish(root)
     report.skipped_total = catalog.count_skipped()
     report.seconds = time.perf_counter() - started
     return report

@@ -41,6 +41,34 @@ _PLACEHOLDERS = frozenset(
 )
 # A file name or frame number standing in for a description: "IMG_1234", "DSC01234.JPG".
 _FILE_NAME_LIKE = re.compile(r"[a-z]{0,5}[_-]?\d{3,}([_-]\d+)*(\.[a-z0-9]{2,4})?", re.IGNORECASE)
+# Tools sign files in their comment and description fields ("File written by Adobe Photoshop
+# 5.0", "CREATOR: gd-jpeg v1.0 (using IJG JPEG v62), quality = 90"). A phrase like "created by"
+# counts as a signature only with a version number or a known tool in it, so "Created by my
+# son at school" stays.
+_SIGNED = re.compile(
+    r"(file\s+)?(written|created|generated|edited|processed|optimi[sz]ed|compressed|converted|"
+    r"saved|encoded)\s+(by|with|using|in)\b|creator\s*:",
+    re.IGNORECASE,
+)
+_VERSION = re.compile(r"\bv?\d+([.,]\d+)+\b|\bv\d+\b", re.IGNORECASE)
+_SOFTWARE = (
+    "adobe", "photoshop", "lightroom", "gimp", "picasa", "imagemagick", "graphicsmagick", "paint.net",
+    "acdsee", "acd systems", "corel", "paintshop", "lead technologies", "intel(r) jpeg", "applemark",
+    "google", "snapseed", "microsoft", "digikam", "darktable", "rawtherapee", "capture one", "dxo",
+    "jpegmini", "libjpeg", "ijg", "gd-jpeg", "irfanview", "xnview", "faststone", "photoscape",
+    "pixelmator", "affinity photo", "luminar", "picsart", "ducky",
+)
+# Words that go with a tool's name and say nothing of the picture ("Adobe Photoshop CS6
+# (Windows)", "Intel(R) JPEG Library, version 1,5,4,36").
+_SOFTWARE_WORDS = frozenset(
+    "jpeg jpg png tiff library version inc ltd corp corporation co technologies software systems "
+    "windows macintosh mac os linux ios android cc cs classic pro elements photo photos editor "
+    "viewer image imaging for by with using tm pc edition express studio suite plus lite free "
+    "trial professional premium app quality camera raw and".split()
+) | frozenset(w for name in _SOFTWARE for w in name.split())
+_WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
+_HEX = re.compile(r"(0x)?[0-9a-f]{8,}", re.IGNORECASE)
+_EDGE_PUNCTUATION = ".,;:!?\"'()[]{}<>|*#=+/\\"
 # C0/C1 control characters (NUL padding, tabs, newlines) become spaces; lone surrogates (from
 # broken UTF-16), BOMs and replacement characters are dropped.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
@@ -85,7 +113,38 @@ def _is_placeholder(text: str, camera_names: set[str]) -> bool:
         return True
     if not any(c.isalnum() for c in text):  # "...", "-", "***"
         return True
-    return _FILE_NAME_LIKE.fullmatch(text) is not None
+    if _FILE_NAME_LIKE.fullmatch(text) is not None:
+        return True
+    return _is_id_like(text) or _is_signature(text)
+
+
+def _words(text: str) -> list[str]:
+    """The tokens of ``text`` that are words: letters only (hyphens and apostrophes inside),
+    at least two of them, and not a long run of hex digits ("deadbeef")."""
+    words = []
+    for token in text.split():
+        token = token.strip(_EDGE_PUNCTUATION)
+        if len(token) >= 2 and _WORD.fullmatch(token) and not _HEX.fullmatch(token):
+            words.append(token)
+    return words
+
+
+def _is_id_like(text: str) -> bool:
+    """No word at all: hashes, UUIDs, serial numbers, "cmp3.10.3.2Lq3 0x756ffbf7"."""
+    return not _words(text)
+
+
+def _is_signature(text: str) -> bool:
+    """A tool's signature: "File written by ... 5.0", or a tool's name with nothing but
+    versions and tool words after it ("GIMP 2.10.30", "Adobe Photoshop CS6 (Windows)")."""
+    key = text.casefold()
+    signed = _SIGNED.match(key)
+    if signed and (_VERSION.search(key) or any(name in key for name in _SOFTWARE)):
+        return True
+    name = next((n for n in _SOFTWARE if key.startswith(n)), None)
+    if name is None:
+        return False
+    return all(w.casefold() in _SOFTWARE_WORDS for w in _words(key[len(name):]))
 
 
 def _camera_names(camera: str | None, exif) -> set[str]:

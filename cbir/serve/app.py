@@ -249,6 +249,10 @@ def _hit_json(hit) -> dict:
         "taken_at": hit.taken_at.isoformat() if hit.taken_at else None,
         "taken": hit.taken.isoformat() if hit.taken else None, "camera": hit.camera,
     }
+    if "missing" not in data:  # an image's details: one stat, as for a search hit
+        from cbir.engine import file_gone
+
+        data["missing"] = file_gone(Path(hit.path))
     data["thumbnail"] = f"/api/images/{hit.id}/thumbnail"
     data["original"] = f"/api/images/{hit.id}/original"
     return data

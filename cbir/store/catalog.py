@@ -240,6 +240,23 @@ class Catalog:
                     c.execute(delete(Root).where(Root.id == old_id))
         return root_id, ""
 
+    def root_image_counts(self) -> dict[int, int]:
+        """root id -> its number of images (roots without images are left out)."""
+        with self.engine.connect() as c:
+            return dict(c.execute(select(Image.root_id, func.count()).group_by(Image.root_id)).all())
+
+    def drop_empty_roots(self, root_ids: list[int]) -> list[int]:
+        """Delete those of ``root_ids`` that hold no image, with their skip records; the ids
+        deleted."""
+        dropped = []
+        with self._writer.begin() as c:
+            for root_id in root_ids:
+                if c.execute(select(Image.id).where(Image.root_id == root_id).limit(1)).first() is None:
+                    c.execute(delete(Skipped).where(Skipped.root_id == root_id))
+                    c.execute(delete(Root).where(Root.id == root_id))
+                    dropped.append(root_id)
+        return dropped
+
     # -- what is stored under a scope ---------------------------------------------------------
     @staticmethod
     def _in_scope(column, scope: str):
@@ -436,6 +453,17 @@ class Catalog:
                 .order_by(ImageText.score.desc(), ImageText.id)
             ).all()
         return [(content, score) for content, score in rows]
+
+    def labels(self) -> list[tuple[str, int]]:
+        """(label, number of images with it) of every label (cbir label add), by label."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(ImageText.content, func.count(ImageText.image_id.distinct()))
+                .where(ImageText.source == LABEL)
+                .group_by(ImageText.content)
+                .order_by(func.lower(ImageText.content), ImageText.content)
+            ).all()
+        return [(content, count) for content, count in rows]
 
     def content_hashes(self) -> dict[int, str]:
         """image id -> content hash, for every image (copies share a hash)."""

@@ -3,9 +3,11 @@ transactions) or a shared PostgreSQL catalogue (advisory locks), and migrations.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
-from contextlib import contextmanager
+import shutil
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -14,6 +16,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from cbir.errors import LibraryLocked, LibraryNotFound, StorageError, UsageError
+from cbir.fsutil import storage_error
 
 DB_FILENAME = "library.db"
 POSTGRESQL_DRIVER = "postgresql+psycopg"
@@ -88,7 +91,34 @@ def _sqlite_engine(db_path: Path, busy_timeout_ms: int) -> Engine:
         write = connection.get_execution_options().get("cbir_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context):
+        # Whatever SQLite was doing (a batch, a migration, opening the -shm file), a full disk
+        # is reported as one: the same error a full disk gives for every other file.
+        if disk_full(context.original_exception, db_path):
+            return storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), db_path)
+        return None
+
     return engine
+
+
+# Below this much free space, SQLite's "disk I/O error" is taken for what it then is: a full disk.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_full(error: BaseException, db_path: Path) -> bool:
+    """Whether a SQLite error means the disk holding ``db_path`` is full: SQLITE_FULL ("database
+    or disk is full"), or an I/O error (SQLite's word for a failed write of its -wal or -shm
+    file) while next to nothing is free there."""
+    message = str(error)
+    if "database or disk is full" in message:
+        return True
+    if "disk I/O error" not in message:
+        return False
+    try:
+        return shutil.disk_usage(db_path.parent).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def _postgresql_engine(url: URL, lock_timeout_ms: int) -> Engine:
@@ -130,10 +160,16 @@ def catalogue_writer_lock(engine: Engine) -> Iterator[None]:
             raise LibraryLocked(
                 f"another cbir process is writing to the catalogue {describe(engine)}; wait for it to finish"
             )
+        unlock = f"SELECT pg_advisory_unlock({WRITER_LOCK})"
         try:
             yield
-        finally:
-            c.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITER_LOCK})")
+        except BaseException:
+            # The connection may be what failed (the lock goes with it): the command's own error
+            # is the one to report, never the unlock's.
+            with suppress(Exception):
+                c.exec_driver_sql(unlock)
+            raise
+        c.exec_driver_sql(unlock)
 
 
 def connection_error(e: OperationalError, engine: Engine):

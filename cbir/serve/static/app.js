@@ -228,6 +228,12 @@ function card(hit, index) {
   info.setAttribute("aria-label", `Details of ${name}`);
   info.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="9"/><path d="M12 11v6M12 7.5v.5"/></svg>';
   item.append(open, score, info);
+  if (hit.missing) {
+    // the file is gone from disk since it was ingested: still a result, marked as such
+    item.classList.add("missing");
+    item.append(el("span", { className: "missing-tag", textContent: "missing", title: "This file is no longer on disk" }));
+    open.setAttribute("aria-label", `${name} (file missing), score ${formatScore(hit.score)}: find similar images`);
+  }
   return item;
 }
 
@@ -412,6 +418,7 @@ function renderMeta(hit, full) {
   const info = full || hit;
   const rows = [
     ["Folder", dirName(info.path)],
+    ["File", hit.missing || full?.missing ? "missing: no longer on disk" : null],
     ["Size", info.width && info.height ? `${info.width} × ${info.height}` : null],
     ["Format", info.format],
     ["Taken", formatDate(info.taken_at || info.taken) + (info.taken_at ? "" : info.taken ? " (file date)" : "")],
