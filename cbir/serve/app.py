@@ -27,6 +27,7 @@ import cbir
 from cbir.errors import CbirError, EmptyLibrary, LibraryLocked, UsageError
 from cbir.query import ImageData
 from cbir.serve.files import ImageFiles, ImageGone, Served
+from cbir.serve.gate import DECODE_QUEUE, DECODE_SLOTS, RETRY_AFTER_SECONDS, DecodeGate, ServerBusy
 from cbir.serve.security import LOOPBACK_NAMES, Guard
 
 log = logging.getLogger("cbir.serve")
@@ -45,7 +46,7 @@ class TooLarge(UsageError):
     """An upload over the limit."""
 
 
-STATUS_OF = {TooLarge: 413, UsageError: 400, ImageGone: 404, EmptyLibrary: 409, LibraryLocked: 503}
+STATUS_OF = {TooLarge: 413, UsageError: 400, ImageGone: 404, EmptyLibrary: 409, LibraryLocked: 503, ServerBusy: 503}
 
 
 @dataclass(frozen=True)
@@ -104,16 +105,20 @@ Params = Annotated[SearchParams, Depends(search_params)]
 ImageId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="An image id from a search result.")]
 
 
-def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", upload_limit: int = UPLOAD_LIMIT) -> Guard:
+def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", upload_limit: int = UPLOAD_LIMIT,
+               decode_slots: int = DECODE_SLOTS, decode_queue: int = DECODE_QUEUE) -> Guard:
     """The app for an open Library (searched from many threads: give it a BatchingEncoder, as
     cbir.serve.serve does). With a token every request must carry it; without one only requests
-    addressed to this machine's loopback names are answered."""
+    addressed to this machine's loopback names are answered. Uploaded images and thumbnails
+    made from originals are decoded ``decode_slots`` at a time (cbir.serve.gate)."""
     app = FastAPI(
         title="cbir",
         version=cbir.__version__,
         description="Search an image library by text, by example or by uploaded image. Read-only.",
     )
-    files = ImageFiles(library.catalog, library.path)
+    gate = DecodeGate(decode_slots, decode_queue)
+    app.state.decode_gate = gate
+    files = ImageFiles(library.catalog, library.path, gate)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -128,7 +133,8 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
     @app.exception_handler(ImageGone)
     async def known_error(_request: Request, e: Exception):
         status = next((code for kind, code in STATUS_OF.items() if isinstance(e, kind)), 500)
-        return _error(str(e), type(e).__name__, status)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(e, ServerBusy) else None
+        return _error(str(e), type(e).__name__, status, retry)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, e: HTTPException):  # unknown paths, wrong methods
@@ -165,12 +171,13 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
 
     @app.post("/api/search/image", summary="Search by an uploaded image (optionally plus text)")
     def search_by_image(params: Params, file: Annotated[UploadFile, File(description="The query image.")]) -> dict:
-        data = file.file.read(upload_limit + 1)
-        if len(data) > upload_limit:
-            raise TooLarge(f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)")
-        name = f"uploaded image {file.filename!r}" if file.filename else "uploaded image"
-        echo = {"image": file.filename or "upload", **({"text": params.q} if params.q else {})}
-        return run_search(params, echo, image=ImageData(data, name))
+        with gate.slot():  # waiting, the upload stays in its spooled file, not in memory
+            data = file.file.read(upload_limit + 1)
+            if len(data) > upload_limit:
+                raise TooLarge(f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)")
+            name = f"uploaded image {file.filename!r}" if file.filename else "uploaded image"
+            echo = {"image": file.filename or "upload", **({"text": params.q} if params.q else {})}
+            return run_search(params, echo, image=ImageData(data, name))
 
     @app.get("/api/images/{image_id}/similar", summary="Images similar to a library image (optionally plus text)")
     def similar(image_id: ImageId, params: Params) -> dict:
@@ -204,6 +211,8 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
         data["server"] = {
             "version": cbir.__version__,
             "upload_limit_bytes": upload_limit,
+            "decode_slots": gate.slots,
+            "decode_queue": gate.queue,
             "token_required": token is not None,
             "text_batches": dict(sorted(getattr(encoder, "batch_sizes", {}).items())),
         }

@@ -14,6 +14,7 @@ import io
 import tarfile
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def thumb_size(requested: int) -> int:
 
 
 class ImageFiles:
-    def __init__(self, catalog, library: Path):
+    def __init__(self, catalog, library: Path, gate=None):
         self.catalog = catalog
+        self.gate = gate  # a cbir.serve.gate.DecodeGate: thumbnails not cached yet are made in its slots
         self.cache = library / THUMB_DIR
         self._tars: OrderedDict = OrderedDict()  # (tar, mtime_ns) -> {member: (offset, size)}
         self._tars_lock = threading.Lock()
@@ -72,14 +74,15 @@ class ImageFiles:
             return Served(cached.read_bytes(), "image/webp", etag)
         except OSError:
             pass
-        data = self._read(stored)
-        try:
-            picture = display_image(data, size)
-        except BadImage as e:
-            raise ImageGone(f"image {image_id} cannot be shown: {e}") from None
-        out = io.BytesIO()
-        picture.save(out, "WEBP", quality=WEBP_QUALITY, method=4)
-        webp = out.getvalue()
+        with self.gate.slot() if self.gate else nullcontext():
+            data = self._read(stored)
+            try:
+                picture = display_image(data, size)
+            except BadImage as e:
+                raise ImageGone(f"image {image_id} cannot be shown: {e}") from None
+            out = io.BytesIO()
+            picture.save(out, "WEBP", quality=WEBP_QUALITY, method=4)
+            webp = out.getvalue()
         unchanged = _unchanged(stored, data)
         if unchanged:
             try:

@@ -5,13 +5,19 @@
 * Bound to any other address, a token (``--token`` or ``CBIR_TOKEN``) is required to start, and
   every request must carry it: ``Authorization: Bearer TOKEN``, or the ``cbir_token`` cookie the
   server sets when the page is first opened as ``/?token=TOKEN`` (image tags send no headers).
+* Either way, the API answers only its own page, since any page the user visits can post to
+  127.0.0.1: a request a browser makes for a page of another origin (its ``Origin`` is not this
+  server's address, or ``Sec-Fetch-Site`` is cross-site or same-site: a page on localhost:8000
+  is "same-site" to localhost:8765 and is sent its cookie) gets 403, unless it presents the token
+  itself (Authorization, or ``?token=``). Programs that send neither header (curl, scripts) pass,
+  and so does following a link to the page (a top-level navigation outside /api/).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import secrets
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,6 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cbir.errors import UsageError
 
 COOKIE = "cbir_token"
+OTHER_SITES = ("cross-site", "same-site")  # Sec-Fetch-Site values of a request made for another origin
+DEFAULT_PORTS = {"http": "80", "https": "443"}
 MIN_TOKEN_LENGTH = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 TOKEN_PAGE = """<!doctype html><meta charset="utf-8"><title>cbir: token needed</title>
@@ -69,10 +77,13 @@ class Guard:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
             return await _refuse(scope, receive, send, 413, too_large)
+        foreign = None if _navigation_to_page(scope, headers) else _foreign_origin(headers)
         if self.token is None:
             host = _host_name(headers.get("host", ""))
             if host not in self.allowed_hosts:
                 return await _refuse(scope, receive, send, 400, f"unexpected Host header {host!r}")
+            if foreign:
+                return await _refuse(scope, receive, send, 403, _cross_origin_message(foreign))
             return await self._limited(scope, receive, send, too_large)
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         query_token = next((v for k, v in query if k == "token"), None)
@@ -88,6 +99,10 @@ class Guard:
             if scope["path"] == "/" and "text/html" in headers.get("accept", ""):  # a person, in a browser
                 return await HTMLResponse(TOKEN_PAGE.format(reason=reason), 401)(scope, receive, send)
             return await _refuse(scope, receive, send, 401, f"{reason}: send Authorization: Bearer TOKEN, or open /?token=TOKEN")
+        # The cookie rides along with any same-site request: only a token the caller holds counts.
+        presented = _bearer(headers.get("authorization", "")) or query_token
+        if foreign and not (presented is not None and self._valid(presented)):
+            return await _refuse(scope, receive, send, 403, _cross_origin_message(foreign))
         return await self._limited(scope, receive, send, too_large)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, too_large: str) -> None:
@@ -123,11 +138,49 @@ class Guard:
 
 
 async def _refuse(scope, receive, send, status: int, message: str) -> None:
-    kind = {401: "Unauthorized", 413: "TooLarge"}.get(status, "BadRequest")
+    kind = {401: "Unauthorized", 403: "Forbidden", 413: "TooLarge"}.get(status, "BadRequest")
     response = JSONResponse({"error": message, "type": kind}, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     await response(scope, receive, send)
+
+
+def _foreign_origin(headers: dict) -> str | None:
+    """How a browser said this request comes from a page of another origin; None if it did not.
+    Both headers are set by the browser, never by the page's scripts."""
+    site = headers.get("sec-fetch-site", "").strip().lower()
+    if site in OTHER_SITES:
+        return f"Sec-Fetch-Site: {site}"
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin.strip())  # "null" from sandboxed frames and local files: no address
+        own = _address(headers.get("host", ""), parts.scheme)
+        if parts.scheme not in DEFAULT_PORTS or not own or _address(parts.netloc, parts.scheme) != own:
+            return f"Origin: {origin.strip()[:100]}"
+    return None
+
+
+def _address(netloc: str, scheme: str) -> str:
+    """host[:port] lower-cased, without the scheme's default port (as browsers write Host)."""
+    netloc = netloc.strip().lower()
+    default = DEFAULT_PORTS.get(scheme.lower())
+    return netloc.removesuffix(f":{default}") if default else netloc
+
+
+def _navigation_to_page(scope: Scope, headers: dict) -> bool:
+    """Someone following a link to the page (or /docs): reads nothing for the linking page."""
+    return (
+        scope["method"] in ("GET", "HEAD")
+        and headers.get("sec-fetch-mode") == "navigate"
+        and not scope["path"].startswith("/api/")
+    )
+
+
+def _cross_origin_message(foreign: str) -> str:
+    return (
+        f"cross-origin request refused ({foreign}): the API answers only its own page, or a client "
+        "that sends its token (cbir serve --token, Authorization: Bearer TOKEN)"
+    )
 
 
 def _host_name(host: str) -> str:
