@@ -62,14 +62,19 @@ def _databases(request):
         yield lambda: stack.enter_context(postgres.fresh_database(server))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The PostgreSQL runs of the storage and planner suites start a server: they belong to the long
+# suite (.ci/run), not the README's fast tier.
+ON_BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=ON_BOTH_DATABASES)
 def database_url(request):
     """Each test twice: None (SQLite in the library folder), then a new PostgreSQL database."""
     for new in _databases(request):
         yield new()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=ON_BOTH_DATABASES)
 def new_database(request):
     """For module-scoped libraries: each test of the module twice, SQLite then PostgreSQL;
     a call gives a library its own database (None: SQLite)."""

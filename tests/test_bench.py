@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cbir
 
 
+@pytest.mark.slow  # minutes: the long suite (.ci/run), not the README's fast tier
 def test_bench_quick_runs_and_writes_its_report(tmp_path):
     out = run_cbir("bench", "--quick", "--model", "cbir-tiny", "--json", str(tmp_path / "bench.json"), timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -139,6 +139,7 @@ def test_a_reader_that_stops_early_ends_the_search_quietly(demo):
     assert proc.wait(timeout=120) == 141 and err == b""
 
 
+@pytest.mark.slow  # every index kind end to end
 def test_index_commands(tmp_path):
     make_demo_photos(tmp_path / "photos", 40)
     library = str(tmp_path / "lib")

@@ -50,6 +50,7 @@ def test_retrieval_recall_of_the_tiny_model(library):
     assert "text→image" in table and "R@10" in table
 
 
+@pytest.mark.slow  # an evaluation run
 def test_zero_shot_accuracy_by_folder_is_far_above_chance(library):
     ensemble = _json("zeroshot", "--library", library)
     single = _json("zeroshot", "--library", library, "--templates", "single")

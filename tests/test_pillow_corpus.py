@@ -29,11 +29,14 @@ from tests.conftest import run_cbir
 # Read at import: the autouse isolated_env fixture removes every CBIR_* variable before a test runs.
 CORPUS = os.environ.get("CBIR_PILLOW_CORPUS")
 
-pytestmark = pytest.mark.skipif(
-    not CORPUS,
-    reason="set CBIR_PILLOW_CORPUS to Pillow's Tests/images folder: "
-    'export CBIR_PILLOW_CORPUS="$(bash .ci/pillow_corpus.sh | tail -n 1)"',
-)
+pytestmark = [
+    pytest.mark.slow,  # a corpus: the long suite (.ci/run), not the README's fast tier
+    pytest.mark.skipif(
+        not CORPUS,
+        reason="set CBIR_PILLOW_CORPUS to Pillow's Tests/images folder: "
+        'export CBIR_PILLOW_CORPUS="$(bash .ci/pillow_corpus.sh | tail -n 1)"',
+    ),
+]
 
 INGEST_TIMEOUT = 600  # seconds; the corpus takes ~10 s on 2 cores: beyond this it hangs
 # The ingest process imports torch (~1 GiB resident on its own); the corpus's largest legitimate

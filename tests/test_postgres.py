@@ -21,6 +21,9 @@ from cbir.errors import LibraryLocked, LibraryNotFound, StorageError, UsageError
 from tests import postgres
 from tests.conftest import run_cbir
 
+# PostgreSQL end to end: the long suite (.ci/run), not the README's fast tier
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def database(postgres_server):

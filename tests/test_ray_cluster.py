@@ -16,6 +16,9 @@ from cbir.engine import Library
 from tests.conftest import REQUIRE_RAY, run_cbir
 from tests.test_ray_ingest import make_folder, snapshot
 
+# a Ray cluster of three nodes: the long suite (.ci/run), not the README's fast tier
+pytestmark = pytest.mark.slow
+
 
 def _env(home, **extra) -> dict:
     """No Ray settings of this test process (its own Ray sets RAY_AUTH_MODE), ``home`` as HOME."""

@@ -20,6 +20,9 @@ from cbir.engine import Library
 from cbir.errors import ModelMismatch
 from tests.conftest import run_cbir, write_image
 
+# Ray clusters: the long suite (.ci/run), not the README's fast tier
+pytestmark = pytest.mark.slow
+
 
 def make_folder(root: Path, n: int = 24) -> Path:
     """Photos with EXIF dates, cameras and descriptions, PNGs, caption files, a copy of one

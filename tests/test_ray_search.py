@@ -24,6 +24,9 @@ from cbir.query.filters import Filters
 from cbir.store.catalog import ImageRecord
 from tests.conftest import stored_vector_library
 
+# Ray clusters: the long suite (.ci/run), not the README's fast tier
+pytestmark = pytest.mark.slow
+
 # Actors share the session's 2-CPU cluster: a quarter CPU each lets every layout be placed.
 CPUS = 0.25
 

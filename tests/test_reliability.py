@@ -24,6 +24,7 @@ from tests.conftest import count_images, run_cbir, write_image
 DIM = 64
 
 
+@pytest.mark.slow  # a kill loop
 def test_a_rebuild_killed_at_any_moment_leaves_a_loadable_generation(tmp_path):
     lib, _ = build_library(tmp_path / "lib", 30_000, DIM)  # clustered vectors, no images
     query = lib.catalog.vectors_of("images", np.array([17]))[1][0]
@@ -73,6 +74,7 @@ def _searcher(library: str, seconds: float, out) -> None:
     out.put((searches, errors))
 
 
+@pytest.mark.slow  # a concurrency loop of processes
 def test_searches_in_other_processes_never_fail_while_an_ingest_writes(fake_library, tmp_path):
     first = tmp_path / "photos" / "first"
     for i in range(20):
@@ -240,6 +242,7 @@ def read_only_mount(tmp_path):
     subprocess.run(["umount", str(folder)], capture_output=True)
 
 
+@pytest.mark.slow  # a real read-only mount
 def test_a_library_on_a_read_only_disk_is_searchable_and_refuses_changes(tmp_path, photos, read_only_mount):
     """SQLite's WAL mode cannot open a database whose folder cannot hold its -shm file; cbir
     opens it immutable instead. Searching, status and verify work; ingest and labels refuse

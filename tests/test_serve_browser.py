@@ -23,6 +23,9 @@ import pytest
 
 from cbir.bench.serve import running_server
 
+# a real browser: the long suite (.ci/run), not the README's fast tier
+pytestmark = pytest.mark.slow
+
 # read at import: the autouse isolated_env fixture of conftest.py removes CBIR_* before each test
 CHROMIUM = os.environ.get("CBIR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = os.environ.get("CBIR_SCREENSHOTS")

@@ -67,6 +67,7 @@ def test_token_server_on_all_addresses(library):
             assert browser.get(url + "api/status").status_code == 200
 
 
+@pytest.mark.slow  # a concurrency loop
 def test_searching_goes_on_while_an_ingest_runs(library, tmp_path):
     """Clients search in a loop while another process ingests more photos: every request
     succeeds, and the new photos are found once the ingest has saved its index."""

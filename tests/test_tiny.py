@@ -104,6 +104,7 @@ def test_another_model_is_refused(gallery):
         Library.open(settings)
 
 
+@pytest.mark.slow  # a kill loop
 def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_path):
     photos = tmp_path / "photos"
     pairs = make_gallery(photos, 240, seed=EVAL_SEED + 1)
@@ -170,6 +171,7 @@ def test_a_local_checkpoint_loads_through_the_same_path(gallery, tmp_path):
         assert other.encoder.spec.pretrained == str(copy)
 
 
+@pytest.mark.slow  # a kill loop
 def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
     photos = tmp_path / "photos"
     make_gallery(photos, 160, seed=EVAL_SEED + 3)
