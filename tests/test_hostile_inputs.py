@@ -113,7 +113,7 @@ def test_a_file_that_could_not_be_read_is_tried_again_next_run(fake_library, tmp
     nothing about the content, unlike a corrupt file: the next run tries it again by itself."""
     import builtins
 
-    from cbir.ingest import decode
+    from cbir.ingest import limits
 
     photos = tmp_path / "photos"
     locked = photos / "locked.jpg"
@@ -126,12 +126,12 @@ def test_a_file_that_could_not_be_read_is_tried_again_next_run(fake_library, tmp
             raise PermissionError(13, "Permission denied")
         return builtins.open(path, *args, **kwargs)
 
-    monkeypatch.setattr(decode, "open", no_access, raising=False)
+    monkeypatch.setattr(limits, "open", no_access, raising=False)
     lib = fake_library()
     first = lib.ingest(photos)
     assert first.added == 0 and first.skipped == 2
     assert dict((p.name, r) for p, r in lib.catalog.skipped())["locked.jpg"] == "unreadable: Permission denied"
-    monkeypatch.setattr(decode, "open", builtins.open)  # permissions fixed; the file is unchanged
+    monkeypatch.setattr(limits, "open", builtins.open)  # permissions fixed; the file is unchanged
     second = lib.ingest(photos)
     assert second.added == 1 and second.skipped == 0  # the corrupt one, unchanged, is not retried
     assert [p.name for p, _ in lib.catalog.skipped()] == ["broken.jpg"]

@@ -22,10 +22,8 @@ import pytest
 from PIL import Image
 
 from cbir.encode.spec import Preprocess
-from cbir.ingest import decode
+from cbir.ingest import decode, limits
 from cbir.ingest.decode import (
-    MAX_DECODE_BYTES,
-    MAX_FILE_BYTES,
     BadImage,
     FileTask,
     decode_file,
@@ -33,6 +31,7 @@ from cbir.ingest.decode import (
     open_image,
     read_query_image,
 )
+from cbir.ingest.limits import MAX_DECODE_BYTES, MAX_FILE_BYTES
 from tests.conftest import run_cbir, write_image
 
 PP = Preprocess(size=32)
@@ -155,7 +154,7 @@ def test_a_big_allowed_image_is_reduced_before_it_is_converted(monkeypatch):
     out = io.BytesIO()
     Image.fromarray(values).save(out, "PNG")
     exact = open_image(out.getvalue(), PP)[0]
-    monkeypatch.setattr(decode, "REDUCE_ABOVE_BYTES", 1000)
+    monkeypatch.setattr(limits, "REDUCE_ABOVE_BYTES", 1000)
     calls = []
     real = decode._to_rgb
     monkeypatch.setattr(decode, "_to_rgb", lambda image, factor=1: calls.append(factor) or real(image, factor))

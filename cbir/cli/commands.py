@@ -133,7 +133,7 @@ def _check_query_images(queries) -> None:
         if not path.exists():
             raise UsageError(f"query image not found: {query.image}")
         if not path.is_file():  # a folder, or a FIFO or device that would block or never end
-            from cbir.ingest.decode import special_file
+            from cbir.ingest.limits import special_file
 
             raise UsageError(f"query image {query.image} is {special_file(path.stat().st_mode)}, not an image file")
 

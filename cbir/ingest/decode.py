@@ -3,23 +3,27 @@ processes, so it imports no torch; the arithmetic matches open_clip's eval trans
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
-import stat
-import struct
 import time
 import warnings
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cbir.encode.spec import Preprocess
+from cbir.ingest.limits import (
+    MAX_DECODE_BYTES,
+    BadImage,
+    check_decode_memory,
+    read_image_file,
+    reduce_factor,
+    without_oversized_png_text,
+)
 from cbir.ingest.texts import embedded_texts
 
 SUPPORTED_EXTENSIONS = frozenset(
@@ -46,21 +50,7 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
 # Refuse images above this many pixels before decoding them (decompression bombs). 2x Pillow's
 # default warning limit: ~179 MP, above any camera sold today.
 MAX_PIXELS = 2 * 89_478_485
-# Pixels are not memory: a 300 KB PNG can declare 169 MP of 16-bit greyscale. Together these bound
-# what one image costs, measured against a `cbir search --image` that already holds ~0.9 GB
-# (torch, faiss, the model) and must stay under 1.5 GB:
-# - a file over MAX_FILE_BYTES is refused before it is read (it is read whole, to be hashed);
-#   the largest camera JPEGs (~150 MP) are well under 100 MB.
-# - an image whose decoding needs more than MAX_DECODE_BYTES, as worked out from its header
-#   (mode, size, progressive JPEG coefficients), is refused before it is decoded. JPEGs are
-#   decoded at reduced size (draft), so a 179 MP camera photo needs ~12 MB; a PNG or TIFF is
-#   decoded whole: up to ~75 MP of RGB (Pillow keeps 4 bytes a pixel), 150 MP of 16-bit grey.
-MAX_FILE_BYTES = 200_000_000
-MAX_DECODE_BYTES = 300_000_000
-# A decoded image over this size is box-reduced (in strips) to twice the model's input before
-# it is converted and resized, so that conversions never copy it whole. Smaller ones get the
-# exact open_clip transform.
-REDUCE_ABOVE_BYTES = 64 * 2**20
+
 _STRIP_BYTES = 4 * 2**20  # rows converted at a time: what one conversion's temporaries take
 
 _EXIF_IFD = 0x8769
@@ -79,8 +69,6 @@ def read_failed(reason: str) -> bool:
     return reason == VANISHED or reason.startswith(UNREADABLE + ":")
 
 
-class BadImage(Exception):
-    """The file cannot be used; the message is the reason recorded for it."""
 
 
 @dataclass(frozen=True)
@@ -193,53 +181,10 @@ def _to_rgb(image: Image.Image, factor: int = 1) -> Image.Image:
     return out
 
 
-# Bytes a pixel takes in Pillow's memory, by mode (RGB is stored in 4); unlisted modes take 4.
-_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
-_MODE_NAMES = {"1": "1-bit", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha", "I": "32-bit greyscale",
-               "F": "32-bit float", "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale",
-               "I;16L": "16-bit greyscale"}
 # Orientation tag -> the transposition that shows the picture upright (as ImageOps.exif_transpose).
 _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
             8: Image.Transpose.ROTATE_90}
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:,.0f} MB" if n >= 10**6 else f"{n / 1e6:.1f} MB"
-
-
-def _reduce_factor(image: Image.Image, side: int, longest: bool = False) -> int:
-    """How many times a big decoded image can be box-reduced and keep its shortest (or longest)
-    side at least twice ``side``, the size it is going to; 1 for an image not worth reducing."""
-    w, h = image.size
-    if w * h * _PIXEL_BYTES.get(image.mode, 4) <= REDUCE_ABOVE_BYTES:
-        return 1
-    return max(1, (max(w, h) if longest else min(w, h)) // (2 * max(1, side)))
-
-
-def _check_decode_memory(image: Image.Image, factor: int, full_size: tuple[int, int], max_bytes: int) -> None:
-    """Refuse, from its header, an image whose decoding would need more than ``max_bytes``: the
-    pixels as Pillow holds them (after any draft), the codec's own buffers, and the RGB copy at
-    the reduced size."""
-    w, h = image.size
-    needed = w * h * _PIXEL_BYTES.get(image.mode, 4)
-    if image.format in ("AVIF", "HEIF"):
-        needed *= 2  # decoded by their own library into a buffer that Pillow then copies
-    if image.format in ("JPEG", "MPO") and image.info.get("progressive") and image.layer:
-        # libjpeg holds a progressive JPEG's DCT coefficients (2 bytes each) at full size, even
-        # when the draft decodes it at 1/8 of that
-        fw, fh = full_size
-        hmax = max(c[1] for c in image.layer) or 1
-        vmax = max(c[2] for c in image.layer) or 1
-        needed += sum(fw * fh * c[1] * c[2] * 2 // (hmax * vmax) for c in image.layer)
-    needed += -(-w // factor) * -(-h // factor) * 4
-    if needed > max_bytes:
-        fw, fh = full_size
-        kind = " ".join(filter(None, (_MODE_NAMES.get(image.mode, image.mode), image.format)))
-        raise BadImage(
-            f"refused: a {fw}x{fh} {kind} image needs {_megabytes(needed)} to decode, over the "
-            f"{_megabytes(max_bytes)} limit (possible decompression bomb)"
-        )
 
 
 def _why(e: BaseException) -> str:
@@ -273,68 +218,13 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == JPEG_MAGIC
 
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
-
-
-def _png_text_size(kind: bytes, data: bytes, start: int, end: int) -> int | None:
-    """How long the text of the PNG text chunk at data[start:end] is once decompressed, or None
-    when it is over Pillow's MAX_TEXT_CHUNK (decompressed no further than that)."""
-    limit = PngImagePlugin.MAX_TEXT_CHUNK
-    key_end = data.find(b"\0", start, end)  # keyword, NUL, then the text (zTXt: method, text)
-    compressed = None
-    if kind == b"zTXt" and key_end >= 0:
-        compressed = memoryview(data)[key_end + 2:end]
-    elif kind == b"iTXt" and key_end >= 0 and data[key_end + 1:key_end + 2] == b"\1":
-        # compressed flag, method, language NUL translated keyword NUL, then the text
-        language_end = data.find(b"\0", key_end + 3, end)
-        keyword_end = data.find(b"\0", language_end + 1, end) if language_end >= 0 else -1
-        if keyword_end >= 0:
-            compressed = memoryview(data)[keyword_end + 1:end]
-    if compressed is None:
-        return end - start if end - start <= limit else None
-    inflater = zlib.decompressobj()
-    try:
-        text = inflater.decompress(compressed, limit)
-    except zlib.error:
-        return 0  # Pillow reads a corrupt one as empty
-    return None if inflater.unconsumed_tail else len(text)
-
-
-def _without_oversized_png_text(data: bytes) -> bytes:
-    """A PNG without the text chunks Pillow would refuse the whole image for (one decompressing
-    past MAX_TEXT_CHUNK, or all together past MAX_TEXT_MEMORY): the image and its other texts
-    are kept. Other data is returned as it is."""
-    if not data.startswith(PNG_MAGIC):
-        return data
-    view = memoryview(data)
-    kept, start, pos, total = [], 0, len(PNG_MAGIC), 0
-    budget = PngImagePlugin.MAX_TEXT_MEMORY // 2
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        end = pos + 12 + length
-        if kind in _PNG_TEXT_CHUNKS and end <= len(data):
-            size = _png_text_size(kind, data, pos + 8, pos + 8 + length)
-            if size is None or total + size > budget:
-                kept.append(view[start:pos])
-                start = end
-            else:
-                total += size
-        if kind == b"IEND":
-            break
-        pos = end
-    if start == 0:
-        return data
-    return b"".join([*kept, view[start:]])
-
-
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Open (not decode) an image of an allowed format, refusing one over ``max_pixels`` by its
     header alone. Call it inside ``warnings.catch_warnings()``: Pillow's own bomb warning is
     silenced, since the check here is the stricter one."""
     if not data:
         raise BadImage("empty file")
-    data = _without_oversized_png_text(data)
+    data = without_oversized_png_text(data)
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     # Broken EXIF/TIFF tags ("Corrupt EXIF data"): Pillow skips them; only their metadata is lost.
     warnings.filterwarnings("ignore", module="PIL.TiffImagePlugin")
@@ -366,9 +256,9 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
                     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the model
                     # input: far less work for camera-size photos, and the result is downscaled anyway.
                     image.draft("RGB", (pp.size, pp.size))
-                factor = _reduce_factor(image, pp.size)
+                factor = reduce_factor(image, pp.size)
                 # before anything loads the pixels (a PNG's EXIF may follow them)
-                _check_decode_memory(image, factor, (w, h), max_bytes)
+                check_decode_memory(image, factor, (w, h), max_bytes)
             taken, camera, orientation = _exif_metadata(image)
             if not pixels and fmt == "jpeg":  # JPEG metadata sits in markers before the pixels
                 sideways = orientation in (5, 6, 7, 8)
@@ -442,54 +332,6 @@ def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pi
     return result
 
 
-def special_file(mode: int) -> str | None:
-    """What a file that is not a regular file is ("a FIFO"), from its st_mode; None for a regular one."""
-    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "a special file"
-
-
-def _open_nonblocking(path, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)
-
-
-def read_image_file(path: str | os.PathLike, offset: int | None = None, size: int | None = None,
-                    max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of an image file, or the ``size`` bytes at ``offset`` in it (a tar member).
-    Anything but a regular file (a FIFO would block the reader, /dev/zero never ends) and a file
-    over ``max_bytes`` are refused with BadImage before a byte is read; a folder raises
-    IsADirectoryError, a file that cannot be read OSError."""
-    def check(st: os.stat_result) -> None:
-        kind = special_file(st.st_mode)
-        if kind == "a folder":
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if kind:
-            raise BadImage(f"not a regular file: {kind}")
-        length = st.st_size if offset is None else size
-        if length > max_bytes:
-            raise BadImage(
-                f"refused: the file is {length:,} bytes, over the {_megabytes(max_bytes)} limit for an image"
-            )
-
-    check(os.stat(path))  # first by name: opening a socket fails, a FIFO blocks
-    # Non-blocking, and checked again once open: the path may have been swapped in between.
-    with open(path, "rb", opener=_open_nonblocking) as f:
-        check(os.fstat(f.fileno()))
-        if offset is None:
-            data = f.read(max_bytes + 1)
-            if len(data) > max_bytes:  # it grew since
-                raise BadImage(f"refused: the file is over the {_megabytes(max_bytes)} limit for an image")
-            return data
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:
-        raise OSError(f"{path} ends before the image does (truncated?)")
-    return data
-
-
 def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Model pixels for an image given as a query; raises OSError or BadImage."""
     return open_image(read_image_file(path), pp, max_pixels)[0]
@@ -520,8 +362,8 @@ def display_image(data: bytes, longest_side: int, max_pixels: int = MAX_PIXELS,
             full_size = image.size
             if image.format in ("JPEG", "MPO"):
                 image.draft("RGB", (longest_side, longest_side))  # decode at 1/2..1/8 scale when enough
-            factor = _reduce_factor(image, longest_side, longest=True)
-            _check_decode_memory(image, factor, full_size, max_bytes)
+            factor = reduce_factor(image, longest_side, longest=True)
+            check_decode_memory(image, factor, full_size, max_bytes)
             orientation = _exif_metadata(image)[2]
             image.load()
             image = _to_rgb(image, factor)
