@@ -11,6 +11,7 @@ from cbir.cli.engine_options import ray_options, search_engine_options, use_engi
 from cbir.cli.render import (
     build_summary,
     echo_json,
+    echo_rows,
     hits_table,
     index_info_text,
     ingest_summary,
@@ -440,16 +441,8 @@ def label_list(image, as_json, library, model, device):
         labels = lib.labels() if image is None else []
     if image is None and not labels and not as_json:
         click.echo('(no labels yet: cbir label add IMAGE "LABEL")')
-    for text, count in labels:
-        if as_json:
-            echo_json({"label": text, "images": count})
-        else:
-            click.echo(f"{count:>6}  {text}")
-    for source, text in texts or ():
-        if as_json:
-            echo_json({"source": source, "text": text})
-        else:
-            click.echo(f"{source:<9} {text}")
+    echo_rows(labels, as_json, ("label", "images"), lambda text, count: f"{count:>6}  {text}")
+    echo_rows(texts or (), as_json, ("source", "text"), lambda source, text: f"{source:<9} {text}")
 
 
 @cli.command()

@@ -8,7 +8,7 @@ import os
 import click
 
 from cbir.cli import cli, database_url, library_options  # noqa: F401  (commands below register on it)
-from cbir.cli.render import echo_json, human_bytes
+from cbir.cli.render import echo_json, echo_rows, human_bytes
 from cbir.errors import UsageError
 
 TEMPLATES_HELP = (
@@ -171,11 +171,8 @@ def tags_command(image, as_json, library, model, device):
         found = lib.tags_of(image)
     if not found and not as_json:
         click.echo("(no tags: run cbir tag --vocabulary FILE)")
-    for word, score in found:
-        if as_json:
-            echo_json({"tag": word, "score": score})
-        else:
-            click.echo(f"{'' if score is None else f'{score:.3f}':>6}  {word}")
+    echo_rows(found, as_json, ("tag", "score"),
+              lambda word, score: f"{'' if score is None else f'{score:.3f}':>6}  {word}")
 
 
 @cli.command()

@@ -21,6 +21,15 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, default=str))
 
 
+def echo_rows(rows, as_json: bool, keys: tuple[str, ...], line) -> None:
+    """Each row as a JSON line of ``keys``, or as the text ``line(*row)``."""
+    for row in rows:
+        if as_json:
+            echo_json(dict(zip(keys, row)))
+        else:
+            click.echo(line(*row))
+
+
 def query_label(query) -> str:
     """A batch query as a heading: the text itself, or ``image: PATH, text: ...``."""
     if isinstance(query, str):
