@@ -98,6 +98,6 @@ def resolve_settings(
 def _database_url(text: str | None) -> str | None:
     if text is None:
         return None
-    from cbir.store.db import parse_database_url
+    from cbir.dburl import parse_database_url  # lazy: sqlalchemy only when a URL is given
 
     return parse_database_url(text).render_as_string(hide_password=False)

@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from cbir.errors import UsageError
+from cbir.fingerprint import same_model  # noqa: F401  (moved to a leaf; still importable here)
 
 BUNDLED = "bundled"  # pretrained value of the models shipped inside cbir
 TEXT_BATCH = 256  # texts per text-encoder call
@@ -140,17 +141,3 @@ def make_fingerprint(spec: ModelSpec, dim: int, preprocess: Preprocess) -> dict:
         "dim": dim,
         "preprocess": asdict(preprocess),
     }
-
-
-def same_model(a: dict, b: dict) -> bool:
-    """Two fingerprints describe vectors in the same space (the spec text may differ)."""
-    keys = ("model", "weights", "dim", "preprocess")
-    return all(_normalise(a.get(k)) == _normalise(b.get(k)) for k in keys)
-
-
-def _normalise(value):
-    if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_normalise(v) for v in value]
-    return value

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.fingerprint import same_model
 from cbir.fsutil import atomic_write, atomic_write_text, fsync_dir, storage_error
 from cbir.index.types import IndexSpec
 from cbir.index.vector_index import VectorIndex
@@ -117,7 +118,6 @@ def load(root: Path, name: str, dim: int, vector_version: int, model: dict | Non
     """(index, manifest entry): the saved index ``name`` if the current generation holds it for
     ``vector_version``, ``dim`` and (when given) the library's ``model`` fingerprint, else (None,
     the entry if any, to rebuild the index alike). A sharded index comes back as a ShardedIndex."""
-    from cbir.encode.spec import same_model
     from cbir.index.sharded import Router, ShardedIndex
 
     for _ in range(3):  # a writer may remove the generation between reading and opening

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 
-from cbir.errors import LibraryLocked, LibraryNotFound, StorageError, UsageError
+from cbir.dburl import parse_database_url, safe_url
+from cbir.errors import LibraryLocked, LibraryNotFound, StorageError
 from cbir.fsutil import storage_error
 
 DB_FILENAME = "library.db"
-POSTGRESQL_DRIVER = "postgresql+psycopg"
 # Advisory lock keys (any constants, per database): one held by each write transaction, the
 # equivalent of SQLite's BEGIN IMMEDIATE; one held by a whole ingest or label change, the
 # equivalent across machines of the library folder's write.lock.
@@ -29,27 +29,6 @@ WRITER_LOCK = 0x63626972_0002
 
 def library_db_path(library: Path) -> Path:
     return library / DB_FILENAME
-
-
-def parse_database_url(text: str) -> URL:
-    """A --db / CBIR_DATABASE_URL value as a psycopg URL; anything but PostgreSQL is refused."""
-    try:
-        url = make_url(text)
-    except ArgumentError:
-        raise UsageError("--db: not a database URL; use postgresql+psycopg://USER:PASSWORD@HOST/DATABASE") from None
-    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
-        raise UsageError(
-            f"--db: unsupported database {url.drivername!r}; use postgresql+psycopg://USER:PASSWORD@HOST/DATABASE "
-            "(without --db the library keeps its catalogue in SQLite in the library folder)"
-        )
-    if not url.database:
-        raise UsageError(f"--db {safe_url(url)}: name the database, e.g. postgresql+psycopg://HOST/cbir")
-    return url.set(drivername=POSTGRESQL_DRIVER)
-
-
-def safe_url(url: URL | str) -> str:
-    """A database URL fit to print: the password masked."""
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def create_db_engine(target: Path | str | URL, *, busy_timeout_ms: int = 30_000) -> Engine:
