@@ -1,4 +1,4 @@
-"""`cbir bench` reports as Markdown tables (what the README's Performance section shows)."""
+"""`cbir bench` reports as Markdown tables (what docs/performance.md shows)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ TARGETS = (IMAGES, TEXTS)
 
 # Relative cost of exact subset search per matching vector (fetch its id from SQLite, gather and
 # score it) against the cost per vector of a flat index scan. Measured by
-# benchmarks/filtered_search.py; see the README's table.
+# benchmarks/filtered_search.py; see the table in docs/searching.md.
 SUBSET_COST_PER_MATCH = 8.0
 OVERFETCH = 1.5  # post-filter fetches this much more than the selectivity says it needs
 MIN_FETCH = 32
