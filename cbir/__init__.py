@@ -13,9 +13,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# The public API, each name imported from its module on first use.
 _LAZY = {
     "Library": "cbir.engine",
     "open_library": "cbir.engine",
+    "Hit": "cbir.engine",
+    "Query": "cbir.query",
+    "Filters": "cbir.query.filters",
+    "CbirError": "cbir.errors",
     "Settings": "cbir.config",
     "resolve_settings": "cbir.config",
 }
@@ -29,4 +34,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cbir' has no attribute {name!r}")
 
 
-__all__ = ["Library", "open_library", "Settings", "resolve_settings", "__version__"]
+__all__ = [*_LAZY, "__version__"]

@@ -50,3 +50,20 @@ def test_database_urls_are_checked_when_settings_are_resolved():
         with pytest.raises(UsageError, match=message) as error:
             resolve_settings(database_url=text, env={})
         assert "s3cret" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_public_api_is_importable_from_cbir_without_torch_or_faiss():
+    import subprocess
+
+    code = (
+        "import sys, cbir\n"
+        "from cbir import CbirError, Filters, Hit, Library, Query, open_library\n"
+        "assert Library.__module__ == 'cbir.engine' and issubclass(CbirError, Exception)\n"
+        "assert Query(text='a red circle').text == 'a red circle' and Filters().where is None\n"
+        "assert sorted(cbir.__all__) == sorted(['CbirError', 'Filters', 'Hit', 'Library', 'Query', 'Settings',\n"
+        "    'open_library', 'resolve_settings', '__version__'])\n"
+        "print(sorted(m for m in ('torch', 'faiss', 'open_clip') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
