@@ -111,7 +111,7 @@ class ImageText(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
-    source: Mapped[str] = mapped_column(String(16), index=True)  # see cbir.store.catalog.SOURCES
+    source: Mapped[str] = mapped_column(String(16), index=True)  # see cbir.store.records (SIDECAR ...)
     content: Mapped[str] = mapped_column(Text)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     # Size and mtime of the file the text was read from (sidecars): re-read only when they change.

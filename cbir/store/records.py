@@ -1,0 +1,185 @@
+"""What the catalogue reads and writes, as plain values: the meta keys, the text sources, the
+records ingest writes (``Changes``), what a committed transaction changed (``Applied``), what
+search and status show, and how vectors and dataset columns are stored in a row."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes image vectors
+TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
+MODEL = "model"  # the model fingerprint (JSON)
+
+# Where a text comes from. Sidecar and embedded texts follow their files; labels are the user's.
+SIDECAR, EMBEDDED, LABEL, TAG, CAPTION = "sidecar", "embedded", "label", "tag", "caption"  # caption: a dataset's
+TAG_SOURCES = (LABEL, TAG)  # what --tag matches
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: str
+    dataset: str | None = None  # the dataset that added it; None for a folder scan
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a search result or status shows about an image."""
+
+    id: int
+    path: Path  # absolute
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None
+    camera: str | None
+    taken: datetime | None = None  # what date filters and --sort date use
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image's file as stored: ``path`` is absolute; for a WebDataset sample it is the tar's
+    path followed by the member's name (``dataset`` starts with ``tar:``)."""
+
+    id: int
+    path: Path
+    size: int
+    content_hash: str
+    format: str
+    dataset: str | None
+    extra: dict
+
+
+@dataclass
+class ImageRecord:
+    """A file's metadata as written by ingest."""
+
+    path: str  # relative to its root, POSIX separators
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None = None
+    camera: str | None = None
+    dataset: str | None = None  # the dataset that added it; None for a folder scan
+    extra: dict | None = None  # a dataset row's other columns
+
+    def columns(self) -> dict:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "content_hash": self.content_hash,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "taken_at": self.taken_at,
+            "taken": self.taken_at or local_time(self.mtime_ns),
+            "camera": self.camera,
+            "dataset": self.dataset,
+            "extra": _extra_json(self.extra),
+        }
+
+
+def _extra_json(extra: dict | None) -> str | None:
+    return json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
+
+
+def local_time(mtime_ns: int) -> datetime:
+    """A file time as the naive local time a file browser shows (EXIF dates are local too)."""
+    return datetime.fromtimestamp(mtime_ns / 1e9).replace(microsecond=0)
+
+
+@dataclass
+class TextRecord:
+    """A text to store for an image: its content, embedding and, for sidecars, the file's
+    size and mtime (the text is re-read only when they change)."""
+
+    content: str
+    vector: np.ndarray
+    origin_size: int | None = None
+    origin_mtime_ns: int | None = None
+    score: float | None = None  # a tag's zero-shot probability (cbir tag)
+
+
+@dataclass
+class Changes:
+    """One batch of ingest results, committed in a single transaction."""
+
+    root_id: int
+    added: list[tuple[ImageRecord, np.ndarray]] = field(default_factory=list)
+    replaced: list[tuple[int, ImageRecord, np.ndarray]] = field(default_factory=list)
+    copied: list[tuple[ImageRecord, int]] = field(default_factory=list)  # vector of image id
+    moved: list[tuple[int, ImageRecord]] = field(default_factory=list)
+    touched: list[tuple[int, int, int]] = field(default_factory=list)  # id, size, mtime_ns
+    removed: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, int, int, str]] = field(default_factory=list)  # path, size, mtime, why
+    unskipped: list[str] = field(default_factory=list)  # paths whose skip record is obsolete
+    # (image path, source) -> the texts that replace that image's texts of that source
+    texts: dict[tuple[str, str], list[TextRecord]] = field(default_factory=dict)
+    extras: list[tuple[int, dict | None]] = field(default_factory=list)  # id, new dataset columns
+
+    def __len__(self) -> int:
+        return sum(
+            len(x)
+            for x in (
+                self.added,
+                self.replaced,
+                self.copied,
+                self.moved,
+                self.touched,
+                self.removed,
+                self.skipped,
+                self.unskipped,
+                self.texts,
+                self.extras,
+            )
+        )
+
+
+@dataclass
+class VectorChanges:
+    """What a committed transaction did to one kind of vectors, for updating an in-memory index."""
+
+    add_ids: np.ndarray
+    add_vectors: np.ndarray
+    remove_ids: np.ndarray
+    version: int
+
+    @classmethod
+    def of(cls, add_ids: list[int], add_vectors: list[np.ndarray], remove_ids: list[int], version: int, dim: int):
+        return cls(
+            add_ids=np.asarray(add_ids, dtype=np.int64),
+            add_vectors=(
+                np.stack(add_vectors).astype(np.float32) if add_vectors else np.zeros((0, dim), np.float32)
+            ),
+            remove_ids=np.asarray(remove_ids, dtype=np.int64),
+            version=version,
+        )
+
+
+@dataclass
+class Applied:
+    images: VectorChanges
+    texts: VectorChanges
+
+
+def _to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
