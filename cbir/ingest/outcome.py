@@ -1,0 +1,118 @@
+"""What a decoded file means for the library, decided once it is read: added, updated (encoded
+again), touched (same content, new size or mtime), moved (the vector of a gone file, or of a
+vanished root's file, follows it), copied (content the library holds elsewhere) or skipped."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from cbir.ingest.captions import Captions, DatasetRows
+from cbir.ingest.commit import Committer
+from cbir.ingest.decode import Decoded
+from cbir.ingest.report import IngestReport
+from cbir.ingest.roots import VanishedRows
+from cbir.ingest.scan import ScannedFile
+from cbir.store.catalog import EMBEDDED, Catalog, ImageRecord, StoredFile
+
+
+class Outcomes:
+    """Sorts each decoded file into ``batch`` (and counts it in ``report``). ``gone``: the
+    plan's gone files, from which the moves are taken: what is left of it at the end is removed."""
+
+    def __init__(
+        self, catalog: Catalog, batch: Committer, report: IngestReport, *,
+        stored: dict[str, StoredFile], skips: dict, entries: dict[str, ScannedFile], known: dict[str, int],
+        gone: dict[str, StoredFile], vanished: VanishedRows | None, captions: Captions | DatasetRows,
+    ):
+        self.catalog, self.batch, self.report = catalog, batch, report
+        self.stored, self.skips, self.entries, self.known = stored, skips, entries, known
+        self.gone, self.vanished, self.captions = gone, vanished, captions
+        self.gone_by_hash: dict[str, list[str]] = {}
+        for p, s in gone.items():
+            self.gone_by_hash.setdefault(s.content_hash, []).append(p)
+
+    def sort(self, d: Decoded, vector: np.ndarray | None) -> None:
+        changes, path = self.batch.changes, d.task.path
+        mine = self.stored.get(path)
+        if d.error:
+            self._skip(d, mine)
+            return
+        if path in self.skips:
+            changes.unskipped.append(path)
+        if vector is not None:
+            self._encoded(d, vector, mine)
+        elif mine and mine.content_hash == d.content_hash:
+            changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
+            self.report.touched += 1
+        else:
+            self._known_content(d, mine)
+        self.captions.queue(path, self.batch.texts, changes, self.report)
+
+    def _skip(self, d: Decoded, mine: StoredFile | None) -> None:
+        self.batch.changes.skipped.append((d.task.path, d.task.size, d.task.mtime_ns, d.error))
+        self.report.skipped += 1
+        if mine:  # it was a good image before and is broken now: its old vector is stale
+            self.batch.changes.removed.append(mine.id)
+
+    def _encoded(self, d: Decoded, vector: np.ndarray, mine: StoredFile | None) -> None:
+        path, changes, report = d.task.path, self.batch.changes, self.report
+        record = _record(d, self.entries[path])
+        if mine:
+            changes.replaced.append((mine.id, record, vector))
+            report.updated += 1
+        else:
+            changes.added.append((record, vector))
+            report.added += 1
+        report.encoded += 1
+        self.batch.encoded += 1
+        if d.texts or mine:  # a re-encoded file's old description goes
+            self.batch.texts[(path, EMBEDDED)] = [(t, None, None) for t in d.texts]
+
+    def _known_content(self, d: Decoded, mine: StoredFile | None) -> None:
+        """Content the library already holds: the file moved here, or is a copy."""
+        path, changes, report, entry = d.task.path, self.batch.changes, self.report, self.entries[d.task.path]
+        if mine:  # replaced by content the library already has elsewhere
+            changes.removed.append(mine.id)
+            report.updated += 1
+        candidates = self.gone_by_hash.get(d.content_hash)
+        if candidates:
+            old = self.gone.pop(candidates.pop())
+            changes.moved.append((old.id, _reuse(self.catalog, old.id, d, entry)))
+            report.moved += 1
+        elif self.vanished and (claimed := self.vanished.claim(d.content_hash, path)):
+            old, sidecar = claimed
+            changes.moved.append((old.id, _reuse(self.catalog, old.id, d, entry)))
+            report.moved += 1
+            if sidecar:  # its caption file moved too: not read again unless it changed
+                self.captions.stored[path] = sidecar
+        else:
+            source = self.known[d.content_hash]
+            changes.copied.append((_reuse(self.catalog, source, d, entry), source))
+            report.copied += 1
+
+
+def _record(d: Decoded, entry: ScannedFile) -> ImageRecord:
+    return ImageRecord(
+        path=d.task.path,
+        size=d.task.size,
+        mtime_ns=d.task.mtime_ns,
+        content_hash=d.content_hash,
+        width=d.width,
+        height=d.height,
+        format=d.format,
+        taken_at=d.taken_at,
+        camera=d.camera,
+        dataset=entry.dataset,
+        extra=entry.extra,
+    )
+
+
+def _reuse(catalog: Catalog, image_id: int, d: Decoded, entry: ScannedFile) -> ImageRecord:
+    """The stored metadata of identical content, under the new file's path, size and mtime
+    (and the dataset and columns of the row that lists it)."""
+    return replace(
+        catalog.record_of(image_id), path=d.task.path, size=d.task.size, mtime_ns=d.task.mtime_ns,
+        dataset=entry.dataset, extra=entry.extra,
+    )
