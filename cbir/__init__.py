@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 
 # The public API, each name imported from its module on first use.
 _LAZY = {
-    "Library": "cbir.engine",
-    "open_library": "cbir.engine",
-    "Hit": "cbir.engine",
+    "Library": "cbir.library",
+    "open_library": "cbir.library",
+    "Hit": "cbir.library",
     "Query": "cbir.query",
     "Filters": "cbir.query.filters",
     "CbirError": "cbir.errors",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from tests import postgres
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from cbir.cli import cli
 from cbir.config import resolve_settings
 from cbir.duplicates import group_rows, similar_pairs
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import UsageError
 from cbir.store.catalog import MODEL, Changes, ImageRecord
 from cbir.synthetic import Scene, render

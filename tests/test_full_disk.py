@@ -14,7 +14,7 @@ import pytest
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import CbirWarning, StorageError
 from cbir.index import generations
 from tests.conftest import count_images, run_cbir

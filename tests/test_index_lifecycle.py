@@ -13,7 +13,7 @@ import pytest
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import UsageError
 from cbir.index import generations
 from cbir.query.filters import Filters

@@ -58,7 +58,7 @@ def test_the_public_api_is_importable_from_cbir_without_torch_or_faiss():
     code = (
         "import sys, cbir\n"
         "from cbir import CbirError, Filters, Hit, Library, Query, open_library\n"
-        "assert Library.__module__ == 'cbir.engine' and issubclass(CbirError, Exception)\n"
+        "assert Library.__module__ == 'cbir.library' and issubclass(CbirError, Exception)\n"
         "assert Query(text='a red circle').text == 'a red circle' and Filters().where is None\n"
         "assert sorted(cbir.__all__) == sorted(['CbirError', 'Filters', 'Hit', 'Library', 'Query', 'Settings',\n"
         "    'open_library', 'resolve_settings', '__version__'])\n"

@@ -325,7 +325,7 @@ def test_more_shards_than_vectors_is_refused_at_once(tiny_library):
 def test_verify_names_the_weights_when_only_they_differ(tiny_library):
     """An index built with other weights under the same name said "built with cbir-tiny, not
     cbir-tiny"."""
-    from cbir.engine import open_library
+    from cbir.library import open_library
     from cbir.store.catalog import MODEL
 
     _, library = tiny_library

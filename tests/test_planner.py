@@ -34,7 +34,7 @@ def library(tmp_path_factory, new_database):
     """A library of N images with random metadata and clustered random vectors (so near ties
     and near duplicates occur), a third of them with a caption, built straight in the catalog."""
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     base = tmp_path_factory.mktemp("planner")
     encoder = FakeEncoder(dim=16)
@@ -241,7 +241,7 @@ SMALL_FILTERS = st.one_of(
 @pytest.fixture(scope="module")
 def small_library(tmp_path_factory, new_database):
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     base = tmp_path_factory.mktemp("random-libraries")
     encoder = FakeEncoder(dim=4)
@@ -279,7 +279,7 @@ def test_random_libraries_every_strategy_equals_brute_force(small_library, rows,
     lib.catalog.apply(changes)
     lib.rebuild_index()
     q = _unit(np.array(query, dtype=np.float32))
-    lib._embed = lambda expressions, needed: [q for _ in expressions]  # the query vector itself
+    lib._searcher._embed = lambda expressions, needed: [q for _ in expressions]  # the query vector itself
     [hits] = lib.search_many([__import__("cbir.query", fromlist=["Query"]).Query(text="q")], k=k, filters=filters, strategy=strategy)
     expected = brute_force(lib, "images", image_condition(filters, lib.catalog.roots()), q, k)
     same_ranking([(h.id, h.score) for h in hits], expected)

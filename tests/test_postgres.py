@@ -102,7 +102,7 @@ def test_errors_are_one_line_without_the_password(tmp_path, postgres_server, dat
 
 def test_open_errors_through_the_api(tmp_path, database):
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     settings = resolve_settings(library=tmp_path / "lib", database_url=database, env={})
     with pytest.raises(LibraryNotFound, match="no cbir library"):

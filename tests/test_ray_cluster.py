@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cbir.config import resolve_settings
-from cbir.engine import Library
+from cbir.library import Library
 from tests.conftest import REQUIRE_RAY, run_cbir
 from tests.test_ray_ingest import make_folder, snapshot
 

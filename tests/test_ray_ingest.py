@@ -16,7 +16,7 @@ from PIL import Image
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import ModelMismatch
 from tests.conftest import run_cbir, write_image
 

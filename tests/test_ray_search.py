@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import UsageError
 from cbir.query import Query
 from cbir.query.filters import Filters

@@ -17,7 +17,7 @@ import pytest
 from cbir.bench.filtered import build_library
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.index import generations
 from tests.conftest import count_images, run_cbir, write_image
 

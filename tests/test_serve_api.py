@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cbir.config import resolve_settings
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.query.filters import Filters
 from cbir.serve import create_app, open_for_serving
 from cbir.serve.batcher import BatchingEncoder

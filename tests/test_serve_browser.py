@@ -87,7 +87,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
     from cbir.synthetic import make_gallery
 
     base = tmp_path_factory.mktemp("serve-browser")

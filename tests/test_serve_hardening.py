@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cbir.config import resolve_settings
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import UsageError
 from cbir.serve import create_app, open_for_serving
 from cbir.serve.gate import DecodeGate, ServerBusy

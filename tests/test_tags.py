@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cbir.cli import cli
 from cbir.config import resolve_settings
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import EmptyLibrary, UsageError
 from cbir.query.filters import Filters
 from cbir.store.catalog import LABEL, TAG

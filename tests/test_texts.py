@@ -210,7 +210,7 @@ def test_migrating_a_0001_library_backfills_dates(fake_library, photos):
 
 def test_a_like_query_loads_no_model(fake_library, photos, monkeypatch, database_url):
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     fake_library().ingest(photos)
     monkeypatch.setattr("cbir.encode.load_encoder", lambda *a: pytest.fail("the model was loaded"))

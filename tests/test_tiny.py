@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from cbir.config import resolve_settings
-from cbir.engine import Library
+from cbir.library import Library
 from cbir.errors import ModelMismatch
 from cbir.query import Query
 from cbir.synthetic import all_scenes, make_gallery

@@ -80,7 +80,7 @@ def build_library(folder: Path, n: int, dim: int, index: str | None = "flat", se
     None: not rebuilt)."""
     from cbir.config import resolve_settings
     from cbir.encode.fake import FakeEncoder
-    from cbir.engine import Library
+    from cbir.library import Library
     from cbir.store.catalog import MODEL, Changes, ImageRecord
 
     encoder = FakeEncoder(dim=dim)

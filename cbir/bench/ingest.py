@@ -100,7 +100,7 @@ def ingest_once(folder: Path, encoder, batch: int, workers: int | None) -> dict:
     import tempfile
 
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = resolve_settings(library=Path(tmp) / "lib", batch_size=batch, workers=workers)

@@ -22,7 +22,7 @@ def _rebuild_peak(folder: str, kind: str) -> dict:
     from cbir.bench.search import peak_rss_mb
     from cbir.config import resolve_settings
     from cbir.encode.fake import FakeEncoder
-    from cbir.engine import Library
+    from cbir.library import Library
 
     with Library.open(resolve_settings(library=folder, env={}), encoder=FakeEncoder(dim=512)) as lib:
         report = lib.rebuild_index(kind, gpu=False)[0]

@@ -32,7 +32,7 @@ def ray_ingest_benchmark(work: Path, *, images: int = 256, model: str = "cbir-ti
     except CbirError as e:
         return {"skipped": str(e)}
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     small = max(8, images // 8)
     say(f"ray-ingest: generating {images} + {small} photos")

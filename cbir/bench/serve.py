@@ -124,7 +124,7 @@ class _Client:
 def serve_benchmark(model: str, device: str, work: Path, images: int, clients: tuple[int, ...], seconds: float, say) -> dict:
     """Build a library of ``images`` generated photos with ``model``, serve it, and load it."""
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
     from cbir.synthetic import make_gallery
 
     say(f"serve: building a library of {images} photos")

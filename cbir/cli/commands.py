@@ -32,7 +32,7 @@ TINY_NOTICE = (
 
 
 def _open(create=False, **options):
-    from cbir.engine import Library
+    from cbir.library import Library
 
     return Library.open(resolve_settings(database_url=database_url(), **options), create=create)
 
@@ -93,7 +93,7 @@ def ingest(path, library, model, device, fmt, image_column, caption_column, batc
     """
     if engine != "ray" and (address or gpus_per_worker or ray_workers):
         raise UsageError("--address, --gpus-per-worker and --ray-workers go with --engine ray")
-    from cbir.engine import Library
+    from cbir.library import Library
 
     settings = resolve_settings(database_url=database_url(), library=library, model=model, device=device,
                                 batch_size=batch_size, workers=workers)
@@ -651,7 +651,7 @@ def demo(library, images, device, k):
     from datetime import datetime
 
     from cbir.demo import DEMO_MODEL, QUERY_SCENES, make_demo_photos, scene_of, slug
-    from cbir.engine import Library
+    from cbir.library import Library
     from cbir.query.filters import Filters
 
     settings = resolve_settings(

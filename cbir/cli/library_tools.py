@@ -19,7 +19,7 @@ TEMPLATES_HELP = (
 
 def _open(**options):
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
 
     return Library.open(resolve_settings(database_url=database_url(), **options))
 
@@ -29,7 +29,7 @@ def _classifier(library, model, device):
     CBIR_LIBRARY) or, without --model, when the default library exists; else the --model (the
     default model for new libraries without one), loaded on its own."""
     from cbir.config import resolve_settings
-    from cbir.engine import Library
+    from cbir.library import Library
     from cbir.store.db import library_db_path
 
     settings = resolve_settings(library=library, model=model, device=device, database_url=database_url())

@@ -24,7 +24,7 @@ def _encoder_for(library, model, device):
     settings = resolve_settings(library=library, model=model, device=device, database_url=database_url())
     named = bool(library or os.environ.get("CBIR_LIBRARY") or settings.database_url)
     if named or (not settings.model and library_db_path(settings.library).is_file()):
-        from cbir.engine import Library
+        from cbir.library import Library
 
         with Library.open(settings) as lib:
             return lib.encoder

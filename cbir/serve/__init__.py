@@ -21,7 +21,7 @@ def create_app(*args, **kwargs):
 def open_for_serving(settings, ray=None):
     """The library opened for many request threads, its model and indexes loaded now; with
     ``ray`` (cbir.distributed.search.RayOptions) the image index is served by Ray actors."""
-    from cbir.engine import Library
+    from cbir.library import Library
     from cbir.index.vector_index import IMAGES, TEXTS
     from cbir.serve.batcher import BatchingEncoder
 

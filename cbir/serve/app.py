@@ -259,7 +259,7 @@ def _hit_json(hit) -> dict:
         "taken": hit.taken.isoformat() if hit.taken else None, "camera": hit.camera,
     }
     if "missing" not in data:  # an image's details: one stat, as for a search hit
-        from cbir.engine import file_gone
+        from cbir.library import file_gone
 
         data["missing"] = file_gone(Path(hit.path))
     data["thumbnail"] = f"/api/images/{hit.id}/thumbnail"

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
@@ -19,10 +17,9 @@ import numpy as np
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from cbir.config import Settings, resolve_settings
-from cbir.encode.spec import Encoder, encode_texts_batched, parse_model_spec, same_model
+from cbir.encode.spec import Encoder, parse_model_spec, same_model
 from cbir.errors import (
     CbirError,
-    EmptyLibrary,
     LibraryCorrupt,
     LibraryLocked,
     LibraryNotFound,
@@ -34,7 +31,8 @@ from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
 from cbir.query import ImageData, Query
 from cbir.query.filters import Filters
-from cbir.store.catalog import MODEL, Catalog, ImageInfo
+from cbir.query.search import Hit, Results, Searcher, file_gone, require_images
+from cbir.store.catalog import MODEL, Catalog
 from cbir.store.db import (
     catalogue_writer_lock,
     connection_error,
@@ -47,44 +45,12 @@ from cbir.store.db import (
     library_db_path,
     migrate,
 )
-from cbir.timing import Timer
+
+# Hit, Results and file_gone live with the search loop; this stays their public path.
+__all__ = ["Hit", "Library", "Results", "Status", "file_gone", "open_library"]
 
 INDEX_DIR = "index"
 ENGINES = ("local", "ray")  # who decodes and encodes in Library.ingest
-
-
-@dataclass(frozen=True)
-class Hit(ImageInfo):
-    """A search result: the image's stored facts plus its rank (1-based) and score (cosine
-    similarity; BM25 in keyword mode; the fused rank score in hybrid mode). Text results also
-    carry the text, where it came from and its id."""
-
-    rank: int = 0
-    score: float = 0.0
-    similarity: float | None = None  # cosine similarity to the query vector, when there is one
-    text: str | None = None
-    source: str | None = None
-    text_id: int | None = None
-    missing: bool = False  # the file is no longer where the library saw it
-
-    def as_dict(self) -> dict:
-        data = {
-            "rank": self.rank,
-            "score": round(self.score, 6),
-            "similarity": None if self.similarity is None else round(self.similarity, 6),
-            "path": str(self.path),
-            "id": self.id,
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
-            "taken": self.taken.isoformat() if self.taken else None,
-            "camera": self.camera,
-            "missing": self.missing,
-        }
-        if self.text_id is not None:
-            data.update(text=self.text, source=self.source, text_id=self.text_id)
-        return data
 
 
 @dataclass
@@ -124,6 +90,13 @@ class Library:
         self._encoder = encoder
         self._wrap = None  # see wrap_encoder
         self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR, gpu=settings.gpu)
+        self._searcher = Searcher(
+            catalog, self.indexes, self.path,
+            encoder=lambda: self.encoder,
+            loaded=lambda: self._encoder is not None,
+            embed_image=self._embed_image_file,
+            image_id=self._library_image,
+        )
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -308,9 +281,8 @@ class Library:
         private local cluster on 127.0.0.1; ``ray_workers`` encode actors of
         ``gpus_per_worker`` GPUs each), committed here as by the local engine."""
         from cbir.index.vector_index import IMAGES, TEXTS
-        from cbir.ingest.datasets import FORMATS, detect_format
+        from cbir.ingest import prepare
         from cbir.ingest.pipeline import default_workers, run_ingest
-        from cbir.ingest.scan import is_image_name
 
         _user_path(path, "ingest")
         if engine not in ENGINES:
@@ -319,54 +291,21 @@ class Library:
             from cbir.distributed.cluster import import_ray
 
             import_ray()  # without Ray, a one-line error before any work
-        if format is not None and format not in FORMATS:
-            raise UsageError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
-        if format in (None, "folder"):
-            from cbir.ingest.roots import folder_gone, missing_folder_message
-
-            # a folder of the library gone from disk: say where its images are (or went)
-            known = folder_gone(Path(path).expanduser()) and missing_folder_message(self.catalog, path)
-            if known:
-                raise UsageError(known)
-        single_image = Path(path).expanduser().is_file() and is_image_name(str(path))
-        fmt = format or ("folder" if single_image else detect_format(str(path)))
-        dataset = None
-        if fmt == "folder":
-            target = Path(path).expanduser()
-            if not target.exists():
-                raise UsageError(f"no such file or folder: {path}")
-            target = target.resolve()
-        else:
-            from cbir.ingest.sources import read_dataset
-
-            dataset = read_dataset(str(path), fmt, image_column=image_column, caption_column=caption_column)
-            target = dataset.base.resolve()
+        target, dataset = prepare.source(self.catalog, path, format, image_column, caption_column)
         with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
             encoder = self.encoder
             if self.fingerprint is None:
                 self.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
                 self.catalog.dim = encoder.dim
-            base = target if target.is_dir() else target.parent
-            root_id, scope = self.catalog.root_for(base)
-            if not target.is_dir():
-                scope = f"{scope}/{target.name}" if scope else target.name
-            root = self.catalog.roots()[root_id]
-            scanned = dataset.scan_result(root) if dataset else None
-            if dataset:
-                scope = ""
+            root_id, root, scope, scanned = prepare.place(self.catalog, target, dataset)
             indexes = [self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
-            batch = self.settings.batch_size or (256 if encoder.device.startswith("cuda") else 32)
-            if decode_device == "auto":
-                decode_device = None
-                if encoder.device.startswith("cuda"):
-                    from cbir.ingest import device_decode
-
-                    decode_device = encoder.device if device_decode.available(encoder.device) else None
+            batch = prepare.batch_size(self.settings.batch_size, encoder.device.startswith("cuda"))
+            decode_device = prepare.decode_device(decode_device, encoder.device)
             stage = None
             if engine == "ray":
                 from cbir.distributed.ingest import RayStage
 
-                batch = self.settings.batch_size or (256 if gpus_per_worker else 32)
+                batch = prepare.batch_size(self.settings.batch_size, bool(gpus_per_worker))
                 stage = RayStage.of(encoder, batch_size=batch, address=address, workers=ray_workers,
                                     gpus_per_worker=gpus_per_worker)
             failed = True
@@ -515,10 +454,7 @@ class Library:
 
     # -- search --------------------------------------------------------------------------------
     def _require_images(self) -> None:
-        if not self.fingerprint or not self.catalog.has_images():
-            raise EmptyLibrary(
-                f"the library at {self.path} has no images yet; add some with `cbir ingest PATH`"
-            )
+        require_images(self.catalog, self.path)
 
     def search(
         self,
@@ -540,12 +476,7 @@ class Library:
         ("auto", "ann", "exact-subset", "ann-post-filter"), ``index_params`` (per-query index
         search parameters: {"nprobe": 32}, {"efSearch": 128}).
         The result is a list of hits with the executed plan as ``.plan``."""
-        query = Query(
-            text=text,
-            image=Path(image) if isinstance(image, (str, Path)) else image,
-            like=Path(like) if like is not None else None,
-        )
-        return self.search_many([query], k=k, **options)[0]
+        return self._searcher.search(text, image=image, like=like, k=k, **options)
 
     def search_many(
         self,
@@ -561,144 +492,12 @@ class Library:
         dedup: bool = False,
         strategy: str = "auto",
         index_params: dict | None = None,
-    ) -> list["Results"]:
+    ) -> list[Results]:
         """Many queries with one model load, one filter evaluation and one text-encoder batch."""
-        from cbir.query import plan as planning
-        from cbir.index.types import check_params_apply
-        from cbir.query.execute import Executor, Options
-        from cbir.query.filters import image_condition
-        from cbir.store.collections import Images, Texts, fts_match
-
-        started = time.perf_counter()
-        _check_search_options(k, target, mode, sort, offset, strategy)
-        queries = list(queries)
-        self._require_images()
-        if not queries:
-            return []
-        filters = filters or Filters()
-        condition = image_condition(filters, self.catalog.roots())
-        index = self._index(target)
-        check_params_apply(index.kind, index_params or {}, target)
-        collection = (Images if target == planning.IMAGES else Texts)(self.catalog.engine)
-        if target == planning.TEXTS and index.ntotal == 0:
-            raise EmptyLibrary(
-                f"the library at {self.path} has no texts yet: put captions in .txt files beside "
-                "the images (IMG_1.jpg.txt or IMG_1.txt) and ingest again, or add labels with "
-                "`cbir label add IMAGE TEXT`"
-            )
-        expressions = [q.expression() for q in queries]
-        matches = [fts_match(e.texts) for e in expressions]  # the words for keyword search
-        modes = [mode or planning.default_mode(target, bool(e.texts), index.ntotal > 0) for e in expressions]
-        for e, m, match in zip(expressions, modes, matches):
-            if m != planning.SEMANTIC and not match:
-                raise UsageError(f"--mode {m} needs words to look for; this query has none: {e}")
-        if min_score is not None and planning.KEYWORD in modes:
-            raise UsageError("--min-score is a similarity cut-off; keyword mode has no similarity")
-        setup = {"prepare": time.perf_counter() - started}  # checks, filters, parsing
-        timed = Timer(setup)
-        matching = None
-        if condition is not None:
-            with timed("count"):
-                matching = collection.count(condition)
-        needs_vector = [m != planning.KEYWORD for m in modes]
-        if self._encoder is None and any(
-            n and any(t.like is None for t in e.terms) for e, n in zip(expressions, needs_vector)
-        ):
-            with timed("load model"):  # on its own, not as the first query's embedding
-                self.encoder
-        embedding = {}
-        with Timer(embedding)("embed"):
-            vectors = self._embed(expressions, needs_vector)
-        embed_each = embedding["embed"] / max(1, sum(needs_vector))
-        described = filters.describe() if condition is not None else ""
-        options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)
-        plans = []
-        for expression, m, vector in zip(expressions, modes, vectors):
-            plan = planning.plan_query(
-                expression,
-                target=target,
-                mode=m,
-                total=index.ntotal,
-                matching=matching,
-                want=options.need,
-                exact_index=index.exact,
-                forced=strategy,
-                filters=described,
-            )
-            plan.timings = dict(setup, **({"embed": embed_each} if vector is not None else {}))
-            plans.append(plan)
-        prefetched = _search_together(index, plans, vectors, options, index_params)
-        results = []
-        vectors_of = self.indexes.vectors_of(target)
-        for plan, vector, match, first in zip(plans, vectors, matches, prefetched):
-            executor = Executor(
-                plan, collection, index, condition,
-                vectors_of=vectors_of, params=index_params, prefetched=first,
-            )
-            ranked = executor.run(vector, match, options)[offset:]
-            with executor.timed("fetch"):
-                hits = self._hits(target, ranked, offset)
-            if sort == "date":
-                hits.sort(key=lambda h: (h.taken is None, h.taken or datetime.min, h.rank))
-            results.append(Results(hits, plan))
-        return results
-
-    def _hits(self, target: str, ranked, offset: int) -> list["Hit"]:
-        if target == "images":
-            infos = self.catalog.images(r.id for r in ranked)
-            return [
-                Hit(rank=offset + n, score=r.score, similarity=r.similarity, missing=file_gone(infos[r.id].path),
-                    **infos[r.id].__dict__)
-                for n, r in enumerate(ranked, 1)
-                if r.id in infos
-            ]
-        texts = self.catalog.texts(r.id for r in ranked)
-        infos = self.catalog.images(image_id for _, _, image_id in texts.values())
-        hits = []
-        for n, r in enumerate(ranked, 1):
-            if r.id not in texts or texts[r.id][2] not in infos:
-                continue
-            content, source, image_id = texts[r.id]
-            hits.append(
-                Hit(
-                    rank=offset + n,
-                    score=r.score,
-                    similarity=r.similarity,
-                    text=content,
-                    source=source,
-                    text_id=r.id,
-                    missing=file_gone(infos[image_id].path),
-                    **infos[image_id].__dict__,
-                )
-            )
-        return hits
-
-    def _embed(self, expressions, needed: list[bool]) -> list[np.ndarray | None]:
-        """One unit vector per expression that needs one: the weighted sum of its terms' unit
-        embeddings, normalised (rclip's query arithmetic). Texts are encoded in one batch; a
-        --like term is the image's stored vector, so a --like query loads no model."""
-        texts = sorted({t.text for e, n in zip(expressions, needed) if n for t in e.terms if t.text is not None})
-        # the model loads only if a term needs it
-        encoded = dict(zip(texts, encode_texts_batched(self.encoder, texts))) if texts else {}
-        out = []
-        for e, n in zip(expressions, needed):
-            if not n:
-                out.append(None)
-                continue
-            total = np.zeros(self.catalog.dim, dtype=np.float64)
-            for term in e.terms:
-                if term.text is not None:
-                    v = encoded[term.text]
-                elif term.image is not None:
-                    v = self._embed_image_file(term.image)
-                else:
-                    v = self._library_vector(term.like)
-                total += term.weight * v / max(float(np.linalg.norm(v)), 1e-12)
-            norm = float(np.linalg.norm(total))
-            if norm < 1e-6:
-                raise UsageError(f"the terms of this query cancel out: {e}")
-            out.append((total / norm).astype(np.float32))
-        return out
+        return self._searcher.search_many(
+            queries, k, target=target, mode=mode, filters=filters, min_score=min_score, sort=sort,
+            offset=offset, dedup=dedup, strategy=strategy, index_params=index_params,
+        )
 
     def _embed_image_file(self, path) -> np.ndarray:
         from cbir.ingest.decode import BadImage, open_image, read_query_image
@@ -717,15 +516,6 @@ class Library:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else e
             raise UsageError(f"cannot use {path} as a query image: {reason}") from None
         return self.encoder.encode_images(pixels[None])[0]
-
-    def _library_vector(self, path: str) -> np.ndarray:
-        from cbir.index.vector_index import IMAGES
-
-        image_id = self._library_image(path, "--like")
-        ids, vectors = self.indexes.vectors_of(IMAGES)(np.asarray([image_id]))
-        if not len(ids):
-            raise UsageError(f"--like {path}: its vector is missing from the index; run `cbir ingest` again")
-        return vectors[0]
 
     # -- status --------------------------------------------------------------------------------
     def status(self, *, with_skipped: bool = False) -> Status:
@@ -771,62 +561,6 @@ class Library:
 
         counts = self.catalog.root_image_counts()
         return [(path, counts.get(i, 0)) for i, path in sorted(vanished_roots(self.catalog).items())]
-
-
-class Results(list):
-    """The hits of one query, best first, with the plan that produced them as ``.plan``."""
-
-    def __init__(self, hits, plan):
-        super().__init__(hits)
-        self.plan = plan
-
-
-def _search_together(index, plans, vectors, options, params) -> list:
-    """One index search for every query that needs the index alone: a batch of queries costs
-    about as much as one on a flat index (one matrix product). Per query: (scores, ids) or None."""
-    from cbir.query.plan import ANN, SEMANTIC
-
-    batch = [i for i, p in enumerate(plans) if p.strategy == ANN and p.mode == SEMANTIC]
-    out = [None] * len(plans)
-    if len(batch) < 2:
-        return out
-    want = min(options.first_want, index.ntotal)
-    spent: dict[str, float] = {}
-    with Timer(spent)("search"):
-        scores, ids = index.search(np.stack([vectors[i] for i in batch]), want, params)
-    for row, i in enumerate(batch):
-        out[i] = (scores[row], ids[row])
-        plans[i].timings["search"] = spent["search"] / len(batch)
-    return out
-
-
-def _check_search_options(k: int, target: str, mode: str | None, sort: str, offset: int, strategy: str) -> None:
-    from cbir.query.plan import MODES, STRATEGIES, TARGETS
-
-    if k < 1:
-        raise UsageError(f"k must be at least 1, got {k}")
-    if offset < 0:
-        raise UsageError(f"offset must be 0 or more, got {offset}")
-    for name, value, allowed in (
-        ("target", target, TARGETS),
-        ("mode", mode, (None, *MODES)),
-        ("sort", sort, ("score", "date")),
-        ("strategy", strategy, ("auto", *STRATEGIES)),
-    ):
-        if value not in allowed:
-            raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(a for a in allowed if a)}")
-
-
-def file_gone(path: Path) -> bool:
-    """Whether a hit's file is no longer there: one stat. A WebDataset sample's path is its tar
-    followed by the member's name (stat says "not a directory" while the tar is there)."""
-    try:
-        path.stat()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def _user_path(path: str | Path, option: str) -> Path:
