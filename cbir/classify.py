@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from cbir.errors import UsageError
+from cbir.names import TEXTS
 
 DEFAULT_SCALE = 100.0  # CLIP's logit scale at the end of training (it is clamped to 100)
 MAX_SCALE = 100.0
@@ -249,7 +250,6 @@ def tag_library(lib, vocabulary: Sequence[str], templates="ensemble", threshold:
     text index up to date (tags are library texts, found by --target text)."""
     from cbir.encode.spec import encode_texts_batched
     from cbir.fsutil import writer_lock
-    from cbir.index.vector_index import TEXTS
 
     started = time.perf_counter()
     check_tag_options(threshold, top, min_similarity)
@@ -292,7 +292,6 @@ def tag_library(lib, vocabulary: Sequence[str], templates="ensemble", threshold:
 def clear_tags(lib) -> int:
     """Remove every tag of the library (labels, captions untouched); how many were removed."""
     from cbir.fsutil import writer_lock
-    from cbir.index.vector_index import TEXTS
 
     with writer_lock(lib.path):
         index = lib.indexes.load(TEXTS, writer=True)

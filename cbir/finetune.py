@@ -1,7 +1,7 @@
 """Contrastive fine-tuning of a CLIP model on image-caption pairs (``cbir finetune``).
 
 One training loop, :class:`Trainer`, used both by ``cbir finetune`` (a user's manifest) and by
-``cbir/encode/tiny/train.py`` (the bundled ``cbir-tiny``, trained from scratch on synthetic
+``cbir/training/tiny.py`` (the bundled ``cbir-tiny``, trained from scratch on synthetic
 scenes): the symmetric CLIP loss (pairs with the same caption, or the same image, count as
 positives: soft targets; with distinct pairs it is exactly open_clip's ``ClipLoss``), AdamW with
 open_clip's no-decay split (gains, biases, logit_scale), linear warmup then cosine decay to zero,

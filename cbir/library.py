@@ -9,77 +9,55 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from cbir.config import Settings, resolve_settings
-from cbir.encode.spec import Encoder, parse_model_spec, same_model
-from cbir.errors import (
-    CbirError,
-    LibraryCorrupt,
-    LibraryLocked,
-    LibraryNotFound,
-    ModelMismatch,
-    StorageError,
-    UsageError,
-)
+from cbir.encode.choice import check_requested_model, mismatch, model_to_load
+from cbir.encode.spec import Encoder, same_model
+from cbir.errors import CbirError, StorageError, UsageError
 from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
+from cbir.names import IMAGES, TEXTS
 from cbir.query import ImageData, Query
 from cbir.query.filters import Filters
 from cbir.query.search import Hit, Results, Searcher, file_gone, require_images
+from cbir.status import Status, library_status
 from cbir.store.catalog import MODEL, Catalog
-from cbir.store.db import (
-    catalogue_writer_lock,
-    connection_error,
-    create_db_engine,
-    current_revision,
-    database_bytes,
-    describe,
-    head_revision,
-    is_postgresql,
-    library_db_path,
-    migrate,
-)
+from cbir.store.db import catalogue_writer_lock, library_db_path
+from cbir.store.opening import database_error, open_catalogue
 
-# Hit, Results and file_gone live with the search loop; this stays their public path.
-__all__ = ["Hit", "Library", "Results", "Status", "file_gone", "open_library"]
+# Hit, Results and file_gone live with the search loop and Status in cbir.status; this stays
+# their public path.
+__all__ = ["Hit", "Library", "Results", "Status", "file_gone", "open_encoder", "open_library"]
 
 INDEX_DIR = "index"
 ENGINES = ("local", "ray")  # who decodes and encodes in Library.ingest
 
 
-@dataclass
-class Status:
-    library: Path
-    model: str
-    fingerprint: dict
-    images: int
-    texts: int
-    skipped: int
-    index_type: str
-    index_vectors: int
-    index_bytes: int
-    index_current: bool
-    database_bytes: int
-    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
-    missing_roots: list[tuple[Path, int]] = field(default_factory=list)  # folders gone from disk, images
-
-    def as_dict(self) -> dict:
-        data = dict(self.__dict__)
-        data["library"] = str(self.library)
-        data["missing_roots"] = [{"path": str(p), "images": n} for p, n in self.missing_roots]
-        data["skipped_files"] = [{"path": str(p), "reason": r} for p, r in self.skipped_files]
-        return data
-
-
 def open_library(*, create: bool = False, encoder: Encoder | None = None, **options) -> "Library":
     """Resolve settings (defaults < CBIR_* environment < these options) and open the library."""
     return Library.open(resolve_settings(**options), create=create, encoder=encoder)
+
+
+def open_encoder(**options) -> Encoder:
+    """The model for work on image files rather than on a library (cbir classify, cbir locate),
+    from settings resolved as by open_library: the library's model when a library is named
+    (``library``, CBIR_LIBRARY, a database URL) or, without a ``model``, when the default library
+    exists and has one; else ``model`` (or the default model), loaded on its own."""
+    settings = resolve_settings(**options)
+    env = os.environ if options.get("env") is None else options["env"]
+    named = bool(options.get("library") or env.get("CBIR_LIBRARY") or settings.database_url)
+    if named or (not settings.model and library_db_path(settings.library).is_file()):
+        with Library.open(settings) as lib:
+            if lib.fingerprint is not None:
+                return lib.encoder
+    from cbir.encode import load_encoder
+
+    return load_encoder(settings.model_for_new_library, settings.device)
 
 
 class Library:
@@ -101,54 +79,15 @@ class Library:
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, settings: Settings, *, create: bool = False, encoder: Encoder | None = None):
-        path = settings.library
-        db_path = library_db_path(path)
         if settings.gpu:
             from cbir.index.gpu import resolve
 
             resolve(True)  # a clear error now, not at the first search
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"--library {path} is a file, not a library folder")
-        shared = settings.database_url is not None  # the catalogue in PostgreSQL
-        if shared:
-            catalog, revision = _open_shared_catalogue(settings.database_url, create)
-        elif not db_path.is_file() and not create:
-            raise LibraryNotFound(
-                f"no cbir library at {path}; create one with `cbir ingest PHOTOS_FOLDER` "
-                "(or point --library / CBIR_LIBRARY at an existing library)"
-            )
-        # With a shared catalogue the folder still holds this machine's indexes and thumbnails.
-        if create or shared:
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StorageError(f"cannot create library folder {path}: {e.strerror}") from e
-        where = describe(catalog.engine) if shared else db_path
-        try:
-            if not shared:
-                catalog = Catalog(create_db_engine(db_path))
-                revision = current_revision(catalog.engine)
-            if revision != head_revision():
-                try:
-                    migrate(catalog.engine)
-                except StorageError:
-                    raise  # a full disk, not a schema from elsewhere
-                except Exception as e:
-                    raise LibraryCorrupt(
-                        f"cannot upgrade the library database {where} from schema {revision} "
-                        f"({getattr(e, 'orig', None) or e}); it may come from a newer cbir"
-                    ) from e
-            fingerprint = catalog.model_fingerprint()
-        except OperationalError as e:
-            if shared:  # the server went away meanwhile
-                raise connection_error(e, catalog.engine) from e
-            raise LibraryCorrupt(f"{where} is not a readable cbir library database ({e.orig})") from e
-        except DatabaseError as e:
-            raise LibraryCorrupt(f"{where} is not a readable cbir library database ({e.orig})") from e
+        catalog, fingerprint = open_catalogue(settings.library, settings.database_url, create)
         library = cls(settings, catalog, encoder)
         if fingerprint:
             catalog.dim = fingerprint["dim"]
-            library._check_requested_model(fingerprint)
+            check_requested_model(settings.model, fingerprint, library.path)
         return library
 
     def close(self) -> None:
@@ -165,23 +104,6 @@ class Library:
     @property
     def fingerprint(self) -> dict | None:
         return self.catalog.model_fingerprint()
-
-    def _check_requested_model(self, stored: dict) -> None:
-        """Refuse before loading anything when the requested model is not the library's."""
-        requested = self.settings.model
-        if not requested:
-            return
-        spec = parse_model_spec(requested)
-        if (spec.arch, spec.weights_id()) != (stored["model"], stored["weights"]):
-            raise self._mismatch(stored, spec.name)
-
-    def _mismatch(self, stored: dict, requested: str) -> ModelMismatch:
-        return ModelMismatch(
-            f"the library at {self.path} was built with {stored['spec']} "
-            f"({stored['weights']}, {stored['dim']}-d), not {requested}; use --model "
-            f"{stored['spec']} (or leave --model out), or index your photos into a new library "
-            f"for {requested}: cbir ingest PHOTOS --library NEW_LIBRARY --model {requested}"
-        )
 
     @property
     def loaded_encoder(self) -> Encoder | None:
@@ -201,20 +123,13 @@ class Library:
         if self._encoder is None:
             from cbir.encode import load_encoder
 
-            stored = self.fingerprint
-            if self.settings.model:
-                spec = parse_model_spec(self.settings.model)
-            elif stored:
-                spec = parse_model_spec(stored["spec"])
-            else:
-                spec = parse_model_spec(self.settings.model_for_new_library)
-            self._encoder = load_encoder(spec, self.settings.device)
+            self._encoder = load_encoder(model_to_load(self.settings, self.fingerprint), self.settings.device)
             if self._wrap is not None:
                 self._encoder = self._wrap(self._encoder)
         stored = self.fingerprint
         actual = self._encoder.fingerprint()
         if stored and not same_model(stored, actual):
-            raise self._mismatch(stored, actual["spec"])
+            raise mismatch(self.path, stored, actual["spec"])
         return self._encoder
 
     # -- the indexes ---------------------------------------------------------------------------
@@ -280,7 +195,6 @@ class Library:
         (cbir.distributed.ingest; ``address`` auto, ray://HOST:PORT or HOST:PORT, none for a
         private local cluster on 127.0.0.1; ``ray_workers`` encode actors of
         ``gpus_per_worker`` GPUs each), committed here as by the local engine."""
-        from cbir.index.vector_index import IMAGES, TEXTS
         from cbir.ingest import prepare
         from cbir.ingest.pipeline import default_workers, run_ingest
 
@@ -327,29 +241,31 @@ class Library:
                 )
                 failed = False
             except OperationalError as e:
-                raise _database_error(e, self.path) from e
+                raise database_error(e, self.path) from e
             finally:
-                # Save what the in-memory indexes hold, labelled with the versions they reflect,
-                # even when the run was interrupted: a batch committed but not yet indexed
-                # leaves one stale, and a stale index is rebuilt on the next open.
-                try:
-                    self.indexes.save_changed(dict(zip((IMAGES, TEXTS), indexes)))
-                except Exception as e:
-                    if failed:  # the run's own error is the one to report, never this one
-                        logging.getLogger(__name__).warning("saving the indexes after the error failed too: %s", e)
-                    elif isinstance(e, (CbirError, OperationalError, OSError)):
-                        raise StorageError(
-                            f"{e}; every image ingested is committed, and the index is rebuilt "
-                            "from them on the next run") from e
-                    else:
-                        raise
+                self._save_ingested(indexes, failed)
             return report
+
+    def _save_ingested(self, indexes: list, failed: bool) -> None:
+        """Save what the in-memory indexes hold, labelled with the versions they reflect, even
+        when the run was interrupted: a batch committed but not yet indexed leaves one stale, and
+        a stale index is rebuilt on the next open."""
+        try:
+            self.indexes.save_changed(dict(zip((IMAGES, TEXTS), indexes)))
+        except Exception as e:
+            if failed:  # the run's own error is the one to report, never this one
+                logging.getLogger(__name__).warning("saving the indexes after the error failed too: %s", e)
+            elif isinstance(e, (CbirError, OperationalError, OSError)):
+                raise StorageError(
+                    f"{e}; every image ingested is committed, and the index is rebuilt "
+                    "from them on the next run") from e
+            else:
+                raise
 
     def forget(self, path: str | Path, *, dry_run: bool = False):
         """Remove a scanned folder's images (rows, vectors, texts, labels) and skip records from
         the library, whether the folder still exists or not; the files are never touched. A
         :class:`cbir.ingest.roots.Forgotten`; with ``dry_run`` it only counts the images."""
-        from cbir.index.vector_index import IMAGES, TEXTS
         from cbir.ingest import roots
 
         given = path
@@ -366,7 +282,7 @@ class Library:
                 images = self.catalog.root_image_counts().get(root_id, 0)
                 texts = roots.forget(self.catalog, root_id, indexes[IMAGES], indexes[TEXTS])
             except OperationalError as e:
-                raise _database_error(e, self.path) from e
+                raise database_error(e, self.path) from e
             self.indexes.save_changed(indexes)
         return roots.Forgotten(path, images, texts, gone)
 
@@ -380,7 +296,6 @@ class Library:
     def add_label(self, image: str | Path, label: str) -> bool:
         """Label a library image (a text of its own: searchable, and a --tag filter); False if
         it already had that label."""
-        from cbir.index.vector_index import TEXTS
         from cbir.store.catalog import LABEL, TextRecord
 
         label = " ".join(label.split())
@@ -392,7 +307,6 @@ class Library:
 
     def remove_label(self, image: str | Path, label: str | None = None) -> bool:
         """Remove one label (any case) from a library image, or all its labels; False if none."""
-        from cbir.index.vector_index import TEXTS
         from cbir.store.catalog import LABEL
 
         image_id = self._library_image(image)
@@ -499,68 +413,16 @@ class Library:
             offset=offset, dedup=dedup, strategy=strategy, index_params=index_params,
         )
 
-    def _embed_image_file(self, path) -> np.ndarray:
-        from cbir.ingest.decode import BadImage, open_image, read_query_image
+    def _embed_image_file(self, path):
+        from cbir.ingest.query_image import embed_image_data, embed_image_file
 
         if isinstance(path, ImageData):
-            try:
-                pixels = open_image(path.data, self.encoder.preprocess)[0]
-            except BadImage as e:
-                raise UsageError(f"cannot use the {path} as a query image: {e}") from None
-            return self.encoder.encode_images(pixels[None])[0]
-        try:
-            pixels = read_query_image(_user_path(path, "--image"), self.encoder.preprocess)
-        except FileNotFoundError:
-            raise UsageError(f"query image not found: {path}") from None
-        except (OSError, BadImage) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-            raise UsageError(f"cannot use {path} as a query image: {reason}") from None
-        return self.encoder.encode_images(pixels[None])[0]
+            return embed_image_data(path, self.encoder)
+        return embed_image_file(_user_path(path, "--image"), path, self.encoder)
 
     # -- status --------------------------------------------------------------------------------
     def status(self, *, with_skipped: bool = False) -> Status:
-        from cbir.index.generations import read_manifest
-        from cbir.index.vector_index import IMAGES, TEXTS
-
-        fingerprint = self.fingerprint or {}
-        manifest = read_manifest(self.index_dir)
-        entries = manifest.indexes if manifest else {}
-        images, texts = entries.get(IMAGES), entries.get(TEXTS)
-        index_bytes = (
-            manifest.file_bytes(self.index_dir, [f for e in entries.values() for f in e.files]) if manifest else 0
-        )
-        if is_postgresql(self.catalog.engine):
-            db_bytes = database_bytes(self.catalog.engine)
-        else:
-            db_bytes = sum(
-                p.stat().st_size
-                for p in self.path.glob(library_db_path(self.path).name + "*")
-                if p.is_file()
-            )
-        text_version = self.catalog.text_version()
-        return Status(
-            library=self.path,
-            model=fingerprint.get("spec", "(none yet)"),
-            fingerprint=fingerprint,
-            images=self.catalog.count_images(),
-            texts=self.catalog.count_texts(),
-            skipped=self.catalog.count_skipped(),
-            index_type=images.spec.kind if images else "flat",
-            index_vectors=images.count if images else 0,
-            index_bytes=index_bytes,
-            index_current=images is not None
-            and images.vector_version == self.catalog.vector_version()
-            and (texts.vector_version == text_version if texts else text_version == 0),
-            database_bytes=db_bytes,
-            skipped_files=self.catalog.skipped() if with_skipped else [],
-            missing_roots=self._missing_roots(),
-        )
-
-    def _missing_roots(self) -> list[tuple[Path, int]]:
-        from cbir.ingest.roots import vanished_roots
-
-        counts = self.catalog.root_image_counts()
-        return [(path, counts.get(i, 0)) for i, path in sorted(vanished_roots(self.catalog).items())]
+        return library_status(self.catalog, self.path, self.index_dir, with_skipped=with_skipped)
 
 
 def _user_path(path: str | Path, option: str) -> Path:
@@ -568,33 +430,3 @@ def _user_path(path: str | Path, option: str) -> Path:
     if "\x00" in str(path):
         raise UsageError(f"{option}: a path cannot contain a NUL byte")
     return Path(path).expanduser()
-
-
-def _open_shared_catalogue(url: str, create: bool) -> tuple[Catalog, str | None]:
-    """A PostgreSQL catalogue and its schema revision; one without cbir's schema is no library,
-    unless creating one (the migrations then create it)."""
-    catalog = Catalog(create_db_engine(url))
-    try:
-        revision = current_revision(catalog.engine)
-    except OperationalError as e:
-        catalog.engine.dispose()
-        raise connection_error(e, catalog.engine) from e
-    if revision is None and not create:
-        where = describe(catalog.engine)
-        catalog.engine.dispose()
-        raise LibraryNotFound(
-            f"no cbir library in the database {where}; create one with `cbir ingest PHOTOS_FOLDER --db URL`"
-        )
-    return catalog, revision
-
-
-def _database_error(e: OperationalError, library: Path) -> CbirError:
-    message = str(e.orig)
-    if "full" in message:
-        return StorageError(
-            f"disk full while writing the library at {library}; everything committed before is "
-            "kept: free some space and run the same command again"
-        )
-    if "locked" in message or "lock timeout" in message:
-        return LibraryLocked(f"the library at {library} is busy (another process holds it)")
-    return StorageError(f"database error in {library}: {message}")

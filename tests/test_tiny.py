@@ -195,3 +195,18 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["unchanged"] == done and report["added"] == 160 - done
+
+
+def test_readme_reproduce_command_runs_the_trainer_outside_encode():
+    """issue 19: the cbir-tiny trainer lives in cbir.training (it uses finetune and synthetic), not
+    in cbir.encode; the README's reproduce command names a module that exists and has a main."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    from cbir.encode import tiny
+
+    readme = (Path(tiny.__file__).parent / "README.md").read_text()
+    module = re.search(r"python -m (\S+) --out", readme).group(1)
+    assert module == "cbir.training.tiny"
+    assert callable(importlib.import_module(module).main)

@@ -176,6 +176,11 @@ def main() -> None:
     cli(prog_name="cbir")
 
 
-from cbir.cli import commands as _commands  # noqa: E402,F401  (registers the commands)
+# Importing the command modules registers their commands on `cli`.
+from cbir.cli import ingest as _ingest  # noqa: E402,F401
+from cbir.cli import search as _search  # noqa: E402,F401
+from cbir.cli import index_commands as _index_commands  # noqa: E402,F401
+from cbir.cli import library_commands as _library_commands  # noqa: E402,F401
+from cbir.cli import tools as _tools  # noqa: E402,F401
 from cbir.cli import library_tools as _library_tools  # noqa: E402,F401
 from cbir.cli import model_tools as _model_tools  # noqa: E402,F401

@@ -3,11 +3,10 @@ over the library's own vectors."""
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from cbir.cli import cli, database_url, library_options  # noqa: F401  (commands below register on it)
+from cbir.cli.common import _open
 from cbir.cli.render import echo_json, echo_rows, human_bytes
 from cbir.errors import UsageError
 
@@ -17,31 +16,13 @@ TEMPLATES_HELP = (
 )
 
 
-def _open(**options):
-    from cbir.config import resolve_settings
-    from cbir.library import Library
-
-    return Library.open(resolve_settings(database_url=database_url(), **options))
-
-
 def _classifier(library, model, device):
-    """(library or None, encoder): the library's model when a library is named (--library,
-    CBIR_LIBRARY) or, without --model, when the default library exists; else the --model (the
-    default model for new libraries without one), loaded on its own."""
-    from cbir.config import resolve_settings
-    from cbir.library import Library
-    from cbir.store.db import library_db_path
+    """The model to classify with (cbir.library.open_encoder): the library's when a library is
+    named (--library, CBIR_LIBRARY) or, without --model, when the default library exists; else
+    the --model (the default model for new libraries without one), loaded on its own."""
+    from cbir.library import open_encoder
 
-    settings = resolve_settings(library=library, model=model, device=device, database_url=database_url())
-    named = library or os.environ.get("CBIR_LIBRARY") or settings.database_url
-    if named or (not settings.model and library_db_path(settings.library).is_file()):
-        lib = Library.open(settings)
-        if lib.fingerprint is not None:
-            return lib, lib.encoder
-        lib.close()
-    from cbir.encode import load_encoder
-
-    return None, load_encoder(settings.model_for_new_library, settings.device)
+    return open_encoder(library=library, model=model, device=device, database_url=database_url())
 
 
 @cli.command()
@@ -80,12 +61,7 @@ def classify(images, labels, labels_file, templates, top, as_json, library, mode
         results = [Classification(str(path), error=problem) for path, problem in zip(images, problems)]
     else:
         prompts = resolve_templates(templates)  # a bad templates file: an error before the model loads
-        lib, encoder = _classifier(library, model, device)
-        try:
-            results = classify_files(encoder, images, names, prompts, top)
-        finally:
-            if lib is not None:
-                lib.close()
+        results = classify_files(_classifier(library, model, device), images, names, prompts, top)
     failed = [r for r in results if r.error is not None]
     if len(images) == 1 and failed:
         raise UsageError(f"cannot classify {failed[0].path}: {failed[0].error}")

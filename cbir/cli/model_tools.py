@@ -4,7 +4,6 @@ your own image-caption pairs."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -14,21 +13,12 @@ from cbir.errors import UsageError
 
 
 def _encoder_for(library, model, device):
-    """The model to use: the library's when ``--library`` (or CBIR_LIBRARY) names one; else
-    ``--model`` (or CBIR_MODEL); else the default library's model when it exists; else cbir's
-    default model. Loaded on ``--device``."""
-    from cbir.config import DEFAULT_MODEL, resolve_settings
-    from cbir.encode import load_encoder
-    from cbir.store.db import library_db_path
+    """The model to use (cbir.library.open_encoder): the library's when ``--library`` (or
+    CBIR_LIBRARY) names one; else ``--model`` (or CBIR_MODEL); else the default library's model
+    when it exists; else cbir's default model. Loaded on ``--device``."""
+    from cbir.library import open_encoder
 
-    settings = resolve_settings(library=library, model=model, device=device, database_url=database_url())
-    named = bool(library or os.environ.get("CBIR_LIBRARY") or settings.database_url)
-    if named or (not settings.model and library_db_path(settings.library).is_file()):
-        from cbir.library import Library
-
-        with Library.open(settings) as lib:
-            return lib.encoder
-    return load_encoder(settings.model or DEFAULT_MODEL, settings.device)
+    return open_encoder(library=library, model=model, device=device, database_url=database_url())
 
 
 @cli.command()

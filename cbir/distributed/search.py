@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbir.errors import CbirError, UsageError
+from cbir.names import IMAGES
 
 class RayError(CbirError):
     """Ray is missing, unreachable, or its actors failed."""
@@ -207,8 +208,6 @@ class RayEngine:
 
     # LibraryIndexes calls this with each generation a reader loads
     def wrap(self, name: str, index, files: dict | None, reload=None):
-        from cbir.index.vector_index import IMAGES
-
         return self.publish(index, files, reload) if name == IMAGES else index
 
     def publish(self, local, files: dict | None = None, reload=None) -> "RayShardedIndex":

@@ -15,6 +15,7 @@ import numpy as np
 
 from cbir.errors import CbirWarning, LibraryLocked, StorageError, UsageError
 from cbir.fsutil import writer_lock
+from cbir.names import IMAGES, TEXTS
 
 
 class LibraryIndexes:
@@ -50,8 +51,6 @@ class LibraryIndexes:
 
     def stored(self, name: str) -> tuple[int, object]:
         """(current version, chunks of stored vectors) behind the index ``name``."""
-        from cbir.index.vector_index import IMAGES
-
         if name == IMAGES:
             return self.catalog.vector_version(), self.catalog.iter_vectors
         return self.catalog.text_version(), self.catalog.iter_text_vectors
@@ -175,7 +174,6 @@ class LibraryIndexes:
                  gpu: bool | None = False):
         """(ShardedIndex of the image vectors, a BuildReport per shard)."""
         from cbir.index.sharded import BY, Router, ShardedIndex
-        from cbir.index.vector_index import IMAGES
 
         if by not in BY:
             raise UsageError(f"unknown shard rule {by!r}: use one of {', '.join(BY)}")
@@ -201,7 +199,6 @@ class LibraryIndexes:
                      gpu: bool | None = False):
         """(index, report) of shard ``number``: the stored image vectors ``ids``."""
         from cbir.index.build import build
-        from cbir.index.vector_index import IMAGES
 
         version, chunks = self.stored(IMAGES)
 
@@ -224,8 +221,6 @@ class LibraryIndexes:
     def rebuild_shard(self, number: int, kind: str | None = None, gpu: bool | None = None):
         """Rebuild one shard of the image index from the stored vectors its rule routes to it
         (as its kind unless ``kind``), leaving the other shards as they are; its BuildReport."""
-        from cbir.index.vector_index import IMAGES
-
         with writer_lock(self.library):
             index = self.get(IMAGES)
             if not hasattr(index, "shards"):
@@ -246,7 +241,6 @@ class LibraryIndexes:
         switch to them atomically. Returns a BuildReport per shard."""
         from cbir.index.generations import read_manifest
         from cbir.index.sharded import check_shard_count
-        from cbir.index.vector_index import IMAGES
 
         check_shard_count(shards, self.catalog.count_images())  # before the lock: a typo costs nothing
         with writer_lock(self.library):
@@ -306,8 +300,6 @@ class LibraryIndexes:
         hnsw, ivf, ivfpq) and the memory budget apply to the image index, the text index is
         chosen automatically; ``gpu`` as for cbir.index.build.build. Returns a BuildReport per
         index; the switch to them is atomic."""
-        from cbir.index.vector_index import IMAGES, TEXTS
-
         with writer_lock(self.library):
             built = {
                 IMAGES: self._build(IMAGES, kind, memory_bytes, gpu),
@@ -325,7 +317,6 @@ class LibraryIndexes:
         """Problems of each index (checksums, model, version, ids == the database's ids); an
         index with an empty list is sound."""
         from cbir.index import generations
-        from cbir.index.vector_index import IMAGES, TEXTS
 
         problems = {}
         for name in (IMAGES, TEXTS):
@@ -418,8 +409,6 @@ class LibraryIndexes:
 
 def _shard_files(manifest, number: int) -> list[str]:
     """The files of image shard ``number`` (its index and any tombstones)."""
-    from cbir.index.vector_index import IMAGES
-
     return [f for f in manifest.indexes[IMAGES].files if f.startswith(f"{IMAGES}.{number}.")]
 
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from cbir.index import gpu as faiss_gpu
 from cbir.index.types import IndexSpec, choose_spec, new_index, search_parameters, train, with_id_lookup
-
-IMAGES, TEXTS = "images", "texts"  # the indexes of a library
+from cbir.names import IMAGES, TEXTS as TEXTS  # the indexes of a library (re-exported: old path)
 
 
 class VectorIndex:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from cbir.names import IMAGES, TEXTS  # the targets a query searches; re-exported here
+
 # Strategies for the vector side of a query.
 NONE = "none"  # nothing passes the filters
 ANN = "ann"  # the index alone (no filter)
@@ -16,7 +18,6 @@ FTS = "fts"  # keyword mode: SQLite FTS5 BM25 ranking
 
 SEMANTIC, KEYWORD, HYBRID = "semantic", "keyword", "hybrid"
 MODES = (SEMANTIC, KEYWORD, HYBRID)
-IMAGES, TEXTS = "images", "texts"
 TARGETS = (IMAGES, TEXTS)
 
 # Relative cost of exact subset search per matching vector (fetch its id from SQLite, gather and

@@ -7,6 +7,7 @@ saves (cbir.index.manager), so searching goes on while photos are added.
 
 from __future__ import annotations
 
+from cbir.names import IMAGES, TEXTS
 from cbir.serve.security import check_binding, is_loopback
 
 __all__ = ["create_app", "open_for_serving", "serve", "check_binding", "is_loopback"]
@@ -22,7 +23,6 @@ def open_for_serving(settings, ray=None):
     """The library opened for many request threads, its model and indexes loaded now; with
     ``ray`` (cbir.distributed.search.RayOptions) the image index is served by Ray actors."""
     from cbir.library import Library
-    from cbir.index.vector_index import IMAGES, TEXTS
     from cbir.serve.batcher import BatchingEncoder
 
     library = Library.open(settings)
@@ -95,8 +95,6 @@ def _bind(host: str, port: int):
 
 def _engine(library) -> str:
     """", searched by N Ray actors" when the Ray engine serves the image index."""
-    from cbir.index.vector_index import IMAGES
-
     index = library.indexes._loaded.get(IMAGES)
     count = getattr(index, "actor_count", None)
     return f", {index.shard_count} shard(s) searched by {count} Ray actor(s)" if count else ""

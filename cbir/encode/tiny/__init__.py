@@ -1,6 +1,6 @@
 """``cbir-tiny``: the project's own tiny CLIP model (open_clip architecture).
 
-Trained by :mod:`cbir.encode.tiny.train` on deterministic synthetic images from
+Trained by :mod:`cbir.training.tiny` on deterministic synthetic images from
 :mod:`cbir.synthetic`, so tests, CI and the demo run offline on CPU. See README.md.
 
 Load it with open_clip's normal local-checkpoint path::

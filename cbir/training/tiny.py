@@ -2,9 +2,9 @@
 
 Reproduce the committed weights (CPU, ~2 cores)::
 
-    python -m cbir.encode.tiny.train --out cbir/encode/tiny/cbir-tiny.pt
+    python -m cbir.training.tiny --out cbir/encode/tiny/cbir-tiny.pt
 
-The model is created from ``cbir-tiny.json`` through open_clip (random init,
+The model is created from ``cbir/encode/tiny/cbir-tiny.json`` through open_clip (random init,
 seeded), trained with the symmetric CLIP contrastive loss on batches rendered by
 :mod:`cbir.synthetic`, and preprocessed with the model's own inference (``val``)
 transform, so training sees exactly what retrieval sees. The state dict is saved

@@ -1,0 +1,181 @@
+"""`cbir search`: its option groups, the metadata filters and the query-image checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cbir.cli import cli, library_options
+from cbir.cli.common import _open, _split
+from cbir.cli.engine_options import ray_options, search_engine_options, use_engine
+from cbir.cli.render import echo_json, hits_table, query_label
+from cbir.errors import UsageError
+
+
+def _check_query_images(queries) -> None:
+    """A query image that is not there is an error before the library and the model load
+    (which take seconds)."""
+    from cbir.query import ImageData
+
+    for query in queries:
+        if query.image is None or isinstance(query.image, ImageData) or "\x00" in str(query.image):
+            continue  # a NUL byte gets the library's own error
+        path = Path(query.image).expanduser()
+        if not path.exists():
+            raise UsageError(f"query image not found: {query.image}")
+        if not path.is_file():  # a folder, or a FIFO or device that would block or never end
+            from cbir.ingest.limits import special_file
+
+            raise UsageError(f"query image {query.image} is {special_file(path.stat().st_mode)}, not an image file")
+
+
+def _date(_ctx, param, value):
+    from cbir.query.filters import parse_date
+
+    return parse_date(value)[0] if value else None
+
+
+def filter_options(f):
+    """The metadata filters of `cbir search` (all combined with AND)."""
+    options = [
+        click.option("--after", callback=_date, metavar="DATE", help="Taken on or after DATE (2019, 2019-06, 2019-06-01, 2019-06-01T10:30); the file time when there is no EXIF date."),
+        click.option("--before", callback=_date, metavar="DATE", help="Taken before DATE (--before 2020: up to the end of 2019)."),
+        click.option("--folder", multiple=True, metavar="PATH", help="In this folder or below: a path, or a folder name at any depth (2019/beach, beach). Repeat for any of several."),
+        click.option("--camera", multiple=True, metavar="TEXT", help="Camera make/model contains TEXT, any case (Pixel). Repeat for any of several."),
+        click.option("--min-width", type=click.IntRange(min=1), metavar="PX", help="At least this wide."),
+        click.option("--min-height", type=click.IntRange(min=1), metavar="PX", help="At least this tall."),
+        click.option("--format", "formats", multiple=True, metavar="FMT", help="File format: jpeg, png, webp, ... (repeat or comma-separate)."),
+        click.option("--tag", multiple=True, metavar="LABEL", help="Has this label (cbir label add) or tag (cbir tag); repeat to require several."),
+        click.option("--where", metavar="EXPR", help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).'),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def result_options(f):
+    """How many results `cbir search` shows, which, and in what order."""
+    options = [
+        click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query."),
+        click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many results (paging)."),
+        click.option("--min-score", type=float, metavar="X", help="Only results with cosine similarity >= X."),
+        click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True, help="Order of the results shown: by score, or by date taken (oldest first)."),
+        click.option("--dedup", is_flag=True, help="Collapse near-identical results into the best of them."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def plan_options(f):
+    """How `cbir search` searches the index: the planner's strategy, ANN parameters, the GPU."""
+    options = [
+        click.option("--strategy", type=click.Choice(["auto", "ann", "exact-subset", "ann-post-filter"]), default="auto", show_default=True, help="Override the planner's choice (for comparing)."),
+        click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: lists to visit for this query (default: chosen at build time)."),
+        click.option("--ef", type=click.IntRange(min=1), help="HNSW indexes: search breadth for this query (default: chosen at build time)."),
+        click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra; flat and IVF kinds); an error without one."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _filters(after, before, folder, camera, min_width, min_height, formats, tag, where, **_others):
+    """The Filters of filter_options' values (the other options are not filters)."""
+    from cbir.query.filters import Filters
+
+    return Filters(
+        after=after,
+        before=before,
+        folders=tuple(folder),
+        cameras=tuple(camera),
+        min_width=min_width,
+        min_height=min_height,
+        formats=_split(formats),
+        tags=tuple(tag),
+        where=where,
+    )
+
+
+def _search_args(k, offset, min_score, sort, dedup, strategy, nprobe, ef, **_others):
+    """Library.search_many's arguments from result_options' and plan_options' values."""
+    return dict(
+        k=k,
+        min_score=min_score,
+        sort=sort,
+        offset=offset,
+        dedup=dedup,
+        strategy=strategy,
+        index_params={**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef} if ef else {})},
+    )
+
+
+@cli.command()
+@click.argument("query", nargs=-1)
+@click.option("--image", "image", type=str, metavar="PATH", help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
+@click.option("--like", "like", type=str, metavar="PATH", help="Find images similar to this image of the library (no model needed for it).")
+@click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (a query, or {\"image\": \"PATH\"}); - for stdin.")
+@click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels, tags).")
+@click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.")
+@filter_options
+@result_options
+@plan_options
+@click.option("--explain", is_flag=True, help="Print the plan: strategy and why, candidates, time per stage.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per result (and the plan, with --explain).")
+@search_engine_options
+@library_options
+def search(query, image, like, batch, target, mode, explain, as_json, library, model, device, **options):
+    """Search the library by text (QUERY), by example (--image, --like) or many at once (--batch).
+
+    \b
+    Examples:
+      cbir search two dogs in a frosty field
+      cbir search "dog" + "snow" - "indoors"
+      cbir search "cat":2 + sofa --after 2019 --camera Pixel
+      cbir search --image holiday.jpg + "in winter" -k 20
+      cbir search sunset --target text --mode keyword
+      cbir search beach --where 'taken >= 2019-06-01 and folder = trips' --explain
+      cbir search --batch queries.txt --json
+    """
+    from cbir.query import Query
+    from cbir.query.batch import parse_batch
+    from cbir.query.expression import expression_from_argv
+
+    text = expression_from_argv(query).strip() if query else ""
+    if batch and (text or image or like):
+        raise UsageError("--batch takes its queries from the file; give no QUERY, --image or --like with it")
+    if not (batch or text or image or like):
+        raise UsageError("give a QUERY text, --image PATH, --like PATH or --batch FILE")
+    if batch:
+        items = parse_batch(batch, source=batch.name)
+    else:
+        echo = text if not (image or like) else {
+            **({"image": str(image)} if image else {"like": str(like)}),
+            **({"text": text} if text else {}),
+        }
+        items = [(echo, Query(text=text or None, image=image, like=like))]
+    _check_query_images(q for _, q in items)
+    filters = _filters(**options)
+    engine = ray_options()
+    with _open(library=library, model=model, device=device, gpu=options["gpu"]) as lib:
+        use_engine(lib, engine)
+        results = lib.search_many(
+            [q for _, q in items],
+            target="texts" if target == "text" else "images",
+            mode=mode,
+            filters=filters,
+            **_search_args(**options),
+        )
+    for (echo, _), hits in zip(items, results):
+        if as_json:
+            if explain:
+                echo_json({"query": echo, "plan": hits.plan.as_dict()})
+            for hit in hits:
+                echo_json({"query": echo, **hit.as_dict()})
+            continue
+        if len(items) > 1:
+            click.echo(f"\n== {query_label(echo)}")
+        if explain:
+            click.echo("\n".join(hits.plan.describe()) + "\n")
+        click.echo(hits_table(hits))

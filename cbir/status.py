@@ -1,0 +1,82 @@
+"""What `cbir status` reports about a library: counts, the model, the indexes and whether they are
+current, sizes on disk, skipped files and scanned folders gone from disk (Library.status)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbir.names import IMAGES, TEXTS
+from cbir.store.catalog import Catalog
+from cbir.store.db import database_bytes, is_postgresql, library_db_path
+
+
+@dataclass
+class Status:
+    library: Path
+    model: str
+    fingerprint: dict
+    images: int
+    texts: int
+    skipped: int
+    index_type: str
+    index_vectors: int
+    index_bytes: int
+    index_current: bool
+    database_bytes: int
+    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    missing_roots: list[tuple[Path, int]] = field(default_factory=list)  # folders gone from disk, images
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data["library"] = str(self.library)
+        data["missing_roots"] = [{"path": str(p), "images": n} for p, n in self.missing_roots]
+        data["skipped_files"] = [{"path": str(p), "reason": r} for p, r in self.skipped_files]
+        return data
+
+
+def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skipped: bool = False) -> Status:
+    """The Status of the library at ``path`` with this catalogue and its indexes in ``index_dir``."""
+    from cbir.index.generations import read_manifest
+
+    fingerprint = catalog.model_fingerprint() or {}
+    manifest = read_manifest(index_dir)
+    entries = manifest.indexes if manifest else {}
+    images, texts = entries.get(IMAGES), entries.get(TEXTS)
+    index_bytes = (
+        manifest.file_bytes(index_dir, [f for e in entries.values() for f in e.files]) if manifest else 0
+    )
+    if is_postgresql(catalog.engine):
+        db_bytes = database_bytes(catalog.engine)
+    else:
+        db_bytes = sum(
+            p.stat().st_size
+            for p in path.glob(library_db_path(path).name + "*")
+            if p.is_file()
+        )
+    text_version = catalog.text_version()
+    return Status(
+        library=path,
+        model=fingerprint.get("spec", "(none yet)"),
+        fingerprint=fingerprint,
+        images=catalog.count_images(),
+        texts=catalog.count_texts(),
+        skipped=catalog.count_skipped(),
+        index_type=images.spec.kind if images else "flat",
+        index_vectors=images.count if images else 0,
+        index_bytes=index_bytes,
+        index_current=images is not None
+        and images.vector_version == catalog.vector_version()
+        and (texts.vector_version == text_version if texts else text_version == 0),
+        database_bytes=db_bytes,
+        skipped_files=catalog.skipped() if with_skipped else [],
+        missing_roots=missing_roots(catalog),
+    )
+
+
+def missing_roots(catalog: Catalog) -> list[tuple[Path, int]]:
+    """(folder, images) of every scanned folder that is gone from disk, by root id."""
+    from cbir.ingest.roots import vanished_roots
+
+    counts = catalog.root_image_counts()
+    return [(path, counts.get(i, 0)) for i, path in sorted(vanished_roots(catalog).items())]
