@@ -187,6 +187,25 @@ def test_a_changed_file_is_served_but_not_cached(served, tmp_path):
         picture.write_bytes(kept)
 
 
+def test_a_file_replaced_by_a_fifo_is_refused_not_waited_for(served):
+    """The server reads a library file as ingest does: a FIFO put in its place would block a
+    request thread for good (a plain read_bytes waits for a writer that never comes)."""
+    _library, photos, lib, client = served
+    picture = photos / "b" / "img_00010.jpg"
+    image_id = lib.catalog.image_at(picture)
+    kept = picture.read_bytes()
+    try:
+        picture.unlink()
+        os.mkfifo(picture)
+        for what in ("original", "thumbnail?size=160"):
+            answer = client.get(f"/api/images/{image_id}/{what}")
+            assert answer.status_code == 404
+            assert answer.json()["error"] == f"image {image_id} cannot be shown: not a regular file: a FIFO (named pipe)"
+    finally:
+        picture.unlink()
+        picture.write_bytes(kept)
+
+
 @pytest.mark.parametrize(
     "path",
     [

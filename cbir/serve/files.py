@@ -99,22 +99,27 @@ class ImageFiles:
         return stored
 
     def _read(self, stored) -> bytes:
+        """The image's bytes, read as ingest reads them (cbir.ingest.limits.read_image_file): a
+        regular file, under the size cap, so that a file replaced since by a FIFO or a huge one
+        cannot block or swell the server."""
+        from cbir.ingest.limits import BadImage, read_image_file
+
         try:
             if stored.dataset and stored.dataset.startswith("tar:"):
-                return self._read_member(stored.path)
-            return stored.path.read_bytes()
+                return read_image_file(*self._member(stored.path))
+            return read_image_file(stored.path)
         except (OSError, KeyError):
             raise ImageGone(f"image {stored.id}'s file is gone from {stored.path}; run cbir ingest again") from None
+        except BadImage as e:
+            raise ImageGone(f"image {stored.id} cannot be shown: {e}") from None
 
-    def _read_member(self, path: Path) -> bytes:
-        """A WebDataset sample's image, read at its offset in the tar (path: tar/member)."""
-        from cbir.ingest.datasets import read_member
-
+    def _member(self, path: Path) -> tuple[Path, int, int]:
+        """(tar, offset, size) of a WebDataset sample's image (path: tar/member)."""
         tar = next((p for p in path.parents if p.is_file()), None)
         if tar is None:
             raise FileNotFoundError(path)
         offset, size = self._members(tar)[path.relative_to(tar).as_posix()]
-        return read_member(tar, offset, size)
+        return tar, offset, size
 
     def _members(self, tar: Path) -> dict:
         key = (tar, tar.stat().st_mtime_ns)
