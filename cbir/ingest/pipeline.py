@@ -80,7 +80,10 @@ def decode_stream(
                 inflight.append(pool.submit(decode_chunk, nxt))
             yield from results
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Queued chunks are cancelled and running ones finish (a chunk is a few files). Waiting
+        # also lets the pool's manager thread end before interpreter exit: Python 3.11's exit hook
+        # otherwise races it for the pool's wake-up pipe and prints an EBADF traceback.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
