@@ -254,7 +254,7 @@ def tag_library(lib, vocabulary: Sequence[str], templates="ensemble", threshold:
     started = time.perf_counter()
     check_tag_options(threshold, top, min_similarity)
     vocabulary = clean_labels(vocabulary, "--vocabulary")
-    lib._require_images()
+    lib.require_images()
     encoder = lib.encoder
     classes = label_embeddings(encoder, vocabulary, templates)
     vectors = dict(zip(vocabulary, encode_texts_batched(encoder, vocabulary)))  # each tag once

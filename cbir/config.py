@@ -1,4 +1,8 @@
-"""Settings, resolved once: defaults < environment (CBIR_*) < explicit options."""
+"""Settings, resolved once: defaults < environment (CBIR_*) < explicit options.
+
+The one place that reads the CBIR_* variables, except three the CLI reads itself: click reads
+CBIR_ENGINE and CBIR_TOKEN as defaults of the --engine and --token options (shown in --help),
+and CBIR_DEBUG is read when an error is shown, which may be one resolving the settings raised."""
 
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class Settings:
     # The catalogue in PostgreSQL (postgresql+psycopg://...), shared by many machines; None:
     # SQLite in the library folder. Kept out of repr: it may hold a password.
     database_url: str | None = field(default=None, repr=False)
+    # Whether ``library`` was named (an option or CBIR_LIBRARY) rather than the default one.
+    library_named: bool = False
 
     @property
     def model_for_new_library(self) -> str:
@@ -86,6 +92,7 @@ def resolve_settings(
         raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda (or cuda:N)")
     return Settings(
         library=library_path.absolute(),
+        library_named=bool(library),
         model=pick(model, "CBIR_MODEL"),
         device=device,
         batch_size=_positive_int("batch size", pick(batch_size, "CBIR_BATCH_SIZE")),

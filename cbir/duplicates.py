@@ -235,7 +235,7 @@ def find_duplicates(lib, copy: float = COPY_THRESHOLD, near: float = NEAR_THRESH
     check_thresholds(copy, near)
     if neighbours < 1:
         raise UsageError(f"--neighbours must be at least 1, got {neighbours}")
-    lib._require_images()
+    lib.require_images()
     id_parts, vector_parts = [], []
     for ids, vectors in lib.catalog.iter_vectors():
         id_parts.append(ids)

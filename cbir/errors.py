@@ -43,6 +43,11 @@ class DeviceError(CbirError):
     """The requested compute device is not available."""
 
 
+class OnnxUnavailable(CbirError):
+    """A model cannot run on ONNX Runtime (it does not export, fails the check against torch, or
+    its tokenizer has no torch-free port); the message says why, and the caller uses torch."""
+
+
 class StorageError(CbirError):
     """Writing to disk failed (disk full, permissions); what was committed before is kept."""
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from cbir.errors import UsageError
 from cbir.fsutil import atomic_write, storage_error
+from cbir.store.records import IMAGE_FIELDS
 
 FORMATS = ("parquet", "npy")
 CHUNK = 20_000
@@ -57,9 +58,7 @@ def _parquet(catalog, path: Path, count: int) -> None:
         raise UsageError("exporting Parquet needs pyarrow: pip install pyarrow") from None
     dim = catalog.dim or 0
     schema = pa.schema([
-        ("id", pa.int64()), ("path", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-        ("format", pa.string()), ("bytes", pa.int64()), ("taken_at", pa.string()), ("taken", pa.string()),
-        ("camera", pa.string()), ("dataset", pa.string()), ("extra", pa.string()),
+        *((name, getattr(pa, kind)()) for name, kind in IMAGE_FIELDS.items()),  # int64, int32, string
         ("captions", pa.list_(pa.string())), ("vector", pa.list_(pa.float32(), dim)),
     ])
     with pq.ParquetWriter(str(path), schema) as writer:

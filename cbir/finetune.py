@@ -1,11 +1,9 @@
 """Contrastive fine-tuning of a CLIP model on image-caption pairs (``cbir finetune``).
 
-One training loop, :class:`Trainer`, used both by ``cbir finetune`` (a user's manifest) and by
-``cbir/training/tiny.py`` (the bundled ``cbir-tiny``, trained from scratch on synthetic
-scenes): the symmetric CLIP loss (pairs with the same caption, or the same image, count as
-positives: soft targets; with distinct pairs it is exactly open_clip's ``ClipLoss``), AdamW with
-open_clip's no-decay split (gains, biases, logit_scale), linear warmup then cosine decay to zero,
-logit scale clamped to 100, fp16 autocast with a gradient scaler on CUDA.
+The training loop is :mod:`cbir.training.loop`'s (also the bundled ``cbir-tiny``'s): the
+symmetric CLIP loss, AdamW with open_clip's no-decay split, warmup then cosine decay, logit scale
+clamped to 100, fp16 autocast on CUDA. This module supplies a user's manifest as batches, the
+held-out evaluation and the run's settings and checkpoints.
 
 Checkpoints: after every epoch the whole training state (model, optimizer, scheduler step,
 gradient scaler, epoch, RNG states, the run's settings and its "before" evaluation) is written
@@ -23,210 +21,28 @@ before and after training: the CLIP loss, and text->image / image->text recall w
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cbir.errors import UsageError
-
-MAX_LOGIT_SCALE = math.log(100)
-
-
-# -- the loss, the schedule, the optimizer ---------------------------------------------------------
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-              logit_scale: torch.Tensor, labels: torch.Tensor,
-              image_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric CLIP cross-entropy over the image-text similarity matrix.
-
-    Features are L2-normalised; ``logit_scale`` is already exponentiated. Pairs with the same
-    ``labels`` (e.g. the same caption), or the same ``image_ids``, count as positives (soft
-    targets); with all-distinct labels this is exactly the standard CLIP loss.
-    """
-    logits = logit_scale * image_features @ text_features.T
-    same = (labels[:, None] == labels[None, :])
-    if image_ids is not None:
-        same = same | (image_ids[:, None] == image_ids[None, :])
-    same = same.float()
-    targets = same / same.sum(dim=1, keepdim=True)
-    loss_i = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
-    loss_t = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
-    return (loss_i + loss_t) / 2
+from cbir.training.loop import (
+    TrainConfig,
+    Trainer,
+    clip_loss,
+    clip_outputs,
+    fit,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 
 
-def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's split: no weight decay for gains, biases and logit_scale."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
-
-
-@dataclass
-class TrainConfig:
-    total_steps: int
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    warmup: int = 0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-
-
-class Trainer:
-    """Optimizer, schedule and one training step; its state round-trips through
-    ``state_dict``/``load_state_dict`` (with the model's)."""
-
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str = "cpu"):
-        self.model, self.config, self.device = model, config, device
-        self.optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                                           betas=config.betas, eps=config.eps)
-        self.cuda = device.startswith("cuda")
-        self.scaler = torch.amp.GradScaler("cuda") if self.cuda else None
-        self.step = 0  # optimizer steps taken (the schedule's position)
-
-    def autocast(self):
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
-    def lr(self) -> float:
-        return lr_at(self.step, self.config.total_steps, self.config.warmup, self.config.lr)
-
-    def train_step(self, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
-                   image_ids: torch.Tensor | None = None) -> tuple[float, float]:
-        """One optimizer step on a batch; returns (loss, logit scale)."""
-        model, optimizer = self.model, self.optimizer
-        model.train()
-        lr = self.lr()
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with self.autocast():
-            image_features, text_features, logit_scale = _features(model(images, tokens))
-        if self.cuda:  # the loss in fp32 (autocast gives fp16 features)
-            image_features, text_features = image_features.float(), text_features.float()
-            logit_scale = logit_scale.float()
-        loss = clip_loss(image_features, text_features, logit_scale, labels, image_ids)
-        optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            _logit_scale_param(model).clamp_(0, MAX_LOGIT_SCALE)
-        self.step += 1
-        return loss.item(), logit_scale.item()
-
-    def skip_step(self) -> None:
-        """A batch left with nothing to contrast (bad images): the schedule still moves on."""
-        self.step += 1
-
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "step": self.step,
-            "config": asdict(self.config),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-
-
-def _features(out):
-    if isinstance(out, dict):
-        return out["image_features"], out["text_features"], out["logit_scale"]
-    return out[0], out[1], out[2]
-
-
-def _logit_scale_param(model) -> torch.Tensor:
-    return model.logit_scale
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj, path: Path) -> Path:
-    from cbir.fsutil import atomic_write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-    return path
-
-
-def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, steps_per_epoch: int,
-        start_epoch: int = 0, on_epoch_end: Callable[[int], None] | None = None,
-        progress: bool = True, desc: str = "train", postfix: Callable[[dict], dict] | None = None
-        ) -> float:
-    """Epochs ``start_epoch..epochs-1``; ``batches(epoch)`` yields ``(images, tokens, labels)``
-    or ``(images, tokens, labels, image_ids)`` already on the device (``None`` for a batch
-    with nothing left to train on). Returns the last loss."""
-    from tqdm import tqdm
-
-    last = float("nan")
-    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc=desc,
-               disable=None if progress else True, dynamic_ncols=True, unit="step")
-    try:
-        for epoch in range(start_epoch, epochs):
-            for batch in batches(epoch):
-                if batch is None:
-                    trainer.skip_step()
-                else:
-                    last, scale = trainer.train_step(*batch)
-                    info = {"epoch": epoch + 1, "loss": f"{last:.3f}", "scale": f"{scale:.1f}",
-                            "lr": f"{trainer.optimizer.param_groups[0]['lr']:.2e}"}
-                    bar.set_postfix(postfix(info) if postfix else info)
-                bar.update(1)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-    finally:
-        bar.close()
-    return last
-
-
-# -- cbir finetune on a manifest -------------------------------------------------------------------
 @dataclass
 class FinetuneSettings:
     dataset: str
@@ -260,7 +76,8 @@ class Pairs:
 
 def read_pairs(dataset: str, image_column: str | None = None, caption_column: str | None = None) -> Pairs:
     """Every (image, caption) pair of a manifest; a row with several captions gives several."""
-    from cbir.ingest.datasets import BadRow, MANIFEST_FORMATS, detect_format, read_manifest
+    from cbir.ingest.datasets import MANIFEST_FORMATS, BadRow, detect_format
+    from cbir.ingest.manifests import read_manifest
 
     fmt = detect_format(str(dataset))
     if fmt not in MANIFEST_FORMATS:
@@ -408,7 +225,7 @@ def evaluate(encoder, trainer: Trainer, data: _Data, batch_size: int) -> dict:
                     continue
                 x = data.to_input(pixels)
                 with trainer.autocast():
-                    img, txt, scale = _features(model(x, encoder._tokenizer(captions).to(encoder.device)))
+                    img, txt, scale = clip_outputs(model(x, encoder._tokenizer(captions).to(encoder.device)))
                 if len(captions) >= 2:
                     labels = torch.tensor([data.caption_id[c] for c in captions], device=encoder.device)
                     loss = clip_loss(img.float(), txt.float(), scale.float(), labels, rows.to(encoder.device))
@@ -444,24 +261,46 @@ def finetune(options: dict, out: Path, *, device: str = "auto", workers: int | N
     :class:`FinetuneSettings` that were given); writes ``out`` (a plain state dict) and returns
     a report (before/after held-out metrics, counts, paths, time; ``encoder``: the trained model
     as a cbir encoder). ``stop_after_epochs`` stops early, as a killed run would."""
-    from cbir.encode import load_encoder, parse_model_spec
-
     out = Path(out)
+    state_file = state_path(out)
+    settings, state = _settings(options, out, state_file if resume else None)
+    run = _set_up(settings, state, device, workers)
+    log(run.summary())
+    if state is not None:
+        run.trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"])
+        start_epoch, before = int(state["epoch"]), state["before"]
+        log(f"resuming after epoch {start_epoch} of {settings.epochs} (step {run.trainer.step})")
+    else:
+        start_epoch, before = 0, evaluate(run.encoder, run.trainer, run.held_data, run.batch_size)
+
+    started = time.perf_counter()
+    last_epoch = settings.epochs if stop_after_epochs is None else min(settings.epochs, stop_after_epochs)
+    last_loss = _train(run, start_epoch, last_epoch, before, state_file, progress)
+    report = run.report(before, last_epoch, last_loss, time.perf_counter() - started, state_file)
+    if last_epoch < settings.epochs:
+        report["out"] = None
+        return report
+    return _finish(run, out, report)
+
+
+def _settings(options: dict, out: Path, resume_from: Path | None) -> tuple[FinetuneSettings, dict | None]:
+    """The run's settings and, resuming, the saved training state: a resumed run takes the saved
+    settings, and any option given again must agree with them."""
     if out.suffix.lower() not in (".pt", ".pth", ".bin", ".ckpt"):
         raise UsageError(f"--out {out}: name the checkpoint with a .pt extension, e.g. finetuned.pt")
     options = {k: v for k, v in options.items() if v is not None}
     if "dataset" in options:
         options["dataset"] = str(Path(options["dataset"]).expanduser().absolute())
-    state_file = state_path(out)
     state = None
-    if resume:
-        if not state_file.is_file():
-            raise UsageError(f"nothing to resume: no training state {state_file} (from a run with --out {out})")
+    if resume_from is not None:
+        if not resume_from.is_file():
+            raise UsageError(f"nothing to resume: no training state {resume_from} (from a run with --out {out})")
         try:
-            state = torch.load(state_file, map_location="cpu", weights_only=False)
+            state = torch.load(resume_from, map_location="cpu", weights_only=False)
             saved = dict(state["settings"])
         except Exception as e:
-            raise UsageError(f"cannot read training state {state_file}: {e}") from None
+            raise UsageError(f"cannot read training state {resume_from}: {e}") from None
         for key, value in options.items():
             if key in saved and saved[key] != value:
                 raise UsageError(
@@ -474,7 +313,20 @@ def finetune(options: dict, out: Path, *, device: str = "auto", workers: int | N
                 raise UsageError(f"--{key} is required (unless --resume)")
         settings = FinetuneSettings(**options)
     _check(settings)
+    return settings, state
 
+
+@dataclass
+class _Split:
+    """A manifest's pairs, cut by image into pairs to train on and held-out pairs."""
+
+    pairs: Pairs
+    train: list[tuple[int, str]]
+    held: list[tuple[int, str]]
+    held_images: int
+
+
+def _split(settings: FinetuneSettings) -> _Split:
     pairs = read_pairs(settings.dataset, settings.image_column, settings.caption_column)
     if len(pairs.images) < 4:
         raise UsageError(
@@ -487,65 +339,87 @@ def finetune(options: dict, out: Path, *, device: str = "auto", workers: int | N
     held_pairs = [p for p in pairs.pairs if p[0] in held_set]
     if len(train_pairs) < 2:
         raise UsageError("fewer than 2 training pairs after the held-out split; add data or lower --holdout")
-    batch_size = min(settings.batch_size, len(train_pairs))
-    steps_per_epoch = len(epoch_batches(len(train_pairs), batch_size, settings.seed, 0))
+    return _Split(pairs, train_pairs, held_pairs, len(held_rows))
+
+
+@dataclass
+class _Run:
+    """A fine-tuning run once set up: what its steps share."""
+
+    settings: FinetuneSettings
+    split: _Split
+    encoder: Any
+    trainer: Trainer
+    train_data: _Data
+    held_data: _Data
+    batch_size: int
+    steps_per_epoch: int
+
+    def summary(self) -> str:
+        pairs, split = self.split.pairs, self.split
+        return (f"{len(pairs.images)} images, {len(pairs.pairs)} pairs: {len(split.train)} to train on, "
+                f"{len(split.held)} held out ({split.held_images} images); skipped {pairs.bad_rows} bad rows, "
+                f"{pairs.missing} missing files, {pairs.no_caption} rows without a caption")
+
+    def report(self, before: dict, epochs_done: int, last_loss: float, seconds: float,
+               state_file: Path) -> dict:
+        pairs, split = self.split.pairs, self.split
+        return {"before": before, "epochs_done": epochs_done, "epochs": self.settings.epochs,
+                "steps": self.trainer.step, "last_train_loss": last_loss, "train_seconds": round(seconds, 2),
+                "images": len(pairs.images), "train_pairs": len(split.train), "held_out_pairs": len(split.held),
+                "skipped": {"bad_rows": pairs.bad_rows, "missing_files": pairs.missing,
+                            "no_caption": pairs.no_caption,
+                            "undecodable_pairs": len(self.train_data.bad) + len(self.held_data.bad)},
+                "state": str(state_file), "device": self.encoder.device}
+
+
+def _set_up(settings: FinetuneSettings, state: dict | None, device: str, workers: int | None) -> _Run:
+    """The pairs, the schedule, the model (seeded, unless a resumed state replaces it) and its
+    trainer, and the two splits' batches."""
+    from cbir.encode import load_encoder, parse_model_spec
+
+    split = _split(settings)
+    batch_size = min(settings.batch_size, len(split.train))
+    steps_per_epoch = len(epoch_batches(len(split.train), batch_size, settings.seed, 0))
     total = settings.epochs * steps_per_epoch
     warmup = settings.warmup if settings.warmup is not None else max(1, total // 10)
-
     if state is None:
         torch.manual_seed(settings.seed)
     encoder = load_encoder(parse_model_spec(settings.model), device)
-    model = encoder._model
-    trainer = Trainer(model, TrainConfig(total_steps=total, lr=settings.lr,
-                                         weight_decay=settings.weight_decay, warmup=warmup),
+    trainer = Trainer(encoder._model, TrainConfig(total_steps=total, lr=settings.lr,
+                                                  weight_decay=settings.weight_decay, warmup=warmup),
                       encoder.device)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    train_data = _Data(encoder, pairs.images, train_pairs, workers)
-    held_data = _Data(encoder, pairs.images, held_pairs, workers)
     # both splits' captions share ids, so "same caption" means the same in each
-    log(f"{len(pairs.images)} images, {len(pairs.pairs)} pairs: {len(train_pairs)} to train on, "
-        f"{len(held_pairs)} held out ({len(held_rows)} images); skipped {pairs.bad_rows} bad rows, "
-        f"{pairs.missing} missing files, {pairs.no_caption} rows without a caption")
+    train_data = _Data(encoder, split.pairs.images, split.train, workers)
+    held_data = _Data(encoder, split.pairs.images, split.held, workers)
+    return _Run(settings, split, encoder, trainer, train_data, held_data, batch_size, steps_per_epoch)
 
-    start_epoch = 0
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
-        before = state["before"]
-        log(f"resuming after epoch {start_epoch} of {settings.epochs} (step {trainer.step})")
-    else:
-        before = evaluate(encoder, trainer, held_data, batch_size)
 
-    started = time.perf_counter()
-    last_epoch = settings.epochs if stop_after_epochs is None else min(settings.epochs, stop_after_epochs)
+def _train(run: _Run, start_epoch: int, last_epoch: int, before: dict, state_file: Path,
+           progress: bool) -> float:
+    """Epochs ``start_epoch..last_epoch-1``, the training state saved after each; the last loss."""
+    settings, n_pairs = run.settings, len(run.split.train)
 
     def batches(epoch):
-        return train_data.batches(epoch_batches(len(train_pairs), batch_size, settings.seed, epoch))
+        return run.train_data.batches(epoch_batches(n_pairs, run.batch_size, settings.seed, epoch))
 
     def checkpoint(epoch):
-        save_atomic({"trainer": trainer.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+        save_atomic({"trainer": run.trainer.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                      "settings": settings.as_dict(), "before": before}, state_file)
 
-    last_loss = fit(trainer, batches, epochs=last_epoch, steps_per_epoch=steps_per_epoch,
-                    start_epoch=start_epoch, on_epoch_end=checkpoint, progress=progress,
-                    desc="finetune")
-    seconds = time.perf_counter() - started
-    report = {"before": before, "epochs_done": last_epoch, "epochs": settings.epochs,
-              "steps": trainer.step, "last_train_loss": last_loss, "train_seconds": round(seconds, 2),
-              "images": len(pairs.images), "train_pairs": len(train_pairs), "held_out_pairs": len(held_pairs),
-              "skipped": {"bad_rows": pairs.bad_rows, "missing_files": pairs.missing,
-                          "no_caption": pairs.no_caption,
-                          "undecodable_pairs": len(train_data.bad) + len(held_data.bad)},
-              "state": str(state_file), "device": encoder.device}
-    if last_epoch < settings.epochs:
-        report["out"] = None
-        return report
+    return fit(run.trainer, batches, epochs=last_epoch, steps_per_epoch=run.steps_per_epoch,
+               start_epoch=start_epoch, on_epoch_end=checkpoint, progress=progress, desc="finetune")
+
+
+def _finish(run: _Run, out: Path, report: dict) -> dict:
+    """Writes the trained weights to ``out`` and adds the held-out evaluation after training."""
+    model = run.trainer.model
     model.eval()
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, out)
-    after = evaluate(encoder, trainer, held_data, batch_size)
-    report.update(after=after, out=str(out), load_with=f"{encoder.spec.arch}:{out}")
-    report["encoder"] = encoder
+    after = evaluate(run.encoder, run.trainer, run.held_data, run.batch_size)
+    report.update(after=after, out=str(out), load_with=f"{run.encoder.spec.arch}:{out}")
+    report["encoder"] = run.encoder
     return report
 
 

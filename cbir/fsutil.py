@@ -1,4 +1,5 @@
-"""Small filesystem helpers that keep files whole: atomic replace and a writer lock."""
+"""Small filesystem helpers: atomic replace and a writer lock, which keep files whole, and what
+kind of file a path is."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import errno
 import json
 import os
 import shlex
+import stat
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -13,6 +15,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from cbir.errors import LibraryLocked, StorageError
+
+
+def special_file(mode: int) -> str | None:
+    """What a file that is not a regular file is ("a FIFO"), from its st_mode; None for a regular one."""
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def fsync_dir(folder: Path) -> None:

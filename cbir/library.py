@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable
 
 from sqlalchemy.exc import OperationalError
 
 from cbir.config import Settings, resolve_settings
+from cbir.distributed.search import RayOptions
 from cbir.encode.choice import check_requested_model, mismatch, model_to_load
+from cbir.encode.registry import list_models
 from cbir.encode.spec import Encoder, same_model
 from cbir.errors import CbirError, StorageError, UsageError
 from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
 from cbir.names import IMAGES, TEXTS
 from cbir.query import ImageData, Query
+from cbir.query.filter_values import parse_date
 from cbir.query.filters import Filters
+from cbir.query.request import SearchRequest, command_line_queries
 from cbir.query.search import Hit, Results, Searcher, file_gone, require_images
 from cbir.status import Status, library_status
 from cbir.store.catalog import MODEL, Catalog
@@ -31,8 +34,14 @@ from cbir.store.db import catalogue_writer_lock, library_db_path
 from cbir.store.opening import database_error, open_catalogue
 
 # Hit, Results and file_gone live with the search loop and Status in cbir.status; this stays
-# their public path.
-__all__ = ["Hit", "Library", "Results", "Status", "file_gone", "open_encoder", "open_library"]
+# their public path. The search request and what fills it are here for the CLI and cbir serve,
+# which use the Library rather than the query layer; so are RayOptions (Library.search_on_ray)
+# and the models cbir can load by name (`cbir models`).
+__all__ = [
+    "Filters", "Hit", "ImageData", "Library", "Query", "RayOptions", "Results", "SearchRequest",
+    "Status", "command_line_queries", "file_gone", "list_models", "open_encoder", "open_library",
+    "parse_date",
+]
 
 INDEX_DIR = "index"
 ENGINES = ("local", "ray")  # who decodes and encodes in Library.ingest
@@ -49,8 +58,7 @@ def open_encoder(**options) -> Encoder:
     (``library``, CBIR_LIBRARY, a database URL) or, without a ``model``, when the default library
     exists and has one; else ``model`` (or the default model), loaded on its own."""
     settings = resolve_settings(**options)
-    env = os.environ if options.get("env") is None else options["env"]
-    named = bool(options.get("library") or env.get("CBIR_LIBRARY") or settings.database_url)
+    named = settings.library_named or bool(settings.database_url)
     if named or (not settings.model and library_db_path(settings.library).is_file()):
         with Library.open(settings) as lib:
             if lib.fingerprint is not None:
@@ -146,19 +154,19 @@ class Library:
         chosen automatically. ``gpu``: True builds on the GPU (an error without one), None when
         one is usable and the index is big enough to gain. Returns a BuildReport per index; the
         switch to them is atomic."""
-        self._require_images()
+        self.require_images()
         return self.indexes.rebuild(kind, memory_bytes, gpu)
 
     def shard_index(self, shards: int, by: str = "hash", kind: str | None = None, gpu: bool | None = None) -> list:
         """Split the image index into ``shards`` files by hash of the id, top-level folder, or
         date taken (each built and tuned on its own, of the current kind unless ``kind``), and
         switch to them atomically. Returns a BuildReport per shard."""
-        self._require_images()
+        self.require_images()
         return self.indexes.shard(shards, by, kind, gpu)
 
     def rebuild_shard(self, number: int, kind: str | None = None, gpu: bool | None = None):
         """Rebuild one shard of a sharded image index on its own; its BuildReport."""
-        self._require_images()
+        self.require_images()
         return self.indexes.rebuild_shard(number, kind, gpu)
 
     def verify_index(self) -> dict[str, list[str]]:
@@ -168,12 +176,20 @@ class Library:
 
     def repair_index(self) -> dict[str, list[str]]:
         """Rebuild every index verify finds broken; returns what was wrong with them."""
-        self._require_images()
+        self.require_images()
         return self.indexes.repair()
 
     def index_info(self) -> dict:
         """The current generation's manifest, with each index's files and sizes."""
         return self.indexes.info()
+
+    def search_on_ray(self, options: RayOptions | None = None):
+        """Search the image index on Ray actors from now on, each holding some of its shards
+        (cbir.distributed.search; they start when the index loads); ``close()`` stops them.
+        Returns the RayEngine serving it."""
+        from cbir.distributed.search import attach
+
+        return attach(self, options)
 
     # -- ingest --------------------------------------------------------------------------------
     def ingest(self, path: str | Path, *, progress=None, format: str | None = None,
@@ -367,7 +383,9 @@ class Library:
             return True
 
     # -- search --------------------------------------------------------------------------------
-    def _require_images(self) -> None:
+    def require_images(self) -> None:
+        """An EmptyLibrary error until the library has a model and images (searching, indexing
+        and tagging need them)."""
         require_images(self.catalog, self.path)
 
     def search(
@@ -384,34 +402,27 @@ class Library:
         ``text`` may combine terms (``'"dog" + "snow" - "indoors"'``, ``'"cat":2 + sofa'``);
         ``image`` is a picture file (or its bytes as :class:`cbir.query.ImageData`) and ``like``
         an image of the library, each optionally combined with ``text`` (``image="a.jpg",
-        text='+ "in winter"'``). Options: ``target`` ("images" or "texts"), ``mode``
-        ("semantic", "keyword", "hybrid"), ``filters`` (:class:`cbir.query.filters.Filters`),
-        ``min_score``, ``sort`` ("score" or "date"), ``offset``, ``dedup``, ``strategy``
-        ("auto", "ann", "exact-subset", "ann-post-filter"), ``index_params`` (per-query index
-        search parameters: {"nprobe": 32}, {"efSearch": 128}).
+        text='+ "in winter"'``). Options: the fields of :class:`SearchRequest`: ``target``
+        ("images" or "texts"), ``mode`` ("semantic", "keyword", "hybrid"), ``filters``
+        (:class:`cbir.query.filters.Filters`), ``min_score``, ``sort`` ("score" or "date"),
+        ``offset``, ``dedup``, ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter"),
+        ``index_params`` (per-query index search parameters: {"nprobe": 32}, {"efSearch": 128}).
         The result is a list of hits with the executed plan as ``.plan``."""
-        return self._searcher.search(text, image=image, like=like, k=k, **options)
-
-    def search_many(
-        self,
-        queries: Iterable[Query],
-        k: int = 10,
-        *,
-        target: str = "images",
-        mode: str | None = None,
-        filters: Filters | None = None,
-        min_score: float | None = None,
-        sort: str = "score",
-        offset: int = 0,
-        dedup: bool = False,
-        strategy: str = "auto",
-        index_params: dict | None = None,
-    ) -> list[Results]:
-        """Many queries with one model load, one filter evaluation and one text-encoder batch."""
-        return self._searcher.search_many(
-            queries, k, target=target, mode=mode, filters=filters, min_score=min_score, sort=sort,
-            offset=offset, dedup=dedup, strategy=strategy, index_params=index_params,
+        query = Query(
+            text=text,
+            image=Path(image) if isinstance(image, (str, Path)) else image,
+            like=Path(like) if like is not None else None,
         )
+        return self.run_search(SearchRequest((query,), k=k, **options))[0]
+
+    def search_many(self, queries: Iterable[Query], k: int = 10, **options) -> list[Results]:
+        """Many queries with one model load, one filter evaluation and one text-encoder batch;
+        ``options`` as for search."""
+        return self.run_search(SearchRequest(tuple(queries), k=k, **options))
+
+    def run_search(self, request: SearchRequest) -> list[Results]:
+        """The results of each query of a request (what `cbir search` and `cbir serve` fill)."""
+        return self._searcher.run(request)
 
     def _embed_image_file(self, path):
         from cbir.ingest.query_image import embed_image_data, embed_image_file

@@ -18,7 +18,8 @@ mean IoU ~0.3), softmax-sharpened maps, top-k window votes and intersections, ga
 window centres only, and other window sets (1/2..1/4 alone is worse: the windows that contain
 the whole object are much larger than it, while 1/6 and 1/8 windows outline its edges).
 
-Pure numpy + PIL here; the model comes in as an :class:`cbir.encode.Encoder`.
+Numpy + PIL here (an image file is decoded as ingest decodes it, by cbir.ingest.decode); the
+model comes in as an :class:`cbir.encode.Encoder`.
 """
 
 from __future__ import annotations
@@ -249,6 +250,21 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     for channel in range(3):
         out[..., channel] = np.interp(values, anchors, colours[:, channel])
     return out
+
+
+def read_picture(path: Path) -> Image.Image:
+    """The image file at ``path`` upright in RGB at full size; one that is missing, cannot be
+    read or decoded is a UsageError."""
+    from cbir.ingest.decode import MAX_PIXELS, BadImage, display_image
+
+    if not path.is_file():
+        raise UsageError(f"image not found: {path}")
+    try:
+        return display_image(path.read_bytes(), 1 << 30, MAX_PIXELS)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except BadImage as e:
+        raise UsageError(f"{path}: {e}") from None
 
 
 def default_out(image_path: Path) -> Path:

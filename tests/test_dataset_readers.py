@@ -15,17 +15,9 @@ from pathlib import Path
 import pytest
 
 from cbir.errors import UsageError
-from cbir.ingest.datasets import (
-    FORMATS,
-    BadRow,
-    ManifestRow,
-    TarSample,
-    detect_format,
-    expand_shards,
-    read_manifest,
-    read_member,
-    read_webdataset,
-)
+from cbir.ingest.datasets import FORMATS, BadRow, detect_format
+from cbir.ingest.manifests import ManifestRow, read_manifest
+from cbir.ingest.webdataset import TarSample, expand_shards, read_member, read_webdataset
 
 
 def rows_of(items):

@@ -16,20 +16,13 @@ from hypothesis import strategies as st
 from sqlalchemy import func, insert, select
 
 from cbir.errors import UsageError
-from cbir.query.filters import (
-    And,
-    Compare,
-    Filters,
-    Not,
-    Or,
-    image_condition,
-    normalise_format,
-    parse_date,
-    parse_size,
-    parse_where,
-)
+from cbir.query.filter_sql import image_condition
+from cbir.query.filter_values import normalise_format, parse_date
+from cbir.query.filters import Filters
+from cbir.query.where import And, Compare, Not, Or, parse_where
 from cbir.store.db import create_db_engine, for_writing, migrate
 from cbir.store.models import Image, ImageText, Root
+from cbir.units import parse_bytes
 
 ADDED = datetime(2026, 11, 2)
 
@@ -345,11 +338,11 @@ def test_parse_date_rejects(text):
 
 
 def test_sizes_and_formats():
-    assert [parse_size(s) for s in ("1500", "2MB", "2m", "500k", "1.5GiB", "1KiB", "3 GB", "7b")] == [
+    assert [parse_bytes(s) for s in ("1500", "2MB", "2m", "500k", "1.5GiB", "1KiB", "3 GB", "7b")] == [
         1500, 2_000_000, 2_000_000, 500_000, 1_610_612_736, 1024, 3_000_000_000, 7]
     for bad in ("", "MB", "2XB", "-1", "1e3", "9" * 5000):
         with pytest.raises(UsageError):
-            parse_size(bad)
+            parse_bytes(bad)
     assert [normalise_format(f) for f in ("JPG", "jpe", "tif", ".PNG", "webp")] == [
         "jpeg", "jpeg", "tiff", "png", "webp"]
     with pytest.raises(UsageError):
@@ -546,7 +539,7 @@ def evaluate(node, row: Row) -> bool:
         return {"=": start <= moment < end, "<": moment < start, "<=": moment < end,
                 ">": moment >= end, ">=": moment >= start}[op]
     if field in ("width", "height", "size"):
-        number = parse_size(value) if field == "size" else int(value)
+        number = parse_bytes(value) if field == "size" else int(value)
         actual = getattr(row, field)
         return {"=": actual == number, "<": actual < number, "<=": actual <= number,
                 ">": actual > number, ">=": actual >= number}[op]

@@ -329,9 +329,9 @@ def test_read_sidecar_size_limit(tmp_path):
     path.write_bytes(b"a" * (64 * 1024))
     assert len(read_sidecar(path)) == 64 * 1024  # exactly the limit is fine
     path.write_bytes(b"a" * (64 * 1024 + 1))
-    with pytest.raises(SidecarError, match=r"^caption file is over 64 KB$"):
+    with pytest.raises(SidecarError, match=r"^caption file is over 65.5 kB$"):
         read_sidecar(path)
-    with pytest.raises(SidecarError, match=r"over 10 bytes"):
+    with pytest.raises(SidecarError, match=r"over 10 B$"):
         read_sidecar(path, max_bytes=10)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cbir.index import generations
-from cbir.index.types import choose_spec
+from cbir.index.choice import choose_spec
 from cbir.index.vector_index import VectorIndex
 
 

@@ -11,7 +11,8 @@ import pytest
 from cbir.errors import UsageError
 from cbir.index import gpu as faiss_gpu
 from cbir.index.build import build
-from cbir.index.types import choose_spec, exact_top_k, recall_at_k
+from cbir.index.choice import choose_spec
+from cbir.index.topk import exact_top_k, recall_at_k
 
 DIM = 32
 

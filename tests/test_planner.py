@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from cbir.encode.fake import FakeEncoder
-from cbir.query.filters import Filters, image_condition
+from cbir.query.filter_sql import image_condition
+from cbir.query.filters import Filters
 from cbir.query.plan import EXACT_SUBSET, POST_FILTER, choose_vector_strategy, rrf
 from cbir.store.catalog import MODEL, SIDECAR, Changes, ImageRecord, TextRecord
 from cbir.store.collections import Texts

@@ -267,7 +267,7 @@ def test_serve_with_the_ray_engine_answers_like_the_local_server(ray_local, tiny
     local = open_for_serving(settings)
     on_ray = open_for_serving(settings, RayOptions(num_cpus=CPUS))
     try:
-        assert on_ray.indexes._loaded["images"].actor_count == 2
+        assert on_ray.indexes.loaded("images").actor_count == 2
         clients = [TestClient(create_app(lib), base_url="http://127.0.0.1") for lib in (local, on_ray)]
         requests = [
             ("/api/search", {"q": "a red circle", "k": 7}),

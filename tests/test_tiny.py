@@ -198,8 +198,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
 
 
 def test_readme_reproduce_command_runs_the_trainer_outside_encode():
-    """issue 19: the cbir-tiny trainer lives in cbir.training (it uses finetune and synthetic), not
-    in cbir.encode; the README's reproduce command names a module that exists and has a main."""
+    """issue 19: the cbir-tiny trainer lives in cbir.training (it uses the training loop and
+    synthetic), not in cbir.encode; the README's reproduce command names a module that exists
+    and has a main."""
     import importlib
     import re
     from pathlib import Path

@@ -113,7 +113,7 @@ def selectivity_row(lib, texts: list[str], qvecs: np.ndarray, selectivity: float
     naive_post_filter (each {p50_ms, p99_ms, mean_ms, recall}), planner_vs_best (the planner's
     median latency over the lower of exact-subset's and post-filter's) and goal_met (that ratio
     <= GOAL_RATIO at planner recall >= GOAL_RECALL)."""
-    from cbir.index.types import recall_at_k
+    from cbir.index.topk import recall_at_k
     from cbir.query.filters import Filters
 
     limit = max(1, round(selectivity * WIDTHS))
@@ -147,7 +147,7 @@ def passes(ids: np.ndarray, limit: int) -> np.ndarray:
 def filtered_truth(lib, limit: int, qvecs: np.ndarray, k: int) -> np.ndarray:
     """Exact filtered top-k ids [queries, k] (ties by smaller id, padded with -1), by brute force
     over the vectors SQLite stores."""
-    from cbir.index.types import exact_top_k
+    from cbir.index.topk import exact_top_k
 
     def passing():
         for ids, vectors in lib.catalog.iter_vectors():
@@ -161,7 +161,7 @@ def checked_count(lib, filters, limit: int) -> int:
     """How many images pass ``filters`` (``width <= limit``) by SQLite's count, checked against
     ``passes``: a mismatch means the ids are not the ones ``filtered_truth`` assumes, and every
     recall would be wrong."""
-    from cbir.query.filters import image_condition
+    from cbir.query.filter_sql import image_condition
     from cbir.store.collections import Images
 
     counted = Images(lib.catalog.engine).count(image_condition(filters, lib.catalog.roots()))
@@ -219,7 +219,7 @@ def strategy_runners(lib, filters, k: int) -> dict:
     The library's strategies run a whole search as a user's does (embed, count, plan, search,
     fetch the hits); the naive post-filter is the bare index search and one SQLite filter."""
     from cbir.query import Query
-    from cbir.query.filters import image_condition
+    from cbir.query.filter_sql import image_condition
     from cbir.store.collections import Images
 
     def library(strategy):

@@ -21,8 +21,8 @@ def ray_search_benchmark(*, vectors: int = 100_000, dim: int = 512, shards: int 
     except CbirError as e:
         return {"skipped": str(e)}
     from cbir.bench.search import _unit
+    from cbir.index.choice import choose_spec
     from cbir.index.sharded import Router, ShardedIndex
-    from cbir.index.types import choose_spec
     from cbir.index.vector_index import VectorIndex
 
     rng = np.random.default_rng(0)

@@ -154,7 +154,8 @@ def search_benchmark(
 
     The exact top-K of the queries is computed once per size, here, and handed to each kind's
     process, which rebuilds the library from the seed rather than receiving it."""
-    from cbir.index.types import KINDS, exact_top_k
+    from cbir.index.topk import exact_top_k
+    from cbir.index.types import KINDS
 
     say = progress or quiet
     if unknown := [kind for kind in kinds if kind not in KINDS]:
@@ -187,7 +188,7 @@ def measure_kind(kind: str, n: int, dim: int, queries: int, truth: np.ndarray, g
     import faiss
 
     from cbir.index.build import build
-    from cbir.index.types import recall_at_k
+    from cbir.index.topk import recall_at_k
 
     with tempfile.TemporaryDirectory() as folder:
         exact_source = None

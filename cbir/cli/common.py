@@ -1,6 +1,9 @@
-"""Helpers the commands share: opening the library, the ingest progress bar, comma lists."""
+"""Helpers the commands share: opening the library, option groups, the ingest progress bar,
+comma lists."""
 
 from __future__ import annotations
+
+import click
 
 from cbir.cli import database_url
 from cbir.config import resolve_settings
@@ -10,6 +13,29 @@ def _open(create=False, **options):
     from cbir.library import Library
 
     return Library.open(resolve_settings(database_url=database_url(), **options), create=create)
+
+
+def option_group(key: str):
+    """click.option for a group of related options that reach the command through click's
+    context under ``key`` (read them with group_values), as --db does, rather than as parameters
+    of its own: a command with many options keeps a short signature, its --help unchanged."""
+
+    def keep(ctx: click.Context, param: click.Parameter, value):
+        ctx.meta.setdefault(key, {})[param.name] = value
+        return value
+
+    def option(*names, **settings):
+        return click.option(*names, expose_value=False, callback=keep, **settings)
+
+    return option
+
+
+def group_values(key: str) -> dict:
+    """The values of the running command's option group ``key``, by parameter name, in the
+    order the command declares them."""
+    ctx = click.get_current_context()
+    values = ctx.meta.get(key, {})
+    return {param.name: values[param.name] for param in ctx.command.params if param.name in values}
 
 
 class _Progress:

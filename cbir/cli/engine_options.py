@@ -1,19 +1,16 @@
 """--engine and the Ray options of the searching commands (cbir search, cbir serve): the image
-index served by Ray actors (cbir.distributed.search). They reach the command through click's
+index served by Ray actors (Library.search_on_ray). They reach the command through click's
 context, like --db, so the commands take no parameters for them."""
 
 from __future__ import annotations
 
 import click
 
+from cbir.cli.common import group_values, option_group
 from cbir.errors import UsageError
 
 KEY = "cbir.search_engine"
-
-
-def _keep(ctx: click.Context, param, value):
-    ctx.meta.setdefault(KEY, {})[param.name] = value
-    return value
+_option = option_group(KEY)  # a click option kept for ray_options, not handed to the command
 
 
 def search_engine_options(f):
@@ -30,20 +27,15 @@ def search_engine_options(f):
     return f
 
 
-def _option(*names, **settings):
-    """A click option handed to _keep for ray_options, not to the command."""
-    return click.option(*names, expose_value=False, callback=_keep, **settings)
-
-
 def ray_options():
     """RayOptions for --engine ray, None for the local engine (then no Ray option may be given)."""
-    values = click.get_current_context().meta.get(KEY, {})
+    values = group_values(KEY)
     if values.get("engine", "local") != "ray":
         given = [f"--{name.replace('_', '-')}" for name in ("address", "actors") if values.get(name)]
         if given:
             raise UsageError(f"{' and '.join(given)} go with --engine ray")
         return None
-    from cbir.distributed.search import RayOptions
+    from cbir.library import RayOptions
 
     return RayOptions(
         address=values.get("address") or None,
@@ -56,6 +48,4 @@ def ray_options():
 def use_engine(library, options) -> None:
     """Serve ``library``'s image index from Ray actors when ``options`` say so."""
     if options is not None:
-        from cbir.distributed.search import attach
-
-        attach(library, options)
+        library.search_on_ray(options)

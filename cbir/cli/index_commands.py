@@ -32,9 +32,9 @@ def index_group():
 def index_rebuild(kind, memory, shard, gpu, as_json, library, model, device):
     """Build new indexes from the stored vectors (no image is re-encoded), tune their search
     parameters for recall@10 >= 0.95 on a held-out sample, and switch to them atomically."""
-    from cbir.index.types import parse_memory
+    from cbir.units import parse_bytes
 
-    budget = parse_memory(memory) if memory else None
+    budget = parse_bytes(memory, "memory size", positive=True) if memory else None
     with _open(library=library, model=model, device=device) as lib:
         if shard is not None:
             reports = [lib.rebuild_shard(shard, None if kind == "auto" else kind, gpu)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cbir.cli import cli, database_url, library_options
-from cbir.cli.common import _open, _Progress
+from cbir.cli.common import _open, _Progress, group_values, option_group
 from cbir.cli.render import echo_json, ingest_summary
 from cbir.config import DEFAULT_MODEL, resolve_settings
 from cbir.errors import UsageError
@@ -21,24 +21,28 @@ TINY_NOTICE = (
     f"--model {DEFAULT_MODEL}"
 )
 
+# Option groups, handed to Library.ingest as its keyword arguments: what PATH is, and who
+# decodes and encodes.
+SOURCE, ENGINE = "cbir.ingest_source", "cbir.ingest_engine"
+source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
+
 
 @cli.command()
 @click.argument("path")
 @library_options
-@click.option("--format", "fmt", type=click.Choice(["folder", "csv", "tsv", "jsonl", "parquet", "webdataset"]), help="What PATH is (default: detected from it).")
-@click.option("--image-column", metavar="NAME", help="Manifests: the column with image paths (default: path, image, filepath, ...).")
-@click.option("--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...).")
+@source_option("--format", type=click.Choice(["folder", "csv", "tsv", "jsonl", "parquet", "webdataset"]), help="What PATH is (default: detected from it).")
+@source_option("--image-column", metavar="NAME", help="Manifests: the column with image paths (default: path, image, filepath, ...).")
+@source_option("--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch. [env: CBIR_BATCH_SIZE]")
 @click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]")
 @click.option("--retry-failed", is_flag=True, help="Try again the files recorded as skipped (by default they are retried only once they change).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Who decodes and encodes: worker processes here, or a Ray cluster (pip install 'cbir[ray]'); this process commits either way. [env: CBIR_ENGINE]")
-@click.option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, help="--engine ray: GPUs for each encode worker (default 0: encode on CPUs).")
-@click.option("--ray-workers", type=click.IntRange(min=1), metavar="N", help="--engine ray: encode workers, each loading the model once (default: the cluster's GPUs / --gpus-per-worker, or half its CPUs).")
+@engine_option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Who decodes and encodes: worker processes here, or a Ray cluster (pip install 'cbir[ray]'); this process commits either way. [env: CBIR_ENGINE]")
+@engine_option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only.")
+@engine_option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, help="--engine ray: GPUs for each encode worker (default 0: encode on CPUs).")
+@engine_option("--ray-workers", type=click.IntRange(min=1), metavar="N", help="--engine ray: encode workers, each loading the model once (default: the cluster's GPUs / --gpus-per-worker, or half its CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, fmt, image_column, caption_column, batch_size, workers, retry_failed,
-           engine, address, gpus_per_worker, ray_workers, as_json, quiet):
+def ingest(path, library, model, device, batch_size, workers, retry_failed, as_json, quiet):
     """Add the images under PATH to the library (or update it: only new and changed files are
     encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
     dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
@@ -51,7 +55,8 @@ def ingest(path, library, model, device, fmt, image_column, caption_column, batc
       cbir ingest 'laion/{00000..00009}.tar'
       cbir ingest /shared/photos --engine ray --address auto --gpus-per-worker 1
     """
-    if engine != "ray" and (address or gpus_per_worker or ray_workers):
+    engine = group_values(ENGINE)  # engine, address, gpus_per_worker, ray_workers
+    if engine["engine"] != "ray" and (engine["address"] or engine["gpus_per_worker"] or engine["ray_workers"]):
         raise UsageError("--address, --gpus-per-worker and --ray-workers go with --engine ray")
     from cbir.library import Library
 
@@ -64,9 +69,8 @@ def ingest(path, library, model, device, fmt, image_column, caption_column, batc
         with Library.open(settings, create=True) as lib:
             with _Progress(enabled=not quiet and not as_json) as progress:
                 try:
-                    report = lib.ingest(path, progress=progress, format=fmt, image_column=image_column,
-                                        caption_column=caption_column, retry_failed=retry_failed, engine=engine,
-                                        address=address, gpus_per_worker=gpus_per_worker, ray_workers=ray_workers)
+                    report = lib.ingest(path, progress=progress, retry_failed=retry_failed,
+                                        **group_values(SOURCE), **engine)
                 finally:
                     if new_folders and _committed(lib):
                         new_folders = []

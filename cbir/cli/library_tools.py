@@ -7,8 +7,9 @@ import click
 
 from cbir.cli import cli, database_url, library_options  # noqa: F401  (commands below register on it)
 from cbir.cli.common import _open
-from cbir.cli.render import echo_json, echo_rows, human_bytes
+from cbir.cli.render import echo_json, echo_rows
 from cbir.errors import UsageError
+from cbir.units import format_bytes
 
 TEMPLATES_HELP = (
     "Prompt templates: single (a photo of a {}.), ensemble (open_clip's 7), openai (CLIP's 80) "
@@ -176,7 +177,7 @@ def duplicates(threshold, near, neighbours, as_json, library, model, device):
         for m in group.members:
             mark = "keep" if m.keeper else ("same bytes" if m.exact else f"{m.similarity:.3f}")
             taken = (m.taken or "")[:19].replace("T", " ")
-            click.echo(f"  {mark:>10}  {m.width}x{m.height}  {human_bytes(m.bytes):>8}  {taken:<19}  {m.path}")
+            click.echo(f"  {mark:>10}  {m.width}x{m.height}  {format_bytes(m.bytes):>8}  {taken:<19}  {m.path}")
     counts = report.counts()
     click.echo(
         f"{len(report.groups)} groups among {report.images} images ({counts['exact']} exact, "

@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from cbir.cli import cli, database_url, debug_option, library_options
+from cbir.cli.common import group_values, option_group
 from cbir.errors import UsageError
+
+# The training run's settings (cbir.finetune.FinetuneSettings, saved with it for --resume),
+# handed to cbir.finetune as they are named there.
+RUN = "cbir.finetune_run"
+run_option = option_group(RUN)
 
 
 def _encoder_for(library, model, device):
@@ -36,19 +42,10 @@ def locate(image, text, out, windows, as_json, library, model, device):
       cbir locate photo.jpg "a butterfly"
       cbir locate photo.jpg "a red car" --json --out car.png
     """
-    from cbir.ingest.decode import MAX_PIXELS, BadImage, display_image
-    from cbir.locate import default_out, locate as run_locate, overlay, parse_windows
+    from cbir.locate import default_out, locate as run_locate, overlay, parse_windows, read_picture
 
     divisors = parse_windows(windows)
-    if not image.is_file():
-        raise UsageError(f"image not found: {image}")
-    try:
-        data = image.read_bytes()
-        picture = display_image(data, 1 << 30, MAX_PIXELS)  # upright RGB, full size
-    except OSError as e:
-        raise UsageError(f"cannot read {image}: {e.strerror or e}") from None
-    except BadImage as e:
-        raise UsageError(f"{image}: {e}") from None
+    picture = read_picture(image)
     out = out if out is not None else default_out(image)
     if out.exists() and out.resolve() == image.resolve():
         raise UsageError(f"--out {out} is the input image; choose another file")
@@ -75,23 +72,22 @@ def locate(image, text, out, windows, as_json, library, model, device):
 @click.option("--dataset", metavar="MANIFEST", help="Image-caption pairs: a .csv, .tsv, .jsonl or .parquet manifest (image paths relative to it).")
 @click.option("--model", metavar="NAME", help="Model to start from, e.g. ViT-B-32:laion2b_s34b_b79k, cbir-tiny, or ARCH:path/to/checkpoint.pt. [env: CBIR_MODEL]")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("finetuned.pt"), show_default=True, help="The fine-tuned checkpoint (load it with --model ARCH:OUT); the training state goes beside it as OUT_STEM.train.pt.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training pairs (default 5).")
-@click.option("--batch-size", type=click.IntRange(min=2), help="Pairs per step; the loss contrasts them (default 64).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default 1e-5; AdamW, warmup then cosine).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay (default 0.1).")
-@click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps (default 10% of all steps).")
-@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), help="Fraction of the images held out for evaluation (default 0.1).")
-@click.option("--seed", type=int, help="Seed of the held-out split and the batch order (default 0).")
-@click.option("--image-column", metavar="NAME", help="The manifest's image column (default: path, image, filepath, ...).")
-@click.option("--caption-column", metavar="NAME", help="The manifest's caption column (default: caption, text, ...).")
+@run_option("--epochs", type=click.IntRange(min=1), help="Passes over the training pairs (default 5).")
+@run_option("--batch-size", type=click.IntRange(min=2), help="Pairs per step; the loss contrasts them (default 64).")
+@run_option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default 1e-5; AdamW, warmup then cosine).")
+@run_option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay (default 0.1).")
+@run_option("--warmup", type=click.IntRange(min=0), help="Warmup steps (default 10% of all steps).")
+@run_option("--holdout", type=click.FloatRange(0, 1, max_open=True), help="Fraction of the images held out for evaluation (default 0.1).")
+@run_option("--seed", type=int, help="Seed of the held-out split and the batch order (default 0).")
+@run_option("--image-column", metavar="NAME", help="The manifest's image column (default: path, image, filepath, ...).")
+@run_option("--caption-column", metavar="NAME", help="The manifest's caption column (default: caption, text, ...).")
 @click.option("--workers", type=click.IntRange(min=0), help="Image decoding processes (default: up to 4; 0: in this process).")
 @click.option("--device", metavar="auto|cpu|cuda", help="Where to train; auto picks CUDA when present (fp16 autocast there). [env: CBIR_DEVICE]")
 @click.option("--resume", is_flag=True, help="Continue the run that writes --out from its last finished epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @debug_option
-def finetune(dataset, model, out, epochs, batch_size, lr, weight_decay, warmup, holdout, seed,
-             image_column, caption_column, workers, device, resume, as_json, quiet):
+def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
     """Fine-tune a CLIP model on your image-caption pairs (contrastive CLIP loss), with a
     held-out evaluation before and after and a checkpoint every epoch.
 
@@ -104,9 +100,7 @@ def finetune(dataset, model, out, epochs, batch_size, lr, weight_decay, warmup, 
     from cbir.finetune import finetune as run_finetune
 
     settings = resolve_settings(model=model, device=device)
-    options = dict(dataset=dataset, model=settings.model, epochs=epochs, batch_size=batch_size, lr=lr,
-                   weight_decay=weight_decay, warmup=warmup, holdout=holdout, seed=seed,
-                   image_column=image_column, caption_column=caption_column)
+    options = dict(dataset=dataset, model=settings.model, **group_values(RUN))
     if not resume and not dataset:
         raise UsageError("--dataset MANIFEST is required: a .csv, .tsv, .jsonl or .parquet of image-caption pairs")
     if not resume and not settings.model:

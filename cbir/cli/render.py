@@ -7,14 +7,7 @@ import shlex
 
 import click
 
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+from cbir.units import format_bytes
 
 
 def echo_json(obj) -> None:
@@ -96,8 +89,8 @@ def status_text(status) -> str:
         f"texts     {status.texts}  (captions, descriptions, labels, tags)",
         f"skipped   {status.skipped}" + ("  (list: cbir status --skipped)" if status.skipped else ""),
         f"index     {status.index_type}, {status.index_vectors} vectors, "
-        f"{human_bytes(status.index_bytes)}, {index_state}",
-        f"database  {human_bytes(status.database_bytes)}",
+        f"{format_bytes(status.index_bytes)}, {index_state}",
+        f"database  {format_bytes(status.database_bytes)}",
     ]
     for path, count in status.missing_roots:
         lines.append(f"missing   {path}: gone from disk, {count} images kept "
@@ -117,7 +110,7 @@ def build_summary(report) -> str:
     )
     return (
         f"{report.name}: {report.kind} ({report.factory}), {report.vectors} vectors, "
-        f"{human_bytes(report.bytes)}, built in {report.seconds:.1f} s{' on the GPU' if report.gpu else ''}; "
+        f"{format_bytes(report.bytes)}, built in {report.seconds:.1f} s{' on the GPU' if report.gpu else ''}; "
         f"search {params}; {recall}\n"
         f"  why: {report.reason}"
     )
@@ -134,7 +127,7 @@ def index_info_text(info: dict) -> str:
         recall = build.get("recall_at_10")
         lines.append(
             f"{name:<7} {spec['kind']} ({spec['factory']}), {entry['count']} vectors, "
-            f"{human_bytes(entry['bytes'])}, search {params}"
+            f"{format_bytes(entry['bytes'])}, search {params}"
             + (f", recall@10 {recall:.3f}" if recall is not None else "")
             + f", vector version {entry['vector_version']}"
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cbir.cli import cli, library_options
-from cbir.cli.common import _open, _split
+from cbir.cli.common import _open
 from cbir.cli.engine_options import ray_options, search_engine_options, use_engine
 from cbir.cli.render import echo_json, hits_table, query_label
 from cbir.errors import UsageError
@@ -16,7 +16,7 @@ from cbir.errors import UsageError
 def _check_query_images(queries) -> None:
     """A query image that is not there is an error before the library and the model load
     (which take seconds)."""
-    from cbir.query import ImageData
+    from cbir.library import ImageData
 
     for query in queries:
         if query.image is None or isinstance(query.image, ImageData) or "\x00" in str(query.image):
@@ -25,15 +25,19 @@ def _check_query_images(queries) -> None:
         if not path.exists():
             raise UsageError(f"query image not found: {query.image}")
         if not path.is_file():  # a folder, or a FIFO or device that would block or never end
-            from cbir.ingest.limits import special_file
+            from cbir.fsutil import special_file
 
             raise UsageError(f"query image {query.image} is {special_file(path.stat().st_mode)}, not an image file")
 
 
-def _date(_ctx, param, value):
-    from cbir.query.filters import parse_date
+def _date(_ctx, _param, value):
+    """A bad date is an error as the option is read, before any other check (the request
+    parses it again)."""
+    if value:
+        from cbir.library import parse_date
 
-    return parse_date(value)[0] if value else None
+        parse_date(value)
+    return value
 
 
 def filter_options(f):
@@ -81,36 +85,6 @@ def plan_options(f):
     return f
 
 
-def _filters(after, before, folder, camera, min_width, min_height, formats, tag, where, **_others):
-    """The Filters of filter_options' values (the other options are not filters)."""
-    from cbir.query.filters import Filters
-
-    return Filters(
-        after=after,
-        before=before,
-        folders=tuple(folder),
-        cameras=tuple(camera),
-        min_width=min_width,
-        min_height=min_height,
-        formats=_split(formats),
-        tags=tuple(tag),
-        where=where,
-    )
-
-
-def _search_args(k, offset, min_score, sort, dedup, strategy, nprobe, ef, **_others):
-    """Library.search_many's arguments from result_options' and plan_options' values."""
-    return dict(
-        k=k,
-        min_score=min_score,
-        sort=sort,
-        offset=offset,
-        dedup=dedup,
-        strategy=strategy,
-        index_params={**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef} if ef else {})},
-    )
-
-
 @cli.command()
 @click.argument("query", nargs=-1)
 @click.option("--image", "image", type=str, metavar="PATH", help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
@@ -138,35 +112,18 @@ def search(query, image, like, batch, target, mode, explain, as_json, library, m
       cbir search beach --where 'taken >= 2019-06-01 and folder = trips' --explain
       cbir search --batch queries.txt --json
     """
-    from cbir.query import Query
-    from cbir.query.batch import parse_batch
-    from cbir.query.expression import expression_from_argv
+    from cbir.library import SearchRequest, command_line_queries
 
-    text = expression_from_argv(query).strip() if query else ""
-    if batch and (text or image or like):
-        raise UsageError("--batch takes its queries from the file; give no QUERY, --image or --like with it")
-    if not (batch or text or image or like):
-        raise UsageError("give a QUERY text, --image PATH, --like PATH or --batch FILE")
-    if batch:
-        items = parse_batch(batch, source=batch.name)
-    else:
-        echo = text if not (image or like) else {
-            **({"image": str(image)} if image else {"like": str(like)}),
-            **({"text": text} if text else {}),
-        }
-        items = [(echo, Query(text=text or None, image=image, like=like))]
+    items = command_line_queries(query, image, like, batch)
     _check_query_images(q for _, q in items)
-    filters = _filters(**options)
+    gpu = options.pop("gpu")
+    request = SearchRequest.from_options(
+        [q for _, q in items], target=target, mode=mode, explain=explain, **options
+    )
     engine = ray_options()
-    with _open(library=library, model=model, device=device, gpu=options["gpu"]) as lib:
+    with _open(library=library, model=model, device=device, gpu=gpu) as lib:
         use_engine(lib, engine)
-        results = lib.search_many(
-            [q for _, q in items],
-            target="texts" if target == "text" else "images",
-            mode=mode,
-            filters=filters,
-            **_search_args(**options),
-        )
+        results = lib.run_search(request)
     for (echo, _), hits in zip(items, results):
         if as_json:
             if explain:

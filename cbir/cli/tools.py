@@ -108,12 +108,12 @@ def serve(host, port, token, upload_limit, gpu, library, model, device):
       CBIR_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe())') cbir serve --host 0.0.0.0
       cbir serve --engine ray --address auto --shards-per-actor 2
     """
-    from cbir.index.types import parse_memory
     from cbir.serve import serve as run
+    from cbir.units import parse_bytes
 
     settings = resolve_settings(library=library, model=model, device=device, gpu=gpu, database_url=database_url())
-    run(settings, host=host, port=port, token=token or None, upload_limit=parse_memory(upload_limit), echo=click.echo,
-        ray=ray_options())
+    limit = parse_bytes(upload_limit, "upload limit", positive=True)
+    run(settings, host=host, port=port, token=token or None, upload_limit=limit, echo=click.echo, ray=ray_options())
 
 
 @cli.command()
@@ -126,7 +126,7 @@ def models(as_json):
     checkpoint. Hub weights download on first use.
     """
     from cbir.config import DEFAULT_MODEL
-    from cbir.encode.registry import list_models
+    from cbir.library import list_models
 
     for name, note in list_models():
         if name == DEFAULT_MODEL:

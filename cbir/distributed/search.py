@@ -21,7 +21,6 @@ again and publishes it, which ships the new actor its shards, and the call is ma
 from __future__ import annotations
 
 import hashlib
-import heapq
 import itertools
 import math
 import threading
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbir.errors import CbirError, UsageError
+from cbir.index.topk import merge_top_k
 from cbir.names import IMAGES
 
 class RayError(CbirError):
@@ -114,13 +114,13 @@ class ShardActor:
         """(scores, ids) of these shards merged (None without such shards), and for IVF-PQ
         shards that re-rank, their candidate ids: the driver re-scores those exactly, since
         the exact vectors live in the library's database."""
-        from cbir.index.sharded import _pool, merge_top_k
+        from cbir.index.sharded import search_pool
 
         def one(shard):
             candidates = shard.rerank_candidates(queries, k, params)
             return (None, candidates) if candidates is not None else (shard.search(queries, k, params), None)
 
-        results = list(_pool().map(one, [self.held[key] for key in keys]))
+        results = list(search_pool().map(one, [self.held[key] for key in keys]))
         found = [r for r, _ in results if r is not None]
         return (merge_top_k(found, k) if found else None), [c for _, c in results if c is not None]
 
@@ -151,24 +151,6 @@ def _remote_actor_class():
 
 
 # -- the driver -------------------------------------------------------------------------------
-def merge_heap(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top-k of several already sorted top-k lists, row by row, with a heap on (-score, id)
-    (faiss.contrib's ResultHeap idea): the same order as ``merge_top_k``, padding (-inf, -1) last."""
-    rows = len(parts[0][0]) if parts else 0
-    scores = np.full((rows, k), -np.inf, dtype=np.float32)
-    ids = np.full((rows, k), -1, dtype=np.int64)
-    for row in range(rows):
-        streams = [
-            ((-s, i) for s, i in zip(part_scores[row].tolist(), part_ids[row].tolist()) if i >= 0)
-            for part_scores, part_ids in parts
-        ]
-        best = list(itertools.islice(heapq.merge(*streams), k))
-        if best:
-            scores[row, : len(best)] = [-s for s, _ in best]
-            ids[row, : len(best)] = [i for _, i in best]
-    return scores, ids
-
-
 def _shard_keys(count: int, files: dict | None) -> list[str]:
     """A key per shard naming its content: its number and the checksums of its files, so an
     unchanged shard keeps its key across generations; without files (an index built in memory)
@@ -394,7 +376,7 @@ class RayShardedIndex:
             if found is not None:
                 parts.append(found)
             parts.extend(rerank_exactly(queries, candidates, k, self.exact_source) for candidates in pending)
-        return merge_heap(parts, k)
+        return merge_top_k(parts, k)
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)
@@ -418,6 +400,5 @@ def attach(library, options: RayOptions | None = None) -> RayEngine:
     """Serve ``library``'s image index from Ray actors from now on (they start when it loads);
     ``library.close()`` stops them."""
     engine = RayEngine(options)
-    library.indexes.serving = engine
-    library.indexes.forget()
+    library.indexes.serve_from(engine)
     return engine

@@ -18,7 +18,7 @@ from cbir.evaluate.zeroshot import ZeroShotResult, class_embeddings, classname_f
 
 
 def _condition(lib, filters):
-    from cbir.query.filters import image_condition
+    from cbir.query.filter_sql import image_condition
 
     return image_condition(filters, lib.catalog.roots()) if filters is not None else None
 

@@ -12,7 +12,10 @@ import numpy as np
 
 from cbir.errors import UsageError
 from cbir.index import gpu as faiss_gpu
-from cbir.index.types import FLAT_MAX, IndexSpec, choose_spec, exact_top_k, tune
+from cbir.index.choice import FLAT_MAX, choose_spec
+from cbir.index.faiss_ops import tune
+from cbir.index.topk import exact_top_k
+from cbir.index.types import IndexSpec
 from cbir.index.vector_index import VectorIndex
 
 TARGET_RECALL = 0.95

@@ -34,13 +34,25 @@ class LibraryIndexes:
         self._loading = threading.Lock()  # one load at a time; searches go on with what is loaded
         self._files: dict = {}  # name -> the saved files (name -> sha256) loaded, None if built here
         self._manifest_seen: tuple | None = None  # (stat of manifest.json, the manifest)
-        # Serves what readers load from elsewhere (cbir.distributed.search.RayEngine): its
-        # wrap(name, index, files) returns the index searches use; writers keep the local one.
+        # Serves what readers load from elsewhere (cbir.distributed.search.RayEngine), once
+        # set by serve_from; writers keep the local index.
         self.serving = None
 
     def forget(self) -> None:
         """Drop what is loaded: the next use reads (or rebuilds) the saved indexes."""
         self._loaded.clear()
+
+    def loaded(self, name: str):
+        """The index ``name`` as searches use it now, or None when it is not loaded yet (nothing
+        is loaded here)."""
+        return self._loaded.get(name)
+
+    def serve_from(self, serving) -> None:
+        """Have ``serving`` serve what readers load from now on (``wrap(name, index, files,
+        reload)`` returns the index searches use, ``close()`` stops it); what is loaded is
+        loaded again through it."""
+        self.serving = serving
+        self.forget()
 
     def close(self) -> None:
         """Stop serving elsewhere (the Ray actors), if anything does."""

@@ -14,14 +14,16 @@ from typing import Callable
 import numpy as np
 
 from cbir.errors import UsageError
+from cbir.index.topk import merge_top_k
 from cbir.index.vector_index import VectorIndex
 
 BY = ("hash", "folder", "date")
 _POOL: list[ThreadPoolExecutor] = []
 
 
-def _pool() -> ThreadPoolExecutor:
-    """One pool of searcher threads for the process, made on first use."""
+def search_pool() -> ThreadPoolExecutor:
+    """One pool of searcher threads for the process, made on first use (shared with the Ray
+    shard actors, cbir.distributed.search)."""
     if not _POOL:
         _POOL.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="shard"))
     return _POOL[0]
@@ -143,7 +145,7 @@ class ShardedIndex:
 
     def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every shard's top-k, in parallel, merged into the overall top-k (ties by id)."""
-        return merge_top_k(list(_pool().map(lambda s: s.search(queries, k, params), self.shards)), k)
+        return merge_top_k(list(search_pool().map(lambda s: s.search(queries, k, params), self.shards)), k)
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [s.vectors(ids) for s in self.shards]
@@ -153,12 +155,3 @@ class ShardedIndex:
         order = np.argsort([position[int(i)] for i in found], kind="stable")
         return found[order], vectors[order]
 
-
-def merge_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The overall top-k of per-shard (scores, ids) results, row by row: best score, then id;
-    padding (id -1) scores -inf and comes last."""
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
-    scores = np.where(ids >= 0, scores, -np.inf)
-    order = np.lexsort((ids, -scores), axis=-1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1).astype(np.float32), np.take_along_axis(ids, order, axis=1)

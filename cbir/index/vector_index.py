@@ -13,7 +13,9 @@ import faiss
 import numpy as np
 
 from cbir.index import gpu as faiss_gpu
-from cbir.index.types import IndexSpec, choose_spec, new_index, search_parameters, train, with_id_lookup
+from cbir.index.choice import choose_spec
+from cbir.index.faiss_ops import new_index, search_parameters, train, with_id_lookup
+from cbir.index.types import IndexSpec
 from cbir.names import IMAGES, TEXTS as TEXTS  # the indexes of a library (re-exported: old path)
 
 

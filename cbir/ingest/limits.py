@@ -1,16 +1,19 @@
 """What one image may cost before it is decoded: its file (a regular file, a size cap), the
 memory its decoding needs (worked out from the header), and the PNG text chunks Pillow would
-refuse the whole image for. Pure Pillow and the standard library: runs in decode workers."""
+refuse the whole image for. Pillow, the standard library and the cbir.units and cbir.fsutil
+leaves only: runs in decode workers."""
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 import struct
 import zlib
 
 from PIL import Image, PngImagePlugin
+
+from cbir.fsutil import special_file
+from cbir.units import format_bytes
 
 # Pixels are not memory: a 300 KB PNG can declare 169 MP of 16-bit greyscale. Together these bound
 # what one image costs, measured against a `cbir search --image` that already holds ~0.9 GB
@@ -36,10 +39,6 @@ _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16
 _MODE_NAMES = {"1": "1-bit", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha", "I": "32-bit greyscale",
                "F": "32-bit float", "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale",
                "I;16L": "16-bit greyscale"}
-
-def megabytes(n: int) -> str:
-    return f"{n / 1e6:,.0f} MB" if n >= 10**6 else f"{n / 1e6:.1f} MB"
-
 
 def reduce_factor(image: Image.Image, side: int, longest: bool = False) -> int:
     """How many times a big decoded image can be box-reduced and keep its shortest (or longest)
@@ -70,8 +69,8 @@ def check_decode_memory(image: Image.Image, factor: int, full_size: tuple[int, i
         fw, fh = full_size
         kind = " ".join(filter(None, (_MODE_NAMES.get(image.mode, image.mode), image.format)))
         raise BadImage(
-            f"refused: a {fw}x{fh} {kind} image needs {megabytes(needed)} to decode, over the "
-            f"{megabytes(max_bytes)} limit (possible decompression bomb)"
+            f"refused: a {fw}x{fh} {kind} image needs {format_bytes(needed)} to decode, over the "
+            f"{format_bytes(max_bytes)} limit (possible decompression bomb)"
         )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,16 +127,6 @@ def without_oversized_png_text(data: bytes) -> bytes:
         return data
     return b"".join([*kept, view[start:]])
 
-def special_file(mode: int) -> str | None:
-    """What a file that is not a regular file is ("a FIFO"), from its st_mode; None for a regular one."""
-    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "a special file"
-
-
 def _open_nonblocking(path, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
@@ -157,7 +146,7 @@ def read_image_file(path: str | os.PathLike, offset: int | None = None, size: in
         length = st.st_size if offset is None else size
         if length > max_bytes:
             raise BadImage(
-                f"refused: the file is {length:,} bytes, over the {megabytes(max_bytes)} limit for an image"
+                f"refused: the file is {length:,} bytes, over the {format_bytes(max_bytes)} limit for an image"
             )
 
     check(os.stat(path))  # first by name: opening a socket fails, a FIFO blocks
@@ -167,7 +156,7 @@ def read_image_file(path: str | os.PathLike, offset: int | None = None, size: in
         if offset is None:
             data = f.read(max_bytes + 1)
             if len(data) > max_bytes:  # it grew since
-                raise BadImage(f"refused: the file is over the {megabytes(max_bytes)} limit for an image")
+                raise BadImage(f"refused: the file is over the {format_bytes(max_bytes)} limit for an image")
             return data
         f.seek(offset)
         data = f.read(size)

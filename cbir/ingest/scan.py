@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cbir.fsutil import special_file
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
-from cbir.ingest.limits import special_file
 from cbir.ingest.texts import SIDECAR_SUFFIX, sidecar_candidates
 
 

@@ -1,7 +1,8 @@
 """A dataset as the ingest pipeline sees it: the images a manifest or WebDataset shards list,
 with their captions and other columns, as a ScanResult relative to the library root that holds
-them. The readers (cbir.ingest.datasets) know the formats; this module knows the library's side:
-paths relative to a root, which dataset owns which image, and where bad rows are recorded.
+them. The readers (cbir.ingest.manifests, cbir.ingest.webdataset) know the formats; this module
+knows the library's side: paths relative to a root, which dataset owns which image, and where
+bad rows are recorded.
 
 Each manifest is one dataset (``manifest:train.csv``) and each tar shard one (``tar:shards/0001.tar``),
 so ingesting some of a dataset's shards never removes the others' images. Bad rows are recorded
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cbir.errors import UsageError
-from cbir.ingest.datasets import BadRow, ManifestRow, TarSample, expand_shards, read_manifest, read_webdataset
+from cbir.ingest.datasets import BadRow
+from cbir.ingest.manifests import ManifestRow, read_manifest
 from cbir.ingest.scan import ScannedFile, ScanResult, is_image_name
+from cbir.ingest.webdataset import TarSample, expand_shards, read_webdataset
 
 
 @dataclass

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cbir.units import format_bytes
+
 MAX_TEXT_CHARS = 2000  # per embedded text; CLIP reads ~77 tokens, keyword search a bit more
 MAX_XMP_BYTES = 1024 * 1024  # XMP packets are a few KB; larger ones are not worth parsing
 SIDECAR_SUFFIX = ".txt"
@@ -376,10 +378,6 @@ def find_sidecar(root: str | os.PathLike, image_rel_path: str) -> str | None:
     return None
 
 
-def _size_text(n: int) -> str:
-    return f"{n // 1024} KB" if n % 1024 == 0 else f"{n:,} bytes"
-
-
 def read_sidecar(path: str | os.PathLike, max_bytes: int = 64 * 1024) -> str:
     """The caption in a sidecar file, whitespace (newlines included) collapsed: the whole file
     is ONE caption, as in caption datasets. "" for an empty or blank file.
@@ -394,7 +392,7 @@ def read_sidecar(path: str | os.PathLike, max_bytes: int = 64 * 1024) -> str:
     except OSError as e:
         raise SidecarError(f"caption file unreadable: {e.strerror or e}") from None
     if len(data) > max_bytes:
-        raise SidecarError(f"caption file is over {_size_text(max_bytes)}")
+        raise SidecarError(f"caption file is over {format_bytes(max_bytes)}")
     for bom, charset in (
         (b"\xff\xfe\x00\x00", "utf-32"),  # before UTF-16: its BOM starts the same way
         (b"\x00\x00\xfe\xff", "utf-32"),

@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from cbir.index.topk import merge_top_k
 from cbir.query.plan import ANN, EXACT_SUBSET, HYBRID, KEYWORD, NONE, POST_FILTER, Plan, rrf
 from cbir.timing import Timer
 
@@ -187,14 +188,10 @@ def search_subset(
     """Exact top-k (scores, ids) among ``ids`` only, best first, ties by id: scores just those
     vectors, a chunk at a time, so a selective filter costs little whatever the library's size."""
     query = np.asarray(query, dtype=np.float32).ravel()
-    best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    best = (np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64))
     ids = np.sort(np.asarray(ids, dtype=np.int64))
     for start in range(0, len(ids), ROW_CHUNK):
         found, vectors = vectors_of(ids[start : start + ROW_CHUNK])
-        best_scores = np.concatenate([best_scores, vectors @ query])
-        best_ids = np.concatenate([best_ids, found])
-        if len(best_scores) > k:
-            keep = np.argpartition(-best_scores, k - 1)[:k]
-            best_scores, best_ids = best_scores[keep], best_ids[keep]
-    order = np.lexsort((best_ids, -best_scores))[:k]
-    return best_scores[order], best_ids[order]
+        best = merge_top_k([best, ((vectors @ query)[None], np.asarray(found)[None])], k)
+    scores, found = best[0][0], best[1][0]
+    return scores[found >= 0], found[found >= 0]  # no padding: fewer than k passed

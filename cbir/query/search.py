@@ -7,16 +7,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from cbir.encode.spec import Encoder, encode_texts_batched
 from cbir.errors import EmptyLibrary, UsageError
-from cbir.query import ImageData, Query
+from cbir.index.types import check_params_apply
+from cbir.query import ImageData
 from cbir.query import plan as planning
 from cbir.query.execute import Executor, Options
-from cbir.query.filters import Filters, image_condition
+from cbir.query.filter_sql import image_condition
+from cbir.query.request import SearchRequest
 from cbir.store.catalog import Catalog, ImageInfo
 from cbir.store.collections import Images, Texts, fts_match
 from cbir.timing import Timer
@@ -41,14 +43,8 @@ class Hit(ImageInfo):
             "rank": self.rank,
             "score": round(self.score, 6),
             "similarity": None if self.similarity is None else round(self.similarity, 6),
-            "path": str(self.path),
-            "id": self.id,
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
-            "taken": self.taken.isoformat() if self.taken else None,
-            "camera": self.camera,
+            "path": str(self.path),  # a hit lists its path before the image's other facts
+            **super().as_dict(),
             "missing": self.missing,
         }
         if self.text_id is not None:
@@ -82,57 +78,23 @@ class Searcher:
         self._embed_image = embed_image
         self._image_id = image_id
 
-    def search(
-        self,
-        text: str | None = None,
-        *,
-        image: str | Path | ImageData | None = None,
-        like: str | Path | None = None,
-        k: int = 10,
-        **options,
-    ) -> "Results":
-        """One query (see ``Library.search``)."""
-        query = Query(
-            text=text,
-            image=Path(image) if isinstance(image, (str, Path)) else image,
-            like=Path(like) if like is not None else None,
-        )
-        return self.search_many([query], k=k, **options)[0]
-
-    def search_many(
-        self,
-        queries: Iterable[Query],
-        k: int = 10,
-        *,
-        target: str = "images",
-        mode: str | None = None,
-        filters: Filters | None = None,
-        min_score: float | None = None,
-        sort: str = "score",
-        offset: int = 0,
-        dedup: bool = False,
-        strategy: str = "auto",
-        index_params: dict | None = None,
-    ) -> list["Results"]:
-        """Many queries with one model load, one filter evaluation and one text-encoder batch."""
-        from cbir.index.types import check_params_apply  # the index is loaded: faiss is too
-
+    def run(self, request: SearchRequest) -> list["Results"]:
+        """The results of each query of ``request``, in order: one model load, one filter
+        evaluation and one text-encoder batch for them all."""
         started = time.perf_counter()
-        _check_search_options(k, target, mode, sort, offset, strategy)
-        queries = list(queries)
         require_images(self.catalog, self.path)
-        if not queries:
+        if not request.queries:
             return []
-        filters = filters or Filters()
-        condition = image_condition(filters, self.catalog.roots())
+        target, params = request.target, request.index_params
+        condition = image_condition(request.filters, self.catalog.roots())
         index = self.indexes.get(target)
-        check_params_apply(index.kind, index_params or {}, target)
+        check_params_apply(index.kind, params, target)
         collection = (Images if target == planning.IMAGES else Texts)(self.catalog.engine)
         if target == planning.TEXTS and index.ntotal == 0:
             raise self._no_texts()
-        expressions = [q.expression() for q in queries]
+        expressions = [q.expression() for q in request.queries]
         matches = [fts_match(e.texts) for e in expressions]  # the words for keyword search
-        modes = _modes(expressions, matches, target, mode, min_score, index.ntotal)
+        modes = _modes(expressions, matches, target, request.mode, request.min_score, index.ntotal)
         setup = {"prepare": time.perf_counter() - started}  # checks, filters, parsing
         timed = Timer(setup)
         matching = None
@@ -140,8 +102,8 @@ class Searcher:
             with timed("count"):
                 matching = collection.count(condition)
         vectors, embed_each = self._vectors(expressions, modes, timed)
-        described = filters.describe() if condition is not None else ""
-        options = Options(k=k, offset=offset, min_score=min_score, dedup=dedup)
+        described = request.filters.describe() if condition is not None else ""
+        options = Options(k=request.k, offset=request.offset, min_score=request.min_score, dedup=request.dedup)
         plans = []
         for expression, m, vector in zip(expressions, modes, vectors):
             plan = planning.plan_query(
@@ -152,23 +114,20 @@ class Searcher:
                 matching=matching,
                 want=options.need,
                 exact_index=index.exact,
-                forced=strategy,
+                forced=request.strategy,
                 filters=described,
             )
             plan.timings = dict(setup, **({"embed": embed_each} if vector is not None else {}))
             plans.append(plan)
-        prefetched = _search_together(index, plans, vectors, options, index_params)
+        prefetched = _search_together(index, plans, vectors, options, params)
         results = []
         vectors_of = self.indexes.vectors_of(target)
         for plan, vector, match, first in zip(plans, vectors, matches, prefetched):
-            executor = Executor(
-                plan, collection, index, condition,
-                vectors_of=vectors_of, params=index_params, prefetched=first,
-            )
-            ranked = executor.run(vector, match, options)[offset:]
+            executor = Executor(plan, collection, index, condition, vectors_of=vectors_of, params=params, prefetched=first)
+            ranked = executor.run(vector, match, options)[request.offset:]
             with executor.timed("fetch"):
-                hits = self._hits(target, ranked, offset)
-            if sort == "date":
+                hits = self._hits(target, ranked, request.offset)
+            if request.sort == "date":
                 hits.sort(key=lambda h: (h.taken is None, h.taken or datetime.min, h.rank))
             results.append(Results(hits, plan))
         return results
@@ -293,21 +252,6 @@ def _modes(expressions, matches, target: str, mode: str | None, min_score: float
     if min_score is not None and planning.KEYWORD in modes:
         raise UsageError("--min-score is a similarity cut-off; keyword mode has no similarity")
     return modes
-
-
-def _check_search_options(k: int, target: str, mode: str | None, sort: str, offset: int, strategy: str) -> None:
-    if k < 1:
-        raise UsageError(f"k must be at least 1, got {k}")
-    if offset < 0:
-        raise UsageError(f"offset must be 0 or more, got {offset}")
-    for name, value, allowed in (
-        ("target", target, planning.TARGETS),
-        ("mode", mode, (None, *planning.MODES)),
-        ("sort", sort, ("score", "date")),
-        ("strategy", strategy, ("auto", *planning.STRATEGIES)),
-    ):
-        if value not in allowed:
-            raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(a for a in allowed if a)}")
 
 
 def file_gone(path: Path) -> bool:

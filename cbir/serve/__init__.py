@@ -21,7 +21,7 @@ def create_app(*args, **kwargs):
 
 def open_for_serving(settings, ray=None):
     """The library opened for many request threads, its model and indexes loaded now; with
-    ``ray`` (cbir.distributed.search.RayOptions) the image index is served by Ray actors."""
+    ``ray`` (cbir.library.RayOptions) the image index is served by Ray actors."""
     from cbir.library import Library
     from cbir.serve.batcher import BatchingEncoder
 
@@ -30,9 +30,7 @@ def open_for_serving(settings, ray=None):
         library.indexes.follow = True
         library.wrap_encoder(BatchingEncoder)
         if ray is not None:
-            from cbir.distributed.search import attach
-
-            attach(library, ray)
+            library.search_on_ray(ray)
         if library.fingerprint:  # an empty library loads its model when images arrive
             library.encoder
             library.indexes.get(IMAGES)
@@ -95,6 +93,6 @@ def _bind(host: str, port: int):
 
 def _engine(library) -> str:
     """", searched by N Ray actors" when the Ray engine serves the image index."""
-    index = library.indexes._loaded.get(IMAGES)
+    index = library.indexes.loaded(IMAGES)
     count = getattr(index, "actor_count", None)
     return f", {index.shard_count} shard(s) searched by {count} Ray actor(s)" if count else ""

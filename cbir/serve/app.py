@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,7 +25,8 @@ from fastapi.staticfiles import StaticFiles
 
 import cbir
 from cbir.errors import CbirError, EmptyLibrary, LibraryLocked, UsageError
-from cbir.query import ImageData
+from cbir.library import ImageData, SearchRequest
+from cbir.library import Query as SearchQuery  # fastapi.Query is a query-string parameter
 from cbir.serve.files import ImageFiles, ImageGone, Served
 from cbir.serve.gate import DECODE_QUEUE, DECODE_SLOTS, RETRY_AFTER_SECONDS, DecodeGate, ServerBusy
 from cbir.serve.security import LOOPBACK_NAMES, Guard
@@ -51,12 +52,11 @@ STATUS_OF = {TooLarge: 413, UsageError: 400, ImageGone: 404, EmptyLibrary: 409, 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """What `cbir search` takes besides the query itself, from the query string."""
+    """A search from the query string: its text (the whole query, or text added to an image) and
+    the request it runs with, to which each endpoint adds its query."""
 
     q: str | None
-    k: int
-    explain: bool
-    options: dict = field(default_factory=dict)  # keyword arguments of Library.search
+    request: SearchRequest
 
 
 def search_params(
@@ -82,23 +82,13 @@ def search_params(
     ef: Annotated[int | None, Query(ge=1, le=65536)] = None,
     explain: Annotated[bool, Query(description="Include the executed plan and its timings.")] = False,
 ) -> SearchParams:
-    from cbir.query.filters import Filters, parse_date
-
-    filters = Filters(
-        after=parse_date(after)[0] if after else None,
-        before=parse_date(before)[0] if before else None,
-        folders=tuple(folder),
-        cameras=tuple(camera),
-        min_width=min_width,
-        min_height=min_height,
-        formats=tuple(f.strip() for value in format for f in value.split(",") if f.strip()),
-        tags=tuple(tag),
-        where=where or None,
+    request = SearchRequest.from_options(
+        k=k, offset=offset, target=target, mode=mode, after=after, before=before, folder=folder,
+        camera=camera, formats=format, tag=tag, min_width=min_width, min_height=min_height,
+        where=where or None,  # an empty field of a form is no expression
+        min_score=min_score, sort=sort, dedup=dedup, strategy=strategy, nprobe=nprobe, ef=ef, explain=explain,
     )
-    index_params = {**({"nprobe": nprobe} if nprobe else {}), **({"efSearch": ef} if ef else {})}
-    options = dict(offset=offset, target="texts" if target == "text" else "images", mode=mode, filters=filters,
-                   min_score=min_score, sort=sort, dedup=dedup, strategy=strategy, index_params=index_params)
-    return SearchParams(q.strip() if q and q.strip() else None, k, explain, options)
+    return SearchParams(q.strip() if q and q.strip() else None, request)
 
 
 Params = Annotated[SearchParams, Depends(search_params)]
@@ -118,7 +108,18 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
     )
     gate = DecodeGate(decode_slots, decode_queue)
     app.state.decode_gate = gate
-    files = ImageFiles(library.catalog, library.path, gate)
+    _add_headers_and_errors(app)
+    _add_search_routes(app, library, gate, upload_limit)
+    _add_image_routes(app, library, ImageFiles(library.catalog, library.path, gate))
+    _add_status_and_page(app, library, gate, upload_limit, token)
+    # The guard wraps everything, so a request without the token (or for another host) reaches
+    # nothing at all, and a body over the limit is refused (declared) or cut off (streamed).
+    allowed = tuple(dict.fromkeys((*LOOPBACK_NAMES, host.lower())))
+    return Guard(app, token=token, allowed_hosts=allowed, max_body=upload_limit + FORM_OVERHEAD)
+
+
+def _add_headers_and_errors(app: FastAPI) -> None:
+    """Security headers on every response; every error as one JSON line (see _error)."""
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -150,16 +151,20 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
         log.exception("%s %s failed", request.method, request.url.path)
         return _error(f"internal error: {type(e).__name__}: {e}", "InternalError", 500)
 
-    def run_search(params: SearchParams, echo: dict, **query) -> dict:
+
+def _add_search_routes(app: FastAPI, library, gate: DecodeGate, upload_limit: int) -> None:
+    """Search by text, by an uploaded image and by a library image, each optionally plus text."""
+
+    def run_search(params: SearchParams, query: SearchQuery, echo: dict) -> dict:
         started = time.perf_counter()
-        results = library.search(params.q if not query else _added_text(params.q), k=params.k, **query, **params.options)
+        [results] = library.run_search(params.request.asking(query))
         body = {
             "query": echo,
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
             "count": len(results),
             "hits": [_hit_json(hit) for hit in results],
         }
-        if params.explain:
+        if params.request.explain:
             body["plan"] = results.plan.as_dict()
         return body
 
@@ -167,7 +172,7 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
     def search(params: Params) -> dict:
         if params.q is None:
             raise UsageError("give a query text: /api/search?q=...")
-        return run_search(params, {"text": params.q})
+        return run_search(params, SearchQuery(text=params.q), {"text": params.q})
 
     @app.post("/api/search/image", summary="Search by an uploaded image (optionally plus text)")
     def search_by_image(params: Params, file: Annotated[UploadFile, File(description="The query image.")]) -> dict:
@@ -177,17 +182,21 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
                 raise TooLarge(f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)")
             name = f"uploaded image {file.filename!r}" if file.filename else "uploaded image"
             echo = {"image": file.filename or "upload", **({"text": params.q} if params.q else {})}
-            return run_search(params, echo, image=ImageData(data, name))
+            return run_search(params, SearchQuery(text=_added_text(params.q), image=ImageData(data, name)), echo)
 
     @app.get("/api/images/{image_id}/similar", summary="Images similar to a library image (optionally plus text)")
     def similar(image_id: ImageId, params: Params) -> dict:
-        info = _image_info(image_id)
+        info = _image_info(library, image_id)
         echo = {"like": image_id, **({"text": params.q} if params.q else {})}
-        return run_search(params, echo, like=info.path)
+        return run_search(params, SearchQuery(text=_added_text(params.q), like=Path(info.path)), echo)
+
+
+def _add_image_routes(app: FastAPI, library, files: ImageFiles) -> None:
+    """An image's metadata and texts, its thumbnails and its original file, by id."""
 
     @app.get("/api/images/{image_id}", summary="An image's metadata and texts")
     def image(image_id: ImageId) -> dict:
-        info = _image_info(image_id)
+        info = _image_info(library, image_id)
         stored = library.catalog.image_file(image_id)
         texts = [{"source": source, "text": text} for source, text in library.catalog.texts_of(image_id)]
         return {**_hit_json(info), "texts": texts, "extra": stored.extra if stored else {}}
@@ -202,6 +211,10 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
 
     for path, endpoint in (("/api/images/{image_id}/thumbnail", thumbnail), ("/api/images/{image_id}/original", original)):
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)  # caches and link checkers
+
+
+def _add_status_and_page(app: FastAPI, library, gate: DecodeGate, upload_limit: int, token: str | None) -> None:
+    """The library's and the server's status, and the web page with its static files."""
 
     @app.get("/api/status", summary="The library, its model and index, and the server")
     def status() -> dict:
@@ -218,21 +231,18 @@ def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", up
         }
         return data
 
-    def _image_info(image_id: ImageId):
-        infos = library.catalog.images([image_id])
-        if image_id not in infos:
-            raise ImageGone(f"no image {image_id} in this library")
-        return infos[image_id]
-
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    # The guard wraps everything, so a request without the token (or for another host) reaches
-    # nothing at all, and a body over the limit is refused (declared) or cut off (streamed).
-    allowed = tuple(dict.fromkeys((*LOOPBACK_NAMES, host.lower())))
-    return Guard(app, token=token, allowed_hosts=allowed, max_body=upload_limit + FORM_OVERHEAD)
+
+
+def _image_info(library, image_id: int):
+    infos = library.catalog.images([image_id])
+    if image_id not in infos:
+        raise ImageGone(f"no image {image_id} in this library")
+    return infos[image_id]
 
 
 def _error(message: str, kind: str, status: int, headers=None) -> JSONResponse:
@@ -253,11 +263,7 @@ def _added_text(text: str | None) -> str | None:
 
 
 def _hit_json(hit) -> dict:
-    data = hit.as_dict() if hasattr(hit, "as_dict") else {
-        "id": hit.id, "path": str(hit.path), "width": hit.width, "height": hit.height, "format": hit.format,
-        "taken_at": hit.taken_at.isoformat() if hit.taken_at else None,
-        "taken": hit.taken.isoformat() if hit.taken else None, "camera": hit.camera,
-    }
+    data = hit.as_dict()  # a search hit, or an image's details (ImageInfo)
     if "missing" not in data:  # an image's details: one stat, as for a search hit
         from cbir.library import file_gone
 

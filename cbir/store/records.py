@@ -5,7 +5,7 @@ search and status show, and how vectors and dataset columns are stored in a row.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +18,30 @@ MODEL = "model"  # the model fingerprint (JSON)
 # Where a text comes from. Sidecar and embedded texts follow their files; labels are the user's.
 SIDECAR, EMBEDDED, LABEL, TAG, CAPTION = "sidecar", "embedded", "label", "tag", "caption"  # caption: a dataset's
 TAG_SOURCES = (LABEL, TAG)  # what --tag matches
+
+# An image's facts as cbir shows them (`cbir export` rows and columns, search hits, serve's image
+# details), in that order, each with the Arrow type of its export column: a row of plain JSON
+# values, dates as ISO text. Hits and details show those an ImageInfo has.
+IMAGE_FIELDS = {
+    "id": "int64",
+    "path": "string",  # absolute
+    "width": "int32",
+    "height": "int32",
+    "format": "string",
+    "bytes": "int64",  # the file's size
+    "taken_at": "string",  # from EXIF
+    "taken": "string",  # what date filters and --sort date use
+    "camera": "string",
+    "dataset": "string",  # the dataset that added it
+    "extra": "string",  # a dataset row's other columns (a JSON object)
+}
+
+
+def json_value(value):
+    """A stored value as JSON shows it: dates as ISO text, a path as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value) if isinstance(value, Path) else value
 
 
 def _now() -> datetime:
@@ -45,6 +69,11 @@ class ImageInfo:
     taken_at: datetime | None
     camera: str | None
     taken: datetime | None = None  # what date filters and --sort date use
+
+    def as_dict(self) -> dict:
+        """The image's facts as JSON values, in IMAGE_FIELDS order."""
+        own = {f.name for f in fields(ImageInfo)}
+        return {name: json_value(getattr(self, name)) for name in IMAGE_FIELDS if name in own}
 
 
 @dataclass(frozen=True)
@@ -78,19 +107,12 @@ class ImageRecord:
     extra: dict | None = None  # a dataset row's other columns
 
     def columns(self) -> dict:
+        """The images table's columns for this record: its fields (each a column of the same
+        name, ``extra`` as JSON text) and the date filters use."""
         return {
-            "path": self.path,
-            "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "content_hash": self.content_hash,
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "taken_at": self.taken_at,
-            "taken": self.taken_at or local_time(self.mtime_ns),
-            "camera": self.camera,
-            "dataset": self.dataset,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
             "extra": _extra_json(self.extra),
+            "taken": self.taken_at or local_time(self.mtime_ns),
         }
 
 

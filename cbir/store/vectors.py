@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from cbir.store.base import CatalogBase
 from cbir.store.models import Image, ImageText, Vector
-from cbir.store.records import CAPTION, SIDECAR, _from_blob
+from cbir.store.records import CAPTION, IMAGE_FIELDS, SIDECAR, _from_blob, json_value
 from cbir.store.sql import json_text, position
 
 
@@ -121,26 +121,16 @@ class VectorCatalog(CatalogBase):
         ids = [int(i) for i in ids]
         roots = self.roots()
         rows: dict[int, dict] = {}
-        columns = (Image.id, Image.root_id, Image.path, Image.width, Image.height, Image.format,
-                   Image.taken_at, Image.taken, Image.camera, Image.dataset, Image.extra, Image.size)
+        # each field from the column of its name (the file's size is "bytes"), the path from its root
+        columns = [getattr(Image, "size" if name == "bytes" else name).label(name) for name in IMAGE_FIELDS]
         with self.engine.connect() as c:
             for start in range(0, len(ids), 10_000):  # SQLite caps bound parameters
                 chunk = ids[start : start + 10_000]
-                for r in c.execute(select(*columns).where(Image.id.in_(chunk))):
-                    rows[r.id] = {
-                        "id": r.id,
-                        "path": str(roots[r.root_id] / r.path),
-                        "width": r.width,
-                        "height": r.height,
-                        "format": r.format,
-                        "bytes": r.size,
-                        "taken_at": r.taken_at.isoformat() if r.taken_at else None,
-                        "taken": r.taken.isoformat() if r.taken else None,
-                        "camera": r.camera,
-                        "dataset": r.dataset,
-                        "extra": json.loads(r.extra) if r.extra else None,
-                        "captions": [],
-                    }
+                for r in c.execute(select(Image.root_id, *columns).where(Image.id.in_(chunk))):
+                    row = {name: json_value(getattr(r, name)) for name in IMAGE_FIELDS}
+                    row["path"] = str(roots[r.root_id] / r.path)
+                    row["extra"] = json.loads(r.extra) if r.extra else None
+                    rows[r.id] = {**row, "captions": []}
                 for image_id, content in c.execute(
                     select(ImageText.image_id, ImageText.content)
                     .where(ImageText.image_id.in_(chunk), ImageText.source.in_((CAPTION, SIDECAR)))

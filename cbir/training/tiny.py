@@ -40,9 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cbir import finetune as _finetune
 from cbir.encode.tiny import CONFIG_DIR, MODEL_NAME, WEIGHTS
 from cbir.synthetic import all_scenes, iter_gallery, render
+from cbir.training.loop import (
+    TrainConfig,
+    Trainer,
+    fit,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 
 #: First entropy word of every training batch stream (see module docstring).
 TRAIN_STREAM = 0x7C1B7241
@@ -94,11 +101,6 @@ class SyntheticBatches(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for step in range(self.start + wid, self.steps, nw):
             yield make_batch(self.seed, step, self.batch_size, self.preprocess)
-
-
-# The loss, the schedule and the optimizer groups are the fine-tuning trainer's (cbir.finetune);
-# re-exported here for compatibility.
-clip_loss, lr_at, _param_groups = _finetune.clip_loss, _finetune.lr_at, _finetune.param_groups
 
 
 @torch.no_grad()
@@ -183,7 +185,7 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
           weight_decay: float = 0.1, warmup: int = 50, workers: int = 1,
           threads: int | None = None, progress: bool = True, steps_per_epoch: int | None = None,
           state: str | Path | None = None, resume: bool = False):
-    """Train a fresh model with the fine-tuning trainer (:class:`cbir.finetune.Trainer`);
+    """Train a fresh model with the shared training loop (:class:`cbir.training.loop.Trainer`);
     returns ``(model, preprocess_val, tokenizer, last_loss)``.
 
     This script supplies only the synthetic batches, the from-scratch model and the
@@ -202,7 +204,7 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
     all_tokens = tokenizer([s.caption for s in _SCENES])
     model.train()
 
-    trainer = _finetune.Trainer(model, _finetune.TrainConfig(
+    trainer = Trainer(model, TrainConfig(
         total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup), device="cpu")
     per_epoch = steps_per_epoch or steps
     epochs = -(-steps // per_epoch)
@@ -210,7 +212,7 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
     if resume:
         saved = torch.load(state, map_location="cpu", weights_only=False)
         trainer.load_state_dict(saved["trainer"])
-        _finetune.set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"])
         start_epoch = int(saved["epoch"])
 
     def batches(epoch):
@@ -223,12 +225,12 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
 
     def checkpoint(epoch):
         if state is not None:
-            _finetune.save_atomic({"trainer": trainer.state_dict(), "rng": _finetune.rng_state(),
-                                   "epoch": epoch + 1}, Path(state))
+            save_atomic({"trainer": trainer.state_dict(), "rng": rng_state(), "epoch": epoch + 1},
+                        Path(state))
 
-    loss_value = _finetune.fit(trainer, batches, epochs=epochs, steps_per_epoch=per_epoch,
-                               start_epoch=start_epoch, on_epoch_end=checkpoint,
-                               progress=progress, desc="cbir-tiny")
+    loss_value = fit(trainer, batches, epochs=epochs, steps_per_epoch=per_epoch,
+                     start_epoch=start_epoch, on_epoch_end=checkpoint, progress=progress,
+                     desc="cbir-tiny")
     model.eval()
     return model, preprocess, tokenizer, loss_value
 
