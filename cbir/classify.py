@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -131,14 +131,14 @@ class Classification:
             "path": self.path,
             "best": self.best,
             "labels": [
-                {"label": label, "probability": round(p, 6), "similarity": round(s, 6)}
-                for label, p, s in self.labels
+                {"label": label, "probability": round(p, 6), "similarity": round(s, 6)} for label, p, s in self.labels
             ],
         }
 
 
-def classify_files(encoder, paths: Sequence[str | Path], labels: Sequence[str], templates="ensemble",
-                   top: int = 5) -> list[Classification]:
+def classify_files(
+    encoder, paths: Sequence[str | Path], labels: Sequence[str], templates="ensemble", top: int = 5
+) -> list[Classification]:
     """Zero-shot labels of image files, in the order given. A file that cannot be read gets a
     Classification with ``error`` set; the others are still classified."""
     from cbir.ingest.decode import BadImage, read_query_image
@@ -231,8 +231,9 @@ def check_tag_options(threshold: float, top: int, min_similarity: float | None) 
         raise UsageError(f"--min-similarity is a cosine between -1 and 1, got {min_similarity}")
 
 
-def choose_tags(probabilities: np.ndarray, cosines: np.ndarray, threshold: float, top: int,
-                min_similarity: float | None) -> list[list[int]]:
+def choose_tags(
+    probabilities: np.ndarray, cosines: np.ndarray, threshold: float, top: int, min_similarity: float | None
+) -> list[list[int]]:
     """Per row, the columns kept: probability >= threshold (and cosine >= min_similarity),
     the ``top`` most probable of them, best first."""
     keep = probabilities >= threshold
@@ -243,8 +244,14 @@ def choose_tags(probabilities: np.ndarray, cosines: np.ndarray, threshold: float
     return [[int(j) for j in row if keep[r, j]] for r, row in enumerate(best)]
 
 
-def tag_library(lib, vocabulary: Sequence[str], templates="ensemble", threshold: float = 0.2,
-                top: int = 5, min_similarity: float | None = None) -> TagReport:
+def tag_library(
+    lib,
+    vocabulary: Sequence[str],
+    templates="ensemble",
+    threshold: float = 0.2,
+    top: int = 5,
+    min_similarity: float | None = None,
+) -> TagReport:
     """Tag every image of ``lib`` from its stored vector (nothing is re-encoded) with the words
     of ``vocabulary``, replacing the tags of a previous run in one transaction, and bring the
     text index up to date (tags are library texts, found by --target text)."""
@@ -266,8 +273,9 @@ def tag_library(lib, vocabulary: Sequence[str], templates="ensemble", threshold:
         for ids, matrix in lib.catalog.iter_vectors(chunk):
             cosines = matrix @ classes.T
             probabilities = softmax(scale * cosines)
-            for image_id, row, kept in zip(ids, probabilities,
-                                           choose_tags(probabilities, cosines, threshold, top, min_similarity)):
+            for image_id, row, kept in zip(
+                ids, probabilities, choose_tags(probabilities, cosines, threshold, top, min_similarity)
+            ):
                 chosen.extend((int(image_id), vocabulary[j], float(row[j])) for j in kept)
             images += len(ids)
         index = lib.indexes.load(TEXTS, writer=True)

@@ -7,9 +7,9 @@ and CBIR_DEBUG is read when an error is shown, which may be one resolving the se
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from cbir.errors import UsageError
 
@@ -84,9 +84,7 @@ def resolve_settings(
         return option if option not in (None, "") else (env.get(var) or None)
 
     library = pick(library, "CBIR_LIBRARY")
-    library_path = (
-        Path(library).expanduser() if library else default_library_home(cwd) / default_library_name
-    )
+    library_path = Path(library).expanduser() if library else default_library_home(cwd) / default_library_name
     device = (pick(device, "CBIR_DEVICE") or "auto").lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda (or cuda:N)")

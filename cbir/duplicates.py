@@ -108,9 +108,15 @@ class DuplicateReport:
         return sum(len(g.members) - 1 for g in self.groups)
 
     def summary(self) -> dict:
-        return {"images": self.images, "groups": len(self.groups), **self.counts(),
-                "not_keepers": self.removable, "copy_threshold": self.copy,
-                "near_threshold": self.near, "seconds": round(self.seconds, 3)}
+        return {
+            "images": self.images,
+            "groups": len(self.groups),
+            **self.counts(),
+            "not_keepers": self.removable,
+            "copy_threshold": self.copy,
+            "near_threshold": self.near,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def check_thresholds(copy: float, near: float) -> None:
@@ -118,8 +124,9 @@ def check_thresholds(copy: float, near: float) -> None:
         if not (0.0 < value <= 1.0):  # also rejects NaN
             raise UsageError(f"{name} is a cosine similarity in (0, 1], got {value}")
     if near > copy:
-        raise UsageError(f"--near ({near}) must not be above --threshold ({copy}): near-duplicates "
-                         "are the looser relation")
+        raise UsageError(
+            f"--near ({near}) must not be above --threshold ({copy}): near-duplicates are the looser relation"
+        )
 
 
 class _UnionFind:
@@ -147,8 +154,9 @@ class _UnionFind:
         return out
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = NEIGHBOURS,
-                  batch: int = QUERY_BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def similar_pairs(
+    vectors: np.ndarray, threshold: float, neighbours: int = NEIGHBOURS, batch: int = QUERY_BATCH
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows a, rows b, cosine) with a < b for every row b among the ``neighbours`` nearest of
     row a (or a among b's) with cosine >= ``threshold``: a batched exact k-NN search."""
     import faiss
@@ -180,8 +188,13 @@ def similar_pairs(vectors: np.ndarray, threshold: float, neighbours: int = NEIGH
     return pairs[:, 0], pairs[:, 1], s[first]
 
 
-def group_rows(vectors: np.ndarray, hashes: list[str], copy: float = COPY_THRESHOLD,
-               near: float = NEAR_THRESHOLD, neighbours: int = NEIGHBOURS) -> list[tuple[str, list[int], float]]:
+def group_rows(
+    vectors: np.ndarray,
+    hashes: list[str],
+    copy: float = COPY_THRESHOLD,
+    near: float = NEAR_THRESHOLD,
+    neighbours: int = NEIGHBOURS,
+) -> list[tuple[str, list[int], float]]:
     """(kind, rows, best similarity) of every group of two or more rows."""
     check_thresholds(copy, near)
     n = len(vectors)
@@ -228,8 +241,9 @@ def _keeper_key(row: dict):
     return (-(row["width"] * row["height"]), date, len(row["path"]), row["path"])
 
 
-def find_duplicates(lib, copy: float = COPY_THRESHOLD, near: float = NEAR_THRESHOLD,
-                    neighbours: int = NEIGHBOURS) -> DuplicateReport:
+def find_duplicates(
+    lib, copy: float = COPY_THRESHOLD, near: float = NEAR_THRESHOLD, neighbours: int = NEIGHBOURS
+) -> DuplicateReport:
     """The duplicate groups of a library, read from its stored vectors and hashes."""
     started = time.perf_counter()
     check_thresholds(copy, near)
@@ -256,17 +270,19 @@ def find_duplicates(lib, copy: float = COPY_THRESHOLD, near: float = NEAR_THRESH
         group = Group(kind, similarity)
         for r in order:
             fact = facts[r]
-            group.members.append(Member(
-                id=int(ids[r]),
-                path=fact["path"],
-                bytes=fact["bytes"],
-                width=fact["width"],
-                height=fact["height"],
-                taken=fact["taken"],
-                similarity=1.0 if r == keeper else float(vectors[r] @ vectors[keeper]),
-                exact=hashes[r] == hashes[keeper],
-                keeper=r == keeper,
-            ))
+            group.members.append(
+                Member(
+                    id=int(ids[r]),
+                    path=fact["path"],
+                    bytes=fact["bytes"],
+                    width=fact["width"],
+                    height=fact["height"],
+                    taken=fact["taken"],
+                    similarity=1.0 if r == keeper else float(vectors[r] @ vectors[keeper]),
+                    exact=hashes[r] == hashes[keeper],
+                    keeper=r == keeper,
+                )
+            )
         groups.append(group)
     groups.sort(key=lambda g: (KINDS.index(g.kind), g.keeper.path))
     return DuplicateReport(groups, len(ids), copy, near, time.perf_counter() - started)

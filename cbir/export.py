@@ -57,12 +57,15 @@ def _parquet(catalog, path: Path, count: int) -> None:
     except ImportError:
         raise UsageError("exporting Parquet needs pyarrow: pip install pyarrow") from None
     dim = catalog.dim or 0
-    schema = pa.schema([
-        *((name, getattr(pa, kind)()) for name, kind in IMAGE_FIELDS.items()),  # int64, int32, string
-        ("captions", pa.list_(pa.string())), ("vector", pa.list_(pa.float32(), dim)),
-    ])
+    schema = pa.schema(
+        [
+            *((name, getattr(pa, kind)()) for name, kind in IMAGE_FIELDS.items()),  # int64, int32, string
+            ("captions", pa.list_(pa.string())),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
     with pq.ParquetWriter(str(path), schema) as writer:
-        for ids, vectors, meta in _rows(catalog):
+        for _ids, vectors, meta in _rows(catalog):
             columns = {name: [row[name] for row in meta] for name in schema.names if name not in ("vector", "extra")}
             columns["extra"] = [json.dumps(row["extra"], ensure_ascii=False) if row["extra"] else None for row in meta]
             columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,8 +83,8 @@ def read_pairs(dataset: str, image_column: str | None = None, caption_column: st
     fmt = detect_format(str(dataset))
     if fmt not in MANIFEST_FORMATS:
         raise UsageError(
-            f"--dataset {dataset}: give a manifest (.csv, .tsv, .jsonl or .parquet) with image and "
-            "caption columns")
+            f"--dataset {dataset}: give a manifest (.csv, .tsv, .jsonl or .parquet) with image and caption columns"
+        )
     out = Pairs([], [])
     rows = {}
     caption_seen = False
@@ -112,7 +113,8 @@ def read_pairs(dataset: str, image_column: str | None = None, caption_column: st
     if not caption_seen and not out.pairs:
         raise UsageError(
             f"no captions in {dataset}: fine-tuning needs a caption column (caption, text, ...; "
-            "or name it with --caption-column)")
+            "or name it with --caption-column)"
+        )
     return out
 
 
@@ -123,7 +125,8 @@ def split_images(n_images: int, holdout: float, seed: int) -> tuple[np.ndarray, 
     if n_images - n_held < 2:
         raise UsageError(
             f"only {n_images} usable images: fine-tuning needs at least 2 to train on "
-            f"besides the {n_held} held out (--holdout)")
+            f"besides the {n_held} held out (--holdout)"
+        )
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
@@ -160,7 +163,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     """The batches of an epoch: a permutation fixed by (seed, epoch), cut into batch_size runs
     (a last run of fewer than 2 pairs, nothing to contrast, is dropped)."""
     order = np.random.default_rng([0xC11B, seed, epoch]).permutation(n).tolist()
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if batches and len(batches[-1]) < 2:
         batches.pop()
     return batches
@@ -183,10 +186,15 @@ class _Data:
     def loader(self, batches: list[list[int]]):
         from torch.utils.data import DataLoader
 
-        return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                          collate_fn=_collate, pin_memory=self.encoder.device.startswith("cuda"),
-                          generator=torch.Generator().manual_seed(0),
-                          persistent_workers=False)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.encoder.device.startswith("cuda"),
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=False,
+        )
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW on the device, as cbir's encoder does."""
@@ -214,7 +222,7 @@ def evaluate(encoder, trainer: Trainer, data: _Data, batch_size: int) -> dict:
     model.eval()
     try:
         order = list(range(len(data.pairs)))
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         losses, weights = [], []
         image_vectors: dict[int, np.ndarray] = {}
         text_vectors, text_rows = [], []
@@ -242,8 +250,11 @@ def evaluate(encoder, trainer: Trainer, data: _Data, batch_size: int) -> dict:
         raise UsageError("no held-out image could be decoded; check the dataset")
     held = sorted(image_vectors)
     position = {r: i for i, r in enumerate(held)}
-    metrics = retrieval_metrics(np.stack([image_vectors[r] for r in held]), np.concatenate(text_vectors),
-                                np.asarray([position[r] for r in text_rows]))
+    metrics = retrieval_metrics(
+        np.stack([image_vectors[r] for r in held]),
+        np.concatenate(text_vectors),
+        np.asarray([position[r] for r in text_rows]),
+    )
     loss = float(np.average(losses, weights=weights)) if losses else float("nan")
     return {"loss": loss, "retrieval": metrics.as_dict()}
 
@@ -254,9 +265,17 @@ def state_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.train.pt")
 
 
-def finetune(options: dict, out: Path, *, device: str = "auto", workers: int | None = None,
-             resume: bool = False, progress: bool = True, stop_after_epochs: int | None = None,
-             log: Callable[[str], None] = print) -> dict:
+def finetune(
+    options: dict,
+    out: Path,
+    *,
+    device: str = "auto",
+    workers: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Fine-tune ``options["model"]`` on ``options["dataset"]`` (``options``: the fields of
     :class:`FinetuneSettings` that were given); writes ``out`` (a plain state dict) and returns
     a report (before/after held-out metrics, counts, paths, time; ``encoder``: the trained model
@@ -305,7 +324,8 @@ def _settings(options: dict, out: Path, resume_from: Path | None) -> tuple[Finet
             if key in saved and saved[key] != value:
                 raise UsageError(
                     f"--resume: --{key.replace('_', '-')} {value!r} differs from the run being resumed "
-                    f"({saved[key]!r}); leave it out or start a new run")
+                    f"({saved[key]!r}); leave it out or start a new run"
+                )
         settings = FinetuneSettings(**saved)
     else:
         for key in ("dataset", "model"):
@@ -332,7 +352,8 @@ def _split(settings: FinetuneSettings) -> _Split:
         raise UsageError(
             f"{settings.dataset}: only {len(pairs.images)} usable image-caption rows "
             f"({pairs.bad_rows} bad, {pairs.missing} missing files, {pairs.no_caption} without a "
-            "caption); fine-tuning needs at least 4")
+            "caption); fine-tuning needs at least 4"
+        )
     train_rows, held_rows = split_images(len(pairs.images), settings.holdout, settings.seed)
     held_set = set(held_rows.tolist())
     train_pairs = [p for p in pairs.pairs if p[0] not in held_set]
@@ -357,20 +378,33 @@ class _Run:
 
     def summary(self) -> str:
         pairs, split = self.split.pairs, self.split
-        return (f"{len(pairs.images)} images, {len(pairs.pairs)} pairs: {len(split.train)} to train on, "
-                f"{len(split.held)} held out ({split.held_images} images); skipped {pairs.bad_rows} bad rows, "
-                f"{pairs.missing} missing files, {pairs.no_caption} rows without a caption")
+        return (
+            f"{len(pairs.images)} images, {len(pairs.pairs)} pairs: {len(split.train)} to train on, "
+            f"{len(split.held)} held out ({split.held_images} images); skipped {pairs.bad_rows} bad rows, "
+            f"{pairs.missing} missing files, {pairs.no_caption} rows without a caption"
+        )
 
-    def report(self, before: dict, epochs_done: int, last_loss: float, seconds: float,
-               state_file: Path) -> dict:
+    def report(self, before: dict, epochs_done: int, last_loss: float, seconds: float, state_file: Path) -> dict:
         pairs, split = self.split.pairs, self.split
-        return {"before": before, "epochs_done": epochs_done, "epochs": self.settings.epochs,
-                "steps": self.trainer.step, "last_train_loss": last_loss, "train_seconds": round(seconds, 2),
-                "images": len(pairs.images), "train_pairs": len(split.train), "held_out_pairs": len(split.held),
-                "skipped": {"bad_rows": pairs.bad_rows, "missing_files": pairs.missing,
-                            "no_caption": pairs.no_caption,
-                            "undecodable_pairs": len(self.train_data.bad) + len(self.held_data.bad)},
-                "state": str(state_file), "device": self.encoder.device}
+        return {
+            "before": before,
+            "epochs_done": epochs_done,
+            "epochs": self.settings.epochs,
+            "steps": self.trainer.step,
+            "last_train_loss": last_loss,
+            "train_seconds": round(seconds, 2),
+            "images": len(pairs.images),
+            "train_pairs": len(split.train),
+            "held_out_pairs": len(split.held),
+            "skipped": {
+                "bad_rows": pairs.bad_rows,
+                "missing_files": pairs.missing,
+                "no_caption": pairs.no_caption,
+                "undecodable_pairs": len(self.train_data.bad) + len(self.held_data.bad),
+            },
+            "state": str(state_file),
+            "device": self.encoder.device,
+        }
 
 
 def _set_up(settings: FinetuneSettings, state: dict | None, device: str, workers: int | None) -> _Run:
@@ -386,9 +420,11 @@ def _set_up(settings: FinetuneSettings, state: dict | None, device: str, workers
     if state is None:
         torch.manual_seed(settings.seed)
     encoder = load_encoder(parse_model_spec(settings.model), device)
-    trainer = Trainer(encoder._model, TrainConfig(total_steps=total, lr=settings.lr,
-                                                  weight_decay=settings.weight_decay, warmup=warmup),
-                      encoder.device)
+    trainer = Trainer(
+        encoder._model,
+        TrainConfig(total_steps=total, lr=settings.lr, weight_decay=settings.weight_decay, warmup=warmup),
+        encoder.device,
+    )
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     # both splits' captions share ids, so "same caption" means the same in each
     train_data = _Data(encoder, split.pairs.images, split.train, workers)
@@ -396,8 +432,7 @@ def _set_up(settings: FinetuneSettings, state: dict | None, device: str, workers
     return _Run(settings, split, encoder, trainer, train_data, held_data, batch_size, steps_per_epoch)
 
 
-def _train(run: _Run, start_epoch: int, last_epoch: int, before: dict, state_file: Path,
-           progress: bool) -> float:
+def _train(run: _Run, start_epoch: int, last_epoch: int, before: dict, state_file: Path, progress: bool) -> float:
     """Epochs ``start_epoch..last_epoch-1``, the training state saved after each; the last loss."""
     settings, n_pairs = run.settings, len(run.split.train)
 
@@ -405,11 +440,27 @@ def _train(run: _Run, start_epoch: int, last_epoch: int, before: dict, state_fil
         return run.train_data.batches(epoch_batches(n_pairs, run.batch_size, settings.seed, epoch))
 
     def checkpoint(epoch):
-        save_atomic({"trainer": run.trainer.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                     "settings": settings.as_dict(), "before": before}, state_file)
+        save_atomic(
+            {
+                "trainer": run.trainer.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch + 1,
+                "settings": settings.as_dict(),
+                "before": before,
+            },
+            state_file,
+        )
 
-    return fit(run.trainer, batches, epochs=last_epoch, steps_per_epoch=run.steps_per_epoch,
-               start_epoch=start_epoch, on_epoch_end=checkpoint, progress=progress, desc="finetune")
+    return fit(
+        run.trainer,
+        batches,
+        epochs=last_epoch,
+        steps_per_epoch=run.steps_per_epoch,
+        start_epoch=start_epoch,
+        on_epoch_end=checkpoint,
+        progress=progress,
+        desc="finetune",
+    )
 
 
 def _finish(run: _Run, out: Path, report: dict) -> dict:

@@ -9,19 +9,24 @@ import os
 import shlex
 import stat
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 from cbir.errors import LibraryLocked, StorageError
 
 
 def special_file(mode: int) -> str | None:
     """What a file that is not a regular file is ("a FIFO"), from its st_mode; None for a regular one."""
-    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, kind in (
+        (stat.S_ISREG, None),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return kind
     return "a special file"
@@ -63,7 +68,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def storage_error(e: OSError, path: Path) -> StorageError:
     if e.errno == errno.ENOSPC:
-        return StorageError(f"disk full while writing {path}; what was committed before is kept: free some space and run again")
+        return StorageError(
+            f"disk full while writing {path}; what was committed before is kept: free some space and run again"
+        )
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(f"cannot write {path}: {e.strerror}")
     return StorageError(f"cannot write {path}: {e.strerror or e}")
@@ -139,8 +146,10 @@ def _busy_message(library: Path, path: Path) -> str:
         return f"another cbir process is writing to {library} (pid {pid}, `{command}`, since {when}); wait for it to finish"
     # Only a process that inherited the lock from the recorded holder can hold it now (e.g. a
     # worker of a cbir older than this one, whose parent was killed).
-    return (f"{library} is locked by a leftover process of pid {pid} (`{command}`), which has ended; "
-            f"`fuser -v {path}` names it, stop it and run again")
+    return (
+        f"{library} is locked by a leftover process of pid {pid} (`{command}`), which has ended; "
+        f"`fuser -v {path}` names it, stop it and run again"
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -1,16 +1,16 @@
 """The Python API: a Library opened once from resolved settings; the CLI is a thin layer on it.
 
-    lib = open_library(library="my-lib", model="cbir-tiny")
-    lib.ingest("photos")
-    hits = lib.search("a red circle on a gray background", k=5)
+lib = open_library(library="my-lib", model="cbir-tiny")
+lib.ingest("photos")
+hits = lib.search("a red circle on a gray background", k=5)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from sqlalchemy.exc import OperationalError
 
@@ -38,8 +38,20 @@ from cbir.store.opening import database_error, open_catalogue
 # which use the Library rather than the query layer; so are RayOptions (Library.search_on_ray)
 # and the models cbir can load by name (`cbir models`).
 __all__ = [
-    "Filters", "Hit", "ImageData", "Library", "Query", "RayOptions", "Results", "SearchRequest",
-    "Status", "command_line_queries", "file_gone", "list_models", "open_encoder", "open_library",
+    "Filters",
+    "Hit",
+    "ImageData",
+    "Library",
+    "Query",
+    "RayOptions",
+    "Results",
+    "SearchRequest",
+    "Status",
+    "command_line_queries",
+    "file_gone",
+    "list_models",
+    "open_encoder",
+    "open_library",
     "parse_date",
 ]
 
@@ -47,7 +59,7 @@ INDEX_DIR = "index"
 ENGINES = ("local", "ray")  # who decodes and encodes in Library.ingest
 
 
-def open_library(*, create: bool = False, encoder: Encoder | None = None, **options) -> "Library":
+def open_library(*, create: bool = False, encoder: Encoder | None = None, **options) -> Library:
     """Resolve settings (defaults < CBIR_* environment < these options) and open the library."""
     return Library.open(resolve_settings(**options), create=create, encoder=encoder)
 
@@ -77,7 +89,9 @@ class Library:
         self._wrap = None  # see wrap_encoder
         self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR, gpu=settings.gpu)
         self._searcher = Searcher(
-            catalog, self.indexes, self.path,
+            catalog,
+            self.indexes,
+            self.path,
             encoder=lambda: self.encoder,
             loaded=lambda: self._encoder is not None,
             embed_image=self._embed_image_file,
@@ -192,10 +206,21 @@ class Library:
         return attach(self, options)
 
     # -- ingest --------------------------------------------------------------------------------
-    def ingest(self, path: str | Path, *, progress=None, format: str | None = None,
-               image_column: str | None = None, caption_column: str | None = None,
-               decode_device: str | None = "auto", retry_failed: bool = False, engine: str = "local",
-               address: str | None = None, gpus_per_worker: float = 0, ray_workers: int | None = None):
+    def ingest(
+        self,
+        path: str | Path,
+        *,
+        progress=None,
+        format: str | None = None,
+        image_column: str | None = None,
+        caption_column: str | None = None,
+        decode_device: str | None = "auto",
+        retry_failed: bool = False,
+        engine: str = "local",
+        address: str | None = None,
+        gpus_per_worker: float = 0,
+        ray_workers: int | None = None,
+    ):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
         are recorded as skipped. Caption files beside images, descriptions inside them and a
@@ -236,8 +261,9 @@ class Library:
                 from cbir.distributed.ingest import RayStage
 
                 batch = prepare.batch_size(self.settings.batch_size, bool(gpus_per_worker))
-                stage = RayStage.of(encoder, batch_size=batch, address=address, workers=ray_workers,
-                                    gpus_per_worker=gpus_per_worker)
+                stage = RayStage.of(
+                    encoder, batch_size=batch, address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker
+                )
             failed = True
             try:
                 report = run_ingest(
@@ -273,8 +299,8 @@ class Library:
                 logging.getLogger(__name__).warning("saving the indexes after the error failed too: %s", e)
             elif isinstance(e, (CbirError, OperationalError, OSError)):
                 raise StorageError(
-                    f"{e}; every image ingested is committed, and the index is rebuilt "
-                    "from them on the next run") from e
+                    f"{e}; every image ingested is committed, and the index is rebuilt from them on the next run"
+                ) from e
             else:
                 raise
 
@@ -337,16 +363,24 @@ class Library:
         return self.catalog.labels()
 
     # -- zero-shot labels, tags and duplicates (cbir.classify, cbir.duplicates) ------------------
-    def classify(self, images: Iterable[str | Path], labels: Iterable[str], *, templates: str = "ensemble",
-                 top: int = 5) -> list:
+    def classify(
+        self, images: Iterable[str | Path], labels: Iterable[str], *, templates: str = "ensemble", top: int = 5
+    ) -> list:
         """Zero-shot labels of image files (in the library or not) with the library's model:
         a :class:`cbir.classify.Classification` per file, best labels first."""
         from cbir.classify import classify_files
 
         return classify_files(self.encoder, list(images), list(labels), templates, top)
 
-    def tag(self, vocabulary: Iterable[str], *, templates: str = "ensemble", threshold: float = 0.2,
-            top: int = 5, min_similarity: float | None = None):
+    def tag(
+        self,
+        vocabulary: Iterable[str],
+        *,
+        templates: str = "ensemble",
+        threshold: float = 0.2,
+        top: int = 5,
+        min_similarity: float | None = None,
+    ):
         """Tag every image from its stored vector with the words of ``vocabulary`` whose
         zero-shot probability is >= ``threshold`` (at most ``top``), replacing earlier tags;
         a :class:`cbir.classify.TagReport`."""
@@ -396,7 +430,7 @@ class Library:
         like: str | Path | None = None,
         k: int = 10,
         **options,
-    ) -> "Results":
+    ) -> Results:
         """Images (or, with target="texts", texts) best matching a query, best first.
 
         ``text`` may combine terms (``'"dog" + "snow" - "indoors"'``, ``'"cat":2 + sofa'``);

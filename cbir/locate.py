@@ -80,16 +80,17 @@ def parse_windows(text: str | None) -> tuple[int, ...]:
             value = int(part)
         except ValueError:
             raise UsageError(
-                f"--windows {text!r}: give divisors of the shorter side, e.g. 2,3,4 (windows of "
-                "1/2, 1/3 and 1/4 of it)") from None
+                f"--windows {text!r}: give divisors of the shorter side, e.g. 2,3,4 (windows of 1/2, 1/3 and 1/4 of it)"
+            ) from None
         if not 1 <= value <= 32:
             raise UsageError(f"--windows: each divisor must be between 1 and 32, got {value}")
         values.append(value)
     return tuple(sorted(set(values)))
 
 
-def window_boxes(width: int, height: int, divisors=DEFAULT_WINDOWS, stride: float = STRIDE
-                 ) -> list[tuple[int, int, int, int]]:
+def window_boxes(
+    width: int, height: int, divisors=DEFAULT_WINDOWS, stride: float = STRIDE
+) -> list[tuple[int, int, int, int]]:
     """Every window (x0, y0, x1, y1): for each size, positions every ``stride`` window sides,
     the last one flush with the right/bottom edge."""
     shorter = min(width, height)
@@ -111,15 +112,22 @@ def _positions(length: int, side: int, step: int) -> list[int]:
     return positions
 
 
-def locate(encoder, image: Image.Image, text: str, divisors=DEFAULT_WINDOWS, *,
-           stride: float = STRIDE, batch: int = WINDOW_BATCH,
-           threshold: float = THRESHOLD) -> LocateResult:
+def locate(
+    encoder,
+    image: Image.Image,
+    text: str,
+    divisors=DEFAULT_WINDOWS,
+    *,
+    stride: float = STRIDE,
+    batch: int = WINDOW_BATCH,
+    threshold: float = THRESHOLD,
+) -> LocateResult:
     """Score windows of ``image`` (RGB PIL) against ``text`` with ``encoder``; see the module
     docstring for the map and the box."""
     from cbir.ingest.decode import to_model_pixels
 
     if not text or not text.strip():
-        raise UsageError("give a text to locate, e.g. \"a butterfly\"")
+        raise UsageError('give a text to locate, e.g. "a butterfly"')
     image = image.convert("RGB")
     width, height = image.size
     work = image
@@ -152,13 +160,13 @@ def locate(encoder, image: Image.Image, text: str, divisors=DEFAULT_WINDOWS, *,
     bx = boxes[best]
     best_window = tuple(int(round(v * to_input)) for v in bx)
     heat = np.asarray(
-        Image.fromarray(heat_small.astype(np.float32), "F").resize(
-            (math.ceil(ww / cell) * cell, math.ceil(wh / cell) * cell), Image.NEAREST
-        ).crop((0, 0, ww, wh)).resize((width, height), Image.BILINEAR),
+        Image.fromarray(heat_small.astype(np.float32), "F")
+        .resize((math.ceil(ww / cell) * cell, math.ceil(wh / cell) * cell), Image.NEAREST)
+        .crop((0, 0, ww, wh))
+        .resize((width, height), Image.BILINEAR),
         dtype=np.float32,
     )
-    return LocateResult(box, float(scores[best]), whole, len(boxes), (width, height),
-                        np.clip(heat, 0, 1), best_window)
+    return LocateResult(box, float(scores[best]), whole, len(boxes), (width, height), np.clip(heat, 0, 1), best_window)
 
 
 def relevance_map(boxes, scores: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
@@ -223,14 +231,12 @@ def box_from_map(heat: np.ndarray, threshold: float = THRESHOLD) -> tuple[int, i
     return best
 
 
-def overlay(image: Image.Image, result: LocateResult, max_side: int = 1024, alpha: float = 0.5
-            ) -> Image.Image:
+def overlay(image: Image.Image, result: LocateResult, max_side: int = 1024, alpha: float = 0.5) -> Image.Image:
     """The image with the heat map blended over it (a blue-to-red colour map) and the box drawn."""
     base = image.convert("RGB")
     scale = min(1.0, max_side / max(base.size))
     if scale < 1.0:
-        base = base.resize((max(1, round(base.width * scale)), max(1, round(base.height * scale))),
-                           Image.BICUBIC)
+        base = base.resize((max(1, round(base.width * scale)), max(1, round(base.height * scale))), Image.BICUBIC)
     heat = np.asarray(Image.fromarray(result.heatmap, "F").resize(base.size, Image.BILINEAR))
     colours = _colormap(np.clip(heat, 0, 1))
     blend = np.asarray(base, dtype=np.float32) * (1 - alpha) + colours * alpha

@@ -43,17 +43,11 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
     manifest = read_manifest(index_dir)
     entries = manifest.indexes if manifest else {}
     images, texts = entries.get(IMAGES), entries.get(TEXTS)
-    index_bytes = (
-        manifest.file_bytes(index_dir, [f for e in entries.values() for f in e.files]) if manifest else 0
-    )
+    index_bytes = manifest.file_bytes(index_dir, [f for e in entries.values() for f in e.files]) if manifest else 0
     if is_postgresql(catalog.engine):
         db_bytes = database_bytes(catalog.engine)
     else:
-        db_bytes = sum(
-            p.stat().st_size
-            for p in path.glob(library_db_path(path).name + "*")
-            if p.is_file()
-        )
+        db_bytes = sum(p.stat().st_size for p in path.glob(library_db_path(path).name + "*") if p.is_file())
     text_version = catalog.text_version()
     return Status(
         library=path,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -65,8 +65,16 @@ _MAX_NOISE = 10.0
 #: Star inner/outer radius ratio.
 _STAR_INNER = 0.45
 
-_FORMAT_ALIASES = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP",
-                   "bmp": "BMP", "gif": "GIF", "tif": "TIFF", "tiff": "TIFF"}
+_FORMAT_ALIASES = {
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "gif": "GIF",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+}
 
 
 @dataclass(frozen=True)
@@ -112,14 +120,15 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     else:
         raise ValueError(f"not a polygon shape: {shape!r}")
     return [
-        (cx + radii[i % len(radii)] * math.cos(angle + 2 * math.pi * i / n),
-         cy + radii[i % len(radii)] * math.sin(angle + 2 * math.pi * i / n))
+        (
+            cx + radii[i % len(radii)] * math.cos(angle + 2 * math.pi * i / n),
+            cy + radii[i % len(radii)] * math.sin(angle + 2 * math.pi * i / n),
+        )
         for i in range(n)
     ]
 
 
-def render(scene: Scene, rng: np.random.Generator,
-           size: tuple[int, int] | None = None) -> Image.Image:
+def render(scene: Scene, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
     """Render ``scene`` as an RGB image.
 
     ``size`` is ``(width, height)``; when ``None`` a random size with each side in
@@ -145,9 +154,12 @@ def render(scene: Scene, rng: np.random.Generator,
     return _paint(scene, rng, (w, h), cx, cy, r)[0]
 
 
-def render_located(scene: Scene, rng: np.random.Generator, size: tuple[int, int] = (256, 256),
-                   radius: tuple[float, float] = (20.0, 48.0)
-                   ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def render_located(
+    scene: Scene,
+    rng: np.random.Generator,
+    size: tuple[int, int] = (256, 256),
+    radius: tuple[float, float] = (20.0, 48.0),
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Render ``scene`` with a small shape (radius in pixels drawn from ``radius``) anywhere in
     a ``size`` image; returns ``(image, box)``, ``box`` = ``(x0, y0, x1, y1)`` the shape's
     bounding box in pixels (x1, y1 exclusive). For testing localisation (``cbir locate``)."""
@@ -162,8 +174,9 @@ def render_located(scene: Scene, rng: np.random.Generator, size: tuple[int, int]
     return _paint(scene, rng, (w, h), cx, cy, r)
 
 
-def _paint(scene: Scene, rng: np.random.Generator, size: tuple[int, int], cx: float, cy: float,
-           r: float) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def _paint(
+    scene: Scene, rng: np.random.Generator, size: tuple[int, int], cx: float, cy: float, r: float
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Draw the shape at (cx, cy) with radius r (rotation, colours and noise from ``rng``);
     returns the image and the shape's bounding box (x0, y0, x1, y1), x1/y1 exclusive."""
     w, h = size
@@ -181,8 +194,12 @@ def _paint(scene: Scene, rng: np.random.Generator, size: tuple[int, int], cx: fl
         points = _polygon(scene.shape, cx, cy, r, angle)
         draw.polygon(points, fill=fg)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    box = (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))),
-           min(w, math.ceil(max(xs)) + 1), min(h, math.ceil(max(ys)) + 1))
+    box = (
+        max(0, math.floor(min(xs))),
+        max(0, math.floor(min(ys))),
+        min(w, math.ceil(max(xs)) + 1),
+        min(h, math.ceil(max(ys)) + 1),
+    )
 
     if sigma > 0:
         arr = np.asarray(img, dtype=np.float32)
@@ -191,8 +208,7 @@ def _paint(scene: Scene, rng: np.random.Generator, size: tuple[int, int], cx: fl
     return img, box
 
 
-def iter_gallery(n: int, seed: int, size: tuple[int, int] | None = None
-                 ) -> Iterator[tuple[Image.Image, Scene]]:
+def iter_gallery(n: int, seed: int, size: tuple[int, int] | None = None) -> Iterator[tuple[Image.Image, Scene]]:
     """Yield ``n`` random ``(image, scene)`` pairs, deterministic for ``seed``."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -200,9 +216,9 @@ def iter_gallery(n: int, seed: int, size: tuple[int, int] | None = None
         yield render(scene, rng, size), scene
 
 
-def make_gallery(folder: str | Path, n: int, seed: int,
-                 size: tuple[int, int] | None = None,
-                 formats: Sequence[str] = ("jpg",)) -> list[tuple[Path, Scene]]:
+def make_gallery(
+    folder: str | Path, n: int, seed: int, size: tuple[int, int] | None = None, formats: Sequence[str] = ("jpg",)
+) -> list[tuple[Path, Scene]]:
     """Write ``n`` rendered images into ``folder`` (created if needed).
 
     Files are named ``img_00000.<ext>``, ``img_00001.<ext>``, ...; image ``i`` uses

@@ -28,7 +28,7 @@ def format_bytes(size: float, up: bool = False) -> str:
     """Like "1.5 GB", "528 MB", "64 kB", "12 B": three significant digits at most (one decimal
     below 100 of a unit, none from 100), in the largest unit that keeps the number under 1000.
     ``up`` rounds up rather than to the nearest, for a minimum that must suffice."""
-    for power, unit in enumerate(_SHOWN_UNITS):
+    for power, unit in enumerate(_SHOWN_UNITS):  # noqa: B007 (unit is used after the loop)
         scaled = size / 1000**power
         decimals = 0 if power == 0 or scaled >= 100 else 1
         step = 10**decimals

@@ -20,8 +20,9 @@ def run_migrations_online() -> None:
         return
     if config.config_file_name is not None:
         fileConfig(config.config_file_name)
-    from cbir.store.db import create_db_engine, library_db_path
     from pathlib import Path
+
+    from cbir.store.db import create_db_engine, library_db_path
 
     arguments = context.get_x_argument(as_dictionary=True)
     library, db = arguments.get("library"), arguments.get("db")

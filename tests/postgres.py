@@ -11,9 +11,9 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 # Read once at import: the tests' autouse fixture hides every CBIR_* variable from the tests.
 EXISTING_URL = os.environ.get("CBIR_TEST_DATABASE_URL")
@@ -70,15 +70,28 @@ def server() -> Iterator[str]:
     try:
         # C locale: lower() folds ASCII only and text sorts by bytes, as in SQLite.
         subprocess.run(
-            [*run_as, bin_dir / "initdb", "-D", data, "-U", "cbir", "-A", "trust",
-             "--locale=C", "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True,
+            [
+                *run_as,
+                bin_dir / "initdb",
+                "-D",
+                data,
+                "-U",
+                "cbir",
+                "-A",
+                "trust",
+                "--locale=C",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
         )
         options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c full_page_writes=off"
         subprocess.run(
-            [*run_as, bin_dir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-t", "60",
-             "-o", options, "start"],
-            check=True, capture_output=True,
+            [*run_as, bin_dir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-t", "60", "-o", options, "start"],
+            check=True,
+            capture_output=True,
         )
     except subprocess.CalledProcessError as e:
         log = (folder / "log").read_text(errors="replace") if (folder / "log").exists() else ""
@@ -87,8 +100,7 @@ def server() -> Iterator[str]:
     try:
         yield f"postgresql+psycopg://cbir@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*run_as, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run([*run_as, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -12,12 +12,36 @@ from cbir.bench.filtered import filtered_benchmark, filtered_table
 from cbir.bench.search import latency_ms, markdown_table, search_benchmark, search_table
 
 SEARCH_KEYS = {
-    "vectors", "dim", "queries", "kind", "factory", "params", "build_s", "peak_rss_mb", "size_mb",
-    "tuned_recall", "recall_at_10", "p50_ms", "p99_ms", "single_qps", "batched_qps",
+    "vectors",
+    "dim",
+    "queries",
+    "kind",
+    "factory",
+    "params",
+    "build_s",
+    "peak_rss_mb",
+    "size_mb",
+    "tuned_recall",
+    "recall_at_10",
+    "p50_ms",
+    "p99_ms",
+    "single_qps",
+    "batched_qps",
 }
 FILTERED_KEYS = {
-    "selectivity", "matching", "vectors", "index", "k", "queries", "planner_chose", "planner",
-    "exact_subset", "post_filter", "naive_post_filter", "planner_vs_best", "goal_met",
+    "selectivity",
+    "matching",
+    "vectors",
+    "index",
+    "k",
+    "queries",
+    "planner_chose",
+    "planner",
+    "exact_subset",
+    "post_filter",
+    "naive_post_filter",
+    "planner_vs_best",
+    "goal_met",
 }
 STRATEGY_KEYS = {"p50_ms", "p99_ms", "mean_ms", "recall"}
 
@@ -78,5 +102,7 @@ def test_shared_helpers():
     summary = latency_ms([0.001, 0.002, 0.003])
     assert summary["p50_ms"] == pytest.approx(2.0) and summary["mean_ms"] == pytest.approx(2.0)
     assert markdown_table([("a", "<"), ("b", ">")], [["x", "1"]]).splitlines() == [
-        "| a | b |", "| --- | ---: |", "| x | 1 |",
+        "| a | b |",
+        "| --- | ---: |",
+        "| x | 1 |",
     ]

@@ -100,9 +100,24 @@ def test_label_parsing(tmp_path):
 def test_cli_json_and_text(scenes):
     base, pairs = scenes
     paths = [str(p) for p, _ in pairs[:3]]
-    result = CliRunner().invoke(cli, ["classify", *paths, "--labels-file", str(base / "colours.txt"),
-                                      "--templates", str(base / "templates.txt"), "--model", "cbir-tiny",
-                                      "--device", "cpu", "--top", "3", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "classify",
+            *paths,
+            "--labels-file",
+            str(base / "colours.txt"),
+            "--templates",
+            str(base / "templates.txt"),
+            "--model",
+            "cbir-tiny",
+            "--device",
+            "cpu",
+            "--top",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [r["path"] for r in rows] == paths
@@ -111,8 +126,21 @@ def test_cli_json_and_text(scenes):
         assert row["best"] == scene.colour == row["labels"][0]["label"]
         assert len(row["labels"]) == 3
         assert set(row["labels"][0]) == {"label", "probability", "similarity"}
-    text = CliRunner().invoke(cli, ["classify", paths[0], "--labels", ",".join(COLOURS), "--model", "cbir-tiny",
-                                    "--device", "cpu", "--templates", str(base / "templates.txt")])
+    text = CliRunner().invoke(
+        cli,
+        [
+            "classify",
+            paths[0],
+            "--labels",
+            ",".join(COLOURS),
+            "--model",
+            "cbir-tiny",
+            "--device",
+            "cpu",
+            "--templates",
+            str(base / "templates.txt"),
+        ],
+    )
     assert text.exit_code == 0, text.output
     assert text.output.splitlines()[0] == paths[0]
     assert pairs[0][1].colour in text.output.splitlines()[1]
@@ -124,8 +152,21 @@ def test_a_bad_image_among_several_is_reported_and_the_rest_classified(scenes, t
     broken.write_bytes(b"not a jpeg")
     args = [str(pairs[0][0]), str(broken), str(tmp_path / "missing.png"), str(pairs[1][0])]
     result = CliRunner().invoke(
-        cli, ["classify", *args, "--labels", "red,green,blue,yellow,purple,orange,white,black",
-              "--templates", str(base / "templates.txt"), "--model", "cbir-tiny", "--device", "cpu", "--json"])
+        cli,
+        [
+            "classify",
+            *args,
+            "--labels",
+            "red,green,blue,yellow,purple,orange,white,black",
+            "--templates",
+            str(base / "templates.txt"),
+            "--model",
+            "cbir-tiny",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert result.exit_code == 1
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("best") for r in rows] == [pairs[0][1].colour, None, None, pairs[1][1].colour]
@@ -165,7 +206,16 @@ def test_classify_uses_the_librarys_model(scenes, tmp_path):
     library = str(tmp_path / "lib")
     out = run_cbir("ingest", str(pairs[0][0]), "--library", library, "--model", "cbir-tiny", "-q")
     assert out.returncode == 0, out.stderr
-    out = run_cbir("classify", str(pairs[1][0]), "--labels", ",".join(COLOURS), "--library", library,
-                   "--templates", str(base / "templates.txt"), "--json")
+    out = run_cbir(
+        "classify",
+        str(pairs[1][0]),
+        "--labels",
+        ",".join(COLOURS),
+        "--library",
+        library,
+        "--templates",
+        str(base / "templates.txt"),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["best"] == pairs[1][1].colour

@@ -118,8 +118,9 @@ def test_cuda_without_gpu_is_an_error_not_a_fallback(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     (tmp_path / "p").mkdir()
-    out = run_cbir("ingest", str(tmp_path / "p"), "--library", str(tmp_path / "l"),
-                   "--model", "cbir-tiny", "--device", "cuda")
+    out = run_cbir(
+        "ingest", str(tmp_path / "p"), "--library", str(tmp_path / "l"), "--model", "cbir-tiny", "--device", "cuda"
+    )
     assert out.returncode == 1 and "no CUDA GPU is available" in out.stderr
 
 

@@ -16,9 +16,47 @@ from cbir.demo import make_demo_photos
 from tests.conftest import run_cbir
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-WORDS = ["taken", "width", "camera", "folder", "path", "text", "tag", "extra.score", "extra.a b", ">=", "<", "=",
-         "!=", "~", "in", "is", "not", "null", "and", "or", "(", ")", ",", '"x"', "'y", "2019", "2019-13-40",
-         "1e999", "-5", "99999999999999999999999", "\x00", "é", "\\", '"', "+", "-", ":2", "", " "]
+WORDS = [
+    "taken",
+    "width",
+    "camera",
+    "folder",
+    "path",
+    "text",
+    "tag",
+    "extra.score",
+    "extra.a b",
+    ">=",
+    "<",
+    "=",
+    "!=",
+    "~",
+    "in",
+    "is",
+    "not",
+    "null",
+    "and",
+    "or",
+    "(",
+    ")",
+    ",",
+    '"x"',
+    "'y",
+    "2019",
+    "2019-13-40",
+    "1e999",
+    "-5",
+    "99999999999999999999999",
+    "\x00",
+    "é",
+    "\\",
+    '"',
+    "+",
+    "-",
+    ":2",
+    "",
+    " ",
+]
 
 
 @pytest.fixture(scope="module")

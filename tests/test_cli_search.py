@@ -32,8 +32,22 @@ def search(library, *args):
 
 def test_filters_and_the_plan_in_json(demo):
     _, _, library = demo
-    out = search(library, "a", "red", "circle", "--camera", "pixel", "--after", "2019-07",
-                 "--format", "jpeg,webp", "--json", "--explain", "-k", "5")
+    out = search(
+        library,
+        "a",
+        "red",
+        "circle",
+        "--camera",
+        "pixel",
+        "--after",
+        "2019-07",
+        "--format",
+        "jpeg,webp",
+        "--json",
+        "--explain",
+        "-k",
+        "5",
+    )
     plan, *rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert plan["query"] == "a red circle" and plan["plan"]["strategy"] in ("exact-subset", "ann-post-filter")
     assert plan["plan"]["matching"] == len(rows) or len(rows) == 5
@@ -44,7 +58,9 @@ def test_filters_and_the_plan_in_json(demo):
 
 def test_where_expression_and_explain_text(demo):
     _, _, library = demo
-    out = search(library, "a blue triangle", "--where", "folder = beach or (folder = garden and width >= 800)", "--explain")
+    out = search(
+        library, "a blue triangle", "--where", "folder = beach or (folder = garden and width >= 800)", "--explain"
+    )
     lines = out.stdout.splitlines()
     assert lines[0].startswith("plan      text → image, semantic, strategy ")
     assert lines[1].startswith("why       ") and lines[2].startswith("filters   ")
@@ -68,8 +84,19 @@ def test_bad_where_and_bad_query_point_at_the_column(demo):
 def test_arithmetic_image_plus_text_and_like(demo):
     _, photos, library = demo
     red = str(photos[0].path)  # a red circle on gray
-    out = search(library, "--image", red, "-", "a red circle on a gray background", "+",
-                 "a yellow star on a cyan background", "--json", "--explain", "-k", "3")
+    out = search(
+        library,
+        "--image",
+        red,
+        "-",
+        "a red circle on a gray background",
+        "+",
+        "a yellow star on a cyan background",
+        "--json",
+        "--explain",
+        "-k",
+        "3",
+    )
     plan, *rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert plan["plan"]["kind"] == "image+text → image"
     assert scene_of(__import__("pathlib").Path(rows[0]["path"])) == "yellow-star-on-cyan"
@@ -92,14 +119,25 @@ def test_text_target_modes(demo):
 def test_paging_sorting_dedup_and_min_score(demo):
     _, _, library = demo
     full = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "8").stdout.splitlines()]
-    page = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "4", "--offset", "4").stdout.splitlines()]
+    page = [
+        json.loads(x)
+        for x in search(library, "a green square", "--json", "-k", "4", "--offset", "4").stdout.splitlines()
+    ]
     assert [r["path"] for r in page] == [r["path"] for r in full[4:]] and page[0]["rank"] == 5
-    dated = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "8", "--sort", "date").stdout.splitlines()]
+    dated = [
+        json.loads(x)
+        for x in search(library, "a green square", "--json", "-k", "8", "--sort", "date").stdout.splitlines()
+    ]
     assert {r["path"] for r in dated} == {r["path"] for r in full}
     taken = [r["taken"] for r in dated]
     assert taken == sorted(taken)
     threshold = (full[3]["score"] + full[4]["score"]) / 2  # JSON scores are rounded
-    cut = [json.loads(x) for x in search(library, "a green square", "--json", "-k", "8", "--min-score", str(threshold)).stdout.splitlines()]
+    cut = [
+        json.loads(x)
+        for x in search(
+            library, "a green square", "--json", "-k", "8", "--min-score", str(threshold)
+        ).stdout.splitlines()
+    ]
     assert [r["path"] for r in cut] == [r["path"] for r in full[:4]]
     assert search(library, "a green square", "--dedup", "-k", "3").returncode == 0
 
@@ -129,7 +167,10 @@ def test_a_reader_that_stops_early_ends_the_search_quietly(demo):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cbir", "search", "--batch", "-", "-k", "60", "--library", library],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     proc.stdin.write(b"a red circle\n" * 300)
     proc.stdin.close()
@@ -143,7 +184,9 @@ def test_a_reader_that_stops_early_ends_the_search_quietly(demo):
 def test_index_commands(tmp_path):
     make_demo_photos(tmp_path / "photos", 40)
     library = str(tmp_path / "lib")
-    assert run_cbir("ingest", str(tmp_path / "photos"), "--library", library, "--model", "cbir-tiny", "-q").returncode == 0
+    assert (
+        run_cbir("ingest", str(tmp_path / "photos"), "--library", library, "--model", "cbir-tiny", "-q").returncode == 0
+    )
     out = run_cbir("index", "rebuild", "--type", "hnsw", "--json", "--library", library)
     assert out.returncode == 0, out.stderr
     images, texts = [json.loads(line) for line in out.stdout.splitlines()]
@@ -170,7 +213,11 @@ def test_index_commands(tmp_path):
     assert out.returncode == 2 and "needs" in out.stderr and "Traceback" not in out.stderr
     if not faiss_gpu.available():  # asking for the GPU without one: one line, nothing changed
         generation = json.loads(run_cbir("index", "info", "--json", "--library", library).stdout)["generation"]
-        for args in (("index", "rebuild", "--gpu"), ("index", "shard", "--shards", "2", "--gpu"), ("search", "dog", "--gpu")):
+        for args in (
+            ("index", "rebuild", "--gpu"),
+            ("index", "shard", "--shards", "2", "--gpu"),
+            ("search", "dog", "--gpu"),
+        ):
             out = run_cbir(*args, "--library", library)
             assert out.returncode == 2 and out.stderr.startswith("Error: --gpu: "), out.stderr
             assert len(out.stderr.splitlines()) == 1

@@ -61,7 +61,7 @@ def test_csv_autodetected_columns(tmp_path):
         "File_Path,Caption,width,license\n"
         "imgs/a.jpg,  a red bus  ,640,cc-by\n"
         f"{tmp_path}/elsewhere/b.png,,480,\n"
-        "../other/./c.jpg,\"quoted, with comma\",1,x\n",
+        '../other/./c.jpg,"quoted, with comma",1,x\n',
         encoding="utf-8",
     )
     got = list(read_manifest(manifest))
@@ -156,8 +156,13 @@ def test_forced_column_that_does_not_exist(tmp_path):
 def test_jsonl_list_of_captions(tmp_path):
     manifest = tmp_path / "coco.jsonl"
     lines = [
-        {"file_name": "val/1.jpg", "captions": ["A dog.", " A brown dog. ", "", "A dog.", None],
-         "id": 1, "meta": {"w": 640, "tags": ["a", "b"]}, "score": float("nan")},
+        {
+            "file_name": "val/1.jpg",
+            "captions": ["A dog.", " A brown dog. ", "", "A dog.", None],
+            "id": 1,
+            "meta": {"w": 640, "tags": ["a", "b"]},
+            "score": float("nan"),
+        },
         {"file_name": 2, "captions": None, "ok": True},
     ]
     manifest.write_text("\ufeff" + "\n".join(json.dumps(line) for line in lines) + "\n")  # BOM
@@ -182,9 +187,7 @@ def test_jsonl_bad_lines(tmp_path):
         b'{"image": "d.jpg", "text": "last"}\n'  # 9
     )
     got = list(read_manifest(manifest))
-    assert [(r.row, r.raw, r.captions) for r in rows_of(got)] == [
-        (1, "a.jpg", ("first",)), (9, "d.jpg", ("last",))
-    ]
+    assert [(r.row, r.raw, r.captions) for r in rows_of(got)] == [(1, "a.jpg", ("first",)), (9, "d.jpg", ("last",))]
     bad = {b.row: b.reason for b in bad_of(got)}
     assert set(bad) == {2, 3, 5, 6, 7, 8}
     assert bad[2].startswith("invalid JSON")
@@ -207,16 +210,18 @@ def test_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     n = 2500  # several read batches
-    table = pa.table({
-        "Image": pa.array([f"img/{i}.jpg" for i in range(n)]).dictionary_encode(),
-        "caption": [[f"cap {i}", f"alt {i}"] if i % 2 else None for i in range(n)],
-        "width": pa.array(range(n), pa.int32()),
-        "score": [float("nan") if i == 1 else i / 2 for i in range(n)],
-        "taken": [datetime.datetime(2020, 1, 2, 3, 4, 5)] * n,
-        "day": [datetime.date(2021, 5, 6)] * n,
-        "flag": [i % 3 == 0 for i in range(n)],
-        "thumb": [b"\x00\x01"] * n,  # binary: not metadata
-    })
+    table = pa.table(
+        {
+            "Image": pa.array([f"img/{i}.jpg" for i in range(n)]).dictionary_encode(),
+            "caption": [[f"cap {i}", f"alt {i}"] if i % 2 else None for i in range(n)],
+            "width": pa.array(range(n), pa.int32()),
+            "score": [float("nan") if i == 1 else i / 2 for i in range(n)],
+            "taken": [datetime.datetime(2020, 1, 2, 3, 4, 5)] * n,
+            "day": [datetime.date(2021, 5, 6)] * n,
+            "flag": [i % 3 == 0 for i in range(n)],
+            "thumb": [b"\x00\x01"] * n,  # binary: not metadata
+        }
+    )
     manifest = tmp_path / "m.parquet"
     pq.write_table(table, manifest, row_group_size=700)
     assert pa.types.is_dictionary(pq.read_schema(manifest).field("Image").type)
@@ -227,7 +232,10 @@ def test_parquet(tmp_path):
     assert first.image == tmp_path / "img/0.jpg" and first.captions == ()
     assert second.captions == ("cap 1", "alt 1")
     assert second.extra == {
-        "width": 1, "score": None, "taken": "2020-01-02T03:04:05", "day": "2021-05-06",
+        "width": 1,
+        "score": None,
+        "taken": "2020-01-02T03:04:05",
+        "day": "2021-05-06",
         "flag": False,
     }
     assert got[-1].raw == f"img/{n - 1}.jpg"
@@ -298,10 +306,7 @@ def test_read_member_short_read(tmp_path):
 
 
 def test_brace_list_and_glob(tmp_path):
-    shards = [
-        write_tar(tmp_path / "shards" / f"{i:05d}.tar", sample_members(f"k{i}_", 2, i))
-        for i in range(3)
-    ]
+    shards = [write_tar(tmp_path / "shards" / f"{i:05d}.tar", sample_members(f"k{i}_", 2, i)) for i in range(3)]
     (tmp_path / "shards" / "notes.txt").write_text("not a shard")
     assert expand_shards(str(tmp_path / "shards/{00000..00002}.tar")) == shards
     assert expand_shards(str(tmp_path / "shards/*.tar")) == shards
@@ -337,20 +342,37 @@ def test_compressed_tar_refused(tmp_path):
 
 
 def test_tar_sample_contents(tmp_path):
-    shard = write_tar(tmp_path / "s.tar", [
-        ("a.txt", b"orphan caption"),  # no image
-        ("b.jpg", b"B"), ("b.json", json.dumps({"caption": "from json", "w": 1}).encode()),
-        ("c.jpg", b"C"), ("c.txt", b"from txt"), ("c.json", b'{"caption": "ignored"}'),
-        ("d.jpg", b"D"), ("d.txt", b"caf\xe9"), ("d.json", b'{"text": "json fallback"}'),
-        ("e.jpg", b"E"), ("e.txt", b"\xff\xfe bad"),
-        ("f.png", b"F1"), ("f.jpg", b"F2"), ("f.json", b"[1, 2]"),
-        ("g.webp", b"G"), ("g.json", b"{not json"),
-        ("h.jpg", b"H"),
-        ("k.v2.jpg", b"K"), ("k.txt", b"first"), ("k.txt", b"second"),  # first .txt wins
-        ("j.jpg", b"J"), ("j.txt", b" \n"), ("j.json", b'{"caption": "empty txt: json used"}'),
-        ("b.jpg", b"B again"),  # the key comes back: another sample
-        ("._i.jpg", b"mac junk"), ("i.cls", b"3"),
-    ])
+    shard = write_tar(
+        tmp_path / "s.tar",
+        [
+            ("a.txt", b"orphan caption"),  # no image
+            ("b.jpg", b"B"),
+            ("b.json", json.dumps({"caption": "from json", "w": 1}).encode()),
+            ("c.jpg", b"C"),
+            ("c.txt", b"from txt"),
+            ("c.json", b'{"caption": "ignored"}'),
+            ("d.jpg", b"D"),
+            ("d.txt", b"caf\xe9"),
+            ("d.json", b'{"text": "json fallback"}'),
+            ("e.jpg", b"E"),
+            ("e.txt", b"\xff\xfe bad"),
+            ("f.png", b"F1"),
+            ("f.jpg", b"F2"),
+            ("f.json", b"[1, 2]"),
+            ("g.webp", b"G"),
+            ("g.json", b"{not json"),
+            ("h.jpg", b"H"),
+            ("k.v2.jpg", b"K"),
+            ("k.txt", b"first"),
+            ("k.txt", b"second"),  # first .txt wins
+            ("j.jpg", b"J"),
+            ("j.txt", b" \n"),
+            ("j.json", b'{"caption": "empty txt: json used"}'),
+            ("b.jpg", b"B again"),  # the key comes back: another sample
+            ("._i.jpg", b"mac junk"),
+            ("i.cls", b"3"),
+        ],
+    )
     got = list(read_webdataset([shard]))
     by_key = {}
     for item in got:
@@ -407,7 +429,7 @@ def test_truncated_tar(tmp_path):
         expected = dict(sample_members("s", 5))[sample.member]
         assert read_member(shard, sample.offset, sample.size) == expected
 
-    shard.write_bytes(data[:cut_at_header + 300])  # cut inside a header: tarfile stops quietly
+    shard.write_bytes(data[: cut_at_header + 300])  # cut inside a header: tarfile stops quietly
     got = list(read_webdataset([shard]))
     assert [type(g) for g in got] == [TarSample] * 3 + [BadRow]
     assert "after 3 samples" in got[-1].reason
@@ -415,7 +437,10 @@ def test_truncated_tar(tmp_path):
 
 def test_truncated_tar_pending_sample(tmp_path):
     members = [
-        ("a.jpg", b"A" * 600), ("a.txt", b"caption a" * 100), ("b.txt", b"cap b"), ("b.jpg", b"B" * 600),
+        ("a.jpg", b"A" * 600),
+        ("a.txt", b"caption a" * 100),
+        ("b.txt", b"cap b"),
+        ("b.jpg", b"B" * 600),
     ]
     shard = write_tar(tmp_path / "s.tar", members)
     with tarfile.open(shard) as tar:
@@ -464,11 +489,19 @@ def test_not_a_tar_and_empty_tar(tmp_path):
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("list.csv", "csv"), ("LIST.CSV", "csv"), ("a.tsv", "tsv"), ("a.tab", "tsv"),
-        ("a.jsonl", "jsonl"), ("a.ndjson", "jsonl"), ("a.parquet", "parquet"),
-        ("a.tar", "webdataset"), ("a.tgz", "webdataset"),
-        ("shards/{00000..00009}.tar", "webdataset"), ("shards/*.tar", "webdataset"),
-        ("shards/{a.tar,b.tar}", "webdataset"), ("shards/0000?.tar", "webdataset"),
+        ("list.csv", "csv"),
+        ("LIST.CSV", "csv"),
+        ("a.tsv", "tsv"),
+        ("a.tab", "tsv"),
+        ("a.jsonl", "jsonl"),
+        ("a.ndjson", "jsonl"),
+        ("a.parquet", "parquet"),
+        ("a.tar", "webdataset"),
+        ("a.tgz", "webdataset"),
+        ("shards/{00000..00009}.tar", "webdataset"),
+        ("shards/*.tar", "webdataset"),
+        ("shards/{a.tar,b.tar}", "webdataset"),
+        ("shards/0000?.tar", "webdataset"),
     ],
 )
 def test_detect_format(target, expected):

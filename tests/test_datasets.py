@@ -31,8 +31,14 @@ def _write_csv(path, rows, header=("path", "caption", "split", "score")):
 def dataset(tmp_path):
     data = tmp_path / "data"
     images = _images(data / "imgs", 8)
-    rows = [(f"imgs/{p.name}", f"caption number {i}", "train" if i < 6 else "test", i / 2) for i, p in enumerate(images)]
-    rows += [("imgs/missing.jpg", "gone", "train", 0), ("notes.txt", "not an image", "train", 0), ("", "no path", "train", 0)]
+    rows = [
+        (f"imgs/{p.name}", f"caption number {i}", "train" if i < 6 else "test", i / 2) for i, p in enumerate(images)
+    ]
+    rows += [
+        ("imgs/missing.jpg", "gone", "train", 0),
+        ("notes.txt", "not an image", "train", 0),
+        ("", "no path", "train", 0),
+    ]
     _write_csv(data / "train.csv", rows)
     return data
 
@@ -73,8 +79,10 @@ def test_reingesting_an_edited_manifest_updates_without_reencoding(fake_library,
     again = lib.ingest(dataset / "train.csv")
     assert (again.added, again.updated, again.texts, again.skipped) == (0, 0, 0, 0)
     assert lib.encoder.images_encoded == encoded
-    rows = [(f"imgs/img{i:02d}.jpg", f"new words {i}" if i == 2 else f"caption number {i}", "val" if i == 1 else "train", i)
-            for i in range(7)]  # img07 dropped, bad rows fixed
+    rows = [
+        (f"imgs/img{i:02d}.jpg", f"new words {i}" if i == 2 else f"caption number {i}", "val" if i == 1 else "train", i)
+        for i in range(7)
+    ]  # img07 dropped, bad rows fixed
     _write_csv(dataset / "train.csv", rows)
     report = lib.ingest(dataset / "train.csv")
     assert (report.added, report.removed, report.texts) == (0, 1, 1)
@@ -103,13 +111,21 @@ def test_jsonl_and_parquet_manifests(fake_library, tmp_path):
     import pyarrow.parquet as pq
 
     images = _images(tmp_path / "set", 4)
-    lines = [{"image": p.name, "captions": [f"first {i}", f"second {i}"], "label": "cat" if i % 2 else "dog"} for i, p in enumerate(images)]
+    lines = [
+        {"image": p.name, "captions": [f"first {i}", f"second {i}"], "label": "cat" if i % 2 else "dog"}
+        for i, p in enumerate(images)
+    ]
     (tmp_path / "set" / "data.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
     lib = fake_library()
     report = lib.ingest(tmp_path / "set" / "data.jsonl", caption_column="captions")
     assert (report.added, report.texts, report.skipped) == (4, 8, 1)
-    assert sorted(h.path.name for h in lib.search("x", k=9, filters=Filters(where="extra.label = CAT"))) == ["img01.jpg", "img03.jpg"]
-    table = pa.table({"filepath": [str(p) for p in images], "text": [f"parquet {i}" for i in range(4)], "n": list(range(4))})
+    assert sorted(h.path.name for h in lib.search("x", k=9, filters=Filters(where="extra.label = CAT"))) == [
+        "img01.jpg",
+        "img03.jpg",
+    ]
+    table = pa.table(
+        {"filepath": [str(p) for p in images], "text": [f"parquet {i}" for i in range(4)], "n": list(range(4))}
+    )
     pq.write_table(table, tmp_path / "set.parquet")
     other = fake_library("other")
     assert other.ingest(tmp_path / "set.parquet").added == 4  # absolute paths
@@ -150,7 +166,9 @@ def test_webdataset_shards_are_read_straight_from_the_tars(fake_library, tmp_pat
     by_caption = {c: p for c, _, p in _captions(lib)}
     tar_id = lib.catalog.image_at(by_caption["sample 4"])
     file_id = files.catalog.image_at(images[4])
-    np.testing.assert_array_equal(lib.catalog.vectors_of("images", [tar_id])[1], files.catalog.vectors_of("images", [file_id])[1])
+    np.testing.assert_array_equal(
+        lib.catalog.vectors_of("images", [tar_id])[1], files.catalog.vectors_of("images", [file_id])[1]
+    )
     # one shard ingested alone does not remove the other's images
     assert lib.ingest(shards / "00000.tar").removed == 0 and lib.catalog.count_images() == 6
 

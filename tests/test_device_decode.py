@@ -15,7 +15,9 @@ from tests.conftest import write_image
 
 def _photo(path, seed, orientation=None, size=(320, 200)):
     rng = np.random.default_rng(seed)
-    base = Image.fromarray(rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    base = Image.fromarray(rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)).resize(
+        size, Image.BICUBIC
+    )
     exif = Image.Exif()
     if orientation:
         exif[274] = orientation
@@ -52,6 +54,8 @@ def test_an_ingest_decoding_jpegs_on_the_device_stores_what_the_workers_would(fa
     for i in va:
         assert float(va[i] @ vb[i]) > 0.99
     ia, ib = workers.catalog.images(va), device.catalog.images(vb)
-    assert sorted((x.path.name, x.width, x.height) for x in ia.values()) == sorted((x.path.name, x.width, x.height) for x in ib.values())
+    assert sorted((x.path.name, x.width, x.height) for x in ia.values()) == sorted(
+        (x.path.name, x.width, x.height) for x in ib.values()
+    )
     reasons = [[why for _, why in lib.status(with_skipped=True).skipped_files] for lib in (workers, device)]
     assert reasons[0] == reasons[1] and "broken.jpg" not in reasons[0][0]

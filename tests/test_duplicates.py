@@ -19,14 +19,19 @@ from cbir.cli import cli
 from cbir.config import resolve_settings
 from cbir.duplicates import group_rows, similar_pairs
 from cbir.encode.fake import FakeEncoder
-from cbir.library import Library
 from cbir.errors import UsageError
+from cbir.library import Library
 from cbir.store.catalog import MODEL, Changes, ImageRecord
 from cbir.synthetic import Scene, render
 
 SEED = 14  # measured with cbir-tiny: copy 0.9999, near 0.963, different scenes at most 0.58
-DISTINCT = [Scene("yellow", "star", "brown"), Scene("purple", "circle", "gray"), Scene("orange", "square", "cyan"),
-            Scene("black", "triangle", "pink"), Scene("white", "star", "gray")]
+DISTINCT = [
+    Scene("yellow", "star", "brown"),
+    Scene("purple", "circle", "gray"),
+    Scene("orange", "square", "cyan"),
+    Scene("black", "triangle", "pink"),
+    Scene("white", "star", "gray"),
+]
 
 
 def _stamp(path, year: int) -> None:
@@ -43,7 +48,8 @@ def folder(tmp_path_factory):
     photos = base / "photos"
     (photos / "x").mkdir(parents=True)
     render(Scene("red", "circle", "gray"), np.random.default_rng(SEED), size=(256, 256)).save(
-        photos / "exact.jpg", quality=95)
+        photos / "exact.jpg", quality=95
+    )
     shutil.copyfile(photos / "exact.jpg", photos / "x" / "exact_copy.jpg")
     _stamp(photos / "exact.jpg", 2020)
     _stamp(photos / "x" / "exact_copy.jpg", 2015)
@@ -59,7 +65,8 @@ def folder(tmp_path_factory):
     _stamp(photos / "near_shifted.jpg", 2018)  # the same date: the shorter path is kept
     for i, scene in enumerate(DISTINCT):
         render(scene, np.random.default_rng(SEED + 10 + i), size=(256, 256)).save(
-            photos / f"distinct_{i}.jpg", quality=95)
+            photos / f"distinct_{i}.jpg", quality=95
+        )
     lib = Library.open(resolve_settings(library=base / "lib", model="cbir-tiny", device="cpu", env={}), create=True)
     assert lib.ingest(photos).added == 11
     yield photos, lib
@@ -104,8 +111,11 @@ def test_thresholds_change_the_groups(folder):
 
 def test_distinct_images_give_no_groups(folder, tmp_path):
     photos, lib = folder
-    other = Library.open(resolve_settings(library=tmp_path / "distinct", model="cbir-tiny", device="cpu", env={}),
-                         create=True, encoder=lib.encoder)
+    other = Library.open(
+        resolve_settings(library=tmp_path / "distinct", model="cbir-tiny", device="cpu", env={}),
+        create=True,
+        encoder=lib.encoder,
+    )
     for path in photos.glob("distinct_*.jpg"):
         other.ingest(path)
     other.ingest(photos / "near.jpg")
@@ -124,8 +134,17 @@ def test_cli_json_and_text(folder):
     for row in rows:
         assert set(row) == {"kind", "similarity", "keeper", "images", "members"}
         assert row["members"][0]["path"] == row["keeper"] and row["members"][0]["keeper"]
-        assert set(row["members"][0]) == {"path", "id", "bytes", "width", "height", "taken", "similarity",
-                                          "exact", "keeper"}
+        assert set(row["members"][0]) == {
+            "path",
+            "id",
+            "bytes",
+            "width",
+            "height",
+            "taken",
+            "similarity",
+            "exact",
+            "keeper",
+        }
     text = CliRunner().invoke(cli, ["duplicates", "--library", str(lib.path)])
     assert text.exit_code == 0
     assert text.output.splitlines()[0].startswith("exact: 2 images")
@@ -188,6 +207,10 @@ def test_five_thousand_images(fake_library, tmp_path):
     report = lib.duplicates()
     elapsed = time.perf_counter() - started
     names = sorted(tuple(sorted(os.path.basename(m.path) for m in g.members)) + (g.kind,) for g in report.groups)
-    assert names == [("00000.jpg", "00001.jpg", "exact"), ("00002.jpg", "00003.jpg", "copy"),
-                     ("00004.jpg", "00005.jpg", "near"), ("00006.jpg", "00007.jpg", "00008.jpg", "near")]
+    assert names == [
+        ("00000.jpg", "00001.jpg", "exact"),
+        ("00002.jpg", "00003.jpg", "copy"),
+        ("00004.jpg", "00005.jpg", "near"),
+        ("00006.jpg", "00007.jpg", "00008.jpg", "near"),
+    ]
     print(f"duplicates over {n} images: {elapsed:.3f} s")

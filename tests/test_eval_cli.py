@@ -67,8 +67,11 @@ def test_eval_errors_are_one_line(library, tmp_path):
     write_image(tmp_path / "plain" / "a.jpg")
     plain = str(tmp_path / "plainlib")
     assert run_cbir("ingest", str(tmp_path / "plain"), "--library", plain, "--model", "cbir-tiny", "-q").returncode == 0
-    for args in (("retrieval", "--library", plain), ("zeroshot", "--library", plain),
-                 ("zeroshot", "--library", library, "--label", "colour"),
-                 ("zeroshot", "--library", library, "--templates", str(tmp_path / "none.txt"))):
+    for args in (
+        ("retrieval", "--library", plain),
+        ("zeroshot", "--library", plain),
+        ("zeroshot", "--library", library, "--label", "colour"),
+        ("zeroshot", "--library", library, "--templates", str(tmp_path / "none.txt")),
+    ):
         out = run_cbir("eval", *args)
         assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr

@@ -48,12 +48,8 @@ TEXT_IMAGE = np.array([0, 0, 1, 1])
 def test_retrieval_hand_checked():
     result = retrieval_metrics(IMAGES, TEXTS, TEXT_IMAGE, ks=(1, 2, 5))
     assert (result.images, result.texts, result.captioned) == (3, 4, 2)
-    assert result.text_to_image == {
-        "R@1": 0.5, "R@2": 1.0, "R@5": 1.0, "median_rank": 1.0, "mean_rank": 1.5
-    }
-    assert result.image_to_text == {
-        "R@1": 0.5, "R@2": 1.0, "R@5": 1.0, "median_rank": 1.0, "mean_rank": 1.5
-    }
+    assert result.text_to_image == {"R@1": 0.5, "R@2": 1.0, "R@5": 1.0, "median_rank": 1.0, "mean_rank": 1.5}
+    assert result.image_to_text == {"R@1": 0.5, "R@2": 1.0, "R@5": 1.0, "median_rank": 1.0, "mean_rank": 1.5}
 
 
 def test_retrieval_tie_is_optimistic_and_best_caption_counts():
@@ -65,9 +61,7 @@ def test_retrieval_tie_is_optimistic_and_best_caption_counts():
     worse = retrieval_metrics(IMAGES, TEXTS[:2], np.array([0, 2]))
     both = retrieval_metrics(IMAGES, TEXTS[:2], np.array([0, 0]))
     assert worse.image_to_text["mean_rank"] == 1.5  # I0 -> rank 2, I2 (T1: .6 vs T0: 0) -> rank 1
-    assert both.image_to_text == {
-        "R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 1.0, "mean_rank": 1.0
-    }
+    assert both.image_to_text == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 1.0, "mean_rank": 1.0}
 
 
 def test_retrieval_default_keys_and_median():
@@ -182,9 +176,7 @@ def test_default_blocks_fit_the_budget(monkeypatch):
     calls = []
     real = retrieval_module._rows_per_block
     monkeypatch.setattr(retrieval_module, "SCORE_BLOCK_BYTES", 3 * 4 * 90)  # 3 rows of 90 scores
-    monkeypatch.setattr(
-        retrieval_module, "_rows_per_block", lambda c, b: calls.append(real(c, b)) or calls[-1]
-    )
+    monkeypatch.setattr(retrieval_module, "_rows_per_block", lambda c, b: calls.append(real(c, b)) or calls[-1])
     blocked = retrieval_metrics(images, texts, text_image)
     assert calls == [3 * 90 // 40, 3]  # text→image over 40 images, image→text over 90 texts
     assert blocked == whole
@@ -203,10 +195,12 @@ def unit(*values):
 
 def test_zero_shot_hand_checked():
     rows = [
-        (E[0], 0), (E[0], 0),  # circle: both right
+        (E[0], 0),
+        (E[0], 0),  # circle: both right
         (E[1], 1),  # square: right
         (unit(0.8, 0.6), 1),  # square taken for circle (.8 > .6)
-        (unit(0, 0.6, 0.8), 1), (unit(0, 0.6, 0.8), 1),  # square taken for star, twice
+        (unit(0, 0.6, 0.8), 1),
+        (unit(0, 0.6, 0.8), 1),  # square taken for star, twice
         (E[2], 2),  # star: right
         (unit(0, 1, 1), 2),  # star tied with square: right (optimistic; argmax would say square)
         (unit(0.8, 0, 0.6), 2),  # star taken for circle
@@ -298,8 +292,13 @@ def test_class_embeddings_rejects_empty():
 
 @pytest.mark.parametrize(
     "folder, name",
-    [("golden_retriever", "golden retriever"), ("golden-retriever", "golden retriever"),
-     ("  sea__lion-", "sea lion"), ("Granny_Smith", "Granny Smith"), ("cat", "cat")],
+    [
+        ("golden_retriever", "golden retriever"),
+        ("golden-retriever", "golden retriever"),
+        ("  sea__lion-", "sea lion"),
+        ("Granny_Smith", "Granny Smith"),
+        ("cat", "cat"),
+    ],
 )
 def test_classname_from_folder(folder, name):
     assert classname_from_folder(folder) == name
@@ -339,9 +338,7 @@ def test_resolve_templates_names_and_errors(tmp_path):
         templates = resolve_templates(name)
         assert len(templates) == len(source) and len(templates) in (7, 80)
         assert all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
-        assert [t.replace("{}", "golden retriever") for t in templates] == [
-            f("golden retriever") for f in source
-        ]
+        assert [t.replace("{}", "golden retriever") for t in templates] == [f("golden retriever") for f in source]
     from cbir.evaluate import templates as module
 
     assert module.ENSEMBLE == resolve_templates("ensemble") and len(module.OPENAI) == 80
@@ -375,13 +372,13 @@ def test_zero_shot_tiny_model_by_shape(tiny_shapes, tmp_path):
     labels = np.array([SHAPES.index(s.shape) for s in scenes])
     # Prompts shaped like the training captions, ensembled over every colour and background.
     path = tmp_path / "shapes.txt"
-    path.write_text("# cbir-tiny knows only its training captions\n" + "".join(
-        f"a {c} {{}} on a {b} background\n" for c in COLOURS for b in BACKGROUNDS
-    ))
+    path.write_text(
+        "# cbir-tiny knows only its training captions\n"
+        + "".join(f"a {c} {{}} on a {b} background\n" for c in COLOURS for b in BACKGROUNDS)
+    )
     templates = resolve_templates(str(path))
     assert len(templates) == 32
-    result = zero_shot_metrics(vectors, labels, class_embeddings(encoder.encode_texts, SHAPES, templates),
-                               SHAPES)
+    result = zero_shot_metrics(vectors, labels, class_embeddings(encoder.encode_texts, SHAPES, templates), SHAPES)
     # Measured 0.552 (square and triangle are hard: taken for circle / star); chance is 0.25.
     # On these images the default ensemble gives 0.532, openai 0.527, "a photo of a {}." 0.527.
     assert result.top1 >= 0.40, zeroshot_table(result)

@@ -51,10 +51,13 @@ def terms(query, **kw):
         (r'"say \"hi\" \\ now" + x', [T('say "hi" \\ now'), T("x")]),
         (r'"C:\photos"', [T("C:\\photos")]),  # other backslashes are literal
         ('"  spaced   out "', [T("spaced out")]),
-        ('image:"a b.jpg":2 - like:"lib/x.jpg"', [
-            T(image="a b.jpg", weight=2),
-            T(like="lib/x.jpg", weight=-1),
-        ]),
+        (
+            'image:"a b.jpg":2 - like:"lib/x.jpg"',
+            [
+                T(image="a b.jpg", weight=2),
+                T(like="lib/x.jpg", weight=-1),
+            ],
+        ),
         ("image:cat + like:x", [T("image:cat"), T("like:x")]),  # no quote after the colon: text
         ('"image:\\"x\\""', [T('image:"x"')]),
     ],
@@ -101,8 +104,14 @@ def test_canonical_form(expression, text):
 
 def test_term_and_expression_invariants():
     assert T("  a \n b ") == T("a b")
-    for bad in ({}, {"text": "a", "image": "b"}, {"text": "  "}, {"image": ""}, {"text": "a", "weight": 0},
-                {"text": "a", "weight": float("inf")}):
+    for bad in (
+        {},
+        {"text": "a", "image": "b"},
+        {"text": "  "},
+        {"image": ""},
+        {"text": "a", "weight": 0},
+        {"text": "a", "weight": float("inf")},
+    ):
         with pytest.raises(UsageError):
             Term(**bad)
     with pytest.raises(UsageError, match="every term is subtracted"):
@@ -203,7 +212,7 @@ def test_argv_examples_parse_as_meant():
 # --- properties -------------------------------------------------------------------------------
 
 # Characters that matter to the syntax, mixed with arbitrary unicode.
-SYNTAX = st.sampled_from(list('+-:"\\\' .019') + [" ", "\t", "\n", "image:", 'like:"', "é", "猫"])
+SYNTAX = st.sampled_from(list("+-:\"\\' .019") + [" ", "\t", "\n", "image:", 'like:"', "é", "猫"])
 tricky_text = st.lists(SYNTAX | st.characters(), min_size=1, max_size=12).map("".join)
 texts = tricky_text.filter(lambda s: s.split())
 paths = tricky_text
@@ -215,8 +224,10 @@ term_st = st.one_of(
     st.builds(Term, weights, image=paths),
     st.builds(Term, weights, like=paths),
 )
-expressions = st.lists(term_st, min_size=1, max_size=5).filter(lambda ts: any(t.weight > 0 for t in ts)).map(
-    lambda ts: Expression(tuple(ts))
+expressions = (
+    st.lists(term_st, min_size=1, max_size=5)
+    .filter(lambda ts: any(t.weight > 0 for t in ts))
+    .map(lambda ts: Expression(tuple(ts)))
 )
 
 

@@ -33,8 +33,15 @@ OPTIONS = dict(model="cbir-tiny", batch_size=16, lr=1e-4, holdout=0.2, seed=3)
 
 
 def _run(manifest, out, epochs, **kw):
-    return finetune({**OPTIONS, "dataset": str(manifest), "epochs": epochs}, out, device="cpu",
-                    workers=0, progress=False, log=lambda _: None, **kw)
+    return finetune(
+        {**OPTIONS, "dataset": str(manifest), "epochs": epochs},
+        out,
+        device="cpu",
+        workers=0,
+        progress=False,
+        log=lambda _: None,
+        **kw,
+    )
 
 
 def test_finetune_lowers_held_out_loss_and_checkpoint_loads(manifest, tmp_path):
@@ -61,8 +68,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(manifest, tmp_path):
     whole = _run(manifest, tmp_path / "a.pt", epochs=2)
     stopped = _run(manifest, tmp_path / "b.pt", epochs=2, stop_after_epochs=1)
     assert stopped["out"] is None and state_path(tmp_path / "b.pt").is_file()
-    resumed = finetune({}, tmp_path / "b.pt", device="cpu", workers=0, progress=False,
-                       log=lambda _: None, resume=True)
+    resumed = finetune({}, tmp_path / "b.pt", device="cpu", workers=0, progress=False, log=lambda _: None, resume=True)
     assert resumed["steps"] == whole["steps"]
     assert resumed["before"] == whole["before"]
     a = torch.load(tmp_path / "a.pt", weights_only=True)
@@ -73,9 +79,28 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(manifest, tmp_path):
 
 
 def test_cli_finetune_json_and_resume_conflicts(manifest, tmp_path):
-    done = run_cbir("finetune", "--dataset", str(manifest), "--model", "cbir-tiny", "--epochs", "1",
-                    "--batch-size", "16", "--lr", "1e-4", "--workers", "1", "--device", "cpu",
-                    "--out", str(tmp_path / "cli.pt"), "--json", "-q", cwd=tmp_path)
+    done = run_cbir(
+        "finetune",
+        "--dataset",
+        str(manifest),
+        "--model",
+        "cbir-tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-4",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "cli.pt"),
+        "--json",
+        "-q",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["out"] == str(tmp_path / "cli.pt") and (tmp_path / "cli.pt").is_file()
@@ -84,17 +109,30 @@ def test_cli_finetune_json_and_resume_conflicts(manifest, tmp_path):
     assert bad.returncode == 2 and "differs from the run being resumed" in bad.stderr, bad.stderr
 
 
-@pytest.mark.parametrize("content, message", [
-    ("path,caption\n", "no rows"),
-    ("name,words\nimg000.png,a cat\n", "no image column"),
-    ("image,alpha\nimg000.png,x\n", "no captions"),
-    ("image,caption\nimg000.png,a\nmissing.png,b\nhttp://x/y.jpg,c\n", "only 1 usable"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("path,caption\n", "no rows"),
+        ("name,words\nimg000.png,a cat\n", "no image column"),
+        ("image,alpha\nimg000.png,x\n", "no captions"),
+        ("image,caption\nimg000.png,a\nmissing.png,b\nhttp://x/y.jpg,c\n", "only 1 usable"),
+    ],
+)
 def test_bad_manifests_are_one_line_errors(manifest, tmp_path, content, message):
     bad = manifest.parent / f"bad{abs(hash(content))}.csv"
     bad.write_text(content)
-    done = run_cbir("finetune", "--dataset", str(bad), "--model", "cbir-tiny", "--device", "cpu",
-                    "--out", str(tmp_path / "x.pt"), cwd=tmp_path)
+    done = run_cbir(
+        "finetune",
+        "--dataset",
+        str(bad),
+        "--model",
+        "cbir-tiny",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "x.pt"),
+        cwd=tmp_path,
+    )
     assert done.returncode != 0
     assert done.stderr.startswith("Error:") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr, done.stderr

@@ -14,9 +14,9 @@ import pytest
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.library import Library
 from cbir.errors import CbirWarning, StorageError
 from cbir.index import generations
+from cbir.library import Library
 from tests.conftest import count_images, run_cbir
 
 DISK_FULL = r"^disk full while writing .*; what was committed before is kept: free some space and run again"
@@ -39,6 +39,7 @@ def raises(error: Exception):
 
 # -- injected ----------------------------------------------------------------------------------
 
+
 def test_the_ingest_error_is_reported_when_saving_the_index_afterwards_fails_too(fake_library, photos, monkeypatch):
     """The index save in ingest's `finally` used to replace the run's own error with faiss's
     RuntimeError (exactly what faiss raises when its own writer meets a full disk)."""
@@ -52,13 +53,22 @@ def test_the_ingest_error_is_reported_when_saving_the_index_afterwards_fails_too
     def full_at_the_second_batch(changes):
         calls["n"] += 1
         if calls["n"] == 2:
-            raise StorageError(f"disk full while writing {lib.path / 'library.db'}; what was committed before is kept: free some space and run again")
+            raise StorageError(
+                f"disk full while writing {lib.path / 'library.db'}; what was committed before is kept: free some space and run again"
+            )
         return real_apply(changes)
 
     monkeypatch.setattr(lib.catalog, "apply", full_at_the_second_batch)
-    monkeypatch.setattr(faiss, "write_index", raises(RuntimeError(
-        "Error in void faiss::write_index(...): 'ret == (size * 4)' failed: write error in x.tmp: "
-        "4014 != 27648 (No space left on device)")))
+    monkeypatch.setattr(
+        faiss,
+        "write_index",
+        raises(
+            RuntimeError(
+                "Error in void faiss::write_index(...): 'ret == (size * 4)' failed: write error in x.tmp: "
+                "4014 != 27648 (No space left on device)"
+            )
+        ),
+    )
     with pytest.raises(StorageError, match=DISK_FULL):
         lib.ingest(photos)
     assert lib.catalog.count_images() == 14  # the 10 before and the first batch of 4
@@ -113,8 +123,13 @@ def test_a_search_serves_a_stale_index_from_memory_when_saving_it_fails(fake_lib
         lib.ingest(photos)  # committed, but the index save met a full disk: the index is stale
     lib.close()
     # what faiss raises when its own writer meets a full disk
-    monkeypatch.setattr(faiss, "write_index", raises(RuntimeError(
-        "Error in faiss::write_index: write error in x.tmp: 4014 != 27648 (No space left on device)")))
+    monkeypatch.setattr(
+        faiss,
+        "write_index",
+        raises(
+            RuntimeError("Error in faiss::write_index: write error in x.tmp: 4014 != 27648 (No space left on device)")
+        ),
+    )
     with Library.open(resolve_settings(library=lib.path, env={}), encoder=FakeEncoder()) as reader:
         with pytest.warns(CbirWarning, match="images index is searched from memory, not saved"):
             hits = reader.search("x", k=20)
@@ -219,13 +234,15 @@ def test_a_failed_unlock_of_a_shared_catalogue_never_replaces_the_commands_error
 
 # -- a real full disk --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MiB tmpfs at tmp_path/disk; skipped where mounting is not allowed."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "cbir-full-disk", str(folder)],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "cbir-full-disk", str(folder)], capture_output=True
+    ).returncode:
         pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
     yield folder
     gc.collect()  # sqlite3 connections (count_images) close when collected
@@ -257,8 +274,12 @@ def test_ingest_on_a_full_disk_says_so_and_searching_still_works(tmp_path, small
     make_gallery(tmp_path / "more", 600, seed=2)
     library = small_disk / "lib"
     db = library / "library.db"
-    assert run_cbir("ingest", str(tmp_path / "first"), "--library", str(library), "--model", "cbir-tiny",
-                    "--device", "cpu").returncode == 0
+    assert (
+        run_cbir(
+            "ingest", str(tmp_path / "first"), "--library", str(library), "--model", "cbir-tiny", "--device", "cpu"
+        ).returncode
+        == 0
+    )
     filler = fill(small_disk, leave_kb)
 
     refused = run_cbir("ingest", str(tmp_path / "more"), "--library", str(library))
@@ -278,8 +299,16 @@ def test_ingest_on_a_full_disk_says_so_and_searching_still_works(tmp_path, small
     assert generation_folders(library) == [current_folder(library)]
 
     fill(small_disk, 120)  # where creating a library said "cannot upgrade ... from schema None"
-    new_library = run_cbir("ingest", str(tmp_path / "first"), "--library", str(small_disk / "new"),
-                           "--model", "cbir-tiny", "--device", "cpu")
+    new_library = run_cbir(
+        "ingest",
+        str(tmp_path / "first"),
+        "--library",
+        str(small_disk / "new"),
+        "--model",
+        "cbir-tiny",
+        "--device",
+        "cpu",
+    )
     assert new_library.returncode != 0
     assert one_line(new_library.stderr).startswith("Error: disk full while writing "), new_library.stderr
 

@@ -46,7 +46,9 @@ def _save(image: Image.Image, fmt: str, **options) -> bytes:
 GOOD = {
     "png-named.jpg": lambda: _save(_rgb(1), "PNG"),  # the content decides, not the name
     "cmyk.jpg": lambda: _save(_rgb(2).convert("CMYK"), "JPEG"),
-    "sixteen-bit.png": lambda: _save(Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)), "PNG"),
+    "sixteen-bit.png": lambda: _save(
+        Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)), "PNG"
+    ),
     "palette-transparent.png": lambda: _save(_rgb(3).convert("P"), "PNG", transparency=0),
     "alpha.png": lambda: _save(_rgb(4).convert("RGBA"), "PNG"),
     "animated.gif": lambda: _animated("GIF"),
@@ -59,7 +61,10 @@ BAD = {
     "empty.jpg": (lambda: b"", "empty file"),
     "truncated.jpg": (lambda: _jpeg(8)[:300], "corrupt or truncated"),
     "text.png": (lambda: b"hello, not an image at all\n" * 10, "not an image"),
-    "photoshop.png": (lambda: _save(_rgb(9), "PSD") if "PSD" in Image.SAVE else b"8BPS\x00\x01" + b"\x00" * 40, "not an image"),
+    "photoshop.png": (
+        lambda: _save(_rgb(9), "PSD") if "PSD" in Image.SAVE else b"8BPS\x00\x01" + b"\x00" * 40,
+        "not an image",
+    ),
     "bomb.png": (lambda: _save(Image.new("1", (20000, 20000)), "PNG"), "refused"),
 }
 

@@ -64,7 +64,7 @@ def test_exif_image_description():
 
 def test_exif_description_utf8_and_non_utf8_bytes():
     exif = Image.Exif()
-    exif[270] = "Café über Straße".encode("utf-8")  # Pillow reads ASCII tags as latin-1
+    exif[270] = "Café über Straße".encode()  # Pillow reads ASCII tags as latin-1
     assert _texts(_save(exif=exif.tobytes())) == ["Café über Straße"]
     exif[270] = b"caf\xe9 \x93quoted\x94 \xff"  # not UTF-8: Windows-1252, never a crash
     (text,) = _texts(_save(exif=exif.tobytes()))
@@ -102,8 +102,11 @@ def test_xmp_first_language_when_no_x_default_and_attribute_form():
         # over the size cap (WebP: a JPEG segment cannot hold it)
         ("WEBP", _xmp(description="too big") + b" " * (1024 * 1024)),
         # entity tricks are refused outright
-        ("JPEG", b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'aaaaaaaaaa'>]>"
-                 + _xmp(description="&a;&a;&a;").split(b"?>", 1)[1]),
+        (
+            "JPEG",
+            b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'aaaaaaaaaa'>]>"
+            + _xmp(description="&a;&a;&a;").split(b"?>", 1)[1],
+        ),
     ],
     ids=["malformed", "not-xml", "huge", "entities"],
 )
@@ -125,7 +128,9 @@ def test_png_text_chunks():
     info.add_text("Comment", "Scanned from a slide", zip=True)
     info.add_text("Software", "GIMP 2.10")  # not a description
     assert _texts(_save("PNG", pnginfo=info)) == [
-        "Two cats", "Katzen – zwei", "Scanned from a slide",
+        "Two cats",
+        "Katzen – zwei",
+        "Scanned from a slide",
     ]
 
 
@@ -164,8 +169,16 @@ def test_user_comment(raw, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["OLYMPUS DIGITAL CAMERA", "  sony dsc ", "Default\x00", "Untitled", "...", "IMG_1234",
-     "DSC01234.JPG", "IMG_20190101_123456"],
+    [
+        "OLYMPUS DIGITAL CAMERA",
+        "  sony dsc ",
+        "Default\x00",
+        "Untitled",
+        "...",
+        "IMG_1234",
+        "DSC01234.JPG",
+        "IMG_20190101_123456",
+    ],
 )
 def test_placeholders_are_dropped(text):
     exif = Image.Exif()
@@ -193,8 +206,7 @@ def test_duplicates_across_sources_keep_the_first():
     exif[270] = "A Red Barn"
     exif[XP_COMMENT] = "a red  barn".encode("utf-16-le")
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"ASCII\x00\x00\x00A RED BARN"
-    data = _save(exif=exif.tobytes(), xmp=_xmp(description="a red barn", title="Farm"),
-                 comment=b"A red barn")
+    data = _save(exif=exif.tobytes(), xmp=_xmp(description="a red barn", title="Farm"), comment=b"A red barn")
     assert _texts(data) == ["A Red Barn", "Farm"]
 
 
@@ -205,7 +217,12 @@ def test_order_of_sources():
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"ASCII\x00\x00\x00user comment"
     data = _save(exif=exif.tobytes(), xmp=_xmp("xmp description", "xmp title"), comment=b"com")
     assert _texts(data) == [
-        "exif description", "xmp description", "xmp title", "com", "xp comment", "user comment",
+        "exif description",
+        "xmp description",
+        "xmp title",
+        "com",
+        "xp comment",
+        "user comment",
     ]
 
 
@@ -231,9 +248,13 @@ def test_no_metadata_and_corrupt_exif():
 def test_does_not_decode_the_pixels(fmt):
     info = PngImagePlugin.PngInfo()
     info.add_text("Description", "Lazy")
-    kw = {"pnginfo": info} if fmt == "PNG" else {"comment": b"Lazy"} if fmt == "GIF" else {
-        "xmp": _xmp(description="Lazy")
-    }
+    kw = (
+        {"pnginfo": info}
+        if fmt == "PNG"
+        else {"comment": b"Lazy"}
+        if fmt == "GIF"
+        else {"xmp": _xmp(description="Lazy")}
+    )
     exif = Image.Exif()
     exif[270] = "Lazy"  # a duplicate, but it makes the EXIF reader run
     image = _open(_save(fmt, size=(64, 48), exif=exif.tobytes(), **kw))
@@ -281,8 +302,8 @@ def test_find_sidecar_prefers_the_full_name(tmp_path):
 @pytest.mark.parametrize(
     "data",
     [
-        "A man riding a horse\non a beach.\r\n".encode("utf-8"),
-        b"\xef\xbb\xbf" + "A man riding a horse on a beach.".encode("utf-8"),
+        b"A man riding a horse\non a beach.\r\n",
+        b"\xef\xbb\xbf" + b"A man riding a horse on a beach.",
         "\ufeffA man riding a horse\ton a beach.".encode("utf-16-le"),
         "\ufeffA man riding a horse on a beach.".encode("utf-16-be"),
         "\ufeffA man riding a horse on a beach.".encode("utf-32"),

@@ -13,9 +13,9 @@ import pytest
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.library import Library
 from cbir.errors import UsageError
 from cbir.index import generations
+from cbir.library import Library
 from cbir.query.filters import Filters
 from cbir.store.catalog import ImageRecord
 from tests.conftest import stored_vector_library

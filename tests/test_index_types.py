@@ -90,8 +90,10 @@ def test_ivfpq_tunes_to_its_best_and_reports_the_shortfall(data, built):
     params, recall = faiss_ops.tune(index, spec, _measure(index, spec, queries, true_ids), target=0.95, k=K)
     print(f"\n{spec.factory}: build {build_s:.2f}s -> {params} recall@10 {recall:.3f}")
     assert 0.75 <= recall < 0.95
-    recalls = {p: topk.recall_at_k(faiss_ops.search(index, queries, K, spec, {"nprobe": p})[1], true_ids, K)
-               for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
+    recalls = {
+        p: topk.recall_at_k(faiss_ops.search(index, queries, K, spec, {"nprobe": p})[1], true_ids, K)
+        for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    }
     assert recall == max(recalls.values())
     assert params["nprobe"] == min(p for p, r in recalls.items() if r == recall)
     _, found = faiss_ops.search(index, queries, K, spec, params)

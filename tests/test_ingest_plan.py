@@ -15,12 +15,14 @@ def stored(image_id: int, size: int = 10, mtime_ns: int = 1, content_hash: str =
 
 
 def test_new_and_changed_files_are_read_same_size_and_mtime_are_not():
-    scanned = ScanResult(files=[
-        ScannedFile("new.jpg", 10, 1),
-        ScannedFile("same.jpg", 10, 1),
-        ScannedFile("resized.jpg", 11, 1),
-        ScannedFile("touched.jpg", 10, 2),
-    ])
+    scanned = ScanResult(
+        files=[
+            ScannedFile("new.jpg", 10, 1),
+            ScannedFile("same.jpg", 10, 1),
+            ScannedFile("resized.jpg", 11, 1),
+            ScannedFile("touched.jpg", 10, 2),
+        ]
+    )
     have = {"same.jpg": stored(1), "resized.jpg": stored(2), "touched.jpg": stored(3)}
     plan = plan_ingest(scanned, have, {}, ROOT)
     assert plan.to_read == [
@@ -42,12 +44,14 @@ def test_stored_files_the_scan_no_longer_finds_are_gone():
 
 
 def test_a_known_bad_file_is_retried_only_when_changed_after_a_read_failure_or_when_asked():
-    scanned = ScanResult(files=[
-        ScannedFile("broken.jpg", 10, 1),
-        ScannedFile("edited.jpg", 12, 5),
-        ScannedFile("unreadable.jpg", 10, 1),
-        ScannedFile("vanished.jpg", 10, 1),
-    ])
+    scanned = ScanResult(
+        files=[
+            ScannedFile("broken.jpg", 10, 1),
+            ScannedFile("edited.jpg", 12, 5),
+            ScannedFile("unreadable.jpg", 10, 1),
+            ScannedFile("vanished.jpg", 10, 1),
+        ]
+    )
     skips = {
         "broken.jpg": (10, 1, "not an image"),
         "edited.jpg": (10, 1, "not an image"),

@@ -77,8 +77,13 @@ HOLDER = textwrap.dedent("""
 def test_workers_of_a_killed_lock_holder_neither_keep_the_lock_nor_outlive_it(tmp_path):
     library = tmp_path / "lib"
     library.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(library)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(library)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout.readline() == "ready\n"
     _wait_children(proc, 2)
     with pytest.raises(LibraryLocked, match=rf"pid {proc.pid}, `python -c"):  # a live holder is named
@@ -102,19 +107,36 @@ def big_folder(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig, group, code", [
-    (signal.SIGKILL, False, -signal.SIGKILL),
-    (signal.SIGTERM, False, 143),
-    (signal.SIGHUP, False, 129),
-    (signal.SIGINT, True, 130),  # Ctrl-C in a terminal reaches the whole process group
-])
+@pytest.mark.parametrize(
+    "sig, group, code",
+    [
+        (signal.SIGKILL, False, -signal.SIGKILL),
+        (signal.SIGTERM, False, 143),
+        (signal.SIGHUP, False, 129),
+        (signal.SIGINT, True, 130),  # Ctrl-C in a terminal reaches the whole process group
+    ],
+)
 def test_an_ingest_ended_by_a_signal_leaves_nothing_locked_or_running(big_folder, tmp_path, sig, group, code):
     library = tmp_path / "lib"
-    cmd = [sys.executable, "-m", "cbir", "ingest", str(big_folder), "--library", str(library),
-           "--model", "cbir-tiny", "--workers", "2", "--batch-size", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "ingest",
+        str(big_folder),
+        "--library",
+        str(library),
+        "--model",
+        "cbir-tiny",
+        "--workers",
+        "2",
+        "--batch-size",
+        "8",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     _wait_children(proc, 2)
     time.sleep(0.5)  # decoding and encoding under way
     if group:
@@ -130,6 +152,9 @@ def test_an_ingest_ended_by_a_signal_leaves_nothing_locked_or_running(big_folder
     assert _wait_group_gone(proc.pid), "a process of the killed run is still alive"
     again = subprocess.run([*cmd, "-q"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr  # not "another cbir process is writing"
-    assert "240 vectors" in subprocess.run(
-        [sys.executable, "-m", "cbir", "status", "--library", str(library)], env=env, capture_output=True, text=True
-    ).stdout
+    assert (
+        "240 vectors"
+        in subprocess.run(
+            [sys.executable, "-m", "cbir", "status", "--library", str(library)], env=env, capture_output=True, text=True
+        ).stdout
+    )

@@ -44,9 +44,11 @@ def test_same_model_ignores_the_spec_text_and_json_lists():
 def test_database_urls_are_checked_when_settings_are_resolved():
     url = resolve_settings(database_url="postgresql://u:pw@h/cbir", env={}).database_url
     assert url == "postgresql+psycopg://u:pw@h/cbir"
-    for text, message in [("mysql://u:s3cret@h/db", "unsupported database 'mysql'"),
-                          ("postgresql://u:s3cret@h", "name the database"),
-                          ("not a url", "not a database URL")]:
+    for text, message in [
+        ("mysql://u:s3cret@h/db", "unsupported database 'mysql'"),
+        ("postgresql://u:s3cret@h", "name the database"),
+        ("not a url", "not a database URL"),
+    ]:
         with pytest.raises(UsageError, match=message) as error:
             resolve_settings(database_url=text, env={})
         assert "s3cret" not in str(error.value) and "\n" not in str(error.value)

@@ -67,8 +67,19 @@ def test_cli_json_png_and_errors(tmp_path):
     image, truth = render_located(scene, rng, (200, 160), radius=(24, 40))
     path = tmp_path / "scene.jpg"
     image.save(path, quality=95)
-    done = run_cbir("locate", str(path), scene.caption, "--model", "cbir-tiny", "--device", "cpu",
-                    "--windows", "2,3,4", "--json", cwd=tmp_path)
+    done = run_cbir(
+        "locate",
+        str(path),
+        scene.caption,
+        "--model",
+        "cbir-tiny",
+        "--device",
+        "cpu",
+        "--windows",
+        "2,3,4",
+        "--json",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["image_size"] == [200, 160] and out["windows"] > 10

@@ -42,16 +42,22 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png(width: int, height: int, bit_depth: int, color_type: int, channels: int, rows: bool = True,
-         before_pixels: bytes = b"") -> bytes:
+def _png(
+    width: int,
+    height: int,
+    bit_depth: int,
+    color_type: int,
+    channels: int,
+    rows: bool = True,
+    before_pixels: bytes = b"",
+) -> bytes:
     """A PNG of one mid-grey colour. ``rows=False`` writes only the header and a token of pixel
     data: enough for a check that must refuse the file before decoding it."""
     row = b"\0" + b"\x80" * (width * channels * bit_depth // 8)
     z = zlib.compressobj(9)
     idat = b"".join(z.compress(row) for _ in range(height if rows else 1)) + z.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + before_pixels + _chunk(b"IDAT", idat)
-            + _chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + before_pixels + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def _progressive_jpeg(width: int, height: int) -> bytes:
@@ -60,7 +66,7 @@ def _progressive_jpeg(width: int, height: int) -> bytes:
     Image.new("RGB", (64, 64), (120, 30, 200)).save(out, "JPEG", progressive=True)
     data = bytearray(out.getvalue())
     sof = data.index(b"\xff\xc2")  # progressive start of frame: length, precision, height, width
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -97,11 +103,15 @@ def _in_time(call, seconds: float = 20):
 
 
 # -- decoded bytes, from the header ------------------------------------------------------------
-@pytest.mark.parametrize("data, kind, needed", [
-    (_png(13000, 13000, 16, 0, 1, rows=False), "16-bit greyscale PNG", "33[89]"),
-    (_png(13000, 13000, 8, 6, 4, rows=False), "RGBA PNG", "67[67]"),
-    (_progressive_jpeg(13000, 13000), "RGB JPEG", "52[89]"),  # its DCT coefficients, even at 1/8 scale
-], ids=["16-bit-png", "rgba-png", "progressive-jpeg"])
+@pytest.mark.parametrize(
+    "data, kind, needed",
+    [
+        (_png(13000, 13000, 16, 0, 1, rows=False), "16-bit greyscale PNG", "33[89]"),
+        (_png(13000, 13000, 8, 6, 4, rows=False), "RGBA PNG", "67[67]"),
+        (_progressive_jpeg(13000, 13000), "RGB JPEG", "52[89]"),  # its DCT coefficients, even at 1/8 scale
+    ],
+    ids=["16-bit-png", "rgba-png", "progressive-jpeg"],
+)
 def test_an_image_is_refused_by_the_memory_its_decoding_needs(data, kind, needed):
     for decode_it in (lambda: open_image(data, PP), lambda: display_image(data, 256)):
         with pytest.raises(BadImage) as e:
@@ -118,7 +128,7 @@ def test_big_camera_jpegs_still_decode_at_reduced_size():
     Image.new("RGB", (64, 64), (20, 120, 220)).save(out, "JPEG")
     data = bytearray(out.getvalue())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", 10000, 17000)  # 170 MP, only the header
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 10000, 17000)  # 170 MP, only the header
     pixels, w, h, *_ = open_image(bytes(data), PP)  # its scan data ends early: libjpeg pads it
     assert (w, h) == (17000, 10000) and pixels.shape == (32, 32, 3)
 
@@ -168,7 +178,7 @@ def test_a_fifo_or_device_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.jpg"
     os.mkfifo(fifo)
     for path, kind in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
-        box = _in_time(lambda: read_query_image(path, PP))
+        box = _in_time(lambda: read_query_image(path, PP))  # noqa: B023 (called here)
         assert isinstance(box.get("error"), BadImage) and str(box["error"]) == f"not a regular file: {kind}"
     result = _in_time(lambda: decode_file(FileTask("fifo.jpg", str(fifo), 0, 0), PP))["value"]
     assert result.error == "not a regular file: a FIFO (named pipe)" and not result.content_hash
@@ -240,8 +250,13 @@ def _measured(*args: str, timeout: float = 240):
     """A cbir command's (exit code, peak RSS in bytes of it and its workers, stdout, stderr),
     as run_cbir runs it, under a small parent that reads its children's peak RSS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
-    done = subprocess.run([sys.executable, "-c", _MEASURE, str(timeout), sys.executable, "-m", "cbir", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout + 60)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(timeout), sys.executable, "-m", "cbir", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout + 60,
+    )
     *err, last = done.stderr.rstrip("\n").split("\n")
     rc, peak = (part.split("=")[1] for part in last.split())
     return rc, int(peak) * 1024, done.stdout, "\n".join(err)
@@ -267,8 +282,12 @@ def test_peak_memory_of_ingest_and_image_search_on_crafted_files(crafted, tmp_pa
 
     library = str(tmp_path / "lib")
     make_gallery(tmp_path / "gallery", 3, seed=0)
-    assert run_cbir("ingest", str(tmp_path / "gallery"), "--library", library, "--model", "cbir-tiny",
-                    "--quiet").returncode == 0
+    assert (
+        run_cbir(
+            "ingest", str(tmp_path / "gallery"), "--library", library, "--model", "cbir-tiny", "--quiet"
+        ).returncode
+        == 0
+    )
     rc, peak, stdout, stderr = _measured("ingest", str(crafted), "--library", library, "--json")
     assert rc == "0" and "Traceback" not in stderr, stderr
     assert peak < 1.5 * GB, f"ingest peaked at {peak / GB:.2f} GB"

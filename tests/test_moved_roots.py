@@ -183,7 +183,8 @@ def test_cli_renders_missing_files_and_forgets_with_confirmation(fake_library, p
 
     table = cbir("search", "--like", str(photos / "a" / "img03.jpg"), "-k", "20").output.splitlines()
     assert [line for line in table if line.endswith("(missing: no longer on disk)")] == [
-        line for line in table if str(photos / "a" / "img01.jpg") in line]
+        line for line in table if str(photos / "a" / "img01.jpg") in line
+    ]
     assert not any(line.startswith("missing ") for line in cbir("status").output.splitlines())
     shutil.rmtree(photos)
     assert f"missing   {photos}: gone from disk, 20 images kept" in cbir("status").output
@@ -211,7 +212,10 @@ def test_cli_end_to_end(tmp_path):
     like = ["--like", str(photos / "img1.png"), "-k", "3", *library]  # stored vectors: no model to load
     rows = [json.loads(line) for line in run_cbir("search", *like, "--json").stdout.splitlines()]
     assert sorted((r["path"].rsplit("/", 1)[1], r["missing"]) for r in rows) == [
-        ("img0.png", True), ("img1.png", False), ("img2.png", False)]
+        ("img0.png", True),
+        ("img1.png", False),
+        ("img2.png", False),
+    ]
 
     shutil.rmtree(photos)
     status = json.loads(run_cbir("status", "--json", *library).stdout)

@@ -55,8 +55,15 @@ def synthetic_pixels(n: int, preprocess) -> np.ndarray:
 
 
 def run_python(code: str, *args: str, env: dict | None = None, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def test_export_passes_its_check_and_describes_the_model(tiny_onnx, tiny_torch):
@@ -102,8 +109,10 @@ def test_a_cached_model_encodes_text_without_torch_and_without_the_image_graph(t
 
 
 def test_kill_9_during_the_first_export_leaves_a_cache_the_next_call_completes(tmp_path, tiny_torch):
-    code = ("import sys\nfrom cbir.encode.onnx_runtime import onnx_encoder\n"
-            "onnx_encoder('cbir-tiny', cache_dir=sys.argv[1])\n")
+    code = (
+        "import sys\nfrom cbir.encode.onnx_runtime import onnx_encoder\n"
+        "onnx_encoder('cbir-tiny', cache_dir=sys.argv[1])\n"
+    )
     process = run_python(code, str(tmp_path))
     entry = cache_root(tmp_path) / entry_key(parse_model_spec("cbir-tiny"))
     deadline = time.monotonic() + 180

@@ -35,13 +35,17 @@ def test_missing_query_and_classify_images_fail_before_the_model_loads(tmp_path)
     batch.write_text(json.dumps({"image": str(tmp_path / "gone.png")}) + "\n")
     cases = [
         (["search", "--image", "missing.jpg"], "query image not found: missing.jpg"),
-        (["search", "--image", "missing.jpg", "+", "in winter", "--library", str(tmp_path / "lib")],
-         "query image not found: missing.jpg"),
+        (
+            ["search", "--image", "missing.jpg", "+", "in winter", "--library", str(tmp_path / "lib")],
+            "query image not found: missing.jpg",
+        ),
         (["search", "--image", str(tmp_path / "folder.jpg")], "is a folder, not an image file"),
         (["search", "--batch", str(batch)], "query image not found"),
         (["classify", "missing.jpg", "--labels", "dog,cat"], "cannot classify missing.jpg: no such file"),
-        (["classify", "missing.jpg", str(tmp_path / "folder.jpg"), "--labels", "dog,cat", "--templates", "openai"],
-         "is a folder, not an image file"),
+        (
+            ["classify", "missing.jpg", str(tmp_path / "folder.jpg"), "--labels", "dog,cat", "--templates", "openai"],
+            "is a folder, not an image file",
+        ),
     ]
     code = (
         "import json, sys; from click.testing import CliRunner; from cbir.cli import cli\n"
@@ -71,8 +75,9 @@ def test_classify_checks_files_without_the_model(monkeypatch, tmp_path):
     import cbir.encode
 
     monkeypatch.setattr(cbir.encode, "load_encoder", lambda *a, **k: pytest.fail("the model was loaded"))
-    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg"),
-                                      "--labels", "a,b", "--json"])
+    result = CliRunner().invoke(
+        cli, ["classify", str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg"), "--labels", "a,b", "--json"]
+    )
     assert result.exit_code == 1
     assert [json.loads(line)["error"] for line in result.stdout.splitlines()] == ["no such file"] * 2
 
@@ -107,8 +112,12 @@ def test_a_failed_ingest_keeps_folders_that_existed(monkeypatch, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     library = tmp_path / "lib"
-    assert CliRunner().invoke(cli, ["ingest", str(photos), "--library", str(library), "--model", "cbir-tiny",
-                                    "-q"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(cli, ["ingest", str(photos), "--library", str(library), "--model", "cbir-tiny", "-q"])
+        .exit_code
+        == 0
+    )
     _failing_model(monkeypatch)
     out = CliRunner().invoke(cli, ["ingest", str(photos), "--library", str(mine)])
     assert out.exit_code == 1
@@ -234,18 +243,40 @@ def test_cbir_imports_only_what_a_plain_install_has():
 
 # -- metadata junk ---------------------------------------------------------------------------------
 REAL = [
-    "Sunset over the harbour", "Rex, our golden retriever", "Grandma's 80th birthday",
-    "2019 family trip to Rome", "Google headquarters at night", "Created by my son at school",
-    "Edited by Anna", "Photoshop contest winner: a cat in space", "東京タワーの夜景", "Café de Flore, Paris",
-    "a red circle on a gray background", "iPhone 12 test shot", "O'Brien's pub", "beach at dawn (Canon EOS 5D)",
+    "Sunset over the harbour",
+    "Rex, our golden retriever",
+    "Grandma's 80th birthday",
+    "2019 family trip to Rome",
+    "Google headquarters at night",
+    "Created by my son at school",
+    "Edited by Anna",
+    "Photoshop contest winner: a cat in space",
+    "東京タワーの夜景",
+    "Café de Flore, Paris",
+    "a red circle on a gray background",
+    "iPhone 12 test shot",
+    "O'Brien's pub",
+    "beach at dawn (Canon EOS 5D)",
 ]
 JUNK = [
-    "File written by Adobe Photoshop? 5.0", "cmp3.10.3.2Lq3 0x756ffbf7", "Created with GIMP",
-    "CREATOR: gd-jpeg v1.0 (using IJG JPEG v62), quality = 90", "LEAD Technologies Inc. V1.01",
-    "Intel(R) JPEG Library, version 1,5,4,36", "Optimized by JPEGmini 3.13.3.15 0x411f0d8d",
-    "Processed By eBay with ImageMagick, z1.1.0. ||B2", "AppleMark", "Adobe Photoshop CS6 (Windows)",
-    "GIMP 2.10.30", "Picasa", "550e8400-e29b-41d4-a716-446655440000", "0x756ffbf7", "a1b2c3d4e5f6",
-    "deadbeefcafebabe", "Lavc58.54.100", "Microsoft Windows Photo Viewer 6.1.7600.16385",
+    "File written by Adobe Photoshop? 5.0",
+    "cmp3.10.3.2Lq3 0x756ffbf7",
+    "Created with GIMP",
+    "CREATOR: gd-jpeg v1.0 (using IJG JPEG v62), quality = 90",
+    "LEAD Technologies Inc. V1.01",
+    "Intel(R) JPEG Library, version 1,5,4,36",
+    "Optimized by JPEGmini 3.13.3.15 0x411f0d8d",
+    "Processed By eBay with ImageMagick, z1.1.0. ||B2",
+    "AppleMark",
+    "Adobe Photoshop CS6 (Windows)",
+    "GIMP 2.10.30",
+    "Picasa",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "0x756ffbf7",
+    "a1b2c3d4e5f6",
+    "deadbeefcafebabe",
+    "Lavc58.54.100",
+    "Microsoft Windows Photo Viewer 6.1.7600.16385",
 ]
 
 
@@ -295,7 +326,9 @@ def test_label_list_without_an_image_lists_every_label(tiny_library):
     out = CliRunner().invoke(cli, ["label", "list", "--library", library])
     assert out.exit_code == 0 and "no labels yet" in out.output
     for image, label in [("0.jpg", "Rex"), ("1.jpg", "Rex"), ("1.jpg", "beach")]:
-        assert CliRunner().invoke(cli, ["label", "add", str(photos / image), label, "--library", library]).exit_code == 0
+        assert (
+            CliRunner().invoke(cli, ["label", "add", str(photos / image), label, "--library", library]).exit_code == 0
+        )
     out = CliRunner().invoke(cli, ["label", "list", "--library", library])
     assert out.exit_code == 0 and [line.split() for line in out.stdout.splitlines()] == [["1", "beach"], ["2", "Rex"]]
     rows = CliRunner().invoke(cli, ["label", "list", "--json", "--library", library]).stdout.splitlines()
@@ -333,8 +366,9 @@ def test_verify_names_the_weights_when_only_they_differ(tiny_library):
         built = lib.fingerprint["weights"]
         lib.catalog.set_meta(MODEL, json.dumps({**lib.fingerprint, "weights": "sha256:0123456789abcdef"}))
         problems = lib.verify_index()["images"]
-    assert problems[0] == (f"the images index was built with cbir-tiny (weights {built}), "
-                           "not cbir-tiny (weights sha256:0123456789abcdef)")
+    assert problems[0] == (
+        f"the images index was built with cbir-tiny (weights {built}), not cbir-tiny (weights sha256:0123456789abcdef)"
+    )
 
 
 def test_help_says_what_model_and_image_options_take():

@@ -63,8 +63,21 @@ def ingest_measured(folder: Path, library: Path, logs: Path) -> tuple[int, str, 
     (exit code, stdout, stderr, seconds, peak RSS in bytes). Killed with its workers, and the
     test failed, when it outlives INGEST_TIMEOUT."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
-    args = [sys.executable, "-m", "cbir", "ingest", str(folder), "--library", str(library),
-            "--model", "cbir-tiny", "--device", "cpu", "--json", "-q"]
+    args = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "ingest",
+        str(folder),
+        "--library",
+        str(library),
+        "--model",
+        "cbir-tiny",
+        "--device",
+        "cpu",
+        "--json",
+        "-q",
+    ]
     out, err = logs.with_suffix(".out"), logs.with_suffix(".err")
     start = time.monotonic()
     with open(out, "w") as stdout, open(err, "w") as stderr:
@@ -152,8 +165,9 @@ def test_every_pillow_test_image_is_stored_or_skipped_with_a_clear_reason(tmp_pa
     assert peak < MAX_RSS, f"cbir ingest peaked at {peak / 2**20:.0f} MiB resident"
 
     # unchanged files: nothing is encoded again, and no failed file is retried
-    again = run_cbir("ingest", str(corpus), "--library", str(library), "--device", "cpu", "--json", "-q",
-                     timeout=INGEST_TIMEOUT)
+    again = run_cbir(
+        "ingest", str(corpus), "--library", str(library), "--device", "cpu", "--json", "-q", timeout=INGEST_TIMEOUT
+    )
     assert again.returncode == 0, again.stderr[-4000:]
     again = json.loads(again.stdout)
     assert (again["added"], again["updated"], again["encoded"], again["skipped"], again["removed"]) == (0, 0, 0, 0, 0)

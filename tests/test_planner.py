@@ -140,7 +140,11 @@ def test_every_strategy_equals_brute_force(library, filters, k, target, strategy
     text = f"query {seed}"
     [hits] = lib.search_many(
         [__import__("cbir.query", fromlist=["Query"]).Query(text=text)],
-        k=k, target=target, mode="semantic", filters=filters, strategy=strategy,
+        k=k,
+        target=target,
+        mode="semantic",
+        filters=filters,
+        strategy=strategy,
     )
     query = encoder.encode_texts([text])[0]
     condition = image_condition(filters, lib.catalog.roots())
@@ -281,6 +285,8 @@ def test_random_libraries_every_strategy_equals_brute_force(small_library, rows,
     lib.rebuild_index()
     q = _unit(np.array(query, dtype=np.float32))
     lib._searcher._embed = lambda expressions, needed: [q for _ in expressions]  # the query vector itself
-    [hits] = lib.search_many([__import__("cbir.query", fromlist=["Query"]).Query(text="q")], k=k, filters=filters, strategy=strategy)
+    [hits] = lib.search_many(
+        [__import__("cbir.query", fromlist=["Query"]).Query(text="q")], k=k, filters=filters, strategy=strategy
+    )
     expected = brute_force(lib, "images", image_condition(filters, lib.catalog.roots()), q, k)
     same_ranking([(h.id, h.score) for h in hits], expected)

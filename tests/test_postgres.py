@@ -38,8 +38,9 @@ def shared(tmp_path_factory, postgres_server):
     photos = make_demo_photos(base / "photos", 24)
     with postgres.fresh_database(postgres_server) as url:
         library = base / "lib"
-        out = run_cbir("ingest", str(base / "photos"), "--library", str(library), "--db", url,
-                       "--model", "cbir-tiny", "--json")
+        out = run_cbir(
+            "ingest", str(base / "photos"), "--library", str(library), "--db", url, "--model", "cbir-tiny", "--json"
+        )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["texts"] == 6
         yield base, photos, library, url
@@ -54,18 +55,34 @@ def test_ingest_and_search_through_db_and_the_environment(shared):
     base, photos, library, url = shared
     assert not (library / "library.db").exists()  # the catalogue is in PostgreSQL
     assert (library / "index").is_dir()
-    rows = _rows(run_cbir("search", "a red circle on a gray background", "--library", str(library),
-                          "--db", url, "--json", "-k", "3"))
+    rows = _rows(
+        run_cbir(
+            "search", "a red circle on a gray background", "--library", str(library), "--db", url, "--json", "-k", "3"
+        )
+    )
     assert [scene_of(Path(r["path"])) for r in rows] == ["red-circle-on-gray"] * 3
     # Another machine: its own library folder (indexes built there), the same catalogue.
     env = {"CBIR_DATABASE_URL": url}
     other = str(base / "other-machine")
-    keyword = _rows(run_cbir("search", "red circle", "--target", "text", "--mode", "keyword",
-                             "--library", other, "--json", env=env))
+    keyword = _rows(
+        run_cbir("search", "red circle", "--target", "text", "--mode", "keyword", "--library", other, "--json", env=env)
+    )
     assert keyword and all("red" in r["text"] or "circle" in r["text"] for r in keyword)
     assert keyword[0]["source"] == "sidecar"
-    hybrid = _rows(run_cbir("search", "a red circle on a gray background", "--target", "text",
-                            "--library", other, "--json", "-k", "2", env=env))
+    hybrid = _rows(
+        run_cbir(
+            "search",
+            "a red circle on a gray background",
+            "--target",
+            "text",
+            "--library",
+            other,
+            "--json",
+            "-k",
+            "2",
+            env=env,
+        )
+    )
     assert "a red circle on a gray background" in hybrid[0]["text"]
     assert (base / "other-machine" / "index").is_dir()
     status = json.loads(run_cbir("status", "--library", other, "--json", env=env).stdout)
@@ -77,8 +94,11 @@ def test_labels_written_on_one_machine_are_seen_on_another(shared):
     image = str(photos[5].path)
     out = run_cbir("label", "add", image, "Rex", "--library", str(library), "--db", url)
     assert out.returncode == 0, out.stderr
-    rows = _rows(run_cbir("search", "x", "--tag", "rex", "--library", str(base / "third"), "--json",
-                          env={"CBIR_DATABASE_URL": url}))
+    rows = _rows(
+        run_cbir(
+            "search", "x", "--tag", "rex", "--library", str(base / "third"), "--json", env={"CBIR_DATABASE_URL": url}
+        )
+    )
     assert [r["path"] for r in rows] == [image]
     assert run_cbir("label", "remove", image, "Rex", "--library", str(library), "--db", url).returncode == 0
 
@@ -89,8 +109,11 @@ def test_errors_are_one_line_without_the_password(tmp_path, postgres_server, dat
     refused = f"postgresql+psycopg://cbir:s3cret@127.0.0.1:{closed}/cbir"
     missing = admin.set(password="s3cret", database="no_such_db").render_as_string(hide_password=False)
     library = str(tmp_path / "lib")
-    for url, message in [(refused, "cannot reach the catalogue"), (missing, "no database 'no_such_db'"),
-                         (database, "no cbir library in the database")]:
+    for url, message in [
+        (refused, "cannot reach the catalogue"),
+        (missing, "no database 'no_such_db'"),
+        (database, "no cbir library in the database"),
+    ]:
         out = run_cbir("status", "--library", library, "--db", url)
         assert out.returncode == 1, out.stderr
         assert out.stderr.startswith("Error: ") and message in out.stderr, out.stderr
@@ -171,8 +194,10 @@ GLOB_CHARS = st.sampled_from(list("ab*?[]^-\\/.$()+|{}é ") + ["z-a", "[a-c]", "
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pattern=st.lists(GLOB_CHARS, max_size=6).map("".join),
-       subject=st.lists(st.sampled_from(list("ab-]^[\\/.$é ")), max_size=6).map("".join))
+@given(
+    pattern=st.lists(GLOB_CHARS, max_size=6).map("".join),
+    subject=st.lists(st.sampled_from(list("ab-]^[\\/.$é ")), max_size=6).map("".join),
+)
 def test_glob_as_a_regular_expression_matches_what_sqlite_glob_does(postgres_connection, pattern, subject):
     from cbir.store.sql import glob_to_regex
 

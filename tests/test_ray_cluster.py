@@ -59,8 +59,15 @@ def test_search_on_the_cluster_equals_local_search(cluster, local_library, tmp_p
     args = ["search", "a red circle", "-k", "8", "--json", "--library", str(local_library)]
     local = run_cbir(*args, env=_env(tmp_path), cwd=tmp_path)
     # the token given as a user of a remote cluster gives it, in the environment
-    on_ray = run_cbir(*args, "--engine", "ray", "--address", cluster.address,
-                      env=_env(tmp_path, RAY_AUTH_TOKEN=cluster.token), cwd=tmp_path)
+    on_ray = run_cbir(
+        *args,
+        "--engine",
+        "ray",
+        "--address",
+        cluster.address,
+        env=_env(tmp_path, RAY_AUTH_TOKEN=cluster.token),
+        cwd=tmp_path,
+    )
     assert local.returncode == 0 and on_ray.returncode == 0, on_ray.stderr
     rows = [[(r["id"], r["score"]) for r in map(json.loads, out.stdout.splitlines())] for out in (local, on_ray)]
     assert rows[0] == rows[1] and len(rows[0]) == 8
@@ -71,8 +78,20 @@ def test_ingest_on_two_nodes_equals_the_local_engine(cluster, photos, local_libr
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text(cluster.token)
     library = tmp_path / "lib"
-    done = run_cbir("ingest", str(photos), "--library", str(library), "--model", "cbir-tiny",
-                    "--engine", "ray", "--address", cluster.address, env=_env(tmp_path), cwd=tmp_path)
+    done = run_cbir(
+        "ingest",
+        str(photos),
+        "--library",
+        str(library),
+        "--model",
+        "cbir-tiny",
+        "--engine",
+        "ray",
+        "--address",
+        cluster.address,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     meta, vectors, skipped = snapshot(library)
     want_meta, want_vectors, want_skipped = snapshot(local_library)
@@ -81,15 +100,28 @@ def test_ingest_on_two_nodes_equals_the_local_engine(cluster, photos, local_libr
         np.testing.assert_allclose(vectors[path], vector, atol=1e-5)
 
 
-@pytest.mark.parametrize("token, says", [
-    (None, "it requires a token: set RAY_AUTH_TOKEN to what `ray get-auth-token` prints on its head node"),
-    ("not-the-token", "it refused the token given in RAY_AUTH_TOKEN: set RAY_AUTH_TOKEN to"),
-])
+@pytest.mark.parametrize(
+    "token, says",
+    [
+        (None, "it requires a token: set RAY_AUTH_TOKEN to what `ray get-auth-token` prints on its head node"),
+        ("not-the-token", "it refused the token given in RAY_AUTH_TOKEN: set RAY_AUTH_TOKEN to"),
+    ],
+)
 def test_a_missing_or_wrong_token_is_one_line(cluster, local_library, tmp_path, token, says):
     extra = {"RAY_AUTH_TOKEN": token} if token else {}  # and HOME holds no token file
     extra["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's retries, 20 s by default
-    done = run_cbir("search", "a red circle", "--library", str(local_library), "--engine", "ray",
-                    "--address", cluster.address, env=_env(tmp_path, **extra), cwd=tmp_path)
+    done = run_cbir(
+        "search",
+        "a red circle",
+        "--library",
+        str(local_library),
+        "--engine",
+        "ray",
+        "--address",
+        cluster.address,
+        env=_env(tmp_path, **extra),
+        cwd=tmp_path,
+    )
     assert done.returncode != 0
     [line] = done.stderr.strip().splitlines()  # not Ray's twenty retry warnings
     assert line.startswith(f"Error: cannot connect to the Ray cluster at {cluster.address}: {says}")

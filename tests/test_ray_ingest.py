@@ -16,8 +16,8 @@ from PIL import Image
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.library import Library
 from cbir.errors import ModelMismatch
+from cbir.library import Library
 from tests.conftest import run_cbir, write_image
 
 # Ray clusters: the long suite (.ci/run), not the README's fast tier
@@ -156,7 +156,9 @@ def test_webdataset_and_manifest_through_ray(ray_local, tmp_path):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime = len(data), 1_700_000_000
                 tar.addfile(info, io.BytesIO(data))
-    (tmp_path / "set.csv").write_text("path,caption,split\n" + "".join(f"src/{i:02d}.jpg,cap {i},train\n" for i in range(6)))
+    (tmp_path / "set.csv").write_text(
+        "path,caption,split\n" + "".join(f"src/{i:02d}.jpg,cap {i},train\n" for i in range(6))
+    )
     fake = {"encoder": FakeEncoder(), "batch_size": 4}
     for source in (tmp_path / "shard.tar", tmp_path / "set.csv"):
         ingest(tmp_path / f"local-{source.suffix}", source, **fake)
@@ -168,8 +170,20 @@ def test_webdataset_and_manifest_through_ray(ray_local, tmp_path):
 def test_cli_engine_ray_joins_a_running_cluster(ray_local, tmp_path):
     photos = make_folder(tmp_path / "photos", n=6)
     address = ray_local.get_runtime_context().gcs_address
-    result = run_cbir("ingest", str(photos), "--library", str(tmp_path / "lib"), "--model", "cbir-tiny",
-                      "--engine", "ray", "--address", address, "--json", timeout=180)
+    result = run_cbir(
+        "ingest",
+        str(photos),
+        "--library",
+        str(tmp_path / "lib"),
+        "--model",
+        "cbir-tiny",
+        "--engine",
+        "ray",
+        "--address",
+        address,
+        "--json",
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["added"], report["skipped"]) == (7, 1)  # 6 photos and a copy
@@ -182,10 +196,13 @@ def test_cli_without_ray_is_one_line(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "ray.py").write_text("raise ImportError('no ray here')\n")
-    result = run_cbir("ingest", str(tmp_path), "--library", str(tmp_path / "lib"), "--engine", "ray",
-                      env={"PYTHONPATH": str(blocker)})
+    result = run_cbir(
+        "ingest", str(tmp_path), "--library", str(tmp_path / "lib"), "--engine", "ray", env={"PYTHONPATH": str(blocker)}
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["Error: the Ray engine needs Ray, which is not installed: pip install 'cbir[ray]'"]
+    assert result.stderr.strip().splitlines() == [
+        "Error: the Ray engine needs Ray, which is not installed: pip install 'cbir[ray]'"
+    ]
 
 
 def test_ray_options_need_the_ray_engine(tmp_path):

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.library import Library
 from cbir.errors import UsageError
+from cbir.library import Library
 from cbir.query import Query
 from cbir.query.filters import Filters
 from cbir.store.catalog import ImageRecord
@@ -42,14 +42,24 @@ def stored(tmp_path_factory):
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((30, 32))
     records = [
-        ImageRecord(f"{('2019', '2020', '2021')[i % 3 if i % 4 else 0]}/{i}.jpg", 1, 10**18, f"{i:064x}", 640, 480,
-                    "jpeg", taken_at=datetime(2019, 1, 1) + timedelta(hours=9 * i))
+        ImageRecord(
+            f"{('2019', '2020', '2021')[i % 3 if i % 4 else 0]}/{i}.jpg",
+            1,
+            10**18,
+            f"{i:064x}",
+            640,
+            480,
+            "jpeg",
+            taken_at=datetime(2019, 1, 1) + timedelta(hours=9 * i),
+        )
         for i in range(3000)
     ]
     vectors = [_unit(centres[i % 30] + 0.5 * rng.standard_normal(32)) for i in range(3000)]
     lib, encoder = stored_vector_library(tmp_path_factory.mktemp("ray-search"), records, vectors)
     ids, vectors = map(np.concatenate, zip(*lib.catalog.iter_vectors()))
-    queries = np.concatenate([_unit(vectors[::250] + 0.2 * rng.standard_normal((12, 32))), _unit(rng.standard_normal((4, 32)))])
+    queries = np.concatenate(
+        [_unit(vectors[::250] + 0.2 * rng.standard_normal((12, 32))), _unit(rng.standard_normal((4, 32)))]
+    )
     yield lib, encoder, queries
     lib.close()
 
@@ -102,8 +112,10 @@ def test_ray_search_equals_local_sharded_search(stored, engines, by):
         assert np.array_equal(np.sort(served.ids()), np.sort(local.ids()))
 
 
-@pytest.mark.parametrize("kind, knob, values", [("ivf", "nprobe", (1, 4, 64)), ("hnsw", "efSearch", (8, 32, 256)),
-                                                ("ivfpq", "nprobe", (2, 16))])
+@pytest.mark.parametrize(
+    "kind, knob, values",
+    [("ivf", "nprobe", (1, 4, 64)), ("hnsw", "efSearch", (8, 32, 256)), ("ivfpq", "nprobe", (2, 16))],
+)
 def test_per_call_parameters_reach_the_actors(stored, engines, kind, knob, values):
     lib, _, queries = stored
     lib.shard_index(3, "hash", kind)
@@ -154,12 +166,21 @@ def test_planner_searches_give_the_same_hits_on_ray(stored, engines):
         attach(on_ray, RayOptions(shards_per_actor=2, num_cpus=CPUS))
         assert type(on_ray._index("images")).__name__ == "RayShardedIndex"
         queries = [Query(text=f"query {i}") for i in range(6)] + [Query(like=None, text="q")]
-        filters = [Filters(), Filters(folders=("2020",)), Filters(after=datetime(2020, 6, 1)),
-                   Filters(where="taken < 2019-03-01")]
+        filters = [
+            Filters(),
+            Filters(folders=("2020",)),
+            Filters(after=datetime(2020, 6, 1)),
+            Filters(where="taken < 2019-03-01"),
+        ]
         for f in filters:
             for strategy in ("auto", "ann", "exact-subset", "ann-post-filter"):
-                want = [[(h.id, h.score) for h in r] for r in lib.search_many(queries, k=15, filters=f, strategy=strategy)]
-                got = [[(h.id, h.score) for h in r] for r in on_ray.search_many(queries, k=15, filters=f, strategy=strategy)]
+                want = [
+                    [(h.id, h.score) for h in r] for r in lib.search_many(queries, k=15, filters=f, strategy=strategy)
+                ]
+                got = [
+                    [(h.id, h.score) for h in r]
+                    for r in on_ray.search_many(queries, k=15, filters=f, strategy=strategy)
+                ]
                 assert got == want, (f, strategy)
         paged = on_ray.search("q", k=5, offset=10, dedup=True)
         assert [h.id for h in paged] == [h.id for h in lib.search("q", k=5, offset=10, dedup=True)]
@@ -251,7 +272,9 @@ def tiny_library(tmp_path_factory):
     base = tmp_path_factory.mktemp("ray-serve")
     for folder, seed in (("a", 5), ("b", 6)):
         make_gallery(base / "photos" / folder, 12, seed=seed)
-    with Library.open(resolve_settings(library=base / "lib", model="cbir-tiny", device="cpu", env={}), create=True) as lib:
+    with Library.open(
+        resolve_settings(library=base / "lib", model="cbir-tiny", device="cpu", env={}), create=True
+    ) as lib:
         lib.ingest(base / "photos")
         lib.shard_index(2, "folder")
     return base
@@ -300,8 +323,16 @@ def test_cli_search_with_the_ray_engine(ray_local, tiny_library, monkeypatch):
     rows = [[(r["id"], r["score"]) for r in map(json.loads, out.output.splitlines())] for out in (local, on_ray)]
     assert rows[0] == rows[1] and len(rows[0]) == 8
     monkeypatch.setenv("CBIR_ENGINE", "ray")  # the same switch as cbir ingest's
-    explained = _cli("search", "--like", str(tiny_library / "photos" / "a" / "img_00002.jpg"), "--explain",
-                     "--library", library, "--actor-cpus", str(CPUS))
+    explained = _cli(
+        "search",
+        "--like",
+        str(tiny_library / "photos" / "a" / "img_00002.jpg"),
+        "--explain",
+        "--library",
+        library,
+        "--actor-cpus",
+        str(CPUS),
+    )
     assert explained.exit_code == 0 and "img_00002" in explained.output
     monkeypatch.delenv("CBIR_ENGINE")
     wrong = _cli("search", "x", "--library", library, "--address", "auto")

@@ -17,8 +17,8 @@ import pytest
 from cbir.bench.filtered import build_library
 from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
-from cbir.library import Library
 from cbir.index import generations
+from cbir.library import Library
 from tests.conftest import count_images, run_cbir, write_image
 
 DIM = 64
@@ -34,7 +34,17 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_loadable_generation(tmp_path):
     kinds = ["hnsw", "ivf", "ivfpq", "hnsw"]  # the slower builds: more of them die midway
     kills = 0
     for run in range(8):
-        cmd = [sys.executable, "-m", "cbir", "index", "rebuild", "--type", kinds[run % 4], "--library", str(tmp_path / "lib")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cbir",
+            "index",
+            "rebuild",
+            "--type",
+            kinds[run % 4],
+            "--library",
+            str(tmp_path / "lib"),
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 2.5))
         if proc.poll() is None:
@@ -55,7 +65,9 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_loadable_generation(tmp_path):
     # a finished rebuild cleans up what killed ones left behind
     with Library.open(resolve_settings(library=tmp_path / "lib", env={}), encoder=FakeEncoder(dim=DIM)) as again:
         again.rebuild_index("flat")
-    assert [p.name for p in (tmp_path / "lib" / "index").iterdir() if p.is_dir()] == [generations.read_manifest(tmp_path / "lib" / "index").folder]
+    assert [p.name for p in (tmp_path / "lib" / "index").iterdir() if p.is_dir()] == [
+        generations.read_manifest(tmp_path / "lib" / "index").folder
+    ]
 
 
 def _searcher(library: str, seconds: float, out) -> None:
@@ -134,7 +146,9 @@ def test_a_full_disk_stops_the_ingest_with_one_message_and_keeps_what_was_commit
     assert lib.verify_index()["images"] == []
 
 
-def test_a_full_disk_while_saving_the_index_is_reported_and_the_index_rebuilt_next_time(fake_library, photos, monkeypatch):
+def test_a_full_disk_while_saving_the_index_is_reported_and_the_index_rebuilt_next_time(
+    fake_library, photos, monkeypatch
+):
     import errno
 
     import faiss
@@ -170,8 +184,22 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
 
     photos = tmp_path / "photos"
     library = tmp_path / "lib"
-    cmd = [sys.executable, "-m", "cbir", "ingest", str(photos), "--library", str(library),
-           "--model", "cbir-tiny", "--batch-size", "4", "--workers", "1", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "ingest",
+        str(photos),
+        "--library",
+        str(library),
+        "--model",
+        "cbir-tiny",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "-q",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
     rng = random.Random(20)
     kills = 0
@@ -210,8 +238,10 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
     assert kills >= 8  # the other runs ended before their kill came
     clean = tmp_path / "clean"
     assert subprocess.run([*cmd[:6], str(clean), *cmd[7:]], env=env, capture_output=True).returncode == 0
-    with Library.open(resolve_settings(library=library, env={})) as lib, \
-            Library.open(resolve_settings(library=clean, env={})) as fresh:
+    with (
+        Library.open(resolve_settings(library=library, env={})) as lib,
+        Library.open(resolve_settings(library=clean, env={})) as fresh,
+    ):
         for query in ("a red circle on a gray background", "a white star on a cyan background"):
             assert [h.path for h in lib.search(query, k=10)] == [h.path for h in fresh.search(query, k=10)]
 
@@ -236,7 +266,9 @@ def read_only_mount(tmp_path):
     ignores permission bits, not a read-only mount). Skipped where mounting is not allowed."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "cbir-test", str(folder)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "cbir-test", str(folder)], capture_output=True
+    ).returncode:
         pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
     yield folder
     subprocess.run(["umount", str(folder)], capture_output=True)
@@ -250,7 +282,10 @@ def test_a_library_on_a_read_only_disk_is_searchable_and_refuses_changes(tmp_pat
     import shutil
 
     library = read_only_mount / "lib"
-    assert run_cbir("ingest", str(photos), "--library", str(library), "--model", "cbir-tiny", "--device", "cpu").returncode == 0
+    assert (
+        run_cbir("ingest", str(photos), "--library", str(library), "--model", "cbir-tiny", "--device", "cpu").returncode
+        == 0
+    )
     before = {p: p.stat().st_mtime_ns for p in library.rglob("*") if p.is_file()}
     subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
     found = run_cbir("search", "a red circle", "--library", str(library), "--json", "-k", "3")
@@ -265,7 +300,9 @@ def test_a_library_on_a_read_only_disk_is_searchable_and_refuses_changes(tmp_pat
     shutil.rmtree(library, ignore_errors=True)
 
 
-def test_a_file_edited_between_scan_and_read_is_stored_as_read_and_settled_next_run(fake_library, tmp_path, monkeypatch):
+def test_a_file_edited_between_scan_and_read_is_stored_as_read_and_settled_next_run(
+    fake_library, tmp_path, monkeypatch
+):
     """The hash is taken from the very bytes that are decoded, so the stored vector always
     matches the stored hash; the listing's older size and time make the next run look again,
     find the content it already has, and only update them."""

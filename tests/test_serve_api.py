@@ -102,7 +102,9 @@ def test_filters_are_the_cli_filters(served, params, filters):
 
 def test_repeated_parameters_and_paging(served):
     _, _, lib, client = served
-    both = client.get("/api/search", params=[("q", "a green triangle"), ("folder", "a"), ("folder", "b"), ("k", "4"), ("offset", "4")])
+    both = client.get(
+        "/api/search", params=[("q", "a green triangle"), ("folder", "a"), ("folder", "b"), ("k", "4"), ("offset", "4")]
+    )
     expected = lib.search("a green triangle", k=4, offset=4, filters=Filters(folders=("a", "b")))
     assert ids(both) == [h.id for h in expected]
     assert [h["rank"] for h in both.json()["hits"]] == [5, 6, 7, 8]
@@ -119,11 +121,16 @@ def test_text_to_text_and_keyword_mode(served):
 def test_upload_finds_the_same_image_first(served):
     _, photos, _, client = served
     picture = photos / "b" / "img_00004.jpg"
-    response = client.post("/api/search/image", params={"k": 3}, files={"file": ("mine.jpg", picture.read_bytes(), "image/jpeg")})
+    response = client.post(
+        "/api/search/image", params={"k": 3}, files={"file": ("mine.jpg", picture.read_bytes(), "image/jpeg")}
+    )
     assert response.json()["hits"][0]["path"] == str(picture)
     assert response.json()["query"] == {"image": "mine.jpg"}
-    with_text = client.post("/api/search/image", params={"q": "a red circle", "k": 3},
-                            files={"file": ("mine.jpg", picture.read_bytes(), "image/jpeg")})
+    with_text = client.post(
+        "/api/search/image",
+        params={"q": "a red circle", "k": 3},
+        files={"file": ("mine.jpg", picture.read_bytes(), "image/jpeg")},
+    )
     assert with_text.status_code == 200 and with_text.json()["query"] == {"image": "mine.jpg", "text": "a red circle"}
 
 
@@ -153,7 +160,9 @@ def test_thumbnails_are_webp_cached_and_revalidated(served):
     assert thumb.format == "WEBP" and max(thumb.size) <= 160
     assert "max-age" in response.headers["cache-control"]
     assert list((library / THUMB_DIR / "160").rglob("*.webp"))
-    again = client.get(f"/api/images/{image_id}/thumbnail", params={"size": 160}, headers={"If-None-Match": response.headers["etag"]})
+    again = client.get(
+        f"/api/images/{image_id}/thumbnail", params={"size": 160}, headers={"If-None-Match": response.headers["etag"]}
+    )
     assert again.status_code == 304 and not again.content
 
 
@@ -200,7 +209,9 @@ def test_a_file_replaced_by_a_fifo_is_refused_not_waited_for(served):
         for what in ("original", "thumbnail?size=160"):
             answer = client.get(f"/api/images/{image_id}/{what}")
             assert answer.status_code == 404
-            assert answer.json()["error"] == f"image {image_id} cannot be shown: not a regular file: a FIFO (named pipe)"
+            assert (
+                answer.json()["error"] == f"image {image_id} cannot be shown: not a regular file: a FIFO (named pipe)"
+            )
     finally:
         picture.unlink()
         picture.write_bytes(kept)
@@ -239,7 +250,9 @@ def test_bad_uploads_are_refused_with_one_line(served):
         assert response.json()["type"] == "UsageError" and "\n" not in response.json()["error"]
     bomb = client.post("/api/search/image", files={"file": ("bomb.png", _bomb_png(), "image/png")})
     assert bomb.status_code == 400 and "decompression bomb" in bomb.json()["error"]
-    psd = client.post("/api/search/image", files={"file": ("x.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "application/postscript")})
+    psd = client.post(
+        "/api/search/image", files={"file": ("x.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "application/postscript")}
+    )
     assert psd.status_code == 400 and "not an image" in psd.json()["error"]
 
 
@@ -252,7 +265,9 @@ def test_oversized_uploads_get_413(served):
     small_limit = TestClient(app, base_url="http://127.0.0.1")
     just_over = small_limit.post("/api/search/image", files={"file": ("x.jpg", _jpeg(), "image/jpeg")})
     assert len(_jpeg()) > 1000 and just_over.status_code == 413
-    malformed = client.post("/api/search/image", content=b"--zz\r\nnot a form", headers={"content-type": "multipart/form-data; boundary=zz"})
+    malformed = client.post(
+        "/api/search/image", content=b"--zz\r\nnot a form", headers={"content-type": "multipart/form-data; boundary=zz"}
+    )
     assert malformed.status_code == 400
 
 
@@ -305,12 +320,14 @@ def test_a_streamed_upload_over_the_limit_is_cut_off_with_413(served):
     client = TestClient(create_app(lib, upload_limit=100_000), base_url="http://127.0.0.1")
 
     def chunks():  # no Content-Length: the size shows only while reading
-        boundary = b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n"
+        boundary = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
         yield boundary
         for _ in range(100):
             yield b"\xff" * 10_000
 
-    response = client.post("/api/search/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    response = client.post(
+        "/api/search/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"}
+    )
     assert response.status_code == 413 and response.json()["type"] == "TooLarge"
 
 
@@ -344,7 +361,16 @@ def test_loopback_server_answers_only_its_own_host_names(served):
 def test_token_is_checked_on_every_request(served):
     _, _, lib, _ = served
     client = TestClient(create_app(lib, token=TOKEN, host="0.0.0.0"), base_url="http://192.0.2.10:8000")
-    for path in ("/api/status", "/api/search?q=x", "/api/images/1/thumbnail", "/api/images/1/original", "/", "/docs", "/openapi.json", "/static/app.js"):
+    for path in (
+        "/api/status",
+        "/api/search?q=x",
+        "/api/images/1/thumbnail",
+        "/api/images/1/original",
+        "/",
+        "/docs",
+        "/openapi.json",
+        "/static/app.js",
+    ):
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401, path
         assert client.get(path, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401, path
@@ -353,13 +379,19 @@ def test_token_is_checked_on_every_request(served):
     # the page opened from the printed URL: the token becomes a cookie and leaves the address bar
     opened = client.get(f"/?token={TOKEN}", follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/"
-    assert "httponly" in opened.headers["set-cookie"].lower() and "samesite=strict" in opened.headers["set-cookie"].lower()
+    assert (
+        "httponly" in opened.headers["set-cookie"].lower() and "samesite=strict" in opened.headers["set-cookie"].lower()
+    )
     assert client.get("/api/images/1/thumbnail").status_code == 200  # the cookie now rides along
     assert client.get(f"/?token={TOKEN}&q=red", follow_redirects=False).headers["location"] == "/?q=red"
     client.cookies.clear()
     assert client.get(f"/?token={TOKEN}x", follow_redirects=False).status_code == 401
     in_a_browser = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
-    assert in_a_browser.status_code == 401 and "?token=" in in_a_browser.text and "text/html" in in_a_browser.headers["content-type"]
+    assert (
+        in_a_browser.status_code == 401
+        and "?token=" in in_a_browser.text
+        and "text/html" in in_a_browser.headers["content-type"]
+    )
     assert client.get("/api/images/1/thumbnail").status_code == 401
 
 
@@ -499,4 +531,6 @@ def _bomb_png() -> bytes:
 
     header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
     chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )

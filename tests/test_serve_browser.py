@@ -31,7 +31,6 @@ CHROMIUM = os.environ.get("CBIR_CHROMIUM") or shutil.which("chromium") or shutil
 SCREENSHOTS = os.environ.get("CBIR_SCREENSHOTS")
 
 
-
 def _unavailable(reason: str) -> None:
     if os.environ.get("CBIR_REQUIRE_BROWSER"):  # set by .ci/run: there a missing browser fails
         pytest.fail(reason, pytrace=False)
@@ -45,8 +44,10 @@ try:
 except ImportError:
     _unavailable("playwright is not installed: pip install playwright (and apt-get install chromium)")
 if not CHROMIUM or not os.access(CHROMIUM, os.X_OK):
-    _unavailable(f"no Chromium found{f' at {CHROMIUM}' if CHROMIUM else ''}: apt-get install chromium, or set "
-                 "CBIR_CHROMIUM to a Chrome/Chromium binary")
+    _unavailable(
+        f"no Chromium found{f' at {CHROMIUM}' if CHROMIUM else ''}: apt-get install chromium, or set "
+        "CBIR_CHROMIUM to a Chrome/Chromium binary"
+    )
 
 PAGE = 24  # results per request in app.js
 DESKTOP = {"width": 1280, "height": 800}
@@ -67,7 +68,9 @@ class Server:
 
     def api(self, path: str, data: bytes | None = None, headers: dict | None = None, **params) -> dict:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
-        request = urllib.request.Request(self.url.rstrip("/") + path + (f"?{query}" if query else ""), data=data, headers=headers or {})
+        request = urllib.request.Request(
+            self.url.rstrip("/") + path + (f"?{query}" if query else ""), data=data, headers=headers or {}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -75,10 +78,19 @@ class Server:
         """POST /api/search/image with the file, as multipart/form-data."""
         boundary = uuid.uuid4().hex
         body = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        return self.api("/api/search/image", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, **params)
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + path.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        return self.api(
+            "/api/search/image",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            **params,
+        )
 
     def ids(self, path: str, **params) -> list[int]:
         return [hit["id"] for hit in self.api(path, k=PAGE, **params)["hits"]]
@@ -124,7 +136,9 @@ def open_page(browser, **context_options):
     page.set_default_timeout(WAIT_MS)
     page.problems = []  # uncaught errors and Content-Security-Policy violations fail the test
     page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
-    page.on("console", lambda m: page.problems.append(f"console: {m.text}") if "Content Security Policy" in m.text else None)
+    page.on(
+        "console", lambda m: page.problems.append(f"console: {m.text}") if "Content Security Policy" in m.text else None
+    )
     return context, page
 
 
@@ -301,7 +315,9 @@ def test_clicking_a_result_searches_similar_images(server, page):
     page.wait_for_selector("#detail", state="hidden")
     assert dom_ids(page) == text_ids  # closing the view changes nothing else
 
-    captioned = next(h["id"] for h in server.api("/api/search", q=RED_CIRCLE, k=60)["hits"] if h["path"].endswith("a/img_00000.jpg"))
+    captioned = next(
+        h["id"] for h in server.api("/api/search", q=RED_CIRCLE, k=60)["hits"] if h["path"].endswith("a/img_00000.jpg")
+    )
     page.goto(server.url + f"?like={captioned}")  # a shared link to a similar-images query
     wait_ids(page, server.ids(f"/api/images/{captioned}/similar"))
     page.wait_for_function("() => document.querySelector('#query-image-label').textContent.includes('img_00000.jpg')")
@@ -328,7 +344,9 @@ def test_searching_by_an_uploaded_dropped_or_pasted_image(server, page):
     wait_ids(page, [h["id"] for h in server.search_by_file(own, q=BLUE_SQUARE, k=PAGE)["hits"]])
 
     dropped = server.photos / "b" / "img_00003.jpg"
-    dropped_id = next(h["id"] for h in server.api("/api/search", q=RED_CIRCLE, k=60)["hits"] if h["path"] == str(dropped))
+    dropped_id = next(
+        h["id"] for h in server.api("/api/search", q=RED_CIRCLE, k=60)["hits"] if h["path"] == str(dropped)
+    )
     page.locator("#q").fill("")
     overlay_seen = page.evaluate(
         """async id => {
@@ -425,7 +443,9 @@ def test_keyboard(server, page):
     assert page.evaluate(selected) == ids[0]
     page.keyboard.press("ArrowRight")
     assert page.evaluate(selected) == ids[1]
-    columns = page.evaluate("() => { const cs = [...document.querySelectorAll('#grid .card')]; return cs.filter(c => c.offsetTop === cs[0].offsetTop).length; }")
+    columns = page.evaluate(
+        "() => { const cs = [...document.querySelectorAll('#grid .card')]; return cs.filter(c => c.offsetTop === cs[0].offsetTop).length; }"
+    )
     assert columns > 1
     page.keyboard.press("ArrowDown")
     assert page.evaluate(selected) == ids[1 + columns]
@@ -437,7 +457,9 @@ def test_keyboard(server, page):
     page.wait_for_selector("#detail", state="visible")
     assert page.locator("#detail-title").inner_text() == file_of(server, ids[1]).name
     page.keyboard.press("ArrowRight")  # the next result, in the open view
-    page.wait_for_function("name => document.querySelector('#detail-title').textContent === name", arg=file_of(server, ids[2]).name)
+    page.wait_for_function(
+        "name => document.querySelector('#detail-title').textContent === name", arg=file_of(server, ids[2]).name
+    )
     page.keyboard.press("Escape")
     page.wait_for_selector("#detail", state="hidden")
     assert page.evaluate(selected) == ids[2]
@@ -481,7 +503,10 @@ def test_phone_screen(server, browser):
 
 def test_screenshots(server, browser, tmp_path):
     shots = []
-    for name, options in [("desktop", {"viewport": DESKTOP}), ("phone", {"viewport": PHONE, "device_scale_factor": 2, "is_mobile": True})]:
+    for name, options in [
+        ("desktop", {"viewport": DESKTOP}),
+        ("phone", {"viewport": PHONE, "device_scale_factor": 2, "is_mobile": True}),
+    ]:
         context, page = open_page(browser, **options)
         try:
             page.goto(server.url + "?" + urllib.parse.urlencode({"q": RED_CIRCLE}))
@@ -506,9 +531,19 @@ def test_screenshots(server, browser, tmp_path):
 def test_error_and_empty_states(server, browser):
     context, page = open_page(browser)
     try:  # a server started with --token, opened without it
-        page.route("**/api/**", lambda route: route.fulfill(
-            status=401, content_type="application/json",
-            body=json.dumps({"error": "this server needs a token: send Authorization: Bearer TOKEN, or open /?token=TOKEN", "type": "Unauthorized"})))
+        page.route(
+            "**/api/**",
+            lambda route: route.fulfill(
+                status=401,
+                content_type="application/json",
+                body=json.dumps(
+                    {
+                        "error": "this server needs a token: send Authorization: Bearer TOKEN, or open /?token=TOKEN",
+                        "type": "Unauthorized",
+                    }
+                ),
+            ),
+        )
         page.goto(server.url + "?q=cat")
         error = page.locator("#error")
         error.wait_for()
@@ -516,11 +551,27 @@ def test_error_and_empty_states(server, browser):
 
         page.unroute("**/api/**")  # a library nothing was ingested into
         status = server.api("/api/status")
-        page.route("**/api/status", lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps({**status, "images": 0, "model": "(none yet)"})))
-        page.route("**/api/search?*", lambda route: route.fulfill(
-            status=409, content_type="application/json",
-            body=json.dumps({"error": "the library at /x has no images yet; add some with `cbir ingest PATH`", "type": "EmptyLibrary"})))
+        page.route(
+            "**/api/status",
+            lambda route: route.fulfill(
+                status=200,
+                content_type="application/json",
+                body=json.dumps({**status, "images": 0, "model": "(none yet)"}),
+            ),
+        )
+        page.route(
+            "**/api/search?*",
+            lambda route: route.fulfill(
+                status=409,
+                content_type="application/json",
+                body=json.dumps(
+                    {
+                        "error": "the library at /x has no images yet; add some with `cbir ingest PATH`",
+                        "type": "EmptyLibrary",
+                    }
+                ),
+            ),
+        )
         page.goto(server.url)
         page.wait_for_function("() => document.querySelector('#library').textContent.includes('0 images')")
         assert "library is empty: run cbir ingest" in page.locator("#empty").inner_text()

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cbir.config import resolve_settings
-from cbir.library import Library
 from cbir.errors import UsageError
+from cbir.library import Library
 from cbir.serve import create_app, open_for_serving
 from cbir.serve.gate import DecodeGate, ServerBusy
 from cbir.synthetic import make_gallery
@@ -48,8 +48,13 @@ def _client(lib, **options) -> TestClient:
 
 
 def _upload(client, headers=None, **options):
-    return client.post("/api/search/image", params={"k": 2}, files={"file": ("q.jpg", _jpeg(), "image/jpeg")},
-                       headers=headers or {}, **options)
+    return client.post(
+        "/api/search/image",
+        params={"k": 2},
+        files={"file": ("q.jpg", _jpeg(), "image/jpeg")},
+        headers=headers or {},
+        **options,
+    )
 
 
 def _refused(response) -> bool:
@@ -189,12 +194,21 @@ def test_eight_crafted_uploads_at_once_stay_under_2_gb(tmp_path, side):
     from cbir.bench.serve import running_server
 
     make_gallery(tmp_path / "photos", 4, seed=5)
-    ingest = run_cbir("ingest", str(tmp_path / "photos"), "--library", str(tmp_path / "lib"),
-                      "--model", "cbir-tiny", "--device", "cpu")
+    ingest = run_cbir(
+        "ingest",
+        str(tmp_path / "photos"),
+        "--library",
+        str(tmp_path / "lib"),
+        "--model",
+        "cbir-tiny",
+        "--device",
+        "cpu",
+    )
     assert ingest.returncode == 0, ingest.stderr
     png = _grey16_png(side)
     assert len(png) < 400_000
     with running_server(tmp_path / "lib", env={"CBIR_DEVICE": "cpu"}) as (url, process):
+
         def post(_):
             with httpx.Client(timeout=600) as http:
                 return http.post(url + "api/search/image", files={"file": ("crafted.png", png, "image/png")})
@@ -239,6 +253,7 @@ def _jpeg(side: int = 48) -> bytes:
 def _grey16_png(side: int) -> bytes:
     """A valid PNG of side x side 16-bit grey pixels, all black: a few hundred KB compressed,
     side * side * 2 bytes decoded (written row by row, never held whole here)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
+from cbir.bench.serve import running_server
 from cbir.synthetic import make_gallery
 from tests.conftest import run_cbir
-from cbir.bench.serve import running_server
 
 TOKEN = "a-long-enough-secret-token"
 
@@ -20,7 +20,9 @@ TOKEN = "a-long-enough-secret-token"
 def library(tmp_path_factory):
     base = tmp_path_factory.mktemp("served")
     make_gallery(base / "photos" / "first", 16, seed=11)
-    result = run_cbir("ingest", str(base / "photos"), "--library", str(base / "lib"), "--model", "cbir-tiny", "--device", "cpu")
+    result = run_cbir(
+        "ingest", str(base / "photos"), "--library", str(base / "lib"), "--model", "cbir-tiny", "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr
     return base
 
@@ -58,7 +60,10 @@ def test_a_busy_port_is_one_line(library):
 
 
 def test_token_server_on_all_addresses(library):
-    with running_server(library / "lib", "--host", "0.0.0.0", env={"CBIR_TOKEN": TOKEN, "CBIR_DEVICE": "cpu"}) as (url, _):
+    with running_server(library / "lib", "--host", "0.0.0.0", env={"CBIR_TOKEN": TOKEN, "CBIR_DEVICE": "cpu"}) as (
+        url,
+        _,
+    ):
         assert httpx.get(url + "api/status").status_code == 401
         assert httpx.get(url + "api/status", headers={"Authorization": "Bearer " + "x" * 26}).status_code == 401
         assert httpx.get(url + "api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

@@ -14,7 +14,6 @@ from cbir.store.models import Base, is_modelled
 from tests.conftest import REPO
 
 
-
 def test_migrations_produce_exactly_the_models(tmp_path, database_url):
     engine = create_db_engine(database_url or tmp_path / "library.db")
     migrate(engine)
@@ -46,29 +45,38 @@ def test_sqlite_settings(tmp_path):
 def test_migrations_work_from_an_installed_wheel(tmp_path):
     """Build the wheel, install it into a folder of its own and migrate from there."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(REPO)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
     )
     [wheel] = (tmp_path / "dist").glob("cbir-*.whl")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-         str(tmp_path / "site"), str(wheel)],
-        check=True, capture_output=True,
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
     )
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(tmp_path / 'site')!r})
+        sys.path.insert(0, {str(tmp_path / "site")!r})
         sys.path = [p for p in sys.path if p.rstrip('/') != {str(REPO)!r}]
         import cbir.store.db as db
-        assert db.__file__.startswith({str(tmp_path / 'site')!r}), db.__file__
-        assert str(db.migrations_dir()).startswith({str(tmp_path / 'site')!r})
-        engine = db.create_db_engine(__import__('pathlib').Path({str(tmp_path / 'w.db')!r}))
+        assert db.__file__.startswith({str(tmp_path / "site")!r}), db.__file__
+        assert str(db.migrations_dir()).startswith({str(tmp_path / "site")!r})
+        engine = db.create_db_engine(__import__('pathlib').Path({str(tmp_path / "w.db")!r}))
         db.migrate(engine)
         print(db.current_revision(engine))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
-    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == head_revision()

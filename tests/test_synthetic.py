@@ -68,8 +68,7 @@ def test_render_random_size():
 
 def test_render_shows_colours():
     # Corners are background, the centre of a big shape is the shape colour.
-    arr = np.asarray(render(Scene("green", "circle", "pink"), np.random.default_rng(0), size=(100, 100)),
-                     dtype=float)
+    arr = np.asarray(render(Scene("green", "circle", "pink"), np.random.default_rng(0), size=(100, 100)), dtype=float)
     corner = arr[:5, :5].reshape(-1, 3).mean(axis=0)
     assert np.abs(corner - BACKGROUNDS["pink"]).max() < 30
     near_green = np.abs(arr - COLOURS["green"]).max(axis=2) < 60

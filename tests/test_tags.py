@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from cbir.cli import cli
 from cbir.config import resolve_settings
-from cbir.library import Library
 from cbir.errors import EmptyLibrary, UsageError
+from cbir.library import Library
 from cbir.query.filters import Filters
 from cbir.store.catalog import LABEL, TAG
 from cbir.synthetic import COLOURS, make_gallery
@@ -92,9 +92,23 @@ def test_rerunning_replaces_the_tags_and_keeps_labels(tagged):
 def test_cli(tagged):
     base, pairs, lib, _ = tagged
     library = str(lib.path)
-    out = CliRunner().invoke(cli, ["tag", "--vocabulary", str(base / "colours.txt"), "--templates",
-                                   str(base / "templates.txt"), "--threshold", "0.5", "--top", "1",
-                                   "--library", library, "--json"])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "tag",
+            "--vocabulary",
+            str(base / "colours.txt"),
+            "--templates",
+            str(base / "templates.txt"),
+            "--threshold",
+            "0.5",
+            "--top",
+            "1",
+            "--library",
+            library,
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     summary = json.loads(out.output)
     assert summary["images"] == N and summary["tags"] == summary["replaced"] > 0.9 * N

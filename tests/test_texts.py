@@ -30,9 +30,9 @@ def captions(lib) -> dict[str, list[tuple[str, str]]]:
     """image file name -> sorted (source, text) pairs, read straight from the database."""
     out: dict[str, list] = {}
     with lib.catalog.engine.connect() as c:
-        rows = c.execute(text(
-            "select images.path, texts.source, texts.content from texts join images on images.id = texts.image_id"
-        )).all()
+        rows = c.execute(
+            text("select images.path, texts.source, texts.content from texts join images on images.id = texts.image_id")
+        ).all()
     for path, source, content in rows:
         out.setdefault(path.rsplit("/", 1)[-1], []).append((source, content))
     return {k: sorted(v) for k, v in out.items()}
@@ -193,7 +193,7 @@ def test_query_arithmetic_like_and_filters(fake_library, photos):
     with pytest.raises(UsageError, match="column"):
         lib.search("x", filters=Filters(where="width >> 3"))
     with pytest.raises(UsageError, match="cancel out"):
-        lib.search('dog - dog')
+        lib.search("dog - dog")
 
 
 def test_migrating_a_0001_library_backfills_dates(fake_library, photos):

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from cbir.config import resolve_settings
-from cbir.library import Library
 from cbir.errors import ModelMismatch
+from cbir.library import Library
 from cbir.query import Query
 from cbir.synthetic import all_scenes, make_gallery
 from tests.conftest import count_images
@@ -112,8 +112,22 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
         path.with_suffix(".txt").write_text(scene.caption)
     library = tmp_path / "lib"
     db = library / "library.db"
-    cmd = [sys.executable, "-m", "cbir", "ingest", str(photos), "--library", str(library),
-           "--model", "cbir-tiny", "--batch-size", "4", "--workers", "1", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "ingest",
+        str(photos),
+        "--library",
+        str(library),
+        "--model",
+        "cbir-tiny",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "-q",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
     rng = random.Random(5)
     kills = 0
@@ -138,7 +152,9 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
         c.execute("insert into texts_fts(texts_fts) values ('integrity-check')")
         rows = c.execute("select path, content_hash from images").fetchall()
         assert c.execute("select count(*) from vectors").fetchone()[0] == len(rows)
-        captions = c.execute("select images.path, texts.content from texts join images on images.id = texts.image_id").fetchall()
+        captions = c.execute(
+            "select images.path, texts.content from texts join images on images.id = texts.image_id"
+        ).fetchall()
     assert sorted(captions) == sorted((p.name, s.caption) for p, s in pairs[::3])
     assert sorted(p for p, _ in rows) == sorted(p.name for p, _ in pairs)
     assert len({h for _, h in rows}) == len(rows)
@@ -176,8 +192,22 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
     photos = tmp_path / "photos"
     make_gallery(photos, 160, seed=EVAL_SEED + 3)
     library = tmp_path / "lib"
-    cmd = [sys.executable, "-m", "cbir", "ingest", str(photos), "--library", str(library),
-           "--model", "cbir-tiny", "--batch-size", "4", "--workers", "1", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "ingest",
+        str(photos),
+        "--library",
+        str(library),
+        "--model",
+        "cbir-tiny",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "-q",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

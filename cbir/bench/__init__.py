@@ -30,7 +30,10 @@ SIZES = {
     "memory": (0, 1_000_000),  # vectors of the rebuild measured (0: the rebuild is skipped)
     "ray": ({"vectors": 20_000, "queries": 50}, {"vectors": 100_000, "queries": 300}),
     "ray-ingest": ({"images": 32, "rounds": 1}, {"images": 1024, "rounds": 2}),
-    "serve": ({"images": 64, "clients": (1, 4), "seconds": 3.0}, {"images": 512, "clients": (1, 4, 16), "seconds": 15.0}),
+    "serve": (
+        {"images": 64, "clients": (1, 4), "seconds": 3.0},
+        {"images": 512, "clients": (1, 4, 16), "seconds": 15.0},
+    ),
 }
 
 
@@ -56,8 +59,16 @@ def machine() -> dict:
     return info
 
 
-def run(*, quick: bool = False, model: str = "ViT-B-32:none", device: str = "cpu", sections=SECTIONS,
-        batch: int | None = None, workers: int | None = None, progress=None) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    model: str = "ViT-B-32:none",
+    device: str = "cpu",
+    sections=SECTIONS,
+    batch: int | None = None,
+    workers: int | None = None,
+    progress=None,
+) -> dict:
     """Run ``sections`` and return {"machine", "settings", section: rows...}."""
     from cbir.bench import ingest as ingest_bench
     from cbir.encode import load_encoder
@@ -90,11 +101,15 @@ def run(*, quick: bool = False, model: str = "ViT-B-32:none", device: str = "cpu
         if "filtered" in sections:
             from cbir.bench.filtered import filtered_benchmark
 
-            report["filtered"] = filtered_benchmark(vectors=SIZES["filtered"][size], queries=10 if quick else 50, progress=say)
+            report["filtered"] = filtered_benchmark(
+                vectors=SIZES["filtered"][size], queries=10 if quick else 50, progress=say
+            )
         if "memory" in sections:
             from cbir.bench.memory import memory_benchmark
 
-            report["memory"] = memory_benchmark(model, work, SIZES["ingest"][size]["web"], SIZES["memory"][size], batch, workers, say)
+            report["memory"] = memory_benchmark(
+                model, work, SIZES["ingest"][size]["web"], SIZES["memory"][size], batch, workers, say
+            )
         if "gpu" in sections:
             report["gpu"] = _gpu(work, quick, batch, workers, say)
         if "serve" in sections:
@@ -108,9 +123,14 @@ def run(*, quick: bool = False, model: str = "ViT-B-32:none", device: str = "cpu
         if "ray-ingest" in sections:
             from cbir.bench.ray_ingest import ray_ingest_benchmark
 
-            report["ray-ingest"] = ray_ingest_benchmark(work / "ray-ingest", model=model, batch=batch,
-                                                        cpus=workers or os.cpu_count() or 2, say=say,
-                                                        **SIZES["ray-ingest"][size])
+            report["ray-ingest"] = ray_ingest_benchmark(
+                work / "ray-ingest",
+                model=model,
+                batch=batch,
+                cpus=workers or os.cpu_count() or 2,
+                say=say,
+                **SIZES["ray-ingest"][size],
+            )
     report["seconds"] = time.perf_counter() - started
     return report
 
@@ -146,8 +166,18 @@ def _gpu(work: Path, quick: bool, batch: int | None, workers: int | None, say) -
 
 VIT_B_32_GFLOP = 8.8  # per 224x224 image, forward (the issue's figure; open_clip's profile: 4.4 GMACs)
 # Dense fp16 tensor-core peaks (no sparsity), from NVIDIA's data sheets
-_PEAK_FP16 = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
-              "L40S": 362.0, "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0}
+_PEAK_FP16 = {
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "T4": 65.0,
+    "V100": 125.0,
+}
 
 
 def _peak_fp16_tflops(name: str) -> float | None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -191,7 +191,7 @@ def measure_interleaved(lib, filters, texts: list[str], qvecs: np.ndarray, k: in
     chosen: set[str] = set()
     for i, (text, vector) in enumerate(zip(texts, qvecs)):
         for name in (names[j] for j in orders[i % len(orders)]):
-            seconds, (ids, strategy) = timed(lambda: runners[name](text, vector))
+            seconds, (ids, strategy) = timed(lambda: runners[name](text, vector))  # noqa: B023 (called here)
             latencies[name].append(seconds)
             found[name].append(ids)
             if name == "planner":
@@ -252,9 +252,17 @@ def _padded(found: list[list[int]], k: int) -> np.ndarray:
 
 # -- the table --------------------------------------------------------------------------------------
 FILTERED_COLUMNS = (
-    ("selectivity", ">"), ("matching", ">"), ("index", "<"), ("planner chose", "<"), ("planner p50", ">"),
-    ("exact-subset", ">"), ("post-filter", ">"), ("naive", ">"), ("recall planner / exact / post / naive", "<"),
-    ("planner ÷ best", ">"), ("goal", "<"),
+    ("selectivity", ">"),
+    ("matching", ">"),
+    ("index", "<"),
+    ("planner chose", "<"),
+    ("planner p50", ">"),
+    ("exact-subset", ">"),
+    ("post-filter", ">"),
+    ("naive", ">"),
+    ("recall planner / exact / post / naive", "<"),
+    ("planner ÷ best", ">"),
+    ("goal", "<"),
 )
 
 
@@ -271,6 +279,13 @@ def _filtered_cells(row: dict) -> list[str]:
     recalls = " / ".join(f"{row[name]['recall']:.3f}" for name in ("planner", "exact_subset", "post_filter", NAIVE))
     goal = "met" if row["goal_met"] else "missed"
     return [
-        f"{row['selectivity']:.1%}", f"{row['matching']:,}", row["index"], row["planner_chose"], f"{p:.1f} ms",
-        *ratios, recalls, f"{row['planner_vs_best']:.2f}×", goal,
+        f"{row['selectivity']:.1%}",
+        f"{row['matching']:,}",
+        row["index"],
+        row["planner_chose"],
+        f"{p:.1f} ms",
+        *ratios,
+        recalls,
+        f"{row['planner_vs_best']:.2f}×",
+        goal,
     ]

@@ -40,7 +40,9 @@ def make_photos(folder: Path, count: int, megapixels: tuple[float, float], seed:
         pixels = rng.uniform(*megapixels) * 1e6
         width = int(math.sqrt(pixels * 4 / 3))
         height = int(width * 3 / 4)
-        base = np.asarray(render(random_scene(rng), rng, size=(width // 4, height // 4)).resize((width, height), Image.BICUBIC))
+        base = np.asarray(
+            render(random_scene(rng), rng, size=(width // 4, height // 4)).resize((width, height), Image.BICUBIC)
+        )
         grain = rng.integers(-12, 13, size=base.shape, dtype=np.int16)
         image = Image.fromarray(np.clip(base.astype(np.int16) + grain, 0, 255).astype(np.uint8))
         path = folder / f"photo-{i:04d}.jpg"
@@ -69,8 +71,9 @@ def naive_rate(encoder, files: list[Path]) -> float:
     import torch
 
     pp = encoder.preprocess
-    transform = open_clip.image_transform(pp.size, is_train=False, mean=pp.mean, std=pp.std,
-                                          resize_mode=pp.resize_mode, interpolation=pp.interpolation)
+    transform = open_clip.image_transform(
+        pp.size, is_train=False, mean=pp.mean, std=pp.std, resize_mode=pp.resize_mode, interpolation=pp.interpolation
+    )
     model = encoder._model
 
     def one(path: Path) -> None:
@@ -109,8 +112,9 @@ def ingest_once(folder: Path, encoder, batch: int, workers: int | None) -> dict:
     return report
 
 
-def ingest_benchmark(encoder, workdir: Path, sets: dict[str, int], batch: int, workers: int | None,
-                     progress=None) -> list[dict]:
+def ingest_benchmark(
+    encoder, workdir: Path, sets: dict[str, int], batch: int, workers: int | None, progress=None
+) -> list[dict]:
     """A row per photo set (name -> image count): end-to-end, ceiling and naive images/s, their
     ratios, and the ingest's per-stage seconds."""
     say = progress or (lambda _: None)
@@ -127,20 +131,22 @@ def ingest_benchmark(encoder, workdir: Path, sets: dict[str, int], batch: int, w
         say(f"ingest/{name}: naive one-at-a-time baseline")
         naive = naive_rate(encoder, files[: min(len(files), 32)])
         ceiling = (before + after) / 2
-        rows.append({
-            "set": name,
-            "images": count,
-            "megapixels": list(SETS[name]),
-            "batch": batch,
-            "end_to_end": report.images_per_second,
-            "ceiling": ceiling,
-            "ceiling_before_after": [before, after],
-            "naive": naive,
-            "vs_ceiling": report.images_per_second / ceiling,
-            "vs_naive": report.images_per_second / naive,
-            "seconds": report.seconds,
-            "stages": {k: round(v, 3) for k, v in report.timings.items()},
-        })
+        rows.append(
+            {
+                "set": name,
+                "images": count,
+                "megapixels": list(SETS[name]),
+                "batch": batch,
+                "end_to_end": report.images_per_second,
+                "ceiling": ceiling,
+                "ceiling_before_after": [before, after],
+                "naive": naive,
+                "vs_ceiling": report.images_per_second / ceiling,
+                "vs_naive": report.images_per_second / naive,
+                "seconds": report.seconds,
+                "stages": {k: round(v, 3) for k, v in report.timings.items()},
+            }
+        )
     return rows
 
 

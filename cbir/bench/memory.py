@@ -15,7 +15,10 @@ def _ingest_peak(model: str, folder: str, batch: int, workers) -> dict:
     from cbir.encode import load_encoder
 
     report = ingest_once(Path(folder), load_encoder(model, "cpu"), batch, workers)
-    return {"what": f"ingest of {report.encoded} web-size photos ({model}, batch {batch})", "peak_rss_mb": peak_rss_mb()}
+    return {
+        "what": f"ingest of {report.encoded} web-size photos ({model}, batch {batch})",
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def _rebuild_peak(folder: str, kind: str) -> dict:
@@ -26,11 +29,15 @@ def _rebuild_peak(folder: str, kind: str) -> dict:
 
     with Library.open(resolve_settings(library=folder, env={}), encoder=FakeEncoder(dim=512)) as lib:
         report = lib.rebuild_index(kind, gpu=False)[0]
-    return {"what": f"index rebuild of {report.vectors:,} x 512-d vectors as {report.factory} ({report.seconds:.0f} s)",
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "what": f"index rebuild of {report.vectors:,} x 512-d vectors as {report.factory} ({report.seconds:.0f} s)",
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
-def memory_benchmark(model: str, work: Path, photos: int, vectors: int, batch: int, workers, progress=None) -> list[dict]:
+def memory_benchmark(
+    model: str, work: Path, photos: int, vectors: int, batch: int, workers, progress=None
+) -> list[dict]:
     """Rows of {"what", "peak_rss_mb"}: an ingest of ``photos`` web-size photos and, with
     ``vectors`` > 0, a rebuild of that many vectors as IVF-Flat (what auto picks past a million,
     and what it falls back to when HNSW misses the recall target)."""

@@ -16,10 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from cbir.errors import CbirError
 
@@ -34,8 +34,9 @@ class StartedCluster:
 
 
 @contextmanager
-def started_ray_cluster(home: Path, *, nodes: int = 2, cpus_per_node: int = 1,
-                        head_cpus: int = 0, object_store_mb: int = 400) -> Iterator[StartedCluster]:
+def started_ray_cluster(
+    home: Path, *, nodes: int = 2, cpus_per_node: int = 1, head_cpus: int = 0, object_store_mb: int = 400
+) -> Iterator[StartedCluster]:
     """A head with ``head_cpus`` CPUs (none: it only coordinates, as on a real cluster) and
     ``nodes`` worker nodes of ``cpus_per_node`` CPUs, all on 127.0.0.1. ``home`` stands in for
     the nodes' home folder (where Ray would write a token file of its own) and holds their logs."""
@@ -43,15 +44,31 @@ def started_ray_cluster(home: Path, *, nodes: int = 2, cpus_per_node: int = 1,
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     port = _free_port()
-    common = ["--node-ip-address", "127.0.0.1", "--object-store-memory", str(object_store_mb * 2**20),
-              "--disable-usage-stats", "--block"]
+    common = [
+        "--node-ip-address",
+        "127.0.0.1",
+        "--object-store-memory",
+        str(object_store_mb * 2**20),
+        "--disable-usage-stats",
+        "--block",
+    ]
     running: list[subprocess.Popen] = []
     try:
-        running.append(_start(["--head", "--port", str(port), "--num-cpus", str(head_cpus),
-                               "--include-dashboard", "false", *common], env, home / "head.log"))
+        running.append(
+            _start(
+                ["--head", "--port", str(port), "--num-cpus", str(head_cpus), "--include-dashboard", "false", *common],
+                env,
+                home / "head.log",
+            )
+        )
         for i in range(nodes):
-            running.append(_start(["--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus_per_node), *common],
-                                  env, home / f"node-{i + 1}.log"))
+            running.append(
+                _start(
+                    ["--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus_per_node), *common],
+                    env,
+                    home / f"node-{i + 1}.log",
+                )
+            )
         yield StartedCluster(address=f"127.0.0.1:{port}", token=token, nodes=nodes)
     finally:
         _stop(running)
@@ -89,9 +106,14 @@ def _stop(nodes: list[subprocess.Popen], grace: float = 10) -> None:
 def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     """One node, its output in ``log``, returned once Ray says it has started."""
     with log.open("w") as out:
-        node = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", *args], env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 120
     while node.poll() is None and time.monotonic() < deadline:
         if _STARTED in log.read_text(errors="replace"):

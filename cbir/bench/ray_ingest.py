@@ -19,8 +19,16 @@ from pathlib import Path
 from cbir.bench.ingest import SETS, make_photos
 
 
-def ray_ingest_benchmark(work: Path, *, images: int = 256, model: str = "cbir-tiny", cpus: int = 2,
-                         batch: int = 32, rounds: int = 2, say=lambda _: None) -> dict:
+def ray_ingest_benchmark(
+    work: Path,
+    *,
+    images: int = 256,
+    model: str = "cbir-tiny",
+    cpus: int = 2,
+    batch: int = 32,
+    rounds: int = 2,
+    say=lambda _: None,
+) -> dict:
     """``cpus``: the local engine's decode processes, and the cluster's CPUs (two nodes of
     half as many each)."""
     try:
@@ -59,9 +67,18 @@ def ray_ingest_benchmark(work: Path, *, images: int = 256, model: str = "cbir-ti
                 say(f"ray-ingest: round {i + 1}/{rounds}, {engine} engine")
                 for n in (small, images):
                     seconds.setdefault((engine, n), []).append(ingest(f"{engine}-{n}-{i}", engine, n))
-    row = {"images": images, "small": small, "model": model, "cpus": cpus, "nodes": 2,
-           "cpus_per_node": per_node, "batch": batch, "rounds": rounds, "cluster_start_s": round(cluster_start, 2),
-           "all_rounds_s": {f"{e} {n}": [round(t, 2) for t in ts] for (e, n), ts in seconds.items()}}
+    row = {
+        "images": images,
+        "small": small,
+        "model": model,
+        "cpus": cpus,
+        "nodes": 2,
+        "cpus_per_node": per_node,
+        "batch": batch,
+        "rounds": rounds,
+        "cluster_start_s": round(cluster_start, 2),
+        "all_rounds_s": {f"{e} {n}": [round(t, 2) for t in ts] for (e, n), ts in seconds.items()},
+    }
     for engine in ("local", "ray"):
         full, part = min(seconds[engine, images]), min(seconds[engine, small])
         per_image = (full - part) / (images - small)
@@ -79,13 +96,23 @@ def ray_ingest_table(row: dict) -> str:
 
     def cells(name: str, engine: str) -> list[str]:
         r = row[engine]
-        return [name, f"{r['images_per_s']:.1f}", "-" if r["start_s"] is None else f"{r['start_s']:.1f} s",
-                "-" if r["steady_images_per_s"] is None else f"{r['steady_images_per_s']:.1f}"]
+        return [
+            name,
+            f"{r['images_per_s']:.1f}",
+            "-" if r["start_s"] is None else f"{r['start_s']:.1f} s",
+            "-" if r["steady_images_per_s"] is None else f"{r['steady_images_per_s']:.1f}",
+        ]
 
     table = markdown_table(
-        [("engine", "<"), (f"images/s, {row['images']} photos", ">"), ("start", ">"), ("steady images/s", ">")], [
+        [("engine", "<"), (f"images/s, {row['images']} photos", ">"), ("start", ">"), ("steady images/s", ">")],
+        [
             cells(f"local ({row['cpus']} decode processes, encoding in this process)", "local"),
-            cells(f"Ray, {row['nodes']} worker nodes of {row['cpus_per_node']} CPU (decode tasks, 1 encode actor)", "ray"),
-        ])
-    return (f"{table}\n\nRay / local: {row['ray_over_local']}x end to end. Start and steady rate: the line through the "
-            f"{row['small']}- and {row['images']}-photo ingests; the cluster's own start, {row['cluster_start_s']} s, not counted.")
+            cells(
+                f"Ray, {row['nodes']} worker nodes of {row['cpus_per_node']} CPU (decode tasks, 1 encode actor)", "ray"
+            ),
+        ],
+    )
+    return (
+        f"{table}\n\nRay / local: {row['ray_over_local']}x end to end. Start and steady rate: the line through the "
+        f"{row['small']}- and {row['images']}-photo ingests; the cluster's own start, {row['cluster_start_s']} s, not counted."
+    )

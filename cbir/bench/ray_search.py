@@ -9,8 +9,18 @@ import time
 import numpy as np
 
 
-def ray_search_benchmark(*, vectors: int = 100_000, dim: int = 512, shards: int = 4, actors: int = 2,
-                         queries: int = 200, batch: int = 64, k: int = 10, kinds=("flat", "ivf"), progress=None) -> dict:
+def ray_search_benchmark(
+    *,
+    vectors: int = 100_000,
+    dim: int = 512,
+    shards: int = 4,
+    actors: int = 2,
+    queries: int = 200,
+    batch: int = 64,
+    k: int = 10,
+    kinds=("flat", "ivf"),
+    progress=None,
+) -> dict:
     """Per index kind: p50/p99 of single-query latency and batched queries/s, local vs Ray."""
     say = progress or (lambda _: None)
     try:
@@ -60,11 +70,17 @@ def ray_search_benchmark(*, vectors: int = 100_000, dim: int = 512, shards: int 
                 rates[name] = queries / (time.perf_counter() - t)
             for name in ("local", "ray"):
                 ms = np.asarray(times[name]) * 1000
-                report["rows"].append({
-                    "kind": kind, "engine": name, "p50_ms": float(np.percentile(ms, 50)),
-                    "p99_ms": float(np.percentile(ms, 99)), "batch_qps": rates[name],
-                    "equal": equal, "publish_s": publish if name == "ray" else None,
-                })
+                report["rows"].append(
+                    {
+                        "kind": kind,
+                        "engine": name,
+                        "p50_ms": float(np.percentile(ms, 50)),
+                        "p99_ms": float(np.percentile(ms, 99)),
+                        "batch_qps": rates[name],
+                        "equal": equal,
+                        "publish_s": publish if name == "ray" else None,
+                    }
+                )
     finally:
         engine.close()
     return report
@@ -73,9 +89,27 @@ def ray_search_benchmark(*, vectors: int = 100_000, dim: int = 512, shards: int 
 def ray_search_table(report: dict) -> str:
     from cbir.bench.search import markdown_table
 
-    columns = [("index", "<"), ("engine", "<"), ("p50 ms", ">"), ("p99 ms", ">"), (f"queries/s in batches of {report['batch']}", ">"),
-               ("results equal", "<"), ("shipping to actors", ">")]
-    return markdown_table(columns, (
-        [r["kind"], r["engine"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['batch_qps']:.0f}",
-         "yes" if r["equal"] else "NO", f"{r['publish_s']:.1f} s" if r["publish_s"] is not None else "-"]
-        for r in report["rows"]))
+    columns = [
+        ("index", "<"),
+        ("engine", "<"),
+        ("p50 ms", ">"),
+        ("p99 ms", ">"),
+        (f"queries/s in batches of {report['batch']}", ">"),
+        ("results equal", "<"),
+        ("shipping to actors", ">"),
+    ]
+    return markdown_table(
+        columns,
+        (
+            [
+                r["kind"],
+                r["engine"],
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['batch_qps']:.0f}",
+                "yes" if r["equal"] else "NO",
+                f"{r['publish_s']:.1f} s" if r["publish_s"] is not None else "-",
+            ]
+            for r in report["rows"]
+        ),
+    )

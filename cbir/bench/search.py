@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -165,7 +165,7 @@ def search_benchmark(
     rows = []
     for n in sizes:
         q = query_vectors(dim, queries)
-        seconds, truth = timed(lambda: exact_top_k(chunks(n, dim), q, K))
+        seconds, truth = timed(lambda: exact_top_k(chunks(n, dim), q, K))  # noqa: B023 (called here)
         say(f"{n:,} x {dim}-d: exact top-{K} of {queries} queries in {seconds:.1f} s")
         for kind in kinds:
             say(f"{n:,} x {dim}-d: building and measuring {kind} in a process of its own")
@@ -196,8 +196,15 @@ def measure_kind(kind: str, n: int, dim: int, queries: int, truth: np.ndarray, g
             stored = on_disk(n, dim, folder)
             exact_source = lambda ids: (np.asarray(ids), np.asarray(stored[np.asarray(ids)]))  # noqa: E731
         index, report = build(
-            "images", dim, n, lambda: chunks(n, dim), lambda size: sample(n, dim, size), 1,
-            kind=kind, exact_source=exact_source, gpu=gpu,
+            "images",
+            dim,
+            n,
+            lambda: chunks(n, dim),
+            lambda size: sample(n, dim, size),
+            1,
+            kind=kind,
+            exact_source=exact_source,
+            gpu=gpu,
         )
         q = query_vectors(dim, queries)
         _, found = index.search(q, K)  # also warms up the index before anything is timed
@@ -262,8 +269,17 @@ def _result(out, child) -> tuple[str, object]:
 
 # -- the table --------------------------------------------------------------------------------------
 SEARCH_COLUMNS = (
-    ("vectors", ">"), ("kind", "<"), ("index", "<"), ("params", "<"), ("build", ">"), ("peak RSS", ">"),
-    ("size", ">"), ("recall@10 (tuned on held-out)", "<"), ("p50", ">"), ("p99", ">"), ("single", ">"),
+    ("vectors", ">"),
+    ("kind", "<"),
+    ("index", "<"),
+    ("params", "<"),
+    ("build", ">"),
+    ("peak RSS", ">"),
+    ("size", ">"),
+    ("recall@10 (tuned on held-out)", "<"),
+    ("p50", ">"),
+    ("p99", ">"),
+    ("single", ">"),
     ("batched", ">"),
 )
 
@@ -277,9 +293,17 @@ def _search_cells(row: dict) -> list[str]:
     params = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "-"
     tuned = f"{row['tuned_recall']:.3f}" if row["tuned_recall"] is not None else "-"
     return [
-        f"{row['vectors']:,}", row["kind"], row["factory"], params, f"{row['build_s']:.1f} s",
-        _mb(row["peak_rss_mb"]), _mb(row["size_mb"]), f"{row['recall_at_10']:.3f} ({tuned})",
-        f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms", f"{row['single_qps']:.0f} q/s",
+        f"{row['vectors']:,}",
+        row["kind"],
+        row["factory"],
+        params,
+        f"{row['build_s']:.1f} s",
+        _mb(row["peak_rss_mb"]),
+        _mb(row["size_mb"]),
+        f"{row['recall_at_10']:.3f} ({tuned})",
+        f"{row['p50_ms']:.2f} ms",
+        f"{row['p99_ms']:.2f} ms",
+        f"{row['single_qps']:.0f} q/s",
         f"{row['batched_qps']:.0f} q/s",
     ]
 

@@ -23,8 +23,12 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 MAX_REQUESTS = 20_000  # per measurement, whatever the duration
-QUERIES = [f"a {c} {s} on a {b} background" for c in ("red", "blue", "green", "yellow") for s in
-           ("circle", "square", "star", "triangle") for b in ("gray", "white", "cyan", "pink")]
+QUERIES = [
+    f"a {c} {s} on a {b} background"
+    for c in ("red", "blue", "green", "yellow")
+    for s in ("circle", "square", "star", "triangle")
+    for b in ("gray", "white", "cyan", "pink")
+]
 _URL_LINE = re.compile(r"open (http://\S+?/)")
 
 
@@ -36,7 +40,10 @@ def running_server(library: Path, *args: str, env: dict | None = None, timeout: 
     full_env.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "cbir", "serve", "--library", str(library), "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
     )
     try:
         url = _printed_url(process, timeout)
@@ -121,7 +128,9 @@ class _Client:
         return body
 
 
-def serve_benchmark(model: str, device: str, work: Path, images: int, clients: tuple[int, ...], seconds: float, say) -> dict:
+def serve_benchmark(
+    model: str, device: str, work: Path, images: int, clients: tuple[int, ...], seconds: float, say
+) -> dict:
     """Build a library of ``images`` generated photos with ``model``, serve it, and load it."""
     from cbir.config import resolve_settings
     from cbir.library import Library
@@ -152,8 +161,14 @@ def serve_benchmark(model: str, device: str, work: Path, images: int, clients: t
                 after = _batches(url)
                 calls = sum(after.values()) - sum(before.values())
                 texts = sum(int(k) * v for k, v in after.items()) - sum(int(k) * v for k, v in before.items())
-                rows.append({"workload": name, "clients": count, **row,
-                             "texts_per_model_call": texts / calls if calls else None})
+                rows.append(
+                    {
+                        "workload": name,
+                        "clients": count,
+                        **row,
+                        "texts_per_model_call": texts / calls if calls else None,
+                    }
+                )
     return {"images": images, "model": model, "device": device, "seconds_each": seconds, "rows": rows}
 
 
@@ -220,9 +235,28 @@ def serve_table(report: dict) -> str:
     for r in report["rows"]:
         base.setdefault(r["workload"], r["qps"])
         batch = "-" if r["texts_per_model_call"] is None else f"{r['texts_per_model_call']:.1f}"
-        cells.append([r["workload"], str(r["clients"]), str(r["requests"]), f"{r['qps']:.0f}",
-                      f"{r['qps'] / base[r['workload']]:.2f}x", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                      str(r["errors"]), batch])
-    columns = [("workload", "<"), ("clients", ">"), ("requests", ">"), ("req/s", ">"), ("vs 1 client", ">"),
-               ("p50 ms", ">"), ("p99 ms", ">"), ("errors", ">"), ("texts per model call", ">")]
+        cells.append(
+            [
+                r["workload"],
+                str(r["clients"]),
+                str(r["requests"]),
+                f"{r['qps']:.0f}",
+                f"{r['qps'] / base[r['workload']]:.2f}x",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                str(r["errors"]),
+                batch,
+            ]
+        )
+    columns = [
+        ("workload", "<"),
+        ("clients", ">"),
+        ("requests", ">"),
+        ("req/s", ">"),
+        ("vs 1 client", ">"),
+        ("p50 ms", ">"),
+        ("p99 ms", ">"),
+        ("errors", ">"),
+        ("texts per model call", ">"),
+    ]
     return markdown_table(columns, cells)

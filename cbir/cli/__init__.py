@@ -128,8 +128,7 @@ def library_options(f):
         "--library",
         "library",
         metavar="PATH",
-        help="Library folder (default: indexes/default in a checkout, else the user data "
-        "folder). [env: CBIR_LIBRARY]",
+        help="Library folder (default: indexes/default in a checkout, else the user data folder). [env: CBIR_LIBRARY]",
     )(f)
     return debug_option(f)
 
@@ -177,10 +176,10 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on `cli`.
-from cbir.cli import ingest as _ingest  # noqa: E402,F401
-from cbir.cli import search as _search  # noqa: E402,F401
 from cbir.cli import index_commands as _index_commands  # noqa: E402,F401
+from cbir.cli import ingest as _ingest  # noqa: E402,F401
 from cbir.cli import library_commands as _library_commands  # noqa: E402,F401
-from cbir.cli import tools as _tools  # noqa: E402,F401
 from cbir.cli import library_tools as _library_tools  # noqa: E402,F401
 from cbir.cli import model_tools as _model_tools  # noqa: E402,F401
+from cbir.cli import search as _search  # noqa: E402,F401
+from cbir.cli import tools as _tools  # noqa: E402,F401

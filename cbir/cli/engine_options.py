@@ -16,11 +16,36 @@ _option = option_group(KEY)  # a click option kept for ray_options, not handed t
 def search_engine_options(f):
     """--engine, --address, --shards-per-actor, --actors, --actor-cpus (read by ray_options)."""
     options = [
-        _option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Where the image index is searched: in this process, or by Ray actors holding its shards (pip install 'cbir[ray]'). [env: CBIR_ENGINE]"),
-        _option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only."),
-        _option("--shards-per-actor", type=click.IntRange(min=1), help="--engine ray: shards each actor holds (an unsharded index is one shard); default: one actor a shard, as many as the cluster's CPUs hold."),
-        _option("--actors", type=click.IntRange(min=1), help="--engine ray: how many actors share the shards (instead of --shards-per-actor)."),
-        _option("--actor-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="--engine ray: CPUs Ray reserves for each actor."),
+        _option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            envvar="CBIR_ENGINE",
+            help="Where the image index is searched: in this process, or by Ray actors holding its shards (pip install 'cbir[ray]'). [env: CBIR_ENGINE]",
+        ),
+        _option(
+            "--address",
+            metavar="ADDR",
+            help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only.",
+        ),
+        _option(
+            "--shards-per-actor",
+            type=click.IntRange(min=1),
+            help="--engine ray: shards each actor holds (an unsharded index is one shard); default: one actor a shard, as many as the cluster's CPUs hold.",
+        ),
+        _option(
+            "--actors",
+            type=click.IntRange(min=1),
+            help="--engine ray: how many actors share the shards (instead of --shards-per-actor).",
+        ),
+        _option(
+            "--actor-cpus",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="--engine ray: CPUs Ray reserves for each actor.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

@@ -23,10 +23,31 @@ def index_group():
 
 
 @index_group.command("rebuild")
-@click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), default="auto", show_default=True, help="Index kind; auto chooses from the vector count, dimension and memory budget.")
-@click.option("--memory", metavar="SIZE", help="Memory budget for the index, e.g. 4GB (auto picks IVF-PQ when full vectors do not fit).")
-@click.option("--shard", "shard", type=click.IntRange(min=0), help="Rebuild only this shard of a sharded image index (--type: its kind; default the one it has).")
-@click.option("--gpu/--no-gpu", "gpu", default=None, help="Build on the GPU with faiss GPU ([gpu] extra); an error without one. Default: on the GPU when one is usable and the index is past the flat size.")
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+    default="auto",
+    show_default=True,
+    help="Index kind; auto chooses from the vector count, dimension and memory budget.",
+)
+@click.option(
+    "--memory",
+    metavar="SIZE",
+    help="Memory budget for the index, e.g. 4GB (auto picks IVF-PQ when full vectors do not fit).",
+)
+@click.option(
+    "--shard",
+    "shard",
+    type=click.IntRange(min=0),
+    help="Rebuild only this shard of a sharded image index (--type: its kind; default the one it has).",
+)
+@click.option(
+    "--gpu/--no-gpu",
+    "gpu",
+    default=None,
+    help="Build on the GPU with faiss GPU ([gpu] extra); an error without one. Default: on the GPU when one is usable and the index is past the flat size.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON Lines.")
 @library_options
 def index_rebuild(kind, memory, shard, gpu, as_json, library, model, device):
@@ -49,9 +70,25 @@ def index_rebuild(kind, memory, shard, gpu, as_json, library, model, device):
 
 @index_group.command("shard")
 @click.option("--shards", type=click.IntRange(min=2), required=True, help="How many shard files.")
-@click.option("--by", type=click.Choice(["hash", "folder", "date"]), default="hash", show_default=True, help="What decides an image's shard: a hash of its id, its top-level folder, or its date taken (equal-sized date ranges).")
-@click.option("--type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), help="Index kind of every shard (default: the current kind).")
-@click.option("--gpu/--no-gpu", "gpu", default=None, help="Build on the GPU with faiss GPU ([gpu] extra); an error without one. Default: on the GPU when one is usable and the index is past the flat size.")
+@click.option(
+    "--by",
+    type=click.Choice(["hash", "folder", "date"]),
+    default="hash",
+    show_default=True,
+    help="What decides an image's shard: a hash of its id, its top-level folder, or its date taken (equal-sized date ranges).",
+)
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+    help="Index kind of every shard (default: the current kind).",
+)
+@click.option(
+    "--gpu/--no-gpu",
+    "gpu",
+    default=None,
+    help="Build on the GPU with faiss GPU ([gpu] extra); an error without one. Default: on the GPU when one is usable and the index is past the flat size.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON Lines.")
 @library_options
 def index_shard(shards, by, kind, gpu, as_json, library, model, device):

@@ -12,7 +12,6 @@ from cbir.cli.render import echo_json, ingest_summary
 from cbir.config import DEFAULT_MODEL, resolve_settings
 from cbir.errors import UsageError
 
-
 # Models that know only what cbir-tiny was trained on; an ingest with them says so.
 TOY_MODELS = ("cbir-tiny",)  # fingerprint specs: the bundled weights, not a fine-tuned copy
 TINY_NOTICE = (
@@ -30,16 +29,53 @@ source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
 @cli.command()
 @click.argument("path")
 @library_options
-@source_option("--format", type=click.Choice(["folder", "csv", "tsv", "jsonl", "parquet", "webdataset"]), help="What PATH is (default: detected from it).")
-@source_option("--image-column", metavar="NAME", help="Manifests: the column with image paths (default: path, image, filepath, ...).")
-@source_option("--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...).")
+@source_option(
+    "--format",
+    type=click.Choice(["folder", "csv", "tsv", "jsonl", "parquet", "webdataset"]),
+    help="What PATH is (default: detected from it).",
+)
+@source_option(
+    "--image-column",
+    metavar="NAME",
+    help="Manifests: the column with image paths (default: path, image, filepath, ...).",
+)
+@source_option(
+    "--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...)."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch. [env: CBIR_BATCH_SIZE]")
-@click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]")
-@click.option("--retry-failed", is_flag=True, help="Try again the files recorded as skipped (by default they are retried only once they change).")
-@engine_option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, envvar="CBIR_ENGINE", help="Who decodes and encodes: worker processes here, or a Ray cluster (pip install 'cbir[ray]'); this process commits either way. [env: CBIR_ENGINE]")
-@engine_option("--address", metavar="ADDR", help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only.")
-@engine_option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, help="--engine ray: GPUs for each encode worker (default 0: encode on CPUs).")
-@engine_option("--ray-workers", type=click.IntRange(min=1), metavar="N", help="--engine ray: encode workers, each loading the model once (default: the cluster's GPUs / --gpus-per-worker, or half its CPUs).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]"
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try again the files recorded as skipped (by default they are retried only once they change).",
+)
+@engine_option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    envvar="CBIR_ENGINE",
+    help="Who decodes and encodes: worker processes here, or a Ray cluster (pip install 'cbir[ray]'); this process commits either way. [env: CBIR_ENGINE]",
+)
+@engine_option(
+    "--address",
+    metavar="ADDR",
+    help="--engine ray: the cluster to join: auto (one started on this machine), ray://HOST:PORT (Ray Client) or HOST:PORT; default: a private cluster on this machine, listening on 127.0.0.1 only.",
+)
+@engine_option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="--engine ray: GPUs for each encode worker (default 0: encode on CPUs).",
+)
+@engine_option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="--engine ray: encode workers, each loading the model once (default: the cluster's GPUs / --gpus-per-worker, or half its CPUs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def ingest(path, library, model, device, batch_size, workers, retry_failed, as_json, quiet):
@@ -60,8 +96,9 @@ def ingest(path, library, model, device, batch_size, workers, retry_failed, as_j
         raise UsageError("--address, --gpus-per-worker and --ray-workers go with --engine ray")
     from cbir.library import Library
 
-    settings = resolve_settings(database_url=database_url(), library=library, model=model, device=device,
-                                batch_size=batch_size, workers=workers)
+    settings = resolve_settings(
+        database_url=database_url(), library=library, model=model, device=device, batch_size=batch_size, workers=workers
+    )
     # A first ingest that fails before committing anything (no such folder, the model cannot
     # be downloaded) takes away the library folder it created: there is nothing in it to keep.
     new_folders = [] if settings.database_url else _missing_folders(settings.library)
@@ -69,8 +106,9 @@ def ingest(path, library, model, device, batch_size, workers, retry_failed, as_j
         with Library.open(settings, create=True) as lib:
             with _Progress(enabled=not quiet and not as_json) as progress:
                 try:
-                    report = lib.ingest(path, progress=progress, retry_failed=retry_failed,
-                                        **group_values(SOURCE), **engine)
+                    report = lib.ingest(
+                        path, progress=progress, retry_failed=retry_failed, **group_values(SOURCE), **engine
+                    )
                 finally:
                     if new_folders and _committed(lib):
                         new_folders = []
@@ -154,4 +192,6 @@ def forget(path, yes, dry_run, as_json, library, model, device):
     elif dry_run:
         click.echo(f"{done.root}: {done.images} images would be forgotten ({where})")
     else:
-        click.echo(f"{done.root}: {done.images} images and {done.texts} texts forgotten (the files, {where}, are not touched)")
+        click.echo(
+            f"{done.root}: {done.images} images and {done.texts} texts forgotten (the files, {where}, are not touched)"
+        )

@@ -80,7 +80,14 @@ def status(as_json, skipped, library, model, device):
 
 @cli.command("export")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), default="parquet", show_default=True, help="parquet: one file, a row per image with its vector; npy: a folder with vectors.npy, ids.npy and metadata.jsonl.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "npy"]),
+    default="parquet",
+    show_default=True,
+    help="parquet: one file, a row per image with its vector; npy: a folder with vectors.npy, ids.npy and metadata.jsonl.",
+)
 @library_options
 def export_command(out, fmt, library, model, device):
     """Write the library's image vectors with their ids and metadata to OUT, for pandas, numpy

@@ -32,7 +32,12 @@ def _classifier(library, model, device):
 @click.option("--labels-file", metavar="FILE", help="Labels, one per line (blank lines and # comments ignored).")
 @click.option("--templates", default="ensemble", show_default=True, metavar="NAME|FILE", help=TEMPLATES_HELP)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Labels shown per image.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per image (path, best, labels with probability and similarity).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON Lines: one object per image (path, best, labels with probability and similarity).",
+)
 @library_options
 def classify(images, labels, labels_file, templates, top, as_json, library, model, device):
     """Zero-shot classification of IMAGES (any image files) into the given labels.
@@ -82,10 +87,30 @@ def classify(images, labels, labels_file, templates, top, as_json, library, mode
 
 
 @cli.command()
-@click.option("--vocabulary", metavar="FILE", help="The words to tag with, one per line (blank lines and # comments ignored).")
-@click.option("--threshold", type=float, default=0.2, show_default=True, metavar="P", help="Keep a word when its probability is at least P: the softmax over the vocabulary of the image's cosine similarities times the model's logit scale (what cbir classify shows), so at most 1/P words pass.")
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="At most this many tags per image (the most probable).")
-@click.option("--min-similarity", type=float, metavar="X", help="Also require a cosine similarity of at least X (the probabilities always sum to 1, even when no word fits).")
+@click.option(
+    "--vocabulary", metavar="FILE", help="The words to tag with, one per line (blank lines and # comments ignored)."
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.2,
+    show_default=True,
+    metavar="P",
+    help="Keep a word when its probability is at least P: the softmax over the vocabulary of the image's cosine similarities times the model's logit scale (what cbir classify shows), so at most 1/P words pass.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="At most this many tags per image (the most probable).",
+)
+@click.option(
+    "--min-similarity",
+    type=float,
+    metavar="X",
+    help="Also require a cosine similarity of at least X (the probabilities always sum to 1, even when no word fits).",
+)
 @click.option("--templates", default="ensemble", show_default=True, metavar="NAME|FILE", help=TEMPLATES_HELP)
 @click.option("--clear", is_flag=True, help="Remove every tag instead (labels and captions stay).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -148,14 +173,35 @@ def tags_command(image, as_json, library, model, device):
         found = lib.tags_of(image)
     if not found and not as_json:
         click.echo("(no tags: run cbir tag --vocabulary FILE)")
-    echo_rows(found, as_json, ("tag", "score"),
-              lambda word, score: f"{'' if score is None else f'{score:.3f}':>6}  {word}")
+    echo_rows(
+        found, as_json, ("tag", "score"), lambda word, score: f"{'' if score is None else f'{score:.3f}':>6}  {word}"
+    )
 
 
 @cli.command()
-@click.option("--threshold", type=float, default=0.98, show_default=True, metavar="X", help="Cosine similarity from which two images are copies (resized, re-encoded).")
-@click.option("--near", type=float, default=0.92, show_default=True, metavar="Y", help="Cosine similarity from which two images are near-duplicates (similar shots); --near equal to --threshold lists copies only.")
-@click.option("--neighbours", type=click.IntRange(min=1), default=32, show_default=True, help="Nearest images each image is compared with (groups also form through chains).")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.98,
+    show_default=True,
+    metavar="X",
+    help="Cosine similarity from which two images are copies (resized, re-encoded).",
+)
+@click.option(
+    "--near",
+    type=float,
+    default=0.92,
+    show_default=True,
+    metavar="Y",
+    help="Cosine similarity from which two images are near-duplicates (similar shots); --near equal to --threshold lists copies only.",
+)
+@click.option(
+    "--neighbours",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Nearest images each image is compared with (groups also form through chains).",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one group per line.")
 @library_options
 def duplicates(threshold, near, neighbours, as_json, library, model, device):

@@ -30,8 +30,16 @@ def _encoder_for(library, model, device):
 @cli.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.argument("text")
-@click.option("--out", type=click.Path(path_type=Path), help="Where to write the PNG (heat map and box over the image); default: IMAGE_STEM.locate.png in the current folder.")
-@click.option("--windows", metavar="D,D,...", help="Window sides as divisors of the image's shorter side (default 3,4,6,8: 1/3 .. 1/8 of it); stride a quarter window.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Where to write the PNG (heat map and box over the image); default: IMAGE_STEM.locate.png in the current folder.",
+)
+@click.option(
+    "--windows",
+    metavar="D,D,...",
+    help="Window sides as divisors of the image's shorter side (default 3,4,6,8: 1/3 .. 1/8 of it); stride a quarter window.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the box and scores as JSON.")
 @library_options
 def locate(image, text, out, windows, as_json, library, model, device):
@@ -42,7 +50,8 @@ def locate(image, text, out, windows, as_json, library, model, device):
       cbir locate photo.jpg "a butterfly"
       cbir locate photo.jpg "a red car" --json --out car.png
     """
-    from cbir.locate import default_out, locate as run_locate, overlay, parse_windows, read_picture
+    from cbir.locate import default_out, overlay, parse_windows, read_picture
+    from cbir.locate import locate as run_locate
 
     divisors = parse_windows(windows)
     picture = read_picture(image)
@@ -62,27 +71,57 @@ def locate(image, text, out, windows, as_json, library, model, device):
         click.echo(json.dumps({**result.as_dict(), "out": str(out)}))
     else:
         x0, y0, x1, y1 = result.box
-        click.echo(f"box {x0},{y0},{x1},{y1} (x0,y0,x1,y1 of {result.image_size[0]}x{result.image_size[1]}); "
-                   f"best window score {result.score:.3f}, whole image {result.whole_score:.3f}, "
-                   f"{result.windows} windows")
+        click.echo(
+            f"box {x0},{y0},{x1},{y1} (x0,y0,x1,y1 of {result.image_size[0]}x{result.image_size[1]}); "
+            f"best window score {result.score:.3f}, whole image {result.whole_score:.3f}, "
+            f"{result.windows} windows"
+        )
         click.echo(f"wrote {out}")
 
 
 @cli.command()
-@click.option("--dataset", metavar="MANIFEST", help="Image-caption pairs: a .csv, .tsv, .jsonl or .parquet manifest (image paths relative to it).")
-@click.option("--model", metavar="NAME", help="Model to start from, e.g. ViT-B-32:laion2b_s34b_b79k, cbir-tiny, or ARCH:path/to/checkpoint.pt. [env: CBIR_MODEL]")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("finetuned.pt"), show_default=True, help="The fine-tuned checkpoint (load it with --model ARCH:OUT); the training state goes beside it as OUT_STEM.train.pt.")
+@click.option(
+    "--dataset",
+    metavar="MANIFEST",
+    help="Image-caption pairs: a .csv, .tsv, .jsonl or .parquet manifest (image paths relative to it).",
+)
+@click.option(
+    "--model",
+    metavar="NAME",
+    help="Model to start from, e.g. ViT-B-32:laion2b_s34b_b79k, cbir-tiny, or ARCH:path/to/checkpoint.pt. [env: CBIR_MODEL]",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("finetuned.pt"),
+    show_default=True,
+    help="The fine-tuned checkpoint (load it with --model ARCH:OUT); the training state goes beside it as OUT_STEM.train.pt.",
+)
 @run_option("--epochs", type=click.IntRange(min=1), help="Passes over the training pairs (default 5).")
 @run_option("--batch-size", type=click.IntRange(min=2), help="Pairs per step; the loss contrasts them (default 64).")
-@run_option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default 1e-5; AdamW, warmup then cosine).")
+@run_option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate (default 1e-5; AdamW, warmup then cosine).",
+)
 @run_option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay (default 0.1).")
 @run_option("--warmup", type=click.IntRange(min=0), help="Warmup steps (default 10% of all steps).")
-@run_option("--holdout", type=click.FloatRange(0, 1, max_open=True), help="Fraction of the images held out for evaluation (default 0.1).")
+@run_option(
+    "--holdout",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Fraction of the images held out for evaluation (default 0.1).",
+)
 @run_option("--seed", type=int, help="Seed of the held-out split and the batch order (default 0).")
 @run_option("--image-column", metavar="NAME", help="The manifest's image column (default: path, image, filepath, ...).")
 @run_option("--caption-column", metavar="NAME", help="The manifest's caption column (default: caption, text, ...).")
-@click.option("--workers", type=click.IntRange(min=0), help="Image decoding processes (default: up to 4; 0: in this process).")
-@click.option("--device", metavar="auto|cpu|cuda", help="Where to train; auto picks CUDA when present (fp16 autocast there). [env: CBIR_DEVICE]")
+@click.option(
+    "--workers", type=click.IntRange(min=0), help="Image decoding processes (default: up to 4; 0: in this process)."
+)
+@click.option(
+    "--device",
+    metavar="auto|cpu|cuda",
+    help="Where to train; auto picks CUDA when present (fp16 autocast there). [env: CBIR_DEVICE]",
+)
 @click.option("--resume", is_flag=True, help="Continue the run that writes --out from its last finished epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -106,8 +145,9 @@ def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
     if not resume and not settings.model:
         raise UsageError("--model is required: the model to start from, e.g. cbir-tiny or ViT-B-32")
     log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
-    report = run_finetune(options, out, device=settings.device, workers=workers, resume=resume,
-                          progress=not quiet, log=log)
+    report = run_finetune(
+        options, out, device=settings.device, workers=workers, resume=resume, progress=not quiet, log=log
+    )
     report.pop("encoder", None)
     if as_json:
         click.echo(json.dumps(report))
@@ -116,13 +156,17 @@ def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
 
     def line(name, m):
         r = m["retrieval"]
-        return (f"{name}: held-out loss {m['loss']:.4f}; text->image R@1 {100 * r['text_to_image']['R@1']:.1f}% "
-                f"R@5 {100 * r['text_to_image']['R@5']:.1f}%; image->text R@1 {100 * r['image_to_text']['R@1']:.1f}%")
+        return (
+            f"{name}: held-out loss {m['loss']:.4f}; text->image R@1 {100 * r['text_to_image']['R@1']:.1f}% "
+            f"R@5 {100 * r['text_to_image']['R@5']:.1f}%; image->text R@1 {100 * r['image_to_text']['R@1']:.1f}%"
+        )
 
     click.echo(line("before", before))
     click.echo(line("after ", after))
     skipped = report["skipped"]
     if skipped["undecodable_pairs"]:
         click.echo(f"skipped {skipped['undecodable_pairs']} pairs whose image could not be decoded")
-    click.echo(f"wrote {report['out']} ({report['steps']} steps in {report['train_seconds']:.0f}s); "
-               f"use it with --model {report['load_with']}")
+    click.echo(
+        f"wrote {report['out']} ({report['steps']} steps in {report['train_seconds']:.0f}s); "
+        f"use it with --model {report['load_with']}"
+    )

@@ -67,10 +67,7 @@ def ingest_summary(report) -> str:
     parts.append(f"{report.unchanged} unchanged")
     parts.append(f"{report.skipped} skipped")
     speed = f" ({report.images_per_second:.1f} images/s)" if report.encoded else ""
-    line = (
-        f"{report.root}: {', '.join(parts)}; {report.encoded} encoded in "
-        f"{report.seconds:.1f} s{speed}"
-    )
+    line = f"{report.root}: {', '.join(parts)}; {report.encoded} encoded in {report.seconds:.1f} s{speed}"
     for old, count in report.followed.items():
         line += f"\n{count} of the moved images followed from {old}, which is gone"
     if report.skipped:
@@ -93,8 +90,10 @@ def status_text(status) -> str:
         f"database  {format_bytes(status.database_bytes)}",
     ]
     for path, count in status.missing_roots:
-        lines.append(f"missing   {path}: gone from disk, {count} images kept "
-                     f"(ingest it where it is now, or `cbir forget {shlex.quote(str(path))}`)")
+        lines.append(
+            f"missing   {path}: gone from disk, {count} images kept "
+            f"(ingest it where it is now, or `cbir forget {shlex.quote(str(path))}`)"
+        )
     if status.skipped_files:
         lines.append("")
         lines += [f"{path}: {reason}" for path, reason in status.skipped_files]

@@ -43,15 +43,47 @@ def _date(_ctx, _param, value):
 def filter_options(f):
     """The metadata filters of `cbir search` (all combined with AND)."""
     options = [
-        click.option("--after", callback=_date, metavar="DATE", help="Taken on or after DATE (2019, 2019-06, 2019-06-01, 2019-06-01T10:30); the file time when there is no EXIF date."),
-        click.option("--before", callback=_date, metavar="DATE", help="Taken before DATE (--before 2020: up to the end of 2019)."),
-        click.option("--folder", multiple=True, metavar="PATH", help="In this folder or below: a path, or a folder name at any depth (2019/beach, beach). Repeat for any of several."),
-        click.option("--camera", multiple=True, metavar="TEXT", help="Camera make/model contains TEXT, any case (Pixel). Repeat for any of several."),
+        click.option(
+            "--after",
+            callback=_date,
+            metavar="DATE",
+            help="Taken on or after DATE (2019, 2019-06, 2019-06-01, 2019-06-01T10:30); the file time when there is no EXIF date.",
+        ),
+        click.option(
+            "--before", callback=_date, metavar="DATE", help="Taken before DATE (--before 2020: up to the end of 2019)."
+        ),
+        click.option(
+            "--folder",
+            multiple=True,
+            metavar="PATH",
+            help="In this folder or below: a path, or a folder name at any depth (2019/beach, beach). Repeat for any of several.",
+        ),
+        click.option(
+            "--camera",
+            multiple=True,
+            metavar="TEXT",
+            help="Camera make/model contains TEXT, any case (Pixel). Repeat for any of several.",
+        ),
         click.option("--min-width", type=click.IntRange(min=1), metavar="PX", help="At least this wide."),
         click.option("--min-height", type=click.IntRange(min=1), metavar="PX", help="At least this tall."),
-        click.option("--format", "formats", multiple=True, metavar="FMT", help="File format: jpeg, png, webp, ... (repeat or comma-separate)."),
-        click.option("--tag", multiple=True, metavar="LABEL", help="Has this label (cbir label add) or tag (cbir tag); repeat to require several."),
-        click.option("--where", metavar="EXPR", help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).'),
+        click.option(
+            "--format",
+            "formats",
+            multiple=True,
+            metavar="FMT",
+            help="File format: jpeg, png, webp, ... (repeat or comma-separate).",
+        ),
+        click.option(
+            "--tag",
+            multiple=True,
+            metavar="LABEL",
+            help="Has this label (cbir label add) or tag (cbir tag); repeat to require several.",
+        ),
+        click.option(
+            "--where",
+            metavar="EXPR",
+            help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).',
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -64,7 +96,13 @@ def result_options(f):
         click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query."),
         click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many results (paging)."),
         click.option("--min-score", type=float, metavar="X", help="Only results with cosine similarity >= X."),
-        click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True, help="Order of the results shown: by score, or by date taken (oldest first)."),
+        click.option(
+            "--sort",
+            type=click.Choice(["score", "date"]),
+            default="score",
+            show_default=True,
+            help="Order of the results shown: by score, or by date taken (oldest first).",
+        ),
         click.option("--dedup", is_flag=True, help="Collapse near-identical results into the best of them."),
     ]
     for option in reversed(options):
@@ -75,10 +113,28 @@ def result_options(f):
 def plan_options(f):
     """How `cbir search` searches the index: the planner's strategy, ANN parameters, the GPU."""
     options = [
-        click.option("--strategy", type=click.Choice(["auto", "ann", "exact-subset", "ann-post-filter"]), default="auto", show_default=True, help="Override the planner's choice (for comparing)."),
-        click.option("--nprobe", type=click.IntRange(min=1), help="IVF indexes: lists to visit for this query (default: chosen at build time)."),
-        click.option("--ef", type=click.IntRange(min=1), help="HNSW indexes: search breadth for this query (default: chosen at build time)."),
-        click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra; flat and IVF kinds); an error without one."),
+        click.option(
+            "--strategy",
+            type=click.Choice(["auto", "ann", "exact-subset", "ann-post-filter"]),
+            default="auto",
+            show_default=True,
+            help="Override the planner's choice (for comparing).",
+        ),
+        click.option(
+            "--nprobe",
+            type=click.IntRange(min=1),
+            help="IVF indexes: lists to visit for this query (default: chosen at build time).",
+        ),
+        click.option(
+            "--ef",
+            type=click.IntRange(min=1),
+            help="HNSW indexes: search breadth for this query (default: chosen at build time).",
+        ),
+        click.option(
+            "--gpu",
+            is_flag=True,
+            help="Search the index on the GPU with faiss GPU ([gpu] extra; flat and IVF kinds); an error without one.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -87,16 +143,45 @@ def plan_options(f):
 
 @cli.command()
 @click.argument("query", nargs=-1)
-@click.option("--image", "image", type=str, metavar="PATH", help="Find images similar to this picture (combine with text: --image a.jpg + \"in winter\").")
-@click.option("--like", "like", type=str, metavar="PATH", help="Find images similar to this image of the library (no model needed for it).")
-@click.option("--batch", "batch", type=click.File("r", encoding="utf-8"), help="Run many queries: one per line (a query, or {\"image\": \"PATH\"}); - for stdin.")
-@click.option("--target", type=click.Choice(["images", "text"]), default="images", show_default=True, help="Search images, or the library's texts (captions, descriptions, labels, tags).")
-@click.option("--mode", type=click.Choice(["semantic", "keyword", "hybrid"]), help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.")
+@click.option(
+    "--image",
+    "image",
+    type=str,
+    metavar="PATH",
+    help='Find images similar to this picture (combine with text: --image a.jpg + "in winter").',
+)
+@click.option(
+    "--like",
+    "like",
+    type=str,
+    metavar="PATH",
+    help="Find images similar to this image of the library (no model needed for it).",
+)
+@click.option(
+    "--batch",
+    "batch",
+    type=click.File("r", encoding="utf-8"),
+    help='Run many queries: one per line (a query, or {"image": "PATH"}); - for stdin.',
+)
+@click.option(
+    "--target",
+    type=click.Choice(["images", "text"]),
+    default="images",
+    show_default=True,
+    help="Search images, or the library's texts (captions, descriptions, labels, tags).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["semantic", "keyword", "hybrid"]),
+    help="semantic (CLIP), keyword (FTS5 BM25 over texts) or hybrid (both, fused); default: hybrid for --target text with words, else semantic.",
+)
 @filter_options
 @result_options
 @plan_options
 @click.option("--explain", is_flag=True, help="Print the plan: strategy and why, candidates, time per stage.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per result (and the plan, with --explain).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON Lines: one object per result (and the plan, with --explain)."
+)
 @search_engine_options
 @library_options
 def search(query, image, like, batch, target, mode, explain, as_json, library, model, device, **options):
@@ -117,9 +202,7 @@ def search(query, image, like, batch, target, mode, explain, as_json, library, m
     items = command_line_queries(query, image, like, batch)
     _check_query_images(q for _, q in items)
     gpu = options.pop("gpu")
-    request = SearchRequest.from_options(
-        [q for _, q in items], target=target, mode=mode, explain=explain, **options
-    )
+    request = SearchRequest.from_options([q for _, q in items], target=target, mode=mode, explain=explain, **options)
     engine = ray_options()
     with _open(library=library, model=model, device=device, gpu=gpu) as lib:
         use_engine(lib, engine)

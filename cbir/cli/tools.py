@@ -44,10 +44,28 @@ def eval_retrieval(where, as_json, library, model, device):
 
 
 @eval_group.command("zeroshot")
-@click.option("--templates", default="ensemble", show_default=True, metavar="NAME|FILE", help="Prompt templates: single (a photo of a {}.), ensemble (open_clip's 7), openai (CLIP's 80) or a file with one template per line.")
-@click.option("--label", default="folder", show_default=True, metavar="folder|extra.COLUMN", help="Each image's class: the folder holding it, or a dataset column.")
+@click.option(
+    "--templates",
+    default="ensemble",
+    show_default=True,
+    metavar="NAME|FILE",
+    help="Prompt templates: single (a photo of a {}.), ensemble (open_clip's 7), openai (CLIP's 80) or a file with one template per line.",
+)
+@click.option(
+    "--label",
+    default="folder",
+    show_default=True,
+    metavar="folder|extra.COLUMN",
+    help="Each image's class: the folder holding it, or a dataset column.",
+)
 @click.option("--where", metavar="EXPR", help="Only images passing this filter (see cbir search --where).")
-@click.option("--worst", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the worst classes to show with their confusions.")
+@click.option(
+    "--worst",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the worst classes to show with their confusions.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @library_options
 def eval_zeroshot(templates, label, where, worst, as_json, library, model, device):
@@ -67,12 +85,36 @@ def eval_zeroshot(templates, label, where, worst, as_json, library, model, devic
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="Small sizes: a few minutes (the full run takes about an hour on 2 cores).")
-@click.option("--only", metavar="SECTIONS", help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu, serve, ray, ray-ingest (default: all).")
-@click.option("--model", default="ViT-B-32:none", show_default=True, help="Model for the ingest sections (random weights: throughput does not depend on them).")
-@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|auto", help="Where the model runs (the gpu section always uses CUDA when present).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch (default: 32 on CPU, 256 on CUDA).")
+@click.option(
+    "--only",
+    metavar="SECTIONS",
+    help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu, serve, ray, ray-ingest (default: all).",
+)
+@click.option(
+    "--model",
+    default="ViT-B-32:none",
+    show_default=True,
+    help="Model for the ingest sections (random weights: throughput does not depend on them).",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    metavar="cpu|cuda|auto",
+    help="Where the model runs (the gpu section always uses CUDA when present).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Images per model batch (default: 32 on CPU, 256 on CUDA)."
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("bench.json"), show_default=True, help="Where to write the full report.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=Path("bench.json"),
+    show_default=True,
+    help="Where to write the full report.",
+)
 @debug_option
 def bench(quick, only, model, device, batch_size, workers, json_path):
     """Measure ingest and search speed on this machine: end-to-end ingest against the model's own
@@ -83,19 +125,40 @@ def bench(quick, only, model, device, batch_size, workers, json_path):
     from cbir.bench import SECTIONS, report_text, run
 
     sections = _split([only]) if only else SECTIONS
-    report = run(quick=quick, model=model, device=device, sections=sections, batch=batch_size,
-                 workers=workers, progress=lambda line: click.echo(line, err=True))
+    report = run(
+        quick=quick,
+        model=model,
+        device=device,
+        sections=sections,
+        batch=batch_size,
+        workers=workers,
+        progress=lambda line: click.echo(line, err=True),
+    )
     json_path.write_text(json_module.dumps(report, indent=2, default=str))
     click.echo(report_text(report))
     click.echo(f"\n(full report: {json_path})")
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on. Any address but loopback needs --token.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one, printed).")
-@click.option("--token", envvar="CBIR_TOKEN", metavar="TOKEN", help="Secret every request must carry (Authorization: Bearer TOKEN, or open /?token=TOKEN once). [env: CBIR_TOKEN]")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Any address but loopback needs --token.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one, printed)."
+)
+@click.option(
+    "--token",
+    envvar="CBIR_TOKEN",
+    metavar="TOKEN",
+    help="Secret every request must carry (Authorization: Bearer TOKEN, or open /?token=TOKEN once). [env: CBIR_TOKEN]",
+)
 @click.option("--upload-limit", default="25MB", show_default=True, metavar="SIZE", help="Largest query image accepted.")
-@click.option("--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra); an error without one.")
+@click.option(
+    "--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra); an error without one."
+)
 @search_engine_options
 @library_options
 def serve(host, port, token, upload_limit, gpu, library, model, device):
@@ -138,8 +201,14 @@ def models(as_json):
 
 
 @cli.command()
-@click.option("--library", metavar="PATH", help="Where to build the demo library (default: indexes/demo in a checkout, else the user data folder).")
-@click.option("--images", type=click.IntRange(min=10), default=160, show_default=True, help="How many photos to generate.")
+@click.option(
+    "--library",
+    metavar="PATH",
+    help="Where to build the demo library (default: indexes/demo in a checkout, else the user data folder).",
+)
+@click.option(
+    "--images", type=click.IntRange(min=10), default=160, show_default=True, help="How many photos to generate."
+)
 @click.option("--device", metavar="auto|cpu|cuda", help="Where the model runs.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Results per example search.")
 @debug_option
@@ -188,7 +257,7 @@ def demo(library, images, device, k):
         click.echo(hits_table(hits))
     click.echo(
         f"\nText search found {found_total} of the {shown_total} exact matches it could show."
-        f"\nTry your own: cbir search --library {settings.library} \"a green star on a pink background\""
+        f'\nTry your own: cbir search --library {settings.library} "a green star on a pink background"'
         f"\nIn a browser: cbir serve --library {settings.library}   (then open http://127.0.0.1:8000/)"
         f"\nWith real CLIP weights on your photos: cbir ingest ~/Pictures --model ViT-B-32:laion2b_s34b_b79k"
     )

@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 from cbir.errors import CbirError, UsageError
 
@@ -55,8 +55,7 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
         try:
             if address is None:
                 with _loopback_only():
-                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                             logging_level=logging.WARNING)
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
                 _check_loopback(ray)
             else:
                 # a driver finds its node by its own address: on a loopback-only cluster, loopback

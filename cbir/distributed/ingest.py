@@ -19,15 +19,15 @@ import math
 import pickle
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import numpy as np
 
+from cbir import errors
 from cbir.distributed.cluster import connected
 from cbir.encode.spec import Encoder, Preprocess, same_model
-from cbir import errors
 from cbir.errors import CbirError, ModelMismatch
 from cbir.ingest.decode import MAX_PIXELS, FileTask, decode_file
 from cbir.ingest.pipeline import CHUNK, Item, encode_decoded
@@ -63,7 +63,7 @@ class RayStage:
     num_cpus: int | None = None
 
     @classmethod
-    def of(cls, encoder: Encoder, **options) -> "RayStage":
+    def of(cls, encoder: Encoder, **options) -> RayStage:
         """The stage whose workers load ``encoder``'s model (checked against its fingerprint)."""
         return cls(encoder_recipe(encoder), encoder.fingerprint(), encoder.preprocess, **options)
 
@@ -103,13 +103,18 @@ class RayStage:
         return (
             ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / CHUNK))
             .map_batches(
-                decode_batch, batch_size=CHUNK, fn_kwargs={"pp": self.preprocess, "known": known},
-                num_cpus=1, max_retries=RETRIES,
+                decode_batch,
+                batch_size=CHUNK,
+                fn_kwargs={"pp": self.preprocess, "known": known},
+                num_cpus=1,
+                max_retries=RETRIES,
             )
             .map_batches(
                 EncodeActor,
                 fn_constructor_kwargs={
-                    "recipe": self.recipe, "fingerprint": self.fingerprint, "device": "cuda" if gpus else "cpu",
+                    "recipe": self.recipe,
+                    "fingerprint": self.fingerprint,
+                    "device": "cuda" if gpus else "cpu",
                 },
                 batch_size=self.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=workers),

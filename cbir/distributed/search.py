@@ -33,6 +33,7 @@ from cbir.errors import CbirError, UsageError
 from cbir.index.topk import merge_top_k
 from cbir.names import IMAGES
 
+
 class RayError(CbirError):
     """Ray is missing, unreachable, or its actors failed."""
 
@@ -192,7 +193,7 @@ class RayEngine:
     def wrap(self, name: str, index, files: dict | None, reload=None):
         return self.publish(index, files, reload) if name == IMAGES else index
 
-    def publish(self, local, files: dict | None = None, reload=None) -> "RayShardedIndex":
+    def publish(self, local, files: dict | None = None, reload=None) -> RayShardedIndex:
         """Serve ``local`` (a ShardedIndex or one VectorIndex) from the actors: shards they do
         not hold yet are shipped, then searches switch to it; the previous set is dropped once
         the searches still running on it end. ``reload``: how to load the index again (and
@@ -240,11 +241,15 @@ class RayEngine:
             self.held.append(set())
 
     def _new_actor(self):
-        return _remote_actor_class().options(
-            num_cpus=self.options.num_cpus,
-            max_concurrency=self.options.max_concurrency,
-            scheduling_strategy="SPREAD",
-        ).remote()
+        return (
+            _remote_actor_class()
+            .options(
+                num_cpus=self.options.num_cpus,
+                max_concurrency=self.options.max_concurrency,
+                scheduling_strategy="SPREAD",
+            )
+            .remote()
+        )
 
     def replace_lost(self) -> None:
         """Start a new actor, holding nothing yet, in the place of each one that died; the next
@@ -277,7 +282,7 @@ class RayEngine:
         except ray.exceptions.RayError as e:
             raise RayError(f"Ray failed: {str(e).splitlines()[0]}") from None
 
-    def _release(self, index: "RayShardedIndex") -> None:
+    def _release(self, index: RayShardedIndex) -> None:
         """Drop from the actors the shards of ``index`` that no live index uses."""
         with self._lock:
             if index in self._live:

@@ -27,9 +27,7 @@ def resolve_device(requested: str) -> str:
             )
         index = int(requested.split(":", 1)[1]) if ":" in requested else 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) present"
-            )
+            raise DeviceError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) present")
         return requested
     if requested == "cpu":
         return "cpu"

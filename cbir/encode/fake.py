@@ -19,8 +19,9 @@ class FakeEncoder:
     it has encoded ``crash_after`` images, removing the file first: fault injection for the
     distributed engine's tests."""
 
-    def __init__(self, dim: int = 32, size: int = 32, seed: int = 0, crash_marker: str | None = None,
-                 crash_after: int = 0):
+    def __init__(
+        self, dim: int = 32, size: int = 32, seed: int = 0, crash_marker: str | None = None, crash_after: int = 0
+    ):
         self._config = dict(dim=dim, size=size, seed=seed, crash_marker=crash_marker, crash_after=crash_after)
         self.spec = ModelSpec("fake", f"seed{seed}")
         self.preprocess = Preprocess(size=size)
@@ -53,8 +54,9 @@ class FakeEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         rows = [
-            np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little"))
-            .standard_normal(self.dim)
+            np.random.default_rng(int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")).standard_normal(
+                self.dim
+            )
             for t in texts
         ]
         return _unit(np.stack(rows))

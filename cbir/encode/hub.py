@@ -22,8 +22,9 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 
 def uses_hub(spec: ModelSpec) -> bool:
     """Loading ``spec`` may download from the hub: a pretrained tag or an hf-hub: model."""
-    return spec.arch.startswith("hf-hub:") or (spec.pretrained is not None and not spec.is_file
-                                                and spec.pretrained != BUNDLED)
+    return spec.arch.startswith("hf-hub:") or (
+        spec.pretrained is not None and not spec.is_file and spec.pretrained != BUNDLED
+    )
 
 
 def cached(spec: ModelSpec) -> bool | None:
@@ -40,8 +41,11 @@ def cached(spec: ModelSpec) -> bool | None:
     repo, filename = os.path.split(hub_path)
     filename = filename or "open_clip_pytorch_model.bin"
     # open_clip looks for a .safetensors twin first (pretrained._get_safe_alternatives)
-    twin = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else (
-        os.path.splitext(filename)[0] + ".safetensors")
+    twin = (
+        "open_clip_model.safetensors"
+        if filename == "open_clip_pytorch_model.bin"
+        else (os.path.splitext(filename)[0] + ".safetensors")
+    )
     return any(isinstance(try_to_load_from_cache(repo, name), str) for name in (filename, twin))
 
 

@@ -152,8 +152,11 @@ def tokenizer_refusal(open_clip_tokenizer) -> str | None:
     if name != "SimpleTokenizer":
         return f"its tokenizer ({name}) has no torch-free port"
     clean = getattr(open_clip_tokenizer.clean_fn, "__name__", "")
-    if clean != "_clean_lower" or open_clip_tokenizer.reduction_fn is not None \
-            or len(open_clip_tokenizer.all_special_ids) != 2:
+    if (
+        clean != "_clean_lower"
+        or open_clip_tokenizer.reduction_fn is not None
+        or len(open_clip_tokenizer.all_special_ids) != 2
+    ):
         return "its tokenizer has options (clean, reduction mask, special tokens) the torch-free port lacks"
     return None
 
@@ -199,8 +202,13 @@ def _export_towers(encoder, folder: Path) -> None:
 
             with _quiet():
                 torch.onnx.export(
-                    module.eval(), (example,), str(raw / name), **legacy,
-                    opset_version=OPSET, input_names=[input_name], output_names=["embeddings"],
+                    module.eval(),
+                    (example,),
+                    str(raw / name),
+                    **legacy,
+                    opset_version=OPSET,
+                    input_names=[input_name],
+                    output_names=["embeddings"],
                     dynamic_axes={input_name: {0: "batch"}, "embeddings": {0: "batch"}},
                 )
         except ImportError as e:
@@ -209,11 +217,18 @@ def _export_towers(encoder, folder: Path) -> None:
             raise
         except Exception as e:  # the exporter raises many kinds for an operator it cannot map
             raise OnnxUnavailable(
-                f"{encoder.spec.name}'s {tower} tower does not export to ONNX: {_first_line(e)}") from e
+                f"{encoder.spec.name}'s {tower} tower does not export to ONNX: {_first_line(e)}"
+            ) from e
         # The weights in one file beside the graph, which ONNX Runtime maps rather than copies:
         # ViT-B-32's text tower loads in 0.6 s and 215 MB instead of 1.7 s and 407 MB.
-        onnx.save_model(onnx.load(raw / name), folder / name, save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)
+        onnx.save_model(
+            onnx.load(raw / name),
+            folder / name,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{name}.data",
+            size_threshold=1024,
+        )
     shutil.rmtree(raw)
 
 
@@ -231,7 +246,8 @@ def _check(encoder, folder: Path, context_length: int) -> dict:
     ours = ClipTokenizer(folder / VOCAB_NAME, context_length)(PROBE_TEXTS)
     if not np.array_equal(ours, encoder._tokenizer(PROBE_TEXTS).numpy()):
         raise OnnxUnavailable(
-            f"{encoder.spec.name} runs on torch only: its tokens differ from the torch-free tokenizer's")
+            f"{encoder.spec.name} runs on torch only: its tokens differ from the torch-free tokenizer's"
+        )
     pixels = probe_images(encoder.preprocess.size)
     cosines = {
         "image": _cosines(encoder.encode_images(pixels), new_session(folder / "image.onnx"), "pixels", pixels),
@@ -241,14 +257,17 @@ def _check(encoder, folder: Path, context_length: int) -> dict:
         if min(values) < MIN_COSINE:
             raise OnnxUnavailable(
                 f"{encoder.spec.name}'s {tower} tower on ONNX Runtime differs from torch "
-                f"(cosine {min(values):.6f} < {MIN_COSINE}); it runs on torch")
+                f"(cosine {min(values):.6f} < {MIN_COSINE}); it runs on torch"
+            )
     return {f"{tower}_min_cosine": float(min(values)) for tower, values in cosines.items()} | {
-        "probe_images": len(pixels), "probe_texts": len(PROBE_TEXTS), "min_cosine_required": MIN_COSINE}
+        "probe_images": len(pixels),
+        "probe_texts": len(PROBE_TEXTS),
+        "min_cosine_required": MIN_COSINE,
+    }
 
 
 def _cosines(expected: np.ndarray, session, input_name: str, inputs: np.ndarray) -> list[float]:
-    got = np.concatenate([session.run(None, {input_name: inputs})[0],
-                          session.run(None, {input_name: inputs[:1]})[0]])
+    got = np.concatenate([session.run(None, {input_name: inputs})[0], session.run(None, {input_name: inputs[:1]})[0]])
     expected = np.concatenate([expected, expected[:1]])
     return cosine_rows(expected, got).tolist()
 
@@ -283,8 +302,7 @@ def _quantise(entry: Path) -> None:
     try:
         logging.disable(logging.WARNING)  # it advises pre-processing, and shape inference, on the root logger
         try:
-            quantize_dynamic(entry / "image.onnx", tmp, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul"])
+            quantize_dynamic(entry / "image.onnx", tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
         finally:
             logging.disable(logging.NOTSET)
         meta = json.loads((entry / META).read_text(encoding="utf-8"))
@@ -293,10 +311,16 @@ def _quantise(entry: Path) -> None:
         int8 = new_session(tmp).run(None, {"pixels": pixels})[0]
         cosines = cosine_rows(fp32, int8)
         if cosines.min() < INT8_MIN_COSINE:
-            raise OnnxUnavailable(f"{meta['fingerprint']['spec']}'s int8 image tower differs from fp32 "
-                                  f"(cosine {cosines.min():.4f} < {INT8_MIN_COSINE}); use fp32")
-        check = {"min_cosine_vs_fp32": float(cosines.min()), "mean_cosine_vs_fp32": float(cosines.mean()),
-                 "probe_images": len(pixels), "versions": _versions()}
+            raise OnnxUnavailable(
+                f"{meta['fingerprint']['spec']}'s int8 image tower differs from fp32 "
+                f"(cosine {cosines.min():.4f} < {INT8_MIN_COSINE}); use fp32"
+            )
+        check = {
+            "min_cosine_vs_fp32": float(cosines.min()),
+            "mean_cosine_vs_fp32": float(cosines.mean()),
+            "probe_images": len(pixels),
+            "versions": _versions(),
+        }
         (entry / INT8_META).write_text(json.dumps(check, indent=1), encoding="utf-8")
         _fsync(entry / INT8_META)
         _fsync(tmp)

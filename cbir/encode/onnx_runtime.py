@@ -57,8 +57,9 @@ def complete(entry: Path, precision: str) -> bool:
     return (entry / META).is_file() and (entry / graph_file("image", precision)).is_file()
 
 
-def onnx_encoder(spec: ModelSpec | str, precision: str = "fp32",
-                 cache_dir: str | os.PathLike | None = None) -> OnnxEncoder:
+def onnx_encoder(
+    spec: ModelSpec | str, precision: str = "fp32", cache_dir: str | os.PathLike | None = None
+) -> OnnxEncoder:
     """The model on ONNX Runtime, from the cache, or exported into it first (which loads the model
     with torch, once per model; int8 is quantised from the fp32 graph once). Raises OnnxUnavailable,
     saying why, for a model that cannot run there: the caller then uses torch. A model that does
@@ -87,8 +88,9 @@ class OnnxEncoder:
         self.entry = entry
         self.precision = precision
         self.dim = int(meta["fingerprint"]["dim"])
-        self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in meta["fingerprint"]["preprocess"].items()})
+        self.preprocess = Preprocess(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["fingerprint"]["preprocess"].items()}
+        )
         self.logit_scale = meta["logit_scale"]
         self.meta = meta
         self._threads = threads or default_threads()
@@ -126,14 +128,16 @@ class OnnxEncoder:
                 if tower not in self._sessions:
                     if tower == "text":
                         self._tokenizer = tokenizer.ClipTokenizer(
-                            self.entry / tokenizer.VOCAB_NAME, int(self.meta["context_length"]))
+                            self.entry / tokenizer.VOCAB_NAME, int(self.meta["context_length"])
+                        )
                     path = self.entry / graph_file(tower, self.precision)
                     try:
                         self._sessions[tower] = new_session(path, self._threads)
                     except Exception as e:  # onnxruntime's own kinds, for a damaged file
                         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                        raise OnnxUnavailable(f"cannot load {path} ({detail}); remove {self.entry} "
-                                              "and it is exported again") from e
+                        raise OnnxUnavailable(
+                            f"cannot load {path} ({detail}); remove {self.entry} and it is exported again"
+                        ) from e
         return self._sessions[tower]
 
 

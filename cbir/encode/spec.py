@@ -128,9 +128,7 @@ class Encoder(Protocol):
 
 def encode_texts_batched(encoder: Encoder, texts: list[str]) -> np.ndarray:
     """Texts encoded TEXT_BATCH at a time (bounded memory on the device), as one matrix."""
-    return np.concatenate(
-        [encoder.encode_texts(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)]
-    )
+    return np.concatenate([encoder.encode_texts(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)])
 
 
 def make_fingerprint(spec: ModelSpec, dim: int, preprocess: Preprocess) -> dict:

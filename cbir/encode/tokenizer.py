@@ -36,8 +36,7 @@ def open_clip_vocab() -> Path:
 @cache
 def bytes_to_unicode() -> dict[int, str]:
     """Each byte as a printable character, so BPE never sees whitespace or control bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     codes = printable[:]
     extra = 0
     for byte in range(256):

@@ -29,7 +29,8 @@ def evaluate_retrieval(lib, filters=None) -> RetrievalResult:
     if not len(text_ids):
         raise UsageError(
             "no captions to evaluate with: ingest an image-caption dataset (a manifest with a "
-            "caption column, or WebDataset shards) or put caption files beside the images")
+            "caption column, or WebDataset shards) or put caption files beside the images"
+        )
     candidates = np.unique(caption_images)
     found, image_vectors = lib.catalog.vectors_of("images", candidates)
     _, text_vectors = lib.catalog.vectors_of("texts", text_ids)
@@ -38,8 +39,9 @@ def evaluate_retrieval(lib, filters=None) -> RetrievalResult:
     return retrieval_metrics(image_vectors, text_vectors, np.searchsorted(candidates, caption_images))
 
 
-def evaluate_zeroshot(lib, templates: str = "ensemble", label: str = "folder", filters=None,
-                      worst: int = 5) -> ZeroShotResult:
+def evaluate_zeroshot(
+    lib, templates: str = "ensemble", label: str = "folder", filters=None, worst: int = 5
+) -> ZeroShotResult:
     """Zero-shot top-1/top-5 accuracy over the library's labelled images, with the class names
     filled into ``templates`` (single, ensemble, openai, or a file)."""
     if label != "folder" and not (label.startswith("extra.") and len(label) > 6):

@@ -84,14 +84,11 @@ def _validate(image_vectors, text_vectors, text_image, ks):
     if texts.ndim != 2 or texts.shape[0] == 0:
         raise UsageError("no texts to evaluate retrieval with: give at least one image caption")
     if texts.shape[1] != images.shape[1]:
-        raise UsageError(
-            f"text vectors have {texts.shape[1]} dimensions but image vectors {images.shape[1]}"
-        )
+        raise UsageError(f"text vectors have {texts.shape[1]} dimensions but image vectors {images.shape[1]}")
     text_image = np.asarray(text_image)
     if text_image.shape != (texts.shape[0],):
         raise UsageError(
-            f"text_image must give one image row per text ({texts.shape[0]}), got shape "
-            f"{text_image.shape}"
+            f"text_image must give one image row per text ({texts.shape[0]}), got shape {text_image.shape}"
         )
     if text_image.dtype.kind not in "iu":
         raise UsageError(f"text_image must hold integer image rows, got {text_image.dtype}")
@@ -163,13 +160,15 @@ def retrieval_table(result: RetrievalResult) -> str:
         ("text→image", result.text_to_image, result.texts),
         ("image→text", result.image_to_text, result.captioned),
     ):
-        rows.append([
-            label,
-            *(f"{100 * metrics[k]:.1f}" for k in recall_keys),
-            f"{metrics['median_rank']:g}",
-            f"{metrics['mean_rank']:.1f}",
-            str(queries),
-        ])
+        rows.append(
+            [
+                label,
+                *(f"{100 * metrics[k]:.1f}" for k in recall_keys),
+                f"{metrics['median_rank']:g}",
+                f"{metrics['mean_rank']:.1f}",
+                str(queries),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

@@ -20,20 +20,19 @@ strings. open_clip imports torch, so they are loaded on first access of ``ENSEMB
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Callable, Union
 
 from cbir.errors import UsageError
 
-Template = Union[str, Callable[[str], str]]
+Template = str | Callable[[str], str]
 
 SINGLE: tuple[str, ...] = ("a photo of a {}.",)
 NAMED = ("single", "ensemble", "openai")
 PLACEHOLDER = "{}"
 
-__all__ = ["SINGLE", "NAMED", "Template", "fill", "load_templates",
-           "resolve_templates"]
+__all__ = ["SINGLE", "NAMED", "Template", "fill", "load_templates", "resolve_templates"]
 
 
 def fill(template: Template, classname: str) -> str:
@@ -54,7 +53,7 @@ def _as_format_string(template: Callable[[str], str]) -> Template:
     return template
 
 
-@lru_cache(maxsize=None)
+@cache
 def _open_clip_templates(name: str) -> tuple[Template, ...]:
     from open_clip import zero_shot_metadata
 
@@ -88,8 +87,7 @@ def load_templates(path: str | Path) -> tuple[str, ...]:
         count = line.count(PLACEHOLDER)
         if count != 1:
             raise UsageError(
-                f"{path}, line {number}: a template needs exactly one {{}} for the class name, "
-                f"found {count}: {line!r}"
+                f"{path}, line {number}: a template needs exactly one {{}} for the class name, found {count}: {line!r}"
             )
         templates.append(line)
     if not templates:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -64,8 +64,7 @@ def class_embeddings(
     if batch < 1:
         raise UsageError(f"batch must be positive, got {batch}")
     prompts = [fill(t, c) for c in classnames for t in templates]
-    parts = [np.asarray(encode_texts(prompts[i : i + batch]), dtype=np.float32)
-             for i in range(0, len(prompts), batch)]
+    parts = [np.asarray(encode_texts(prompts[i : i + batch]), dtype=np.float32) for i in range(0, len(prompts), batch)]
     prompt_vectors = _normalise(np.concatenate(parts))
     per_class = prompt_vectors.reshape(len(classnames), len(templates), -1).mean(axis=1)
     return _normalise(per_class)
@@ -125,9 +124,7 @@ def zero_shot_metrics(
             counts[name] = int(mask.sum())
     order = {name: i for i, name in enumerate(classnames)}
     worst_classes = sorted(per_class, key=lambda n: (per_class[n], order[n]))[: max(0, worst)]
-    wrong = Counter(
-        (classnames[t], classnames[p]) for t, p in zip(labels[~correct], predicted[~correct])
-    )
+    wrong = Counter((classnames[t], classnames[p]) for t, p in zip(labels[~correct], predicted[~correct]))
     confusion = [
         (true, pred, n)
         for name in worst_classes
@@ -155,9 +152,7 @@ def _validate(image_vectors, labels, class_vectors, classnames):
     if classes.ndim != 2 or classes.shape[0] == 0:
         raise UsageError(f"class vectors must be a non-empty [C, d] matrix, got shape {classes.shape}")
     if classes.shape[1] != images.shape[1]:
-        raise UsageError(
-            f"class vectors have {classes.shape[1]} dimensions but image vectors {images.shape[1]}"
-        )
+        raise UsageError(f"class vectors have {classes.shape[1]} dimensions but image vectors {images.shape[1]}")
     if len(classnames) != classes.shape[0]:
         raise UsageError(f"{len(classnames)} class names for {classes.shape[0]} class vectors")
     duplicates = sorted({c for c in classnames if classnames.count(c) > 1})

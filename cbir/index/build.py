@@ -5,8 +5,8 @@ cheapest that reach recall@10 >= 0.95 on a held-out sample of the library's own 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -70,7 +70,12 @@ def build(
     on_gpu = faiss_gpu.resolve(gpu) and (gpu is True or count > FLAT_MAX)
     spec = choose_spec(count, dim, memory_bytes, kind, gpu=on_gpu)
     index, report = _build_tuned(name, dim, count, chunks, sample, vector_version, spec, exact_source, on_gpu)
-    if kind == "auto" and spec.kind == "hnsw" and report.recall_at_10 is not None and report.recall_at_10 < TARGET_RECALL:
+    if (
+        kind == "auto"
+        and spec.kind == "hnsw"
+        and report.recall_at_10 is not None
+        and report.recall_at_10 < TARGET_RECALL
+    ):
         # Some libraries' vectors (many overlapping clusters) keep HNSW below the target even at
         # its widest search; IVF-Flat reaches it by probing more lists, when it fits.
         try:
@@ -78,8 +83,10 @@ def build(
         except UsageError:
             pass
         else:
-            shortfall = (f"; HNSW reached only recall@10 {report.recall_at_10:.3f} at "
-                         f"{_params_text(report.params)}, so IVF-Flat instead")
+            shortfall = (
+                f"; HNSW reached only recall@10 {report.recall_at_10:.3f} at "
+                f"{_params_text(report.params)}, so IVF-Flat instead"
+            )
             spec = IndexSpec(ivf.kind, ivf.factory, ivf.params, ivf.train_size, ivf.reason + shortfall)
             index, report = _build_tuned(name, dim, count, chunks, sample, vector_version, spec, exact_source, on_gpu)
     report.seconds = time.perf_counter() - started
@@ -129,7 +136,6 @@ def held_out_recall(index: VectorIndex, query_ids, queries, truth, params: dict)
     """recall@K of ``index`` searched with ``params``, each query's own id left out."""
     _, found = index.search(queries, K + 1, params)
     hits = sum(
-        len(set(row[row != qid][:K].tolist()) & set(true.tolist()))
-        for row, qid, true in zip(found, query_ids, truth)
+        len(set(row[row != qid][:K].tolist()) & set(true.tolist())) for row, qid, true in zip(found, query_ids, truth)
     )
     return hits / truth.size

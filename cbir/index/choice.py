@@ -91,8 +91,7 @@ def estimate_bytes(kind: str, n: int, dim: int, **shape) -> int:
     return math.ceil(n * ((m + ID_BYTES) * INVLIST_SLACK + DIRECT_MAP_BYTES)) + centroids + codebooks
 
 
-def choose_spec(n: int, dim: int, memory_bytes: int | None = None, kind: str = "auto",
-                gpu: bool = False) -> IndexSpec:
+def choose_spec(n: int, dim: int, memory_bytes: int | None = None, kind: str = "auto", gpu: bool = False) -> IndexSpec:
     """The index for n dim-d vectors within ``memory_bytes`` (None: no limit), to be built on the
     GPU when ``gpu``.
 
@@ -124,26 +123,34 @@ def choose_spec(n: int, dim: int, memory_bytes: int | None = None, kind: str = "
         # Per vector, flat < HNSW (+8M bytes of graph) < IVF-Flat (list spare capacity and the id
         # hashtable), so a kind that does not fit means the next full-vector one does not either.
         if n <= FLAT_MAX and fits("flat"):
-            return _flat(n, dim, f"{size} <= {FLAT_MAX:,}, exact search is fast enough; "
-                                 f"needs {need('flat')} ({within})")
+            return _flat(
+                n, dim, f"{size} <= {FLAT_MAX:,}, exact search is fast enough; needs {need('flat')} ({within})"
+            )
         if n <= HNSW_MAX and fits("hnsw") and not gpu:
-            return _hnsw(n, dim, f"{size} > {FLAT_MAX:,} (flat limit), <= {HNSW_MAX:,} (HNSW limit); "
-                                 f"graph + vectors need {need('hnsw')} ({within})")
+            return _hnsw(
+                n,
+                dim,
+                f"{size} > {FLAT_MAX:,} (flat limit), <= {HNSW_MAX:,} (HNSW limit); "
+                f"graph + vectors need {need('hnsw')} ({within})",
+            )
         if fits("ivf"):
-            why = (f"> {HNSW_MAX:,} (HNSW limit)" if n > HNSW_MAX
-                   else "building on the GPU, which has no HNSW" if gpu
-                   else f"HNSW would need {need('hnsw')}, over the {within}")
-            return _ivf(n, dim, f"{size}, {why}; IVF-Flat with {nlist_for(n)} lists needs "
-                                f"{need('ivf')} ({within})")
-        return _ivfpq(n, dim, budget, f"{size} as full vectors need {need('ivf')} (IVF-Flat), "
-                                      f"over the {within}", gpu)
+            why = (
+                f"> {HNSW_MAX:,} (HNSW limit)"
+                if n > HNSW_MAX
+                else "building on the GPU, which has no HNSW"
+                if gpu
+                else f"HNSW would need {need('hnsw')}, over the {within}"
+            )
+            return _ivf(n, dim, f"{size}, {why}; IVF-Flat with {nlist_for(n)} lists needs {need('ivf')} ({within})")
+        return _ivfpq(n, dim, budget, f"{size} as full vectors need {need('ivf')} (IVF-Flat), over the {within}", gpu)
 
     if kind == "ivfpq":
         return _ivfpq(n, dim, budget, f"{size}, IVF-PQ requested", gpu)
     if not fits(kind):
         raise UsageError(
             f"a {kind} index of {size} needs {need(kind)}, over the {within}: "
-            f"raise --memory or use --type auto (which falls back to IVF-PQ)")
+            f"raise --memory or use --type auto (which falls back to IVF-PQ)"
+        )
     reason = f"{size}, {kind} requested; needs {need(kind)} ({within})"
     return {"flat": _flat, "hnsw": _hnsw, "ivf": _ivf}[kind](n, dim, reason)
 
@@ -168,9 +175,11 @@ def _ivf(n: int, dim: int, reason: str) -> IndexSpec:
 
 def _ivfpq(n: int, dim: int, budget: float, reason: str, gpu: bool = False) -> IndexSpec:
     if n < PQ_CENTROIDS:
-        raise UsageError(f"IVF-PQ needs at least {PQ_CENTROIDS} vectors to train its codebooks, "
-                         f"this library has {n:,}; a flat index of them needs "
-                         f"~{format_bytes(estimate_bytes('flat', n, dim))}")
+        raise UsageError(
+            f"IVF-PQ needs at least {PQ_CENTROIDS} vectors to train its codebooks, "
+            f"this library has {n:,}; a flat index of them needs "
+            f"~{format_bytes(estimate_bytes('flat', n, dim))}"
+        )
     nlist, choices = nlist_for(n), pq_m_choices(dim)
     if gpu:
         from cbir.index.gpu import PQ_CODE_BYTES
@@ -191,12 +200,15 @@ def _ivfpq(n: int, dim: int, budget: float, reason: str, gpu: bool = False) -> I
             f"no index of {n:,} x {dim}-d vectors fits in {format_bytes(budget)}: the smallest, "
             f"IVF{nlist},PQ{m}x{PQ_BITS}, needs ~{format_bytes(smallest)} "
             f"(use --memory {format_bytes(smallest, up=True).replace(' ', '')} or more); "
-            f"{format_bytes(budget)} holds about {lo:,} vectors")
+            f"{format_bytes(budget)} holds about {lo:,} vectors"
+        )
     m = fitting[-1]  # the longest code that fits: PQ recall grows with m
     train_size = min(n, TRAIN_PER_LIST * max(nlist, PQ_CENTROIDS))
     est = estimate_bytes("ivfpq", n, dim, nlist=nlist, m=m)
     within = "no memory limit" if budget == math.inf else f"budget {format_bytes(budget)}"
-    reason += (f"; IVF{nlist},PQ{m}x{PQ_BITS} ({m}-byte codes) needs ~{format_bytes(est)} ({within}); "
-               f"the lossy codes cap recall")
+    reason += (
+        f"; IVF{nlist},PQ{m}x{PQ_BITS} ({m}-byte codes) needs ~{format_bytes(est)} ({within}); "
+        f"the lossy codes cap recall"
+    )
     params = {**_ivf_params(nlist), "rerank": RERANK}
     return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}x{PQ_BITS}", params, train_size, "ivfpq: " + reason)

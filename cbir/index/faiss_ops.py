@@ -8,7 +8,7 @@ keeps ``import cbir`` light.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -85,8 +85,12 @@ def search_parameters(spec_or_kind, params: dict, selector=None):
             values[name] = int(value)
     if selector is not None:
         values["sel"] = selector
-    cls = {"flat": faiss.SearchParameters, "hnsw": faiss.SearchParametersHNSW,
-           "ivf": faiss.SearchParametersIVF, "ivfpq": faiss.SearchParametersIVF}[kind]
+    cls = {
+        "flat": faiss.SearchParameters,
+        "hnsw": faiss.SearchParametersHNSW,
+        "ivf": faiss.SearchParametersIVF,
+        "ivfpq": faiss.SearchParametersIVF,
+    }[kind]
     return cls(**values)
 
 
@@ -112,8 +116,9 @@ def candidate_params(index, spec: IndexSpec, k: int = 10) -> list[dict]:
     return [{"nprobe": p, **extra} for p in probes]
 
 
-def tune(index, spec: IndexSpec, measure: Callable[[dict], float], target: float = 0.95,
-         k: int = 10, margin: bool = False) -> tuple[dict, float]:
+def tune(
+    index, spec: IndexSpec, measure: Callable[[dict], float], target: float = 0.95, k: int = 10, margin: bool = False
+) -> tuple[dict, float]:
     """The cheapest search parameters whose ``measure(params)`` (a recall@k) reaches ``target``,
     or with ``margin`` the next wider ones; if the target is never reached, the best seen (the
     caller reports the shortfall: IVF-PQ codes often cap recall below 0.95). Returns (params,

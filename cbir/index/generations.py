@@ -49,7 +49,7 @@ class Entry:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Entry":
+    def from_dict(cls, data: dict) -> Entry:
         data = dict(data)
         data["spec"] = IndexSpec.from_dict(data["spec"])
         return cls(**data)
@@ -168,8 +168,15 @@ def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[
     return manifest
 
 
-def _write(root: Path, folder: Path, number: int, current: Manifest | None, indexes: dict[str, VectorIndex],
-           model: dict, builds: dict[str, dict] | None) -> Manifest:
+def _write(
+    root: Path,
+    folder: Path,
+    number: int,
+    current: Manifest | None,
+    indexes: dict[str, VectorIndex],
+    model: dict,
+    builds: dict[str, dict] | None,
+) -> Manifest:
     """Write generation ``number`` into ``folder`` and switch the manifest to it."""
     entries: dict[str, Entry] = {}
     for name, index in indexes.items():
@@ -187,11 +194,15 @@ def _write(root: Path, folder: Path, number: int, current: Manifest | None, inde
         build = (builds or {}).get(name)
         if build is None and current and name in current.indexes:
             build = current.indexes[name].build
-        sharding = {
-            "router": index.router.as_dict(),
-            "counts": [s.ntotal for s in index.shards],
-            "specs": [s.spec.as_dict() for s in index.shards],
-        } if sharded else None
+        sharding = (
+            {
+                "router": index.router.as_dict(),
+                "counts": [s.ntotal for s in index.shards],
+                "specs": [s.spec.as_dict() for s in index.shards],
+            }
+            if sharded
+            else None
+        )
         entries[name] = Entry(index.spec, index.dim, index.ntotal, index.vector_version, files, build or {}, sharding)
     if current:  # indexes not in memory stay as they were: hard links, not copies
         for name, entry in current.indexes.items():
@@ -306,7 +317,9 @@ def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.
     if index is None:
         return [f"the {name} index cannot be read as a {entry.spec.kind} index of {entry.count} vectors"]
     if entry.vector_version != vector_version:
-        problems.append(f"the {name} index is stale (vector version {entry.vector_version}, the database is at {vector_version})")
+        problems.append(
+            f"the {name} index is stale (vector version {entry.vector_version}, the database is at {vector_version})"
+        )
     held = index.ids()
     missing = np.setdiff1d(stored_ids, held)
     extra = np.setdiff1d(held, stored_ids)

@@ -32,8 +32,10 @@ _resources = None
 def unavailable() -> str | None:
     """Why faiss cannot use a GPU here, or None when it can."""
     if not hasattr(faiss, "StandardGpuResources"):
-        return (f"this faiss ({faiss.__version__}) has no GPU support; install it with "
-                f"`pip install 'cbir[gpu]' && pip uninstall -y faiss-cpu`")
+        return (
+            f"this faiss ({faiss.__version__}) has no GPU support; install it with "
+            f"`pip install 'cbir[gpu]' && pip uninstall -y faiss-cpu`"
+        )
     if faiss.get_num_gpus() < 1:
         return "faiss has GPU support but sees no CUDA device (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
     return None
@@ -55,8 +57,9 @@ def resolve(requested: bool | None) -> bool:
 
 def check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise UsageError(f"faiss has no GPU {kind} index; use --type {' or '.join(KINDS)} with --gpu, "
-                         f"or build {kind} without --gpu")
+        raise UsageError(
+            f"faiss has no GPU {kind} index; use --type {' or '.join(KINDS)} with --gpu, or build {kind} without --gpu"
+        )
 
 
 def to_gpu(index, kind: str):
@@ -77,4 +80,3 @@ def to_cpu(index):
     """The CPU form of a GPU index (what is saved, and what tombstoned or wide searches use)."""
     with LOCK:
         return faiss.index_gpu_to_cpu(index)
-

@@ -133,8 +133,11 @@ class LibraryIndexes:
                     pass  # the writer will save it
                 except Exception as e:  # a full disk, a read-only library: the search goes on
                     if not _read_only(self.library):
-                        warnings.warn(f"the rebuilt {name} index is searched from memory, not saved: {e}",
-                                      CbirWarning, stacklevel=2)
+                        warnings.warn(
+                            f"the rebuilt {name} index is searched from memory, not saved: {e}",
+                            CbirWarning,
+                            stacklevel=2,
+                        )
         self._files[name] = files
         index = self._bind(name, index)
         # Each generation a reader loads is handed on here, so a serving copy follows it too;
@@ -182,8 +185,9 @@ class LibraryIndexes:
             return self.catalog.top_folders
         return lambda ids: [t.isoformat() for t in self.catalog.dates_taken(ids)]
 
-    def _sharded(self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None,
-                 gpu: bool | None = False):
+    def _sharded(
+        self, shards: int, by: str, kind: str = "auto", memory_bytes: int | None = None, gpu: bool | None = False
+    ):
         """(ShardedIndex of the image vectors, a BuildReport per shard)."""
         from cbir.index.sharded import BY, Router, ShardedIndex
 
@@ -207,8 +211,9 @@ class LibraryIndexes:
         built = [self._build_shard(ids[where == number], number, kind, budget, gpu) for number in range(shards)]
         return ShardedIndex([index for index, _ in built], router), [report for _, report in built]
 
-    def _build_shard(self, ids: np.ndarray, number: int, kind: str, memory_bytes: int | None = None,
-                     gpu: bool | None = False):
+    def _build_shard(
+        self, ids: np.ndarray, number: int, kind: str, memory_bytes: int | None = None, gpu: bool | None = False
+    ):
         """(index, report) of shard ``number``: the stored image vectors ``ids``."""
         from cbir.index.build import build
 
@@ -224,8 +229,16 @@ class LibraryIndexes:
             return self.catalog.vectors_of(IMAGES, chosen)
 
         index, report = build(
-            IMAGES, self.catalog.dim, len(ids), shard_chunks, shard_sample, version,
-            kind=kind, memory_bytes=memory_bytes, exact_source=self._exact_source(IMAGES), gpu=gpu,
+            IMAGES,
+            self.catalog.dim,
+            len(ids),
+            shard_chunks,
+            shard_sample,
+            version,
+            kind=kind,
+            memory_bytes=memory_bytes,
+            exact_source=self._exact_source(IMAGES),
+            gpu=gpu,
         )
         report.name = f"{IMAGES} shard {number}"
         return index, report

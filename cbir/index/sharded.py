@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -34,8 +34,7 @@ def check_shard_count(shards: int, vectors: int) -> None:
     count beyond the vectors would only build empty shards (for a very long time)."""
     if shards > vectors:
         raise UsageError(
-            f"--shards {shards} is more than the {vectors} vectors of the image index; each shard "
-            "needs at least one"
+            f"--shards {shards} is more than the {vectors} vectors of the image index; each shard needs at least one"
         )
 
 
@@ -55,7 +54,7 @@ class Router:
         return {"by": self.by, "shards": self.shards, "folders": self.folders, "bounds": self.bounds}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Router":
+    def from_dict(cls, data: dict) -> Router:
         return cls(data["by"], data["shards"], dict(data.get("folders") or {}), list(data.get("bounds") or []))
 
     def assign(self, ids: np.ndarray, sizes: list[int] | None = None) -> np.ndarray:
@@ -63,7 +62,9 @@ class Router:
         ids = np.asarray(ids, dtype=np.int64)
         if self.by == "hash":
             # Fibonacci hashing spreads any id pattern evenly, not only consecutive ids.
-            return ((ids.astype(np.uint64) * np.uint64(11400714819323198485)) >> np.uint64(40)).astype(np.int64) % self.shards
+            return ((ids.astype(np.uint64) * np.uint64(11400714819323198485)) >> np.uint64(40)).astype(
+                np.int64
+            ) % self.shards
         keys = self.keys(ids)
         if self.by == "date":
             return np.asarray([bisect.bisect_right(self.bounds, key) for key in keys], dtype=np.int64)
@@ -154,4 +155,3 @@ class ShardedIndex:
         position = {int(i): n for n, i in enumerate(np.asarray(ids).tolist())}
         order = np.argsort([position[int(i)] for i in found], kind="stable")
         return found[order], vectors[order]
-

@@ -8,7 +8,7 @@ recall against. numpy only: no faiss.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -43,8 +43,7 @@ def _best_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
     # Rank key: everything strictly better than the k-th score first (INT64_MIN), then the tied
     # ones by id, the rest last; a partition on it keeps exactly the top k, ties by smaller id.
-    key = np.where(scores > kth, np.iinfo(np.int64).min,
-                   np.where(scores == kth, ids, np.iinfo(np.int64).max))
+    key = np.where(scores > kth, np.iinfo(np.int64).min, np.where(scores == kth, ids, np.iinfo(np.int64).max))
     keep = np.argpartition(key, k - 1, axis=1)[:, :k]
     return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(ids, keep, axis=1)
 

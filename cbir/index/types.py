@@ -22,7 +22,10 @@ PQ_CENTROIDS = 1 << PQ_BITS  # codewords per sub-quantizer, each trained by its 
 # PQ codes alone cap recall well below 0.95; the exact second look restores it.
 RERANK = 10
 DEFAULT_PARAMS = {
-    "flat": {}, "hnsw": {"efSearch": 64}, "ivf": {"nprobe": 16}, "ivfpq": {"nprobe": 16, "rerank": RERANK},
+    "flat": {},
+    "hnsw": {"efSearch": 64},
+    "ivf": {"nprobe": 16},
+    "ivfpq": {"nprobe": 16, "rerank": RERANK},
 }
 PARAM_NAMES = {"flat": (), "hnsw": ("efSearch",), "ivf": ("nprobe",), "ivfpq": ("nprobe", "rerank")}
 NOT_FAISS = ("rerank",)  # cbir's own parameters, applied around the faiss search
@@ -53,7 +56,7 @@ class IndexSpec:
         }
 
     @classmethod
-    def from_dict(cls, d) -> "IndexSpec":
+    def from_dict(cls, d) -> IndexSpec:
         try:
             return cls(
                 kind=str(d["kind"]),
@@ -99,4 +102,3 @@ def check_params_apply(kind: str, params: dict, name: str) -> None:
                 f"{_OPTIONS.get(param, param)} tunes {' and '.join(users)} indexes, but the {name} index is "
                 f"{kind}: {fits}"
             )
-

@@ -7,7 +7,7 @@ while searching."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import faiss
 import numpy as np
@@ -16,7 +16,8 @@ from cbir.index import gpu as faiss_gpu
 from cbir.index.choice import choose_spec
 from cbir.index.faiss_ops import new_index, search_parameters, train, with_id_lookup
 from cbir.index.types import IndexSpec
-from cbir.names import IMAGES, TEXTS as TEXTS  # the indexes of a library (re-exported: old path)
+from cbir.names import IMAGES  # the indexes of a library (re-exported: old path)
+from cbir.names import TEXTS as TEXTS
 
 
 class VectorIndex:
@@ -50,7 +51,7 @@ class VectorIndex:
         spec: IndexSpec | None = None,
         sample: np.ndarray | None = None,
         gpu: bool = False,
-    ) -> "VectorIndex":
+    ) -> VectorIndex:
         """An index of ``chunks`` of (ids, vectors), the database's vectors at ``vector_version``;
         kinds that need training are trained on ``sample`` first. With ``gpu`` the training
         (k-means) and adding run on the GPU, the result is kept on the CPU too (for saving) and
@@ -230,7 +231,9 @@ class VectorIndex:
             except RuntimeError:  # not in the index
                 continue
             found.append(int(i))
-        return np.asarray(found, dtype=np.int64), (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
+        return np.asarray(found, dtype=np.int64), (
+            np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+        )
 
 
 def rerank_exactly(queries: np.ndarray, candidates: np.ndarray, k: int, exact_source) -> tuple[np.ndarray, np.ndarray]:

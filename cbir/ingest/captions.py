@@ -63,4 +63,3 @@ class DatasetRows:
         mine = self.stored.get(image_path)
         if mine is not None and (entry.extra or None) != extra:
             changes.extras.append((mine.id, entry.extra))
-

@@ -19,8 +19,14 @@ class Committer:
     images of them were encoded (``encoded``): the caller decides when a batch is big enough."""
 
     def __init__(
-        self, catalog: Catalog, index: VectorIndex, text_index: VectorIndex, encoder: Encoder, root_id: int,
-        report: IngestReport, timer: Timer,
+        self,
+        catalog: Catalog,
+        index: VectorIndex,
+        text_index: VectorIndex,
+        encoder: Encoder,
+        root_id: int,
+        report: IngestReport,
+        timer: Timer,
     ):
         self.catalog, self.index, self.text_index, self.encoder = catalog, index, text_index, encoder
         self.root_id, self.report, self.timer = root_id, report, timer

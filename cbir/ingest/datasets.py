@@ -17,9 +17,9 @@ import datetime
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Iterable
 
 import numpy as np
 
@@ -29,8 +29,14 @@ FORMATS = ("folder", "csv", "tsv", "jsonl", "parquet", "webdataset")
 MANIFEST_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
 _SUFFIXES = (
-    (".csv", "csv"), (".tsv", "tsv"), (".tab", "tsv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
-    (".parquet", "parquet"), (".tar", "webdataset"), (".tar.gz", "webdataset"),
+    (".csv", "csv"),
+    (".tsv", "tsv"),
+    (".tab", "tsv"),
+    (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"),
+    (".parquet", "parquet"),
+    (".tar", "webdataset"),
+    (".tar.gz", "webdataset"),
     (".tgz", "webdataset"),
 )
 COMPRESSED_TAR = (".tar.gz", ".tgz")
@@ -54,18 +60,14 @@ def detect_format(target: str, *, format: str | None = None) -> str:
     """The format of a dataset argument, one of ``FORMATS``. ``format`` forces it (validated)."""
     if format is not None:
         if format not in FORMATS:
-            raise UsageError(
-                f"unknown dataset format {format!r}: use one of {', '.join(FORMATS)}"
-            )
+            raise UsageError(f"unknown dataset format {format!r}: use one of {', '.join(FORMATS)}")
         return format
     if os.path.isdir(target):
         return "folder"
     if PATTERN.search(target) and not os.path.exists(target):
         if all(p.lower().endswith((".tar", *COMPRESSED_TAR)) for p in expand_braces(target)):
             return "webdataset"
-        raise UsageError(
-            f"{target}: patterns are only for WebDataset shards (names ending in .tar)"
-        )
+        raise UsageError(f"{target}: patterns are only for WebDataset shards (names ending in .tar)")
     lower = target.lower()
     for suffix, fmt in _SUFFIXES:
         if lower.endswith(suffix):

@@ -69,8 +69,6 @@ def read_failed(reason: str) -> bool:
     return reason == VANISHED or reason.startswith(UNREADABLE + ":")
 
 
-
-
 @dataclass(frozen=True)
 class FileTask:
     path: str  # relative to the root (what is stored)
@@ -182,9 +180,15 @@ def _to_rgb(image: Image.Image, factor: int = 1) -> Image.Image:
 
 
 # Orientation tag -> the transposition that shows the picture upright (as ImageOps.exif_transpose).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _why(e: BaseException) -> str:
@@ -237,8 +241,14 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft: bool = True,
-               pixels: bool = True, max_bytes: int = MAX_DECODE_BYTES):
+def open_image(
+    data: bytes,
+    pp: Preprocess,
+    max_pixels: int = MAX_PIXELS,
+    draft: bool = True,
+    pixels: bool = True,
+    max_bytes: int = MAX_DECODE_BYTES,
+):
     """Decode bytes to (model pixels, width, height, format, taken_at, camera, embedded texts) or
     raise BadImage. ``draft=False`` decodes JPEGs at full size (for comparing, in cbir bench);
     ``pixels=False`` reads only a JPEG's header and metadata (pixels None: decoded elsewhere).
@@ -272,7 +282,9 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
         raise
     except UnidentifiedImageError:
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and "HEIF" not in FORMATS:
-            raise BadImage("HEIC/HEIF photo: unsupported without the pillow-heif plugin (pip install pillow-heif)") from None
+            raise BadImage(
+                "HEIC/HEIF photo: unsupported without the pillow-heif plugin (pip install pillow-heif)"
+            ) from None
         raise BadImage(_header_error(data) or "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"refused: {_why(e)}") from None
@@ -292,8 +304,9 @@ def open_image(data: bytes, pp: Preprocess, max_pixels: int = MAX_PIXELS, draft:
     return to_model_pixels(image, pp), w, h, fmt, taken, camera, texts
 
 
-def decode_file(task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pixels=MAX_PIXELS,
-                jpeg_elsewhere: bool = False):
+def decode_file(
+    task: FileTask, pp: Preprocess, known_hashes=frozenset(), max_pixels=MAX_PIXELS, jpeg_elsewhere: bool = False
+):
     """Read, hash and (unless the content is already in the library) decode one file; with
     ``jpeg_elsewhere`` a JPEG's pixels are left to the model's device (``Decoded.jpeg``)."""
     result = Decoded(task)
@@ -352,8 +365,9 @@ def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
     return [decode_file(t, w["pp"], w["known"], w["max_pixels"], w["jpeg_elsewhere"]) for t in tasks]
 
 
-def display_image(data: bytes, longest_side: int, max_pixels: int = MAX_PIXELS,
-                  max_bytes: int = MAX_DECODE_BYTES) -> Image.Image:
+def display_image(
+    data: bytes, longest_side: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_DECODE_BYTES
+) -> Image.Image:
     """An image to show people (cbir serve's thumbnails): upright, RGB, at most ``longest_side``
     pixels on its longest side, with the same format and decompression-bomb checks as ingest."""
     try:

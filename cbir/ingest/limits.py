@@ -31,14 +31,25 @@ MAX_DECODE_BYTES = 300_000_000
 # exact open_clip transform.
 REDUCE_ABOVE_BYTES = 64 * 2**20
 
+
 class BadImage(Exception):
     """The file cannot be used; the message is the reason recorded for it."""
 
+
 # Bytes a pixel takes in Pillow's memory, by mode (RGB is stored in 4); unlisted modes take 4.
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
-_MODE_NAMES = {"1": "1-bit", "L": "greyscale", "P": "palette", "LA": "greyscale+alpha", "I": "32-bit greyscale",
-               "F": "32-bit float", "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale",
-               "I;16L": "16-bit greyscale"}
+_MODE_NAMES = {
+    "1": "1-bit",
+    "L": "greyscale",
+    "P": "palette",
+    "LA": "greyscale+alpha",
+    "I": "32-bit greyscale",
+    "F": "32-bit float",
+    "I;16": "16-bit greyscale",
+    "I;16B": "16-bit greyscale",
+    "I;16L": "16-bit greyscale",
+}
+
 
 def reduce_factor(image: Image.Image, side: int, longest: bool = False) -> int:
     """How many times a big decoded image can be box-reduced and keep its shortest (or longest)
@@ -73,6 +84,7 @@ def check_decode_memory(image: Image.Image, factor: int, full_size: tuple[int, i
             f"{format_bytes(max_bytes)} limit (possible decompression bomb)"
         )
 
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
@@ -84,13 +96,13 @@ def _png_text_size(kind: bytes, data: bytes, start: int, end: int) -> int | None
     key_end = data.find(b"\0", start, end)  # keyword, NUL, then the text (zTXt: method, text)
     compressed = None
     if kind == b"zTXt" and key_end >= 0:
-        compressed = memoryview(data)[key_end + 2:end]
-    elif kind == b"iTXt" and key_end >= 0 and data[key_end + 1:key_end + 2] == b"\1":
+        compressed = memoryview(data)[key_end + 2 : end]
+    elif kind == b"iTXt" and key_end >= 0 and data[key_end + 1 : key_end + 2] == b"\1":
         # compressed flag, method, language NUL translated keyword NUL, then the text
         language_end = data.find(b"\0", key_end + 3, end)
         keyword_end = data.find(b"\0", language_end + 1, end) if language_end >= 0 else -1
         if keyword_end >= 0:
-            compressed = memoryview(data)[keyword_end + 1:end]
+            compressed = memoryview(data)[keyword_end + 1 : end]
     if compressed is None:
         return end - start if end - start <= limit else None
     inflater = zlib.decompressobj()
@@ -127,16 +139,19 @@ def without_oversized_png_text(data: bytes) -> bytes:
         return data
     return b"".join([*kept, view[start:]])
 
+
 def _open_nonblocking(path, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def read_image_file(path: str | os.PathLike, offset: int | None = None, size: int | None = None,
-                    max_bytes: int = MAX_FILE_BYTES) -> bytes:
+def read_image_file(
+    path: str | os.PathLike, offset: int | None = None, size: int | None = None, max_bytes: int = MAX_FILE_BYTES
+) -> bytes:
     """The bytes of an image file, or the ``size`` bytes at ``offset`` in it (a tar member).
     Anything but a regular file (a FIFO would block the reader, /dev/zero never ends) and a file
     over ``max_bytes`` are refused with BadImage before a byte is read; a folder raises
     IsADirectoryError, a file that cannot be read OSError."""
+
     def check(st: os.stat_result) -> None:
         kind = special_file(st.st_mode)
         if kind == "a folder":

@@ -17,10 +17,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator
 
 from cbir.errors import UsageError
 from cbir.ingest.datasets import (
@@ -36,21 +36,45 @@ from cbir.ingest.datasets import (
 # image path come first; ``url`` comes last, so a manifest that has both a URL and a downloaded
 # path uses the path.
 IMAGE_COLUMNS = (
-    "image_path", "image_file", "img_path", "filepath", "file_path", "path", "image", "img",
-    "file", "filename", "file_name", "url",
+    "image_path",
+    "image_file",
+    "img_path",
+    "filepath",
+    "file_path",
+    "path",
+    "image",
+    "img",
+    "file",
+    "filename",
+    "file_name",
+    "url",
 )
 # Captions proper before generic texts; ``label`` (a class name) is the last resort.
 CAPTION_COLUMNS = (
-    "caption", "captions", "text", "alt_text", "alt", "title", "description", "sentence",
-    "sentences", "label",
+    "caption",
+    "captions",
+    "text",
+    "alt_text",
+    "alt",
+    "title",
+    "description",
+    "sentence",
+    "sentences",
+    "label",
 )
 
 CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the stdlib default (128 KiB) rejects long descriptions
 PARQUET_BATCH_ROWS = 1024
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 @dataclass(frozen=True)
@@ -73,23 +97,16 @@ def read_manifest(
     path = Path(path)
     fmt = detect_format(str(path), format=fmt)
     if fmt not in MANIFEST_FORMATS:
-        raise UsageError(
-            f"{path} is not a manifest (format {fmt}): use .csv, .tsv, .jsonl or .parquet"
-        )
+        raise UsageError(f"{path} is not a manifest (format {fmt}): use .csv, .tsv, .jsonl or .parquet")
     if not path.is_file():
         raise UsageError(f"manifest not found: {path}")
 
     def pick(columns: list[str]) -> tuple[str, str | None]:
         """The image and caption columns, called by each reader once it knows the columns."""
         image = _pick_column(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
-        caption = _pick_column(
-            columns, caption_column, CAPTION_COLUMNS, "--caption-column", path, exclude=image
-        )
+        caption = _pick_column(columns, caption_column, CAPTION_COLUMNS, "--caption-column", path, exclude=image)
         if image is None:
-            raise UsageError(
-                f"no image column in {path} (columns: {_names(columns)}); "
-                "name it with --image-column"
-            )
+            raise UsageError(f"no image column in {path} (columns: {_names(columns)}); name it with --image-column")
         return image, caption
 
     if fmt == "parquet":
@@ -120,9 +137,7 @@ def _pick_column(columns, forced, candidates, option, path, exclude=None) -> str
             return forced
         if forced.casefold() in by_name:
             return by_name[forced.casefold()]
-        raise UsageError(
-            f"no column {forced!r} in {path} (columns: {_names(columns)}); check {option}"
-        )
+        raise UsageError(f"no column {forced!r} in {path} (columns: {_names(columns)}); check {option}")
     for candidate in candidates:
         name = by_name.get(candidate)
         if name is not None and name != exclude:
@@ -247,8 +262,12 @@ def _parquet_records(path: Path, pick) -> Iterator:
     image_type = schema.field(image).type
     if pa.types.is_dictionary(image_type):
         image_type = image_type.value_type
-    if not (pa.types.is_string(image_type) or pa.types.is_large_string(image_type)
-            or pa.types.is_integer(image_type) or pa.types.is_null(image_type)):
+    if not (
+        pa.types.is_string(image_type)
+        or pa.types.is_large_string(image_type)
+        or pa.types.is_integer(image_type)
+        or pa.types.is_null(image_type)
+    ):
         raise UsageError(
             f"column {image!r} of {path} holds {image_type}, not image paths (images embedded "
             "in the file are not supported); name the path column with --image-column"

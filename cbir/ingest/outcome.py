@@ -22,9 +22,18 @@ class Outcomes:
     plan's gone files, from which the moves are taken: what is left of it at the end is removed."""
 
     def __init__(
-        self, catalog: Catalog, batch: Committer, report: IngestReport, *,
-        stored: dict[str, StoredFile], skips: dict, entries: dict[str, ScannedFile], known: dict[str, int],
-        gone: dict[str, StoredFile], vanished: VanishedRows | None, captions: Captions | DatasetRows,
+        self,
+        catalog: Catalog,
+        batch: Committer,
+        report: IngestReport,
+        *,
+        stored: dict[str, StoredFile],
+        skips: dict,
+        entries: dict[str, ScannedFile],
+        known: dict[str, int],
+        gone: dict[str, StoredFile],
+        vanished: VanishedRows | None,
+        captions: Captions | DatasetRows,
     ):
         self.catalog, self.batch, self.report = catalog, batch, report
         self.stored, self.skips, self.entries, self.known = stored, skips, entries, known
@@ -113,6 +122,10 @@ def _reuse(catalog: Catalog, image_id: int, d: Decoded, entry: ScannedFile) -> I
     """The stored metadata of identical content, under the new file's path, size and mtime
     (and the dataset and columns of the row that lists it)."""
     return replace(
-        catalog.record_of(image_id), path=d.task.path, size=d.task.size, mtime_ns=d.task.mtime_ns,
-        dataset=entry.dataset, extra=entry.extra,
+        catalog.record_of(image_id),
+        path=d.task.path,
+        size=d.task.size,
+        mtime_ns=d.task.mtime_ns,
+        dataset=entry.dataset,
+        extra=entry.extra,
     )

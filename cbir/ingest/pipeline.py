@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -36,8 +36,17 @@ from cbir.store.catalog import Catalog, StoredFile
 from cbir.timing import Timer
 
 __all__ = [
-    "CHUNK", "MAX_CHANGES", "IngestReport", "Item", "LocalStage", "Progress", "Stage", "decode_stream",
-    "default_workers", "encode_decoded", "run_ingest",
+    "CHUNK",
+    "MAX_CHANGES",
+    "IngestReport",
+    "Item",
+    "LocalStage",
+    "Progress",
+    "Stage",
+    "decode_stream",
+    "default_workers",
+    "encode_decoded",
+    "run_ingest",
 ]
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
@@ -176,8 +185,16 @@ def run_ingest(
     batch.changes.skipped.extend(plan.new_skips)
     report.skipped += len(plan.new_skips)
     outcomes = Outcomes(
-        catalog, batch, report, stored=found.stored, skips=found.skips, entries=found.entries,
-        known=found.known, gone=plan.gone, vanished=vanished, captions=found.captions,
+        catalog,
+        batch,
+        report,
+        stored=found.stored,
+        skips=found.skips,
+        entries=found.entries,
+        known=found.known,
+        gone=plan.gone,
+        vanished=vanished,
+        captions=found.captions,
     )
     if stage is None:
         stage = LocalStage(encoder, workers, batch_size, decode_device)
@@ -225,10 +242,7 @@ def _survey_folder(catalog: Catalog, root_id: int, root: Path, scope: str) -> _S
 
 def _survey_dataset(catalog: Catalog, root_id: int, scanned: ScanResult) -> _Survey:
     entries = {f.path: f for f in scanned.files}
-    stored = {
-        p: s for p, s in catalog.files_under(root_id).items()
-        if s.dataset in scanned.datasets or p in entries
-    }
+    stored = {p: s for p, s in catalog.files_under(root_id).items() if s.dataset in scanned.datasets or p in entries}
     # its bad rows (under the manifest's or tar's path) and its images that failed
     scopes = tuple(s + "/" for s in scanned.skip_scopes)
     skips = {p: v for p, v in catalog.skips_under(root_id).items() if p in entries or p.startswith(scopes)}
@@ -237,7 +251,12 @@ def _survey_dataset(catalog: Catalog, root_id: int, scanned: ScanResult) -> _Sur
 
 
 def _commit_decoded(
-    stage: Stage, tasks: list[FileTask], known: frozenset, outcomes: Outcomes, batch_size: int, timer: Timer,
+    stage: Stage,
+    tasks: list[FileTask],
+    known: frozenset,
+    outcomes: Outcomes,
+    batch_size: int,
+    timer: Timer,
     progress: Progress | None,
 ) -> None:
     """Run ``stage`` over ``tasks`` and sort each file it delivers into the batch, committed

@@ -50,8 +50,12 @@ def plan_ingest(
         elif mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             plan.unchanged += 1
             plan.captions_to_check.append(f.path)
-        elif not retry_failed and f.path in skips and skips[f.path][:2] == (f.size, f.mtime_ns) \
-                and not read_failed(skips[f.path][2]):
+        elif (
+            not retry_failed
+            and f.path in skips
+            and skips[f.path][:2] == (f.size, f.mtime_ns)
+            and not read_failed(skips[f.path][2])
+        ):
             plan.unchanged += 1  # a known bad file that has not changed: not retried
         else:
             plan.to_read.append(FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset))

@@ -9,8 +9,7 @@ from pathlib import Path
 from cbir.errors import UsageError
 
 
-def source(catalog, path: str | Path, format: str | None, image_column: str | None,
-           caption_column: str | None):
+def source(catalog, path: str | Path, format: str | None, image_column: str | None, caption_column: str | None):
     """The resolved folder or image file to ingest and, for a dataset, the dataset read from
     ``path`` (else None); ``format`` None detects it."""
     from cbir.ingest.datasets import FORMATS, detect_format

@@ -36,4 +36,3 @@ class IngestReport:
         data["images_per_second"] = round(self.images_per_second, 2)
         data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return data
-

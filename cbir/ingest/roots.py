@@ -96,8 +96,10 @@ def missing_folder_message(catalog: Catalog, given: str | Path) -> str | None:
     roots = {p: i for i, p in catalog.roots().items()}
     if path in roots:
         count = catalog.root_image_counts().get(roots[path], 0)
-        return (f"{message} (gone from disk; the library still holds its {count} images: "
-                f"`cbir forget {shlex.quote(str(given))}` removes them, or ingest the folder where it is now)")
+        return (
+            f"{message} (gone from disk; the library still holds its {count} images: "
+            f"`cbir forget {shlex.quote(str(given))}` removes them, or ingest the folder where it is now)"
+        )
     moves, seen, where = read_moves(catalog), set(), str(path)
     while where in moves and where not in seen:  # renamed again since: follow to the last name
         seen.add(where)

@@ -56,7 +56,9 @@ class Dataset:
         return result
 
 
-def read_dataset(target: str, fmt: str, *, image_column: str | None = None, caption_column: str | None = None) -> Dataset:
+def read_dataset(
+    target: str, fmt: str, *, image_column: str | None = None, caption_column: str | None = None
+) -> Dataset:
     """Read a manifest (csv, tsv, jsonl, parquet) or WebDataset shards (a tar, a glob or a brace
     list) into a Dataset; files a manifest names are looked up (size, mtime) here."""
     if fmt == "webdataset":
@@ -133,7 +135,14 @@ def _webdataset(shards: list[Path]) -> Dataset:
         extra = dict(sample.extra or {})
         if sample.problems:
             extra["problems"] = list(sample.problems)
-        entry = ScannedFile(sample.member, sample.size, sample.mtime * 1_000_000_000, str(sample.tar.resolve()),
-                            sample.offset, sample.captions, extra or None)
+        entry = ScannedFile(
+            sample.member,
+            sample.size,
+            sample.mtime * 1_000_000_000,
+            str(sample.tar.resolve()),
+            sample.offset,
+            sample.captions,
+            extra or None,
+        )
         dataset.files.append((sample.tar.resolve(), entry))
     return dataset

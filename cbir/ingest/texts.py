@@ -35,10 +35,27 @@ _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 _PLACEHOLDERS = frozenset(
     s.casefold()
     for s in (
-        "OLYMPUS DIGITAL CAMERA", "SONY DSC", "DIGITAL CAMERA", "KODAK Digital Still Camera",
-        "MINOLTA DIGITAL CAMERA", "SAMSUNG", "Exif_JPEG_PICTURE", "DCIM", "Camera",
-        "Created with GIMP", "LEAD Technologies Inc. V1.01", "Default", "Untitled",
-        "Image", "Photo", "Picture", "Description", "Title", "Comment", "None", "n/a",
+        "OLYMPUS DIGITAL CAMERA",
+        "SONY DSC",
+        "DIGITAL CAMERA",
+        "KODAK Digital Still Camera",
+        "MINOLTA DIGITAL CAMERA",
+        "SAMSUNG",
+        "Exif_JPEG_PICTURE",
+        "DCIM",
+        "Camera",
+        "Created with GIMP",
+        "LEAD Technologies Inc. V1.01",
+        "Default",
+        "Untitled",
+        "Image",
+        "Photo",
+        "Picture",
+        "Description",
+        "Title",
+        "Comment",
+        "None",
+        "n/a",
     )
 )
 # A file name or frame number standing in for a description: "IMG_1234", "DSC01234.JPG".
@@ -54,11 +71,42 @@ _SIGNED = re.compile(
 )
 _VERSION = re.compile(r"\bv?\d+([.,]\d+)+\b|\bv\d+\b", re.IGNORECASE)
 _SOFTWARE = (
-    "adobe", "photoshop", "lightroom", "gimp", "picasa", "imagemagick", "graphicsmagick", "paint.net",
-    "acdsee", "acd systems", "corel", "paintshop", "lead technologies", "intel(r) jpeg", "applemark",
-    "google", "snapseed", "microsoft", "digikam", "darktable", "rawtherapee", "capture one", "dxo",
-    "jpegmini", "libjpeg", "ijg", "gd-jpeg", "irfanview", "xnview", "faststone", "photoscape",
-    "pixelmator", "affinity photo", "luminar", "picsart", "ducky",
+    "adobe",
+    "photoshop",
+    "lightroom",
+    "gimp",
+    "picasa",
+    "imagemagick",
+    "graphicsmagick",
+    "paint.net",
+    "acdsee",
+    "acd systems",
+    "corel",
+    "paintshop",
+    "lead technologies",
+    "intel(r) jpeg",
+    "applemark",
+    "google",
+    "snapseed",
+    "microsoft",
+    "digikam",
+    "darktable",
+    "rawtherapee",
+    "capture one",
+    "dxo",
+    "jpegmini",
+    "libjpeg",
+    "ijg",
+    "gd-jpeg",
+    "irfanview",
+    "xnview",
+    "faststone",
+    "photoscape",
+    "pixelmator",
+    "affinity photo",
+    "luminar",
+    "picsart",
+    "ducky",
 )
 # Words that go with a tool's name and say nothing of the picture ("Adobe Photoshop CS6
 # (Windows)", "Intel(R) JPEG Library, version 1,5,4,36").
@@ -146,7 +194,7 @@ def _is_signature(text: str) -> bool:
     name = next((n for n in _SOFTWARE if key.startswith(n)), None)
     if name is None:
         return False
-    return all(w.casefold() in _SOFTWARE_WORDS for w in _words(key[len(name):]))
+    return all(w.casefold() in _SOFTWARE_WORDS for w in _words(key[len(name) :]))
 
 
 def _camera_names(camera: str | None, exif) -> set[str]:
@@ -404,8 +452,7 @@ def read_sidecar(path: str | os.PathLike, max_bytes: int = 64 * 1024) -> str:
                 text = data.decode(charset)
             except UnicodeDecodeError as e:
                 raise SidecarError(
-                    f"caption file is not valid {charset.upper()} text ({e.reason} at offset "
-                    f"{e.start})"
+                    f"caption file is not valid {charset.upper()} text ({e.reason} at offset {e.start})"
                 ) from None
             return _clean_caption(text)
     offset = 3 if data.startswith(b"\xef\xbb\xbf") else 0
@@ -413,8 +460,7 @@ def read_sidecar(path: str | os.PathLike, max_bytes: int = 64 * 1024) -> str:
         text = data[offset:].decode("utf-8")
     except UnicodeDecodeError as e:
         raise SidecarError(
-            f"caption file is not UTF-8 text (byte 0x{data[offset + e.start]:02x} at offset "
-            f"{offset + e.start})"
+            f"caption file is not UTF-8 text (byte 0x{data[offset + e.start]:02x} at offset {offset + e.start})"
         ) from None
     if "\x00" in text:  # valid UTF-8, but a text file has no NULs: UTF-16 without a BOM, or binary
         raise SidecarError(

@@ -13,9 +13,9 @@ import glob
 import json
 import os
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from cbir.errors import UsageError
 from cbir.ingest.datasets import (
@@ -31,7 +31,10 @@ from cbir.ingest.datasets import (
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif")
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024  # a .txt/.json member larger than this is not metadata
 _COMPRESSED_MAGIC = {
-    b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
 }
 
 
@@ -189,8 +192,9 @@ def _sample(tar: Path, group: list, file_size: int) -> TarSample | BadRow | None
     captions = caption_texts(text)
     if not captions:  # no .txt, or an empty or unreadable one: the .json's caption, if any
         captions = caption_texts(extra.get("caption")) or caption_texts(extra.get("text"))
-    return TarSample(tar, key, image.name, image.offset_data, image.size, int(image.mtime),
-                     captions, extra, tuple(problems))
+    return TarSample(
+        tar, key, image.name, image.offset_data, image.size, int(image.mtime), captions, extra, tuple(problems)
+    )
 
 
 def _safe(name: str) -> str:

@@ -20,8 +20,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable
 
 PARENT_CHECK_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

@@ -33,7 +33,7 @@ class Query:
         if self.text is None and self.image is None and self.like is None:
             raise UsageError("a query needs a text, an image or a library image (--like)")
         if self.image is not None and self.like is not None:
-            raise UsageError("give --image or --like, not both (combine with text: --image a.jpg + \"in winter\")")
+            raise UsageError('give --image or --like, not both (combine with text: --image a.jpg + "in winter")')
         if self.text is not None and not self.text.strip() and self.image is None and self.like is None:
             raise UsageError("empty query text")
 

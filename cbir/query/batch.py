@@ -4,8 +4,8 @@ such as {"image": "a.jpg"}, {"like": "photos/b.jpg", "text": "+ in winter"}."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cbir.errors import UsageError
 from cbir.query import Query
@@ -30,7 +30,9 @@ def parse_batch(lines: Iterable[str], source: str = "batch") -> list[tuple[objec
         except json.JSONDecodeError as e:
             raise UsageError(f"{source} line {number}: invalid JSON at column {e.colno}: {e.msg}") from None
         if not isinstance(obj, dict) or not (set(FIELDS) & obj.keys()):
-            raise UsageError(f'{source} line {number}: expected {{"image": "PATH"}}, {{"like": "PATH"}} or {{"text": "..."}}')
+            raise UsageError(
+                f'{source} line {number}: expected {{"image": "PATH"}}, {{"like": "PATH"}} or {{"text": "..."}}'
+            )
         values = {k: obj.get(k) for k in FIELDS}
         if any(v is not None and not isinstance(v, str) for v in values.values()):
             raise UsageError(f"{source} line {number}: text, image and like must be strings")

@@ -5,8 +5,8 @@ on an exact index (ties broken by id)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -33,9 +33,10 @@ import math
 import os
 import re
 import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from cbir.errors import UsageError
 
@@ -285,7 +286,7 @@ class _Scanner:
                 pos = end
 
     def _quoted_kind(self, pos: int) -> str | None:
-        """"text" for a string opening at POS, "image"/"like" for image:"..."/like:"...", else None."""
+        """ "text" for a string opening at POS, "image"/"like" for image:"..."/like:"...", else None."""
         if self.query[pos] == '"':
             return "text"
         starts = (kind for prefix, kind in _PATH_KINDS.items() if self.query.startswith(prefix, pos))

@@ -33,9 +33,7 @@ _GLOB_CHARS = re.compile(r"[*?[]")
 _COMPARE = {"=": operator.eq, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
-def image_condition(
-    filters: Filters, roots: dict[int, Path], cwd: Path | None = None
-) -> ColumnElement[bool] | None:
+def image_condition(filters: Filters, roots: dict[int, Path], cwd: Path | None = None) -> ColumnElement[bool] | None:
     """One SQLAlchemy boolean expression over the `images` table that is true for the images
     passing every filter, or None when there are no filters. Values are always bound parameters.
 
@@ -82,7 +80,7 @@ def _compare(node: Compare, folders: _Folders) -> ColumnElement[bool]:
     if op == "in":
         return or_(*(_compare(Compare(field, "=", (v,)), folders) for v in node.values))
     if field.startswith(EXTRA):
-        return _extra_compare(field[len(EXTRA):], op, node.values)
+        return _extra_compare(field[len(EXTRA) :], op, node.values)
     if op in ("is null", "is not null"):
         column = getattr(Image, field)
         return column.is_(None) if op == "is null" else column.is_not(None)
@@ -222,9 +220,7 @@ class _Folders:
                 conditions.append(and_(Image.root_id == root_id, glob(Image.path, prefix + "/*")))
         if not conditions:
             known = ", ".join(str(r) for r in self.roots.values()) or "none yet"
-            raise UsageError(
-                f"{label}: no library folder is under or above it (library folders: {known})"
-            )
+            raise UsageError(f"{label}: no library folder is under or above it (library folders: {known})")
         return or_(*conditions)
 
     @staticmethod

@@ -118,8 +118,7 @@ def choose_vector_strategy(
         )
     return (
         POST_FILTER,
-        f"broad filter: {share}; fetching the {fetch} nearest and filtering them, "
-        "widening until enough pass",
+        f"broad filter: {share}; fetching the {fetch} nearest and filtering them, widening until enough pass",
         fetch,
     )
 
@@ -152,9 +151,7 @@ def plan_query(
     if mode == KEYWORD:
         strategy, why, fetch = FTS, "keyword mode: SQLite FTS5 BM25 over the texts", want
     else:
-        strategy, why, fetch = choose_vector_strategy(
-            total, matching, want, exact_index=exact_index, forced=forced
-        )
+        strategy, why, fetch = choose_vector_strategy(total, matching, want, exact_index=exact_index, forced=forced)
         if mode == HYBRID:
             why += "; fused with FTS5 keyword ranks by reciprocal rank fusion"
     return Plan(

@@ -3,8 +3,9 @@ and ``Library.search`` ask for them, checked here once, before anything is loade
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import IO, Iterable, Sequence
+from typing import IO
 
 from cbir.errors import UsageError
 from cbir.query import Query
@@ -120,8 +121,12 @@ def command_line_queries(
         raise UsageError("give a QUERY text, --image PATH, --like PATH or --batch FILE")
     if batch:
         return parse_batch(batch, source=batch.name)
-    echo = text if not (image or like) else {
-        **({"image": str(image)} if image else {"like": str(like)}),
-        **({"text": text} if text else {}),
-    }
+    echo = (
+        text
+        if not (image or like)
+        else {
+            **({"image": str(image)} if image else {"like": str(like)}),
+            **({"text": text} if text else {}),
+        }
+    )
     return [(echo, Query(text=text or None, image=image, like=like))]

@@ -4,10 +4,10 @@ and the ranked ids turned into hits (``Library.search`` and ``search_many`` dele
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class Searcher:
         self._embed_image = embed_image
         self._image_id = image_id
 
-    def run(self, request: SearchRequest) -> list["Results"]:
+    def run(self, request: SearchRequest) -> list[Results]:
         """The results of each query of ``request``, in order: one model load, one filter
         evaluation and one text-encoder batch for them all."""
         started = time.perf_counter()
@@ -123,8 +123,10 @@ class Searcher:
         results = []
         vectors_of = self.indexes.vectors_of(target)
         for plan, vector, match, first in zip(plans, vectors, matches, prefetched):
-            executor = Executor(plan, collection, index, condition, vectors_of=vectors_of, params=params, prefetched=first)
-            ranked = executor.run(vector, match, options)[request.offset:]
+            executor = Executor(
+                plan, collection, index, condition, vectors_of=vectors_of, params=params, prefetched=first
+            )
+            ranked = executor.run(vector, match, options)[request.offset :]
             with executor.timed("fetch"):
                 hits = self._hits(target, ranked, request.offset)
             if request.sort == "date":
@@ -152,12 +154,17 @@ class Searcher:
             vectors = self._embed(expressions, needs_vector)
         return vectors, embedding["embed"] / max(1, sum(needs_vector))
 
-    def _hits(self, target: str, ranked, offset: int) -> list["Hit"]:
+    def _hits(self, target: str, ranked, offset: int) -> list[Hit]:
         if target == "images":
             infos = self.catalog.images(r.id for r in ranked)
             return [
-                Hit(rank=offset + n, score=r.score, similarity=r.similarity, missing=file_gone(infos[r.id].path),
-                    **infos[r.id].__dict__)
+                Hit(
+                    rank=offset + n,
+                    score=r.score,
+                    similarity=r.similarity,
+                    missing=file_gone(infos[r.id].path),
+                    **infos[r.id].__dict__,
+                )
                 for n, r in enumerate(ranked, 1)
                 if r.id in infos
             ]
@@ -269,6 +276,4 @@ def file_gone(path: Path) -> bool:
 def require_images(catalog: Catalog, library: Path) -> None:
     """A search (or an index rebuild, a tagging) needs a model and images: an error if not yet."""
     if not catalog.model_fingerprint() or not catalog.has_images():
-        raise EmptyLibrary(
-            f"the library at {library} has no images yet; add some with `cbir ingest PATH`"
-        )
+        raise EmptyLibrary(f"the library at {library} has no images yet; add some with `cbir ingest PATH`")

@@ -8,9 +8,9 @@ canonical: ``parse_where(str(node)) == node``. ``cbir.query.filter_sql`` compile
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable
 
 from lark import Lark, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
@@ -256,21 +256,27 @@ def _comparison(tree: Tree, text: str) -> Compare:
     prefix, dot, key = str(field_token).partition(".")
     field = prefix.lower() + dot + key  # the names of a dataset's columns keep their case
     if field not in FIELDS and prefix.lower() + dot != EXTRA:
-        raise _where_error(text, field_token.start_pos, f"unknown field {str(field_token)!r}",
-                           "fields: " + ", ".join(FIELDS) + ", extra.COLUMN")
+        raise _where_error(
+            text,
+            field_token.start_pos,
+            f"unknown field {str(field_token)!r}",
+            "fields: " + ", ".join(FIELDS) + ", extra.COLUMN",
+        )
     spec = _field(field)
     op = {"is_null": "is null", "is_not_null": "is not null"}.get(tree.data) or op_token.lower()
     op = "=" if op == "==" else op
     if op not in spec.ops:
-        raise _where_error(text, op_token.start_pos, f"{field} does not take {op!r}",
-                           f"{field} takes {', '.join(spec.ops)}")
+        raise _where_error(
+            text, op_token.start_pos, f"{field} does not take {op!r}", f"{field} takes {', '.join(spec.ops)}"
+        )
     values = tuple(_value_text(token) for token in value_tokens)
     for token, value in zip(value_tokens, values):
         try:
             spec.convert(value)
         except UsageError:
-            raise _where_error(text, token.start_pos, f"bad value {value!r} for {field}",
-                               f"expected {spec.expected}") from None
+            raise _where_error(
+                text, token.start_pos, f"bad value {value!r} for {field}", f"expected {spec.expected}"
+            ) from None
     return Compare(field, op, values)
 
 
@@ -279,4 +285,3 @@ def _value_text(token) -> str:
         return str(token)
     # Only \\, \" and \' are escapes: other backslashes stay, as in a Windows path.
     return re.sub(r"""\\([\\"'])""", r"\1", token[1:-1])
-

@@ -32,7 +32,7 @@ def open_for_serving(settings, ray=None):
         if ray is not None:
             library.search_on_ray(ray)
         if library.fingerprint:  # an empty library loads its model when images arrive
-            library.encoder
+            _ = library.encoder  # load the model now, not at the first query
             library.indexes.get(IMAGES)
             if library.catalog.count_texts():
                 library.indexes.get(TEXTS)
@@ -58,7 +58,9 @@ def serve(settings, *, host: str, port: int, token: str | None, upload_limit: in
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     status = library.status()
-    echo(f"cbir serve: {status.images:,} images in {library.path} ({status.model}, {status.index_type} index{_engine(library)})")
+    echo(
+        f"cbir serve: {status.images:,} images in {library.path} ({status.model}, {status.index_type} index{_engine(library)})"
+    )
     echo(f"open {url}{'?token=TOKEN' if token else ''} in a browser; API docs at {url}docs; Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     try:
@@ -92,7 +94,7 @@ def _bind(host: str, port: int):
 
 
 def _engine(library) -> str:
-    """", searched by N Ray actors" when the Ray engine serves the image index."""
+    """ ", searched by N Ray actors" when the Ray engine serves the image index."""
     index = library.indexes.loaded(IMAGES)
     count = getattr(index, "actor_count", None)
     return f", {index.shard_count} shard(s) searched by {count} Ray actor(s)" if count else ""

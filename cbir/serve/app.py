@@ -1,11 +1,11 @@
 """The HTTP API and web page of `cbir serve`: the same planner as `cbir search`, read-only.
 
-    GET  /api/search?q=...&k=20&after=2019&folder=trips&explain=true   text -> image (or -> text)
-    POST /api/search/image   (multipart "file", same parameters)       uploaded image -> image
-    GET  /api/images/{id}/similar                                     library image -> image
-    GET  /api/images/{id}  ./thumbnail?size=320  ./original           metadata and files, by id
-    GET  /api/status                                                   the library and the server
-    GET  /   the web page; /docs and /openapi.json describe the API
+GET  /api/search?q=...&k=20&after=2019&folder=trips&explain=true   text -> image (or -> text)
+POST /api/search/image   (multipart "file", same parameters)       uploaded image -> image
+GET  /api/images/{id}/similar                                     library image -> image
+GET  /api/images/{id}  ./thumbnail?size=320  ./original           metadata and files, by id
+GET  /api/status                                                   the library and the server
+GET  /   the web page; /docs and /openapi.json describe the API
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 import cbir
 from cbir.errors import CbirError, EmptyLibrary, LibraryLocked, UsageError
@@ -40,7 +40,9 @@ MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 2_000
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the upload
 # The page loads nothing from elsewhere; /docs (Swagger UI from a CDN) is left out of this.
-PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class TooLarge(UsageError):
@@ -60,21 +62,39 @@ class SearchParams:
 
 
 def search_params(
-    q: Annotated[str | None, Query(max_length=MAX_QUERY_CHARS, description='Query text; may combine terms: "dog" + "snow" - "indoors". With an image: text added to it.')] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description='Query text; may combine terms: "dog" + "snow" - "indoors". With an image: text added to it.',
+        ),
+    ] = None,
     k: Annotated[int, Query(ge=1, le=MAX_K, description="Results per page.")] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many results (paging).")] = 0,
-    target: Annotated[Literal["images", "text"], Query(description="Search images, or the library's texts.")] = "images",
+    target: Annotated[
+        Literal["images", "text"], Query(description="Search images, or the library's texts.")
+    ] = "images",
     mode: Annotated[Literal["semantic", "keyword", "hybrid"] | None, Query()] = None,
-    after: Annotated[str | None, Query(max_length=40, description="Taken on or after (2019, 2019-06, 2019-06-01).")] = None,
+    after: Annotated[
+        str | None, Query(max_length=40, description="Taken on or after (2019, 2019-06, 2019-06-01).")
+    ] = None,
     before: Annotated[str | None, Query(max_length=40, description="Taken before.")] = None,
     folder: Annotated[list[str], Query(description="In this folder or below (repeat for any of several).")] = [],
     camera: Annotated[list[str], Query(description="Camera contains this text (repeat for any of several).")] = [],
     format: Annotated[list[str], Query(description="File format: jpeg, png, ... (repeat or comma-separate).")] = [],
     tag: Annotated[list[str], Query(description="Has this label (repeat to require several).")] = [],
-    where: Annotated[str | None, Query(max_length=MAX_QUERY_CHARS, description='Filter expression, as cbir search --where: taken >= 2019-06-01 and camera ~ "Pixel".')] = None,
+    where: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description='Filter expression, as cbir search --where: taken >= 2019-06-01 and camera ~ "Pixel".',
+        ),
+    ] = None,
     min_width: Annotated[int | None, Query(ge=1)] = None,
     min_height: Annotated[int | None, Query(ge=1)] = None,
-    min_score: Annotated[float | None, Query(ge=-1, le=1, description="Only results with cosine similarity at least this.")] = None,
+    min_score: Annotated[
+        float | None, Query(ge=-1, le=1, description="Only results with cosine similarity at least this.")
+    ] = None,
     sort: Annotated[Literal["score", "date"], Query()] = "score",
     dedup: Annotated[bool, Query(description="Collapse near-identical results.")] = False,
     strategy: Annotated[Literal["auto", "ann", "exact-subset", "ann-post-filter"], Query()] = "auto",
@@ -83,10 +103,26 @@ def search_params(
     explain: Annotated[bool, Query(description="Include the executed plan and its timings.")] = False,
 ) -> SearchParams:
     request = SearchRequest.from_options(
-        k=k, offset=offset, target=target, mode=mode, after=after, before=before, folder=folder,
-        camera=camera, formats=format, tag=tag, min_width=min_width, min_height=min_height,
+        k=k,
+        offset=offset,
+        target=target,
+        mode=mode,
+        after=after,
+        before=before,
+        folder=folder,
+        camera=camera,
+        formats=format,
+        tag=tag,
+        min_width=min_width,
+        min_height=min_height,
         where=where or None,  # an empty field of a form is no expression
-        min_score=min_score, sort=sort, dedup=dedup, strategy=strategy, nprobe=nprobe, ef=ef, explain=explain,
+        min_score=min_score,
+        sort=sort,
+        dedup=dedup,
+        strategy=strategy,
+        nprobe=nprobe,
+        ef=ef,
+        explain=explain,
     )
     return SearchParams(q.strip() if q and q.strip() else None, request)
 
@@ -95,8 +131,15 @@ Params = Annotated[SearchParams, Depends(search_params)]
 ImageId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="An image id from a search result.")]
 
 
-def create_app(library, *, token: str | None = None, host: str = "127.0.0.1", upload_limit: int = UPLOAD_LIMIT,
-               decode_slots: int = DECODE_SLOTS, decode_queue: int = DECODE_QUEUE) -> Guard:
+def create_app(
+    library,
+    *,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    upload_limit: int = UPLOAD_LIMIT,
+    decode_slots: int = DECODE_SLOTS,
+    decode_queue: int = DECODE_QUEUE,
+) -> Guard:
     """The app for an open Library (searched from many threads: give it a BatchingEncoder, as
     cbir.serve.serve does). With a token every request must carry it; without one only requests
     addressed to this machine's loopback names are answered. Uploaded images and thumbnails
@@ -143,7 +186,9 @@ def _add_headers_and_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(_request: Request, e: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in e.errors()
+        )
         return _error(problems, "UsageError", 400)
 
     @app.exception_handler(Exception)
@@ -179,7 +224,9 @@ def _add_search_routes(app: FastAPI, library, gate: DecodeGate, upload_limit: in
         with gate.slot():  # waiting, the upload stays in its spooled file, not in memory
             data = file.file.read(upload_limit + 1)
             if len(data) > upload_limit:
-                raise TooLarge(f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)")
+                raise TooLarge(
+                    f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)"
+                )
             name = f"uploaded image {file.filename!r}" if file.filename else "uploaded image"
             echo = {"image": file.filename or "upload", **({"text": params.q} if params.q else {})}
             return run_search(params, SearchQuery(text=_added_text(params.q), image=ImageData(data, name)), echo)
@@ -209,7 +256,10 @@ def _add_image_routes(app: FastAPI, library, files: ImageFiles) -> None:
     def original(image_id: ImageId, request: Request) -> Response:
         return _send(files.original(image_id), request)
 
-    for path, endpoint in (("/api/images/{image_id}/thumbnail", thumbnail), ("/api/images/{image_id}/original", original)):
+    for path, endpoint in (
+        ("/api/images/{image_id}/thumbnail", thumbnail),
+        ("/api/images/{image_id}/original", original),
+    ):
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)  # caches and link checkers
 
 

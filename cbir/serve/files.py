@@ -26,8 +26,14 @@ WEBP_QUALITY = 80
 TARS_REMEMBERED = 8  # member tables of this many tars are kept in memory
 
 MEDIA_TYPES = {
-    "jpeg": "image/jpeg", "mpo": "image/jpeg", "png": "image/png", "webp": "image/webp",
-    "gif": "image/gif", "bmp": "image/bmp", "tiff": "image/tiff", "avif": "image/avif",
+    "jpeg": "image/jpeg",
+    "mpo": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "avif": "image/avif",
     "heif": "image/heic",
 }
 
@@ -60,8 +66,12 @@ class ImageFiles:
     def original(self, image_id: int) -> Served:
         stored = self._stored(image_id)
         data = self._read(stored)
-        return Served(data, MEDIA_TYPES.get(stored.format, "application/octet-stream"),
-                      f'"{stored.content_hash}"', _unchanged(stored, data))
+        return Served(
+            data,
+            MEDIA_TYPES.get(stored.format, "application/octet-stream"),
+            f'"{stored.content_hash}"',
+            _unchanged(stored, data),
+        )
 
     def thumbnail(self, image_id: int, size: int) -> Served:
         from cbir.ingest.decode import BadImage, display_image
@@ -139,4 +149,3 @@ class ImageFiles:
 def _unchanged(stored, data: bytes) -> bool:
     """Whether ``data`` is still what was ingested (the file may have been edited since)."""
     return len(data) == stored.size and hashlib.sha256(data).hexdigest() == stored.content_hash
-

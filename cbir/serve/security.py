@@ -98,7 +98,9 @@ class Guard:
             reason = "this server needs a token" if offered is None else "wrong token"
             if scope["path"] == "/" and "text/html" in headers.get("accept", ""):  # a person, in a browser
                 return await HTMLResponse(TOKEN_PAGE.format(reason=reason), 401)(scope, receive, send)
-            return await _refuse(scope, receive, send, 401, f"{reason}: send Authorization: Bearer TOKEN, or open /?token=TOKEN")
+            return await _refuse(
+                scope, receive, send, 401, f"{reason}: send Authorization: Bearer TOKEN, or open /?token=TOKEN"
+            )
         # The cookie rides along with any same-site request: only a token the caller holds counts.
         presented = _bearer(headers.get("authorization", "")) or query_token
         if foreign and not (presented is not None and self._valid(presented)):
@@ -203,5 +205,3 @@ def _cookie(header: str, name: str) -> str | None:
         if key == name and value:
             return value
     return None
-
-

@@ -39,9 +39,25 @@ from cbir.store.texts import TextCatalog
 from cbir.store.vectors import VectorCatalog
 
 __all__ = [
-    "CAPTION", "EMBEDDED", "LABEL", "MODEL", "SIDECAR", "TAG", "TAG_SOURCES", "TEXT_VERSION",
-    "VECTOR_VERSION", "Applied", "Catalog", "Changes", "ImageFile", "ImageInfo", "ImageRecord",
-    "StoredFile", "TextRecord", "VectorChanges", "local_time",
+    "CAPTION",
+    "EMBEDDED",
+    "LABEL",
+    "MODEL",
+    "SIDECAR",
+    "TAG",
+    "TAG_SOURCES",
+    "TEXT_VERSION",
+    "VECTOR_VERSION",
+    "Applied",
+    "Catalog",
+    "Changes",
+    "ImageFile",
+    "ImageInfo",
+    "ImageRecord",
+    "StoredFile",
+    "TextRecord",
+    "VectorChanges",
+    "local_time",
 ]
 
 

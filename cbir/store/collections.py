@@ -81,9 +81,7 @@ class Collection:
         if self._postgresql:
             candidate = self.id_column == any_(bindparam("ids", [int(i) for i in ids], ARRAY(BigInteger)))
         else:
-            candidate = self.id_column.in_(
-                select(literal_column("value")).select_from(func.json_each(json.dumps(ids)))
-            )
+            candidate = self.id_column.in_(select(literal_column("value")).select_from(func.json_each(json.dumps(ids))))
         query = self._where(self._select(self.id_column).where(candidate), condition)
         with self.engine.connect() as c:
             return set(c.execute(query).scalars())

@@ -7,9 +7,9 @@ import errno
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 from sqlalchemy import URL, Engine, create_engine, event
@@ -167,12 +167,14 @@ def connection_error(e: OperationalError, engine: Engine):
 def database_bytes(engine: Engine) -> int:
     """PostgreSQL: the bytes of cbir's tables with their indexes and TOAST."""
     with engine.connect() as c:
-        return int(c.exec_driver_sql(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
-            "AND n.nspname = current_schema() AND c.relname IN "
-            "('meta', 'roots', 'images', 'vectors', 'skipped', 'texts', 'alembic_version')"
-        ).scalar_one())
+        return int(
+            c.exec_driver_sql(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                "AND n.nspname = current_schema() AND c.relname IN "
+                "('meta', 'roots', 'images', 'vectors', 'skipped', 'texts', 'alembic_version')"
+            ).scalar_one()
+        )
 
 
 def for_writing(engine: Engine) -> Engine:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
@@ -85,9 +85,9 @@ class ImageCatalog(CatalogBase):
 
     def files_under(self, root_id: int, scope: str = "") -> dict[str, StoredFile]:
         """The stored images under ``scope``, whatever added them (see StoredFile.dataset)."""
-        query = select(
-            Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash, Image.dataset
-        ).where(Image.root_id == root_id, self._in_scope(Image.path, scope))
+        query = select(Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash, Image.dataset).where(
+            Image.root_id == root_id, self._in_scope(Image.path, scope)
+        )
         with self.engine.connect() as c:
             return {row[0]: StoredFile(*row[1:]) for row in c.execute(query)}
 
@@ -135,9 +135,7 @@ class ImageCatalog(CatalogBase):
             _update_kept(c, changes)  # moved, touched, new dataset columns: no new vectors
             for image_id, record, vector in changes.replaced:
                 c.execute(update(Image).where(Image.id == image_id).values(**record.columns()))
-                c.execute(
-                    update(Vector).where(Vector.image_id == image_id).values(vector=_to_blob(vector))
-                )
+                c.execute(update(Vector).where(Vector.image_id == image_id).values(vector=_to_blob(vector)))
                 remove_ids.append(image_id)
                 add_ids.append(image_id)
                 add_vectors.append(vector)
@@ -256,14 +254,22 @@ class ImageCatalog(CatalogBase):
         """Where an image's bytes are and what they were when ingested (to serve them)."""
         with self.engine.connect() as c:
             row = c.execute(
-                select(Image.root_id, Image.path, Image.size, Image.content_hash, Image.format, Image.dataset, Image.extra)
-                .where(Image.id == image_id)
+                select(
+                    Image.root_id, Image.path, Image.size, Image.content_hash, Image.format, Image.dataset, Image.extra
+                ).where(Image.id == image_id)
             ).one_or_none()
         if row is None:
             return None
         extra = json.loads(row.extra) if row.extra else {}
-        return ImageFile(image_id, self.roots()[row.root_id] / row.path, row.size, row.content_hash,
-                         row.format, row.dataset, extra if isinstance(extra, dict) else {"value": extra})
+        return ImageFile(
+            image_id,
+            self.roots()[row.root_id] / row.path,
+            row.size,
+            row.content_hash,
+            row.format,
+            row.dataset,
+            extra if isinstance(extra, dict) else {"value": extra},
+        )
 
     def count_images(self) -> int:
         return self._count(Image)
@@ -279,9 +285,7 @@ class ImageCatalog(CatalogBase):
         roots = self.roots()
         with self.engine.connect() as c:
             rows = c.execute(
-                select(Skipped.root_id, Skipped.path, Skipped.reason).order_by(
-                    Skipped.root_id, Skipped.path
-                )
+                select(Skipped.root_id, Skipped.path, Skipped.reason).order_by(Skipped.root_id, Skipped.path)
             ).all()
         return [(roots[r] / p, reason) for r, p, reason in rows]
 
@@ -289,11 +293,7 @@ class ImageCatalog(CatalogBase):
 def _update_kept(c, changes: Changes) -> None:
     """Rewrite the rows of images kept with their vectors: moved, touched, new dataset columns."""
     for image_id, record in changes.moved:
-        c.execute(
-            update(Image)
-            .where(Image.id == image_id)
-            .values(root_id=changes.root_id, **record.columns())
-        )
+        c.execute(update(Image).where(Image.id == image_id).values(root_id=changes.root_id, **record.columns()))
     for image_id, size, mtime_ns in changes.touched:
         c.execute(
             update(Image)
@@ -312,11 +312,7 @@ def _record_skips(c, changes: Changes, now: datetime) -> None:
     """Replace the skip records of the paths ``changes`` skipped or no longer skips."""
     stale_skips = [p for p, *_ in changes.skipped] + changes.unskipped
     if stale_skips:
-        c.execute(
-            delete(Skipped).where(
-                Skipped.root_id == changes.root_id, Skipped.path.in_(stale_skips)
-            )
-        )
+        c.execute(delete(Skipped).where(Skipped.root_id == changes.root_id, Skipped.path.in_(stale_skips)))
     for path, size, mtime_ns, reason in changes.skipped:
         c.execute(
             insert(Skipped).values(

@@ -77,9 +77,7 @@ class Vector(Base):
     """The L2-normalised embedding of an image (float32 bytes): the source of truth for indexes."""
 
     __tablename__ = "vectors"
-    image_id: Mapped[int] = mapped_column(
-        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
-    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 

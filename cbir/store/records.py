@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ def json_value(value):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -185,9 +185,7 @@ class VectorChanges:
     def of(cls, add_ids: list[int], add_vectors: list[np.ndarray], remove_ids: list[int], version: int, dim: int):
         return cls(
             add_ids=np.asarray(add_ids, dtype=np.int64),
-            add_vectors=(
-                np.stack(add_vectors).astype(np.float32) if add_vectors else np.zeros((0, dim), np.float32)
-            ),
+            add_vectors=(np.stack(add_vectors).astype(np.float32) if add_vectors else np.zeros((0, dim), np.float32)),
             remove_ids=np.asarray(remove_ids, dtype=np.int64),
             version=version,
         )

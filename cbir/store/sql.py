@@ -55,7 +55,10 @@ def json_number(column, key: str) -> ColumnElement:
     SQLite's json_extract gives); on PostgreSQL anything else is NULL."""
     value = func.jsonb_extract_path(cast(column, JSONB), literal(key, String))
     postgresql = case(
-        (func.jsonb_typeof(value) == "number", cast(func.jsonb_extract_path_text(cast(column, JSONB), literal(key, String)), Numeric)),
+        (
+            func.jsonb_typeof(value) == "number",
+            cast(func.jsonb_extract_path_text(cast(column, JSONB), literal(key, String)), Numeric),
+        ),
         (func.jsonb_typeof(value) == "boolean", case((cast(value, String) == "true", 1), else_=0)),
     )
     return PerDialect(func.json_extract(column, _json_path(key)), postgresql)
@@ -113,7 +116,9 @@ def glob_to_regex(pattern: str) -> str | None:
                 return None
             i += 1  # the closing ]
             members = "".join(_set_member(c) for c in singles) + "".join(
-                f"{_set_member(a)}-{_set_member(b)}" for a, b in ranges if a <= b  # z-a: nothing
+                f"{_set_member(a)}-{_set_member(b)}"
+                for a, b in ranges
+                if a <= b  # z-a: nothing
             )
             if members:
                 out.append("[" + ("^" if negate else "") + members + "]")

@@ -3,8 +3,8 @@ rows a write transaction adds or removes (remembered for the text index)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select
@@ -70,8 +70,16 @@ class TextCatalog(CatalogBase):
             c.execute(delete(ImageText).where(ImageText.source == TAG))
             existing = set(c.execute(select(Image.id)).scalars())
             rows = [
-                dict(image_id=i, source=TAG, content=t, vector=_to_blob(vectors[t]), origin_size=None,
-                     origin_mtime_ns=None, added_at=now, score=float(s))
+                dict(
+                    image_id=i,
+                    source=TAG,
+                    content=t,
+                    vector=_to_blob(vectors[t]),
+                    origin_size=None,
+                    origin_mtime_ns=None,
+                    added_at=now,
+                    score=float(s),
+                )
                 for i, t, s in tags
                 if i in existing
             ]
@@ -83,9 +91,7 @@ class TextCatalog(CatalogBase):
             if not removed and not added:
                 return None
             version = _bump(c, TEXT_VERSION, True)
-        return VectorChanges.of(
-            [i for i, _ in added], [vectors[t] for _, t in added], removed, version, self.dim or 0
-        )
+        return VectorChanges.of([i for i, _ in added], [vectors[t] for _, t in added], removed, version, self.dim or 0)
 
     def tags_of(self, image_id: int) -> list[tuple[str, float | None]]:
         """(tag, score) of an image's tags (cbir tag), best first."""
@@ -187,9 +193,6 @@ class _TextChanges:
 
 def _embedded_texts(c, image_id: int) -> list[TextRecord]:
     rows = c.execute(
-        select(ImageText.content, ImageText.vector).where(
-            ImageText.image_id == image_id, ImageText.source == EMBEDDED
-        )
+        select(ImageText.content, ImageText.vector).where(ImageText.image_id == image_id, ImageText.source == EMBEDDED)
     ).all()
     return [TextRecord(content, _from_blob(blob)) for content, blob in rows]
-

@@ -4,8 +4,8 @@ indexes, image columns by id, labels for evaluation, and rows for `cbir export`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Iterable, Iterator
 
 import numpy as np
 from sqlalchemy import func, select
@@ -80,10 +80,7 @@ class VectorCatalog(CatalogBase):
         while True:
             with self.engine.connect() as c:
                 rows = c.execute(
-                    select(id_column, vector_column)
-                    .where(id_column > last)
-                    .order_by(id_column)
-                    .limit(chunk)
+                    select(id_column, vector_column).where(id_column > last).order_by(id_column).limit(chunk)
                 ).all()
             if not rows:
                 return
@@ -138,4 +135,3 @@ class VectorCatalog(CatalogBase):
                 ):
                     rows[image_id]["captions"].append(content)
         return rows
-

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -29,9 +29,13 @@ MAX_LOGIT_SCALE = math.log(100)
 
 
 # -- the loss, the schedule, the optimizer ---------------------------------------------------------
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-              logit_scale: torch.Tensor, labels: torch.Tensor,
-              image_ids: torch.Tensor | None = None) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric CLIP cross-entropy over the image-text similarity matrix.
 
     Features are L2-normalised; ``logit_scale`` is already exponentiated. Pairs with the same
@@ -39,7 +43,7 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     targets); with all-distinct labels this is exactly the standard CLIP loss.
     """
     logits = logit_scale * image_features @ text_features.T
-    same = (labels[:, None] == labels[None, :])
+    same = labels[:, None] == labels[None, :]
     if image_ids is not None:
         same = same | (image_ids[:, None] == image_ids[None, :])
     same = same.float()
@@ -67,8 +71,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 @dataclass
@@ -87,8 +90,9 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str = "cpu"):
         self.model, self.config, self.device = model, config, device
-        self.optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                                           betas=config.betas, eps=config.eps)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
+        )
         self.cuda = device.startswith("cuda")
         self.scaler = torch.amp.GradScaler("cuda") if self.cuda else None
         self.step = 0  # optimizer steps taken (the schedule's position)
@@ -101,8 +105,9 @@ class Trainer:
     def lr(self) -> float:
         return lr_at(self.step, self.config.total_steps, self.config.warmup, self.config.lr)
 
-    def train_step(self, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
-                   image_ids: torch.Tensor | None = None) -> tuple[float, float]:
+    def train_step(
+        self, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor | None = None
+    ) -> tuple[float, float]:
         """One optimizer step on a batch; returns (loss, logit scale)."""
         model, optimizer = self.model, self.optimizer
         model.train()
@@ -183,18 +188,32 @@ def save_atomic(obj, path: Path) -> Path:
     return path
 
 
-def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, steps_per_epoch: int,
-        start_epoch: int = 0, on_epoch_end: Callable[[int], None] | None = None,
-        progress: bool = True, desc: str = "train", postfix: Callable[[dict], dict] | None = None
-        ) -> float:
+def fit(
+    trainer: Trainer,
+    batches: Callable[[int], Iterable],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    postfix: Callable[[dict], dict] | None = None,
+) -> float:
     """Epochs ``start_epoch..epochs-1``; ``batches(epoch)`` yields ``(images, tokens, labels)``
     or ``(images, tokens, labels, image_ids)`` already on the device (``None`` for a batch
     with nothing left to train on). Returns the last loss."""
     from tqdm import tqdm
 
     last = float("nan")
-    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc=desc,
-               disable=None if progress else True, dynamic_ncols=True, unit="step")
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc=desc,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+        unit="step",
+    )
     try:
         for epoch in range(start_epoch, epochs):
             for batch in batches(epoch):
@@ -202,8 +221,12 @@ def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, st
                     trainer.skip_step()
                 else:
                     last, scale = trainer.train_step(*batch)
-                    info = {"epoch": epoch + 1, "loss": f"{last:.3f}", "scale": f"{scale:.1f}",
-                            "lr": f"{trainer.optimizer.param_groups[0]['lr']:.2e}"}
+                    info = {
+                        "epoch": epoch + 1,
+                        "loss": f"{last:.3f}",
+                        "scale": f"{scale:.1f}",
+                        "lr": f"{trainer.optimizer.param_groups[0]['lr']:.2e}",
+                    }
                     bar.set_postfix(postfix(info) if postfix else info)
                 bar.update(1)
             if on_epoch_end is not None:

@@ -32,8 +32,9 @@ if __name__ == "__main__":
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +80,7 @@ def batch_scene_indices(rng: np.random.Generator, batch_size: int) -> np.ndarray
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:batch_size]
 
 
-def make_batch(seed: int, step: int, batch_size: int,
-               preprocess: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(seed: int, step: int, batch_size: int, preprocess: Callable) -> tuple[torch.Tensor, torch.Tensor]:
     """Render and preprocess training batch ``step``: ``(images, scene_indices)``."""
     rng = batch_rng(seed, step)
     idx = batch_scene_indices(rng, batch_size)
@@ -107,14 +107,15 @@ class SyntheticBatches(IterableDataset):
 def _encode_images(model, preprocess: Callable, images, chunk: int = 256) -> torch.Tensor:
     feats = []
     for i in range(0, len(images), chunk):
-        x = torch.stack([preprocess(im) for im in images[i:i + chunk]])
+        x = torch.stack([preprocess(im) for im in images[i : i + chunk]])
         feats.append(F.normalize(model.encode_image(x).float(), dim=-1))
     return torch.cat(feats)
 
 
 @torch.no_grad()
-def evaluate(model, preprocess: Callable, tokenizer: Callable,
-             n_images: int = 400, seed: int = EVAL_SEED) -> dict[str, Any]:
+def evaluate(
+    model, preprocess: Callable, tokenizer: Callable, n_images: int = 400, seed: int = EVAL_SEED
+) -> dict[str, Any]:
     """Retrieval metrics on a held-out gallery ``iter_gallery(n_images, seed)``.
 
     Queries are the 128 scene captions. Returns:
@@ -175,16 +176,25 @@ def load(weights: str | Path = WEIGHTS, device: str = "cpu"):
     import open_clip
 
     register()
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        MODEL_NAME, pretrained=str(weights), device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=str(weights), device=device)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
 
 
-def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e-3,
-          weight_decay: float = 0.1, warmup: int = 50, workers: int = 1,
-          threads: int | None = None, progress: bool = True, steps_per_epoch: int | None = None,
-          state: str | Path | None = None, resume: bool = False):
+def train(
+    steps: int = 600,
+    batch_size: int = 128,
+    seed: int = 0,
+    lr: float = 3e-3,
+    weight_decay: float = 0.1,
+    warmup: int = 50,
+    workers: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+    steps_per_epoch: int | None = None,
+    state: str | Path | None = None,
+    resume: bool = False,
+):
     """Train a fresh model with the shared training loop (:class:`cbir.training.loop.Trainer`);
     returns ``(model, preprocess_val, tokenizer, last_loss)``.
 
@@ -204,8 +214,9 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
     all_tokens = tokenizer([s.caption for s in _SCENES])
     model.train()
 
-    trainer = Trainer(model, TrainConfig(
-        total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup), device="cpu")
+    trainer = Trainer(
+        model, TrainConfig(total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup), device="cpu"
+    )
     per_epoch = steps_per_epoch or steps
     epochs = -(-steps // per_epoch)
     start_epoch = 0
@@ -217,20 +228,30 @@ def train(steps: int = 600, batch_size: int = 128, seed: int = 0, lr: float = 3e
 
     def batches(epoch):
         first, last = epoch * per_epoch, min(steps, (epoch + 1) * per_epoch)
-        loader = DataLoader(SyntheticBatches(seed, last, batch_size, preprocess, start=first),
-                            batch_size=None, num_workers=workers,
-                            prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+        loader = DataLoader(
+            SyntheticBatches(seed, last, batch_size, preprocess, start=first),
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4 if workers > 0 else None,
+            persistent_workers=False,
+        )
         for images, idx in loader:
             yield images, all_tokens[idx], idx
 
     def checkpoint(epoch):
         if state is not None:
-            save_atomic({"trainer": trainer.state_dict(), "rng": rng_state(), "epoch": epoch + 1},
-                        Path(state))
+            save_atomic({"trainer": trainer.state_dict(), "rng": rng_state(), "epoch": epoch + 1}, Path(state))
 
-    loss_value = fit(trainer, batches, epochs=epochs, steps_per_epoch=per_epoch,
-                     start_epoch=start_epoch, on_epoch_end=checkpoint, progress=progress,
-                     desc="cbir-tiny")
+    loss_value = fit(
+        trainer,
+        batches,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        start_epoch=start_epoch,
+        on_epoch_end=checkpoint,
+        progress=progress,
+        desc="cbir-tiny",
+    )
     model.eval()
     return model, preprocess, tokenizer, loss_value
 
@@ -239,15 +260,15 @@ def save_fp16(model: torch.nn.Module, out: str | Path) -> Path:
     """Save the state dict with floating tensors in fp16."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous().clone()
-             for k, v in model.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous().clone() for k, v in model.state_dict().items()}
     torch.save(state, out)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", default=str(WEIGHTS), help="where to save the fp16 state dict")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
@@ -255,11 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--workers", type=int, default=1,
-                   help="DataLoader processes rendering batches (0 = main process)")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader processes rendering batches (0 = main process)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="save the training state (--state) every this many steps")
+    p.add_argument(
+        "--steps-per-epoch", type=int, default=None, help="save the training state (--state) every this many steps"
+    )
     p.add_argument("--state", default=None, help="training state file for checkpoints / --resume")
     p.add_argument("--resume", action="store_true", help="continue from --state")
     p.add_argument("--eval-images", type=int, default=400)
@@ -270,10 +291,18 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     model, preprocess, tokenizer, loss = train(
-        steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, workers=args.workers,
-        threads=args.threads, steps_per_epoch=args.steps_per_epoch, state=args.state,
-        resume=args.resume)
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        workers=args.workers,
+        threads=args.threads,
+        steps_per_epoch=args.steps_per_epoch,
+        state=args.state,
+        resume=args.resume,
+    )
     train_s = time.perf_counter() - t0
     out = save_fp16(model, args.out)
     print(f"trained {args.steps} steps x {args.batch_size} in {train_s:.1f}s, final loss {loss:.4f}")

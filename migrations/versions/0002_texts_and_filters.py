@@ -46,9 +46,7 @@ def upgrade() -> None:
     if _postgresql():
         # The server's local time (SQLite uses the machine's); images exist here only in a
         # catalogue downgraded and upgraded again, as a new one is created at the head.
-        op.execute(
-            "UPDATE images SET taken = coalesce(taken_at, to_timestamp(mtime_ns / 1000000000)::timestamp)"
-        )
+        op.execute("UPDATE images SET taken = coalesce(taken_at, to_timestamp(mtime_ns / 1000000000)::timestamp)")
     else:
         op.execute(
             "UPDATE images SET taken = coalesce(taken_at, "
@@ -102,9 +100,7 @@ def _create_postgresql_fts() -> None:
         "CREATE FUNCTION cbir_fts_text(text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE "
         f"AS $$ SELECT {body} $$"
     )
-    op.execute(
-        "CREATE INDEX texts_fts ON texts USING gin (to_tsvector('english'::regconfig, cbir_fts_text(content)))"
-    )
+    op.execute("CREATE INDEX texts_fts ON texts USING gin (to_tsvector('english'::regconfig, cbir_fts_text(content)))")
 
 
 def downgrade() -> None:
