@@ -33,7 +33,7 @@ def eval_retrieval(where, as_json, library, model, device):
     image (text->image), each image its captions (image->text); Recall@1/5/10 and median rank."""
     from cbir.evaluate import retrieval_table
     from cbir.evaluate.library import evaluate_retrieval
-    from cbir.query.filters import Filters
+    from cbir.library import Filters
 
     with _open(library=library, model=model, device=device) as lib:
         result = evaluate_retrieval(lib, Filters(where=where) if where else None)
@@ -73,7 +73,7 @@ def eval_zeroshot(templates, label, where, worst, as_json, library, model, devic
     column) filled into prompt templates; top-1/top-5 accuracy and the worst classes' confusions."""
     from cbir.evaluate import zeroshot_table
     from cbir.evaluate.library import evaluate_zeroshot
-    from cbir.query.filters import Filters
+    from cbir.library import Filters
 
     with _open(library=library, model=model, device=device) as lib:
         result = evaluate_zeroshot(lib, templates, label, Filters(where=where) if where else None, worst)
@@ -218,8 +218,7 @@ def demo(library, images, device, k):
     from datetime import datetime
 
     from cbir.demo import DEMO_MODEL, QUERY_SCENES, make_demo_photos, scene_of, slug
-    from cbir.library import Library
-    from cbir.query.filters import Filters
+    from cbir.library import Filters, Library
 
     settings = resolve_settings(
         library=library or None, model=DEMO_MODEL, device=device, env={}, default_library_name="demo"
