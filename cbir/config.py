@@ -10,11 +10,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cbir.errors import UsageError
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "torch", "onnx")  # auto: ONNX Runtime on the CPU, torch on CUDA
+PRECISIONS = ("fp32", "int8")  # int8: ONNX Runtime only, opt-in per library
 
 
 def default_library_home(cwd: Path | None = None) -> Path:
@@ -38,6 +41,9 @@ class Settings:
     # new library); a value that differs from an existing library's model is an error.
     model: str | None = None
     device: str = "auto"
+    backend: str = "auto"
+    # None means "whatever the library records" (fp32 for a new one), as for model.
+    precision: str | None = None
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decode processes; None: one per CPU core
     gpu: bool = False  # search the indexes on the GPU (faiss GPU)
@@ -69,6 +75,8 @@ def resolve_settings(
     library: str | os.PathLike | None = None,
     model: str | None = None,
     device: str | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     gpu: bool = False,
@@ -93,11 +101,22 @@ def resolve_settings(
         library_named=bool(library),
         model=pick(model, "CBIR_MODEL"),
         device=device,
+        backend=_one_of("backend", (pick(backend, "CBIR_BACKEND") or "auto").lower(), BACKENDS),
+        precision=_one_of("precision", (pick(precision, "CBIR_PRECISION") or "").lower() or None, PRECISIONS),
         batch_size=_positive_int("batch size", pick(batch_size, "CBIR_BATCH_SIZE")),
         workers=_positive_int("workers", pick(workers, "CBIR_WORKERS")),
         gpu=bool(gpu),
         database_url=_database_url(pick(database_url, "CBIR_DATABASE_URL")),
     )
+
+
+_Choice = TypeVar("_Choice", str, str | None)  # _one_of keeps a setting's None-ness
+
+
+def _one_of(name: str, value: _Choice, choices: tuple[str, ...]) -> _Choice:
+    if value is not None and value not in choices:
+        raise UsageError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
+    return value
 
 
 def _database_url(text: str | None) -> str | None:

@@ -419,7 +419,7 @@ def _set_up(settings: FinetuneSettings, state: dict | None, device: str, workers
     warmup = settings.warmup if settings.warmup is not None else max(1, total // 10)
     if state is None:
         torch.manual_seed(settings.seed)
-    encoder = load_encoder(parse_model_spec(settings.model), device)
+    encoder = load_encoder(parse_model_spec(settings.model), device, backend="torch")  # it trains the torch model
     trainer = Trainer(
         encoder._model,
         TrainConfig(total_steps=total, lr=settings.lr, weight_decay=settings.weight_decay, warmup=warmup),

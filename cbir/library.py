@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from cbir.config import Settings, resolve_settings
 from cbir.distributed.search import RayOptions
-from cbir.encode.choice import check_requested_model, mismatch, model_to_load
+from cbir.encode.choice import check_requested_model, mismatch, model_to_load, precision_to_use
 from cbir.encode.registry import list_models
 from cbir.encode.spec import Encoder, same_model
 from cbir.errors import CbirError, StorageError, UsageError
@@ -77,7 +77,7 @@ def open_encoder(**options) -> Encoder:
                 return lib.encoder
     from cbir.encode import load_encoder
 
-    return load_encoder(settings.model_for_new_library, settings.device)
+    return load_encoder(settings.model_for_new_library, settings.device, settings.backend, settings.precision or "fp32")
 
 
 class Library:
@@ -110,6 +110,7 @@ class Library:
         if fingerprint:
             catalog.dim = fingerprint["dim"]
             check_requested_model(settings.model, fingerprint, library.path)
+            precision_to_use(settings.precision, fingerprint, library.path)
         return library
 
     def close(self) -> None:
@@ -145,7 +146,13 @@ class Library:
         if self._encoder is None:
             from cbir.encode import load_encoder
 
-            self._encoder = load_encoder(model_to_load(self.settings, self.fingerprint), self.settings.device)
+            stored = self.fingerprint
+            self._encoder = load_encoder(
+                model_to_load(self.settings, stored),
+                self.settings.device,
+                self.settings.backend,
+                precision_to_use(self.settings.precision, stored, self.path),
+            )
             if self._wrap is not None:
                 self._encoder = self._wrap(self._encoder)
         stored = self.fingerprint
@@ -268,7 +275,8 @@ class Library:
             try:
                 report = run_ingest(
                     self.catalog,
-                    *indexes,
+                    indexes[0],
+                    indexes[1],
                     encoder,
                     root_id,
                     root,

@@ -44,7 +44,7 @@ def parse_bytes(text: str, what: str = "size", positive: bool = False) -> int:
     byte are dropped. ``what`` names the size in errors; ``positive`` refuses zero."""
     match = _SIZE.fullmatch(str(text).strip())
     unit = _WRITTEN_UNITS.get(match.group(2).lower()) if match else None
-    if unit is None:
+    if match is None or unit is None:
         raise UsageError(
             f"invalid {what} {text!r}: use bytes or a number with a unit, e.g. 500K, 2MB or 1.5GiB "
             "(K, M, G, T are powers of 1000; KiB, MiB, GiB, TiB of 1024)"

@@ -20,12 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIRE_RAY = os.environ.get("CBIR_REQUIRE_RAY") == "1"
 
 
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """One cache of exported ONNX graphs for the session, never the user's own."""
+    return tmp_path_factory.mktemp("cbir-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(monkeypatch, tmp_path):
-    """No test sees the developer's CBIR_* settings or writes into the checkout's indexes/."""
+def isolated_env(monkeypatch, tmp_path, onnx_cache):
+    """No test sees the developer's CBIR_* settings or writes into the checkout's indexes/ or
+    the user's cache."""
     for var in list(os.environ):
         if var.startswith("CBIR_"):
             monkeypatch.delenv(var)
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(onnx_cache))
     monkeypatch.chdir(tmp_path)
 
 
@@ -132,7 +140,7 @@ def count_images(db) -> int:
 
 def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=None, timeout=300):
     """The real console entry point in a subprocess, as a user runs it."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_") or k == "CBIR_CACHE_DIR"}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "cbir", *args],

@@ -67,8 +67,11 @@ def test_the_right_colour_ranks_first(scenes, tiny):
 
 
 def test_logit_scale_is_the_models_own(tiny):
+    from cbir.encode import load_encoder
+
     scale = logit_scale(tiny)
-    assert scale == pytest.approx(float(tiny._model.logit_scale.detach().exp()), rel=1e-4)
+    torch_model = load_encoder("cbir-tiny", "cpu", backend="torch")._model
+    assert scale == pytest.approx(float(torch_model.logit_scale.detach().exp()), rel=1e-4)
     assert 1 < scale <= 100
     assert logit_scale(FakeEncoder()) == DEFAULT_SCALE
 

@@ -15,7 +15,7 @@ def loads(monkeypatch):
     """The models loaded on their own (not through a library), as (spec, device)."""
     loaded = []
 
-    def load(spec, device="auto"):
+    def load(spec, device="auto", backend="auto", precision="fp32"):
         loaded.append((spec, device))
         return FakeEncoder()
 

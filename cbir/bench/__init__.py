@@ -2,7 +2,9 @@
 the ratios hold on noisy shared hardware. Each section returns plain rows; ``run`` collects
 them into one JSON-able report and ``report_text`` prints it as Markdown tables.
 
-Sections: ingest (end to end vs model-forward ceiling vs naive, per photo size), decode (full
+Sections: backends (torch fp32, ONNX Runtime fp32 and int8 side by side: model-only GFLOP/s
+against the CPU's measured GEMM peak, ingest, text encoding, cold `cbir search`), ingest (end to
+end on torch vs model-forward ceiling vs naive, per photo size), decode (full
 vs draft JPEG decoding), stages (where the ingest's time goes), text (query encoding latency),
 search (index kinds at several sizes), filtered (planner vs fixed strategies by selectivity),
 memory (peak RSS of an ingest and of an index rebuild), gpu (the same on CUDA, when present),
@@ -19,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ("ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve", "ray", "ray-ingest")
+SECTIONS = ("backends", "ingest", "decode", "text", "search", "filtered", "memory", "gpu", "serve", "ray", "ray-ingest")
 
 # (quick, full) sizes: quick finishes in a few minutes on 2 cores, full in about an hour
 SIZES = {
+    "backends": ({"images": 32, "cold_runs": 1}, {"images": 256, "cold_runs": 3}),
     "ingest": ({"web": 32, "camera": 4}, {"web": 256, "camera": 96}),
     "decode": (4, 16),
     "search": ((10_000,), (10_000, 100_000, 1_000_000)),
@@ -71,7 +74,8 @@ def run(
 ) -> dict:
     """Run ``sections`` and return {"machine", "settings", section: rows...}."""
     from cbir.bench import ingest as ingest_bench
-    from cbir.encode import load_encoder
+    from cbir.encode.clip import OpenClipEncoder
+    from cbir.encode.spec import parse_model_spec
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -82,11 +86,23 @@ def run(
     size = 0 if quick else 1
     started = time.perf_counter()
     report: dict = {"machine": machine(), "settings": {"quick": quick, "model": model, "device": device}}
-    encoder = load_encoder(model, device) if set(sections) & {"ingest", "decode", "text", "memory"} else None
+    # torch, whatever the default backend: the naive baseline is open_clip's own code, and the
+    # backends section puts the others beside it
+    encoder = (
+        OpenClipEncoder(parse_model_spec(model), device)
+        if set(sections) & {"ingest", "decode", "text", "memory"}
+        else None
+    )
     batch = batch or (256 if encoder is not None and encoder.device.startswith("cuda") else 32)
     report["settings"]["batch"] = batch
     with tempfile.TemporaryDirectory(prefix="cbir-bench-") as tmp:
         work = Path(tmp)
+        if "backends" in sections:
+            from cbir.bench.backends import backends_benchmark
+
+            report["backends"] = backends_benchmark(
+                model, work, **SIZES["backends"][size], batch=batch, workers=workers, progress=say
+            )
         if "ingest" in sections:
             report["ingest"] = ingest_bench.ingest_benchmark(encoder, work, SIZES["ingest"][size], batch, workers, say)
         if "decode" in sections:

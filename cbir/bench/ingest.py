@@ -98,18 +98,18 @@ def decoded_pixels(files: list[Path], preprocess, draft: bool = True) -> tuple[n
     return np.stack(out), time.perf_counter() - start
 
 
-def ingest_once(folder: Path, encoder, batch: int, workers: int | None) -> dict:
-    """A real ingest of ``folder`` into a new library in a temporary folder: its report."""
+def ingest_once(folder: Path, encoder, batch: int, workers: int | None, library: Path | None = None):
+    """A real ingest of ``folder`` into a new library at ``library`` (kept), else in a temporary
+    folder (removed): its report."""
     import tempfile
 
     from cbir.config import resolve_settings
     from cbir.library import Library
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = resolve_settings(library=Path(tmp) / "lib", batch_size=batch, workers=workers)
+        settings = resolve_settings(library=library or Path(tmp) / "lib", batch_size=batch, workers=workers)
         with Library.open(settings, create=True, encoder=encoder) as lib:
-            report = lib.ingest(folder)
-    return report
+            return lib.ingest(folder)
 
 
 def ingest_benchmark(

@@ -18,6 +18,10 @@ def render(report: dict) -> str:
         f"threads, GPU: {m['gpu'] or 'none'}; model {s['model']} on {s['device']}, batch {s['batch']}"
         f"{' (quick)' if s['quick'] else ''}; {report.get('seconds', 0):.0f} s in all."
     ]
+    if "backends" in report:
+        from cbir.bench.backends import backends_tables
+
+        parts.append("**Backends** (this CPU, side by side)\n\n" + backends_tables(report["backends"]))
     if "ingest" in report:
         parts.append(
             "**Ingest** (images/s; ceiling: the model's forward pass alone on preprocessed pixels)\n\n"

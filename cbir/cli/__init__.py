@@ -86,11 +86,18 @@ debug_option = click.option(
 
 
 DATABASE_KEY = "cbir.database_url"
+ENCODER_KEY = "cbir.encoder"  # --backend and --precision
 
 
 def _set_database(ctx: click.Context, _param, value: str | None) -> str | None:
     if value:
         ctx.meta[DATABASE_KEY] = value
+    return value
+
+
+def _set_encoder_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        ctx.meta.setdefault(ENCODER_KEY, {})[param.name] = value
     return value
 
 
@@ -100,9 +107,32 @@ def database_url() -> str | None:
     return ctx.meta.get(DATABASE_KEY) if ctx is not None else None
 
 
+def context_settings() -> dict:
+    """--db, --backend and --precision of the running command, as resolve_settings options."""
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx.meta.get(ENCODER_KEY, {}) if ctx is not None else {}
+    return {"database_url": database_url(), **chosen}
+
+
 def library_options(f):
-    """--library, --db, --model, --device (each also settable through CBIR_* variables). --db
-    reaches resolve_settings through database_url(), so commands need no parameter for it."""
+    """--library, --db, --model, --device, --backend, --precision (each also settable through
+    CBIR_* variables). --db, --backend and --precision reach resolve_settings through
+    context_settings(), so commands need no parameter for them."""
+    f = click.option(
+        "--precision",
+        metavar="fp32|int8",
+        expose_value=False,
+        callback=_set_encoder_option,
+        help="Model precision for a new library: int8 is faster on CPUs (ONNX Runtime only) with "
+        "slightly different vectors. An existing library always uses its own. [env: CBIR_PRECISION]",
+    )(f)
+    f = click.option(
+        "--backend",
+        metavar="auto|torch|onnx",
+        expose_value=False,
+        callback=_set_encoder_option,
+        help="What runs the model; auto picks ONNX Runtime on the CPU, torch on CUDA. [env: CBIR_BACKEND]",
+    )(f)
     f = click.option(
         "--device",
         metavar="auto|cpu|cuda",

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import click
 
-from cbir.cli import database_url
+from cbir.cli import context_settings
 from cbir.config import resolve_settings
 
 
 def _open(create=False, **options):
     from cbir.library import Library
 
-    return Library.open(resolve_settings(database_url=database_url(), **options), create=create)
+    return Library.open(resolve_settings(**context_settings(), **options), create=create)
 
 
 def option_group(key: str):

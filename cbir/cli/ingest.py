@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cbir.cli import cli, database_url, library_options
+from cbir.cli import cli, context_settings, library_options
 from cbir.cli.common import _open, _Progress, group_values, option_group
 from cbir.cli.render import echo_json, ingest_summary
 from cbir.config import DEFAULT_MODEL, resolve_settings
@@ -97,7 +97,7 @@ def ingest(path, library, model, device, batch_size, workers, retry_failed, as_j
     from cbir.library import Library
 
     settings = resolve_settings(
-        database_url=database_url(), library=library, model=model, device=device, batch_size=batch_size, workers=workers
+        **context_settings(), library=library, model=model, device=device, batch_size=batch_size, workers=workers
     )
     # A first ingest that fails before committing anything (no such folder, the model cannot
     # be downloaded) takes away the library folder it created: there is nothing in it to keep.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from cbir.cli import cli, database_url, library_options  # noqa: F401  (commands below register on it)
+from cbir.cli import cli, context_settings, library_options  # noqa: F401  (commands below register on it)
 from cbir.cli.common import _open
 from cbir.cli.render import echo_json, echo_rows
 from cbir.errors import UsageError
@@ -23,7 +23,7 @@ def _classifier(library, model, device):
     the --model (the default model for new libraries without one), loaded on its own."""
     from cbir.library import open_encoder
 
-    return open_encoder(library=library, model=model, device=device, database_url=database_url())
+    return open_encoder(library=library, model=model, device=device, **context_settings())
 
 
 @cli.command()

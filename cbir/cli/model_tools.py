@@ -1,15 +1,18 @@
-"""`cbir locate` and `cbir finetune`: where a text is inside an image, and training a model on
-your own image-caption pairs."""
+"""`cbir locate`, `cbir finetune` and `cbir models check`: where a text is inside an image,
+training a model on your own image-caption pairs, and int8 measured on a library's own images."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from cbir.cli import cli, database_url, debug_option, library_options
+from cbir.cli import cli, context_settings, debug_option, library_options
 from cbir.cli.common import group_values, option_group
+from cbir.cli.tools import models
+from cbir.config import resolve_settings
 from cbir.errors import UsageError
 
 # The training run's settings (cbir.finetune.FinetuneSettings, saved with it for --resume),
@@ -24,7 +27,7 @@ def _encoder_for(library, model, device):
     when it exists; else cbir's default model. Loaded on ``--device``."""
     from cbir.library import open_encoder
 
-    return open_encoder(library=library, model=model, device=device, database_url=database_url())
+    return open_encoder(library=library, model=model, device=device, **context_settings())
 
 
 @cli.command()
@@ -170,3 +173,108 @@ def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
         f"wrote {report['out']} ({report['steps']} steps in {report['train_seconds']:.0f}s); "
         f"use it with --model {report['load_with']}"
     )
+
+
+@models.command("check")
+@click.option(
+    "--sample",
+    type=click.IntRange(2, 10_000),
+    default=200,  # cbir.precision_check.DEFAULT_SAMPLE, named here so that `cbir --help` needs no numpy
+    show_default=True,
+    help="Images of the library to encode both ways (picked at random, the same ones at every run).",
+)
+@click.option(
+    "--switch",
+    is_flag=True,
+    help="Then switch the library to --precision if it passed: new images are encoded at it, the "
+    "stored vectors are kept. --switch --precision fp32 switches back (no check needed).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
+@click.option("--min-cosine", type=float, hidden=True, help="A stricter min cosine than the documented one.")
+@click.option("--min-overlap", type=float, hidden=True, help="A stricter mean overlap than the documented one.")
+@library_options
+def check(sample, switch, as_json, min_cosine, min_overlap, library, model, device):
+    """Measure a reduced precision (--precision, default int8) against fp32 on the library's own
+    images; with --switch, switch the library to it when it passes.
+
+    A sample of the library's images is decoded as ingest decodes them and encoded by the fp32
+    and the int8 image tower (text stays fp32). Printed: the min and mean cosine between each
+    image's two vectors, and the top-10 overlap of searches made against the sample encoded
+    each way (each sampled image as a query, and up to 100 of the library's texts). It passes
+    with min cosine >= 0.995 and mean top-10 overlap >= 0.9 (image and text queries each);
+    below, it exits 1 and --switch changes nothing.
+
+    \b
+      cbir models check                              int8 on 200 of the library's images
+      cbir models check --switch                     and switch the library to int8 if it passes
+      cbir models check --switch --precision fp32    back to fp32
+    """
+    from cbir.library import Library
+    from cbir.precision_check import REFERENCE, THRESHOLDS, Thresholds, check_precision, refusal, switch_precision
+
+    options = context_settings()
+    precision = options.pop("precision", None) or "int8"  # the precision to check, not the library's
+    if precision == REFERENCE and not switch:
+        raise UsageError(
+            f"{REFERENCE} is what the check compares against; --switch --precision {REFERENCE} switches back to it"
+        )
+    thresholds = Thresholds(
+        _stricter("--min-cosine", min_cosine, THRESHOLDS.min_cosine),
+        _stricter("--min-overlap", min_overlap, THRESHOLDS.mean_overlap),
+    )
+    # The library opens at whatever precision it records (CBIR_PRECISION is not asked of it).
+    settings = replace(resolve_settings(library=library, model=model, device=device, **options), precision=None)
+    with Library.open(settings) as lib:
+        measured = None if precision == REFERENCE else check_precision(lib, precision, sample, thresholds)
+        passed = measured is None or measured.passed
+        switched = switch and passed and switch_precision(lib, precision, measured)
+        if as_json:
+            report = measured.as_dict() if measured else {"precision": precision}
+            recorded = lib.fingerprint.get("precision", REFERENCE)
+            click.echo(json.dumps({**report, "switched": switched, "library_precision": recorded}))
+        elif measured is not None:
+            _echo_check(measured)
+        if not passed:
+            raise refusal(measured)
+        if switch and not as_json:
+            click.echo(
+                f"switched the library to {precision}: new images are encoded at {precision}, stored vectors are kept"
+                if switched
+                else f"the library is at {precision} already; nothing changed"
+            )
+
+
+# --precision comes with library_options, where it asks for a library's precision; here it names
+# the one to measure (or switch to).
+for _param in check.params:
+    if _param.name == "precision":
+        _param.help = "The precision to check, or with --switch to switch to: int8 (default), or fp32 with --switch."
+
+
+def _stricter(option: str, value: float | None, documented: float) -> float:
+    """A threshold given on the command line: only ever stricter than the documented one."""
+    if value is None:
+        return documented
+    if value < documented:
+        raise UsageError(f"{option} {value}: a threshold can only be raised above its documented {documented}")
+    return value
+
+
+def _echo_check(measured) -> None:
+    t = measured.thresholds
+    unreadable = f" ({measured.unreadable} unreadable, left out)" if measured.unreadable else ""
+    click.echo(f"{measured.precision} against fp32 on {measured.sampled} images of the library{unreadable}:")
+    click.echo(
+        f"  cosine of each image's two vectors: min {measured.min_cosine:.5f}, mean {measured.mean_cosine:.5f}"
+        f"  (passes at min >= {t.min_cosine})"
+    )
+    for name, overlap in (("image", measured.image_queries), ("text", measured.text_queries)):
+        if overlap is not None:
+            click.echo(
+                f"  top-{overlap.k} overlap of {overlap.queries} {name} queries: mean {overlap.mean:.3f}, "
+                f"worst {overlap.worst:.2f}  (passes at mean >= {t.mean_overlap})"
+            )
+    if measured.passed:
+        click.echo(
+            f"passed: {measured.precision} vectors are interchangeable with this library's within the thresholds"
+        )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cbir.cli import cli, database_url, debug_option, library_options
+from cbir.cli import cli, context_settings, debug_option, library_options
 from cbir.cli.common import _open, _Progress, _split
 from cbir.cli.engine_options import ray_options, search_engine_options
 from cbir.cli.render import echo_json, hits_table, ingest_summary
@@ -88,7 +88,7 @@ def eval_zeroshot(templates, label, where, worst, as_json, library, model, devic
 @click.option(
     "--only",
     metavar="SECTIONS",
-    help="Comma-separated: ingest, decode, text, search, filtered, memory, gpu, serve, ray, ray-ingest (default: all).",
+    help="Comma-separated: backends, ingest, decode, text, search, filtered, memory, gpu, serve, ray, ray-ingest (default: all).",
 )
 @click.option(
     "--model",
@@ -174,20 +174,24 @@ def serve(host, port, token, upload_limit, gpu, library, model, device):
     from cbir.serve import serve as run
     from cbir.units import parse_bytes
 
-    settings = resolve_settings(library=library, model=model, device=device, gpu=gpu, database_url=database_url())
+    settings = resolve_settings(library=library, model=model, device=device, gpu=gpu, **context_settings())
     limit = parse_bytes(upload_limit, "upload limit", positive=True)
     run(settings, host=host, port=port, token=token or None, upload_limit=limit, echo=click.echo, ray=ray_options())
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON Lines.")
 @debug_option
-def models(as_json):
+@click.pass_context
+def models(ctx, as_json):
     """Models cbir can use: the bundled cbir-tiny and every open_clip pretrained model.
 
     Use one with --model NAME when creating a library; ARCH:path/to/weights.pt loads a local
-    checkpoint. Hub weights download on first use.
+    checkpoint. Hub weights download on first use. `cbir models check` measures int8 on a
+    library's own images, and switches the library to it.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from cbir.config import DEFAULT_MODEL
     from cbir.library import list_models
 

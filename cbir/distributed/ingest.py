@@ -37,14 +37,14 @@ RETRIES = 3  # per decode task and per encode batch, against crashed or lost wor
 
 
 def encoder_recipe(encoder: Encoder) -> Callable[[str], Encoder]:
-    """How a worker builds the same model on its device: by its spec, unless the encoder
-    provides its own recipe (the fake encoder of tests)."""
+    """How a worker builds the same model on its device: by its spec on torch, unless the encoder
+    provides its own recipe (ONNX Runtime's, the fake encoder of tests)."""
     recipe = getattr(encoder, "recipe", None)
     if recipe is not None:
         return recipe()
     from cbir.encode import load_encoder
 
-    return partial(load_encoder, encoder.spec)
+    return partial(load_encoder, encoder.spec, backend="torch")
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """Which model a library uses: the one requested, else the one it was built with, else the default
-for a new library; a requested model that is not the library's is refused before anything loads."""
+for a new library; a requested model that is not the library's is refused before anything loads.
+And what runs it: torch or ONNX Runtime, at the library's precision."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from cbir.config import Settings
 from cbir.encode.spec import ModelSpec, parse_model_spec
-from cbir.errors import ModelMismatch
+from cbir.errors import ModelMismatch, UsageError
 
 
 def model_to_load(settings: Settings, stored: dict | None) -> ModelSpec:
@@ -35,3 +38,50 @@ def mismatch(library: Path, stored: dict, requested: str) -> ModelMismatch:
         f"{stored['spec']} (or leave --model out), or index your photos into a new library "
         f"for {requested}: cbir ingest PHOTOS --library NEW_LIBRARY --model {requested}"
     )
+
+
+def precision_to_use(requested: str | None, stored: dict | None, library: Path) -> str:
+    """The library's recorded precision (fp32 when it records none, or for a new library unless
+    one is requested); a requested precision that is not the library's is refused."""
+    if stored is None:
+        return requested or "fp32"
+    recorded = stored.get("precision", "fp32")
+    if requested and requested != recorded:
+        raise ModelMismatch(
+            f"the library at {library} was built at {recorded} precision, not {requested}; use "
+            f"--precision {recorded} (or leave --precision out)"
+        )
+    return recorded
+
+
+def backend_to_use(backend: str, device: str, precision: str = "fp32") -> str:
+    """torch or onnx. auto: ONNX Runtime on the CPU, torch on CUDA (fp16 and nvJPEG stay there).
+    int8 runs on ONNX Runtime only, so it rules out torch and CUDA."""
+    cuda = device.startswith("cuda")
+    if backend == "torch" or (backend == "auto" and precision == "fp32" and cuda):
+        if precision != "fp32":
+            raise UsageError(f"{precision} precision runs on ONNX Runtime only: use --backend onnx or auto")
+        return "torch"
+    if cuda:
+        reason = "--backend onnx" if backend == "onnx" else f"{precision} precision"
+        raise UsageError(f"{reason} runs on the CPU only: use --device cpu or auto")
+    if backend == "onnx" or precision != "fp32" or device == "cpu":
+        return "onnx"
+    return "torch" if cuda_present() else "onnx"
+
+
+def cuda_present() -> bool:
+    """Whether torch sees a CUDA GPU, asked only where an NVIDIA driver is installed: without one
+    the answer is no, and a CPU-only command never imports torch for it."""
+    if sys.platform == "darwin":
+        return False  # no CUDA on macOS
+    if sys.platform == "win32":
+        system = os.environ.get("SystemRoot", r"C:\Windows")
+        driver = Path(system) / "System32" / "nvcuda.dll"
+    else:
+        driver = Path("/proc/driver/nvidia/version")
+    if not driver.exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()

@@ -9,7 +9,7 @@ import torch
 
 from cbir.encode.hub import hub_access, unreachable_hint
 from cbir.encode.registry import BUNDLED_MODELS, bundled
-from cbir.encode.spec import BUNDLED, ModelSpec, Preprocess, make_fingerprint
+from cbir.encode.spec import BUNDLED, ModelSpec, Preprocess, make_fingerprint, rgb
 from cbir.errors import DeviceError, ModelLoadError, UsageError
 
 
@@ -71,8 +71,8 @@ class OpenClipEncoder:
             size=int(size),
             resize_mode=cfg.get("resize_mode", "shortest"),
             interpolation=cfg.get("interpolation", "bicubic"),
-            mean=tuple(float(x) for x in cfg["mean"]),
-            std=tuple(float(x) for x in cfg["std"]),
+            mean=rgb(cfg["mean"]),
+            std=rgb(cfg["std"]),
             fill_color=int(cfg.get("fill_color", 0)),
         )
         with torch.inference_mode():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,9 @@ class FakeEncoder:
     def __init__(
         self, dim: int = 32, size: int = 32, seed: int = 0, crash_marker: str | None = None, crash_after: int = 0
     ):
-        self._config = dict(dim=dim, size=size, seed=seed, crash_marker=crash_marker, crash_after=crash_after)
+        self._config: dict[str, Any] = dict(
+            dim=dim, size=size, seed=seed, crash_marker=crash_marker, crash_after=crash_after
+        )
         self.spec = ModelSpec("fake", f"seed{seed}")
         self.preprocess = Preprocess(size=size)
         self.dim = dim

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,7 +193,7 @@ def _export_towers(encoder, folder: Path) -> None:
         (_ImageTower(encoder._model, encoder.preprocess.mean, encoder.preprocess.std), pixels, "pixels", "image"),
         (_TextTower(encoder._model), tokens, "tokens", "text"),
     ]
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     raw = folder / "raw"  # the exporter's output, which puts a graph past 2 GB in a file per tensor
     raw.mkdir()
     for module, example, input_name, tower in towers:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -88,9 +89,10 @@ class OnnxEncoder:
         self.entry = entry
         self.precision = precision
         self.dim = int(meta["fingerprint"]["dim"])
-        self.preprocess = Preprocess(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["fingerprint"]["preprocess"].items()}
-        )
+        preprocess: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in meta["fingerprint"]["preprocess"].items()
+        }
+        self.preprocess = Preprocess(**preprocess)
         self.logit_scale = meta["logit_scale"]
         self.meta = meta
         self._threads = threads or default_threads()
@@ -120,6 +122,7 @@ class OnnxEncoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         session = self._session("text")
+        assert self._tokenizer is not None  # loaded with the text session
         return session.run(None, {"tokens": self._tokenizer(list(texts))})[0]
 
     def _session(self, tower: str) -> onnxruntime.InferenceSession:

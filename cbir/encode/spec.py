@@ -30,6 +30,12 @@ class Preprocess:
     fill_color: int = 0
 
 
+def rgb(values) -> tuple[float, float, float]:
+    """A mean or std of open_clip's preprocessing config as Preprocess holds it: three floats."""
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """``ARCH[:PRETRAINED]``: an open_clip architecture and a pretrained tag or checkpoint file."""

@@ -113,7 +113,7 @@ class ClipTokenizer:
         return self._cache[token]
 
     def encode(self, text: str) -> list[int]:
-        ids = []
+        ids: list[int] = []
         for token in self._pattern.findall(clean(text)):
             chars = "".join(self._byte_chars[b] for b in token.encode("utf-8"))
             ids.extend(self.encoder[symbol] for symbol in self.bpe(chars).split(" "))

@@ -134,4 +134,5 @@ def tune(
                 wider = candidates[position + 1]
                 best = (wider, measure(wider))
             break
+    assert best is not None  # candidate_params gives at least one
     return best

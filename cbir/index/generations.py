@@ -17,7 +17,9 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +27,9 @@ from cbir.fingerprint import same_model
 from cbir.fsutil import atomic_write, atomic_write_text, fsync_dir, storage_error
 from cbir.index.types import IndexSpec
 from cbir.index.vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from cbir.index.sharded import ShardedIndex
 
 MANIFEST = "manifest.json"
 PREFIX = "gen-"
@@ -123,11 +128,12 @@ def load(root: Path, name: str, dim: int, vector_version: int, model: dict | Non
     for _ in range(3):  # a writer may remove the generation between reading and opening
         manifest = read_manifest(root)
         entry = manifest.indexes.get(name) if manifest else None
-        if entry is None or entry.vector_version != vector_version or entry.dim != dim:
+        if manifest is None or entry is None or entry.vector_version != vector_version or entry.dim != dim:
             return None, entry
         if model and not same_model(manifest.model or {}, model):
             return None, entry  # another model's index (copied in from another library?)
         folder = root / manifest.folder
+        loaded: VectorIndex | ShardedIndex
         try:
             if entry.sharding:
                 shards = [_read(folder, entry, name, dim, n) for n in range(len(entry.sharding["counts"]))]
@@ -145,7 +151,9 @@ def load(root: Path, name: str, dim: int, vector_version: int, model: dict | Non
     return None, None
 
 
-def save(root: Path, indexes: dict[str, VectorIndex], model: dict, builds: dict[str, dict] | None = None) -> Manifest:
+def save(
+    root: Path, indexes: dict[str, VectorIndex | ShardedIndex], model: dict, builds: dict[str, dict] | None = None
+) -> Manifest:
     """Write a new generation holding ``indexes`` (and, unchanged, the current generation's other
     indexes), switch to it atomically, then remove older generations. A failed write (a full
     disk) raises StorageError and leaves the current generation as it was, with no new folder."""
@@ -173,34 +181,39 @@ def _write(
     folder: Path,
     number: int,
     current: Manifest | None,
-    indexes: dict[str, VectorIndex],
+    indexes: dict[str, VectorIndex | ShardedIndex],
     model: dict,
     builds: dict[str, dict] | None,
 ) -> Manifest:
     """Write generation ``number`` into ``folder`` and switch the manifest to it."""
+    from cbir.index.sharded import ShardedIndex
+
     entries: dict[str, Entry] = {}
     for name, index in indexes.items():
         if index.vector_version is None:
             raise ValueError("an index must know which vector version it holds before it is saved")
-        sharded = hasattr(index, "shards")
+        if isinstance(index, ShardedIndex):
+            sharded, shards = index, index.shards
+        else:
+            sharded, shards = None, [index]
         files: dict[str, str] = {}
-        for position, shard in enumerate(index.shards if sharded else [index]):
-            index_file, dead_file = _files(name, position if sharded else None)
-            atomic_write(folder / index_file, lambda tmp, i=shard: _write_faiss(tmp, i.faiss_index))
+        for position, shard in enumerate(shards):
+            index_file, dead_file = _files(name, position if sharded is not None else None)
+            atomic_write(folder / index_file, partial(_write_faiss, index=shard.faiss_index))
             files[index_file] = sha256_of(folder / index_file)
             if len(shard.dead_rows):
-                atomic_write(folder / dead_file, lambda tmp, i=shard: _save_npy(tmp, i.dead_rows))
+                atomic_write(folder / dead_file, partial(_save_npy, array=shard.dead_rows))
                 files[dead_file] = sha256_of(folder / dead_file)
         build = (builds or {}).get(name)
         if build is None and current and name in current.indexes:
             build = current.indexes[name].build
         sharding = (
             {
-                "router": index.router.as_dict(),
-                "counts": [s.ntotal for s in index.shards],
-                "specs": [s.spec.as_dict() for s in index.shards],
+                "router": sharded.router.as_dict(),
+                "counts": [s.ntotal for s in sharded.shards],
+                "specs": [s.spec.as_dict() for s in sharded.shards],
             }
-            if sharded
+            if sharded is not None
             else None
         )
         entries[name] = Entry(index.spec, index.dim, index.ntotal, index.vector_version, files, build or {}, sharding)
@@ -309,8 +322,8 @@ def verify(root: Path, name: str, dim: int, vector_version: int, stored_ids: np.
     problems = []
     if manifest.model and model and manifest.model.get("weights") != model.get("weights"):
         problems.append(f"the {name} index was built with {_model_name(manifest.model)}, not {_model_name(model)}")
-    for file, missing in damaged_files(root, manifest, name).items():
-        problems.append(f"{file} is missing" if missing else f"{file} does not match its checksum (damaged or changed)")
+    for file, gone in damaged_files(root, manifest, name).items():
+        problems.append(f"{file} is missing" if gone else f"{file} does not match its checksum (damaged or changed)")
     if problems:
         return problems
     index, _ = load(root, name, dim, entry.vector_version)

@@ -8,14 +8,19 @@ import os
 import threading
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cbir.errors import CbirWarning, LibraryLocked, StorageError, UsageError
 from cbir.fsutil import writer_lock
 from cbir.names import IMAGES, TEXTS
+
+if TYPE_CHECKING:
+    from cbir.index.build import Chunks
 
 
 class LibraryIndexes:
@@ -61,7 +66,7 @@ class LibraryIndexes:
             serving.close()
             self.forget()
 
-    def stored(self, name: str) -> tuple[int, object]:
+    def stored(self, name: str) -> tuple[int, Chunks]:
         """(current version, chunks of stored vectors) behind the index ``name``."""
         if name == IMAGES:
             return self.catalog.vector_version(), self.catalog.iter_vectors
@@ -179,7 +184,7 @@ class LibraryIndexes:
         index, report = self._build(name, kind)
         return index, report.for_manifest()
 
-    def _shard_keys(self, by: str):
+    def _shard_keys(self, by: str) -> Callable[[np.ndarray], list[str]]:
         """ids -> the folder (root and top-level folder) or the date taken that shards them."""
         if by == "folder":
             return self.catalog.top_folders
@@ -196,14 +201,14 @@ class LibraryIndexes:
         if shards < 2:
             raise UsageError("a sharded index has at least 2 shards (rebuild for one index)")
         ids = self.catalog.vector_ids(IMAGES)
-        router = Router(by, shards, keys=self._shard_keys(by))
+        keys = self._shard_keys(by)
+        router = Router(by, shards, keys=keys)
         if by == "date":  # equal-sized date ranges
-            dates = sorted(router.keys(ids))
+            dates = sorted(keys(ids))
             router.bounds = [dates[len(dates) * i // shards] for i in range(1, shards)] if dates else []
         elif by == "folder":  # the biggest folders first, each to the emptiest shard
-            keys = router.keys(ids)
             sizes = [0] * shards
-            for key, count in sorted(Counter(keys).items(), key=lambda kv: (-kv[1], kv[0])):
+            for key, count in sorted(Counter(keys(ids)).items(), key=lambda kv: (-kv[1], kv[0])):
                 router.folders[key] = sizes.index(min(sizes))
                 sizes[router.folders[key]] += count
         where = router.assign(ids)
@@ -343,7 +348,7 @@ class LibraryIndexes:
         index with an empty list is sound."""
         from cbir.index import generations
 
-        problems = {}
+        problems: dict[str, list[str]] = {}
         for name in (IMAGES, TEXTS):
             version, _ = self.stored(name)
             ids = self.catalog.vector_ids(name)

@@ -65,6 +65,7 @@ class Router:
             return ((ids.astype(np.uint64) * np.uint64(11400714819323198485)) >> np.uint64(40)).astype(
                 np.int64
             ) % self.shards
+        assert self.keys is not None  # bound by whoever opens a folder- or date-sharded index
         keys = self.keys(ids)
         if self.by == "date":
             return np.asarray([bisect.bisect_right(self.bounds, key) for key in keys], dtype=np.int64)

@@ -7,7 +7,7 @@ while searching."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -35,10 +35,10 @@ class VectorIndex:
         # Search on the GPU (set by whoever opens the index, after checking one is usable): a GPU
         # copy of the index, made on first search and dropped whenever the index changes.
         self.gpu = False
-        self._gpu_copy = None
+        self._gpu_copy: faiss.Index | None = None
         # IVF-PQ: ids -> (ids found, exact vectors) from the library's database, for re-ranking;
         # set by whoever opens the index (without it, PQ scores are final)
-        self.exact_source = None
+        self.exact_source: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -110,6 +110,12 @@ class VectorIndex:
             self._id_map_copy = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         return self._id_map_copy
 
+    def _row_ids(self) -> np.ndarray:
+        """Internal row -> id of a flat or HNSW index."""
+        id_map = self._id_map()
+        assert id_map is not None  # flat and HNSW indexes are wrapped in IndexIDMap2
+        return id_map
+
     def ids(self) -> np.ndarray:
         """The ids of the live vectors."""
         id_map = self._id_map()
@@ -137,7 +143,7 @@ class VectorIndex:
             return
         ids = np.asarray(ids, dtype=np.int64)
         if self.kind == "hnsw":  # no removal from a graph: tombstone the rows holding these ids
-            rows = np.flatnonzero(np.isin(self._id_map(), ids))
+            rows = np.flatnonzero(np.isin(self._row_ids(), ids))
             self._dead = np.union1d(self._dead, rows).astype(np.int64)
         else:
             self._index.remove_ids(ids)
@@ -165,7 +171,7 @@ class VectorIndex:
         dead = faiss.IDSelectorBatch(self._dead)
         alive = faiss.IDSelectorNot(dead)
         scores, rows = self._index.index.search(queries, k, params=search_parameters(self.spec, merged, alive))
-        id_map = self._id_map()
+        id_map = self._row_ids()
         return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
 
     def rerank_candidates(self, queries: np.ndarray, k: int, params: dict | None = None) -> np.ndarray | None:
@@ -202,7 +208,7 @@ class VectorIndex:
     def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids found, their live rows) for indexes wrapped in IndexIDMap2, in the order of ``ids``."""
         if self._rows is None:
-            id_map = self._id_map()
+            id_map = self._row_ids()
             rows = np.delete(np.arange(len(id_map)), self._dead) if len(self._dead) else np.arange(len(id_map))
             order = np.argsort(id_map[rows], kind="stable")
             self._rows = (id_map[rows][order], rows[order])
@@ -224,16 +230,14 @@ class VectorIndex:
             found, rows = self._rows_of(ids)
             empty = np.zeros((0, self.dim), np.float32)
             return found, (self._index.index.reconstruct_batch(rows) if len(rows) else empty)
-        found, vectors = [], []  # IVF: by id through the direct map, which knows every id it holds
+        held, vectors = [], []  # IVF: by id through the direct map, which knows every id it holds
         for i in ids:
             try:
                 vectors.append(self._index.reconstruct(int(i)))
             except RuntimeError:  # not in the index
                 continue
-            found.append(int(i))
-        return np.asarray(found, dtype=np.int64), (
-            np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
-        )
+            held.append(int(i))
+        return np.asarray(held, dtype=np.int64), (np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32))
 
 
 def rerank_exactly(queries: np.ndarray, candidates: np.ndarray, k: int, exact_source) -> tuple[np.ndarray, np.ndarray]:

@@ -60,8 +60,10 @@ class Committer:
 def _embed_texts(encoder: Encoder, texts: dict) -> dict[tuple[str, str], list[TextRecord]]:
     """Encode every queued text in batches; keys with no texts stay (they delete old ones)."""
     flat = [(key, item) for key, items in texts.items() for item in items]
-    vectors = encode_texts_batched(encoder, [content for _, (content, _, _) in flat]) if flat else []
     out: dict[tuple[str, str], list[TextRecord]] = {key: [] for key in texts}
+    if not flat:
+        return out
+    vectors = encode_texts_batched(encoder, [content for _, (content, _, _) in flat])
     for (key, (content, size, mtime_ns)), vector in zip(flat, vectors):
         out[key].append(TextRecord(content, vector, size, mtime_ns))
     return out

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,9 @@ from cbir.ingest.limits import (
     without_oversized_png_text,
 )
 from cbir.ingest.texts import embedded_texts
+
+if TYPE_CHECKING:
+    import torch
 
 SUPPORTED_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -82,7 +86,8 @@ class FileTask:
 class Decoded:
     task: FileTask
     content_hash: str = ""
-    pixels: np.ndarray | None = None  # uint8 [S, S, 3]; None when skipped or not needed
+    # uint8 [S, S, 3] (a tensor on the model's device once decoded there); None when skipped or not needed
+    pixels: np.ndarray | torch.Tensor | None = None
     width: int = 0
     height: int = 0
     format: str = ""
@@ -99,7 +104,7 @@ def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
     """Resize and crop an RGB image exactly as open_clip's eval transform does (torchvision
     Resize + CenterCrop on PIL), returning uint8 [S, S, 3] for the device to normalise."""
     size = pp.size
-    resample = Image.BILINEAR if pp.interpolation == "bilinear" else Image.BICUBIC
+    resample = Image.Resampling.BILINEAR if pp.interpolation == "bilinear" else Image.Resampling.BICUBIC
     w, h = image.size
     if pp.resize_mode == "squash":
         return np.asarray(image.resize((size, size), resample))
@@ -166,7 +171,8 @@ def _to_rgb(image: Image.Image, factor: int = 1) -> Image.Image:
         return image
     top = 255.0
     if image.mode in _SIXTEEN_BIT:  # one scale for the whole image, as if converted at once
-        top = 65535.0 if image.getextrema()[1] > 255 else 255.0
+        low_high = cast(tuple[int, int], image.getextrema())  # one band: (lowest, highest)
+        top = 65535.0 if low_high[1] > 255 else 255.0
     w, h = image.size
     rows = max(1, _STRIP_BYTES // (4 * w) // factor) * factor
     if rows >= h:
@@ -208,7 +214,7 @@ def _header_error(data: bytes) -> str | None:
         try:  # again, to learn why: Image.open drops the plugin's exception
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                factory(io.BytesIO(data)).close()
+                factory(io.BytesIO(data), "").close()  # as Image.open calls it
         except Exception as e:
             return f"corrupt or unsupported {fmt} image: {_why(e)}"
         return f"corrupt or unsupported {fmt} image"

@@ -10,7 +10,7 @@ import os
 import struct
 import zlib
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from cbir.fsutil import special_file
 from cbir.units import format_bytes
@@ -68,9 +68,9 @@ def check_decode_memory(image: Image.Image, factor: int, full_size: tuple[int, i
     needed = w * h * _PIXEL_BYTES.get(image.mode, 4)
     if image.format in ("AVIF", "HEIF"):
         needed *= 2  # decoded by their own library into a buffer that Pillow then copies
-    if image.format in ("JPEG", "MPO") and image.info.get("progressive") and image.layer:
-        # libjpeg holds a progressive JPEG's DCT coefficients (2 bytes each) at full size, even
-        # when the draft decodes it at 1/8 of that
+    if isinstance(image, JpegImagePlugin.JpegImageFile) and image.info.get("progressive") and image.layer:
+        # JPEG and MPO: libjpeg holds a progressive JPEG's DCT coefficients (2 bytes each) at full
+        # size, even when the draft decodes it at 1/8 of that
         fw, fh = full_size
         hmax = max(c[1] for c in image.layer) or 1
         vmax = max(c[2] for c in image.layer) or 1
@@ -151,6 +151,8 @@ def read_image_file(
     Anything but a regular file (a FIFO would block the reader, /dev/zero never ends) and a file
     over ``max_bytes`` are refused with BadImage before a byte is read; a folder raises
     IsADirectoryError, a file that cannot be read OSError."""
+    if (offset is None) != (size is None):
+        raise ValueError("read_image_file: give offset and size together, or neither")
 
     def check(st: os.stat_result) -> None:
         kind = special_file(st.st_mode)
@@ -158,7 +160,7 @@ def read_image_file(
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if kind:
             raise BadImage(f"not a regular file: {kind}")
-        length = st.st_size if offset is None else size
+        length = st.st_size if size is None else size
         if length > max_bytes:
             raise BadImage(
                 f"refused: the file is {length:,} bytes, over the {format_bytes(max_bytes)} limit for an image"

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -173,7 +173,7 @@ def _manifest_row(source, base, row, record: dict, image, caption) -> ManifestRo
     return ManifestRow(row, image_path, raw, captions, extra)
 
 
-def _delimited_records(path: Path, pick, delimiter: str) -> Iterator:
+def _delimited_records(path: Path, pick, delimiter: str) -> Generator:
     """CSV/TSV: pick(header), then (row, dict) or BadRow per record. Decoding with
     surrogateescape keeps the csv module going past invalid UTF-8; the record that holds it
     (and only that record) becomes a BadRow. TSV follows the CSV quoting rules, as pandas and
@@ -210,7 +210,7 @@ def _delimited_records(path: Path, pick, delimiter: str) -> Iterator:
                 yield row, dict(zip(header, fields))
 
 
-def _jsonl_records(path: Path, pick, sample_lines: int = 100) -> Iterator:
+def _jsonl_records(path: Path, pick, sample_lines: int = 100) -> Generator:
     """JSON Lines: pick(the keys seen in the first ``sample_lines`` objects: objects need not
     all have the same keys), then (line number, dict) or BadRow per non-blank line."""
     records = _jsonl_objects(path)
@@ -223,7 +223,7 @@ def _jsonl_records(path: Path, pick, sample_lines: int = 100) -> Iterator:
         records.close()
 
 
-def _jsonl_objects(path: Path) -> Iterator:
+def _jsonl_objects(path: Path) -> Generator:
     source = str(path)
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
@@ -245,7 +245,7 @@ def _jsonl_objects(path: Path) -> Iterator:
                 yield BadRow(source, number, f"not a JSON object but {_kind(obj)}")
 
 
-def _parquet_records(path: Path, pick) -> Iterator:
+def _parquet_records(path: Path, pick) -> Generator:
     """Parquet: pick(column names), then (row, dict) or BadRow, read one batch at a time.
     Binary columns (embedded image bytes) are not read: they are not metadata."""
     try:

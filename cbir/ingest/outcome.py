@@ -46,7 +46,7 @@ class Outcomes:
         changes, path = self.batch.changes, d.task.path
         mine = self.stored.get(path)
         if d.error:
-            self._skip(d, mine)
+            self._skip(d, d.error, mine)
             return
         if path in self.skips:
             changes.unskipped.append(path)
@@ -59,8 +59,8 @@ class Outcomes:
             self._known_content(d, mine)
         self.captions.queue(path, self.batch.texts, changes, self.report)
 
-    def _skip(self, d: Decoded, mine: StoredFile | None) -> None:
-        self.batch.changes.skipped.append((d.task.path, d.task.size, d.task.mtime_ns, d.error))
+    def _skip(self, d: Decoded, error: str, mine: StoredFile | None) -> None:
+        self.batch.changes.skipped.append((d.task.path, d.task.size, d.task.mtime_ns, error))
         self.report.skipped += 1
         if mine:  # it was a good image before and is broken now: its old vector is stale
             self.batch.changes.removed.append(mine.id)
@@ -94,7 +94,9 @@ class Outcomes:
             old, sidecar = claimed
             changes.moved.append((old.id, _reuse(self.catalog, old.id, d, entry)))
             report.moved += 1
-            if sidecar:  # its caption file moved too: not read again unless it changed
+            # Its caption file moved too: not read again unless it changed (only folder ingests,
+            # which keep Captions, follow vanished roots).
+            if sidecar and isinstance(self.captions, Captions):
                 self.captions.stored[path] = sidecar
         else:
             source = self.known[d.content_hash]

@@ -242,7 +242,9 @@ def _survey_folder(catalog: Catalog, root_id: int, root: Path, scope: str) -> _S
 
 def _survey_dataset(catalog: Catalog, root_id: int, scanned: ScanResult) -> _Survey:
     entries = {f.path: f for f in scanned.files}
-    stored = {p: s for p, s in catalog.files_under(root_id).items() if s.dataset in scanned.datasets or p in entries}
+    datasets = scanned.datasets
+    assert datasets is not None  # a dataset's scan lists its datasets
+    stored = {p: s for p, s in catalog.files_under(root_id).items() if s.dataset in datasets or p in entries}
     # its bad rows (under the manifest's or tar's path) and its images that failed
     scopes = tuple(s + "/" for s in scanned.skip_scopes)
     skips = {p: v for p, v in catalog.skips_under(root_id).items() if p in entries or p.startswith(scopes)}
@@ -286,11 +288,11 @@ def _decode_jpegs(pending: list[Decoded], pp, device: str) -> None:
     from cbir.ingest import device_decode
     from cbir.ingest.decode import BadImage, open_image
 
-    jpegs = [d for d in pending if d.jpeg is not None]
-    for d, pixels in zip(jpegs, device_decode.decode([d.jpeg for d in jpegs], pp, device)):
+    jpegs = [(d, d.jpeg) for d in pending if d.jpeg is not None]
+    for (d, jpeg), pixels in zip(jpegs, device_decode.decode([jpeg for _, jpeg in jpegs], pp, device)):
         if pixels is None:
             try:
-                pixels = open_image(d.jpeg, pp)[0]
+                pixels = open_image(jpeg, pp)[0]
             except BadImage as e:
                 d.error = str(e)
         d.pixels, d.jpeg = pixels, None

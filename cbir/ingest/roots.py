@@ -49,7 +49,7 @@ class VanishedRows:
         self.catalog = catalog
         self.roots = {i: p for i, p in vanished_roots(catalog).items() if i != root_id}
         self.by_hash: dict[str, list[tuple[int, str, StoredFile]]] = defaultdict(list)
-        self._sidecars: dict[int, dict[str, tuple[int, int]]] = {}
+        self._sidecars: dict[int, dict[str, tuple[int | None, int | None]]] = {}
         self.moved_from: dict[int, int] = defaultdict(int)  # root id -> rows claimed
         for rid in self.roots:
             for path, stored in catalog.files_under(rid).items():
@@ -59,7 +59,7 @@ class VanishedRows:
     def __bool__(self) -> bool:
         return bool(self.by_hash)
 
-    def claim(self, content_hash: str, path: str) -> tuple[StoredFile, tuple[int, int] | None] | None:
+    def claim(self, content_hash: str, path: str) -> tuple[StoredFile, tuple[int | None, int | None] | None] | None:
         """A row holding ``content_hash`` (the one at the same relative ``path`` if any), taken
         out of the pool, with the (size, mtime_ns) of the caption file its stored caption came
         from; None if no vanished root holds that content."""

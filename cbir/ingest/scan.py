@@ -48,7 +48,7 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS
 
 
-def _not_a_file(path: str | os.PathLike) -> str:
+def _not_a_file(path: str | os.PathLike[str]) -> str:
     """Why a path named like an image is no file to read: a dangling symlink, a FIFO, ..."""
     try:
         kind = special_file(os.stat(path).st_mode)  # follows a symlink

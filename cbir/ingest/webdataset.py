@@ -89,6 +89,10 @@ def read_webdataset(shards: list[Path]) -> Iterator[TarSample | BadRow]:
         yield from _read_shard(shard)
 
 
+# One tar member of a sample: (key, extension, member, the sidecar's bytes or None).
+_Member = tuple[str, str, tarfile.TarInfo, bytes | None]
+
+
 def _read_shard(path: Path) -> Iterator[TarSample | BadRow]:
     source = str(path)
     try:
@@ -110,10 +114,12 @@ def _read_shard(path: Path) -> Iterator[TarSample | BadRow]:
         except (tarfile.TarError, OSError) as e:
             yield BadRow(source, None, f"not a tar file: {e}")
             return
-        samples, group, error = 0, [], None
+        samples, error = 0, None
+        group: list[_Member] = []
         try:
             while (member := tar.next()) is not None:
-                tar.members = []  # tarfile keeps every member it reads; we need none of them
+                # tarfile keeps every member it reads; we need none of them (typeshed omits members)
+                tar.members = []  # type: ignore[attr-defined]
                 if not member.isfile() or member.issparse():
                     continue
                 key, ext = _split_name(member.name)
@@ -121,12 +127,14 @@ def _read_shard(path: Path) -> Iterator[TarSample | BadRow]:
                     continue
                 if group and key != group[0][0]:
                     sample = _sample(path, group, file_size)
-                    samples += isinstance(sample, TarSample)
-                    yield sample
+                    if sample is not None:  # (None only for a group cut off by the end of the file)
+                        samples += isinstance(sample, TarSample)
+                        yield sample
                     group = []
                 payload = None
                 if ext in ("txt", "json") and member.size <= MAX_SIDECAR_BYTES:
-                    payload = tar.extractfile(member).read()
+                    sidecar = tar.extractfile(member)  # None only for members that are not files
+                    payload = sidecar.read() if sidecar is not None else None
                 group.append((key, ext, member, payload))
         except (tarfile.TarError, OSError) as e:
             error = str(e) or type(e).__name__
@@ -152,11 +160,12 @@ def _split_name(name: str) -> tuple[str | None, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _sample(tar: Path, group: list, file_size: int) -> TarSample | BadRow | None:
+def _sample(tar: Path, group: list[_Member], file_size: int) -> TarSample | BadRow | None:
     """One sample from its members; None when its image lies past the end of a truncated tar
     (the tar's own BadRow reports that)."""
     key = group[0][0]
-    images, sidecars, problems = [], {}, []
+    images, problems = [], []
+    sidecars: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
     for _, ext, member, payload in group:
         suffix = ext.rpartition(".")[2]  # "seg.png" is a png too
         if suffix in IMAGE_EXTENSIONS:

@@ -26,8 +26,8 @@ class Query:
     file, an image already in the library (``like``), or an image or like plus text terms."""
 
     text: str | None = None
-    image: Path | ImageData | None = None
-    like: Path | None = None
+    image: Path | str | ImageData | None = None
+    like: Path | str | None = None
 
     def __post_init__(self):
         if self.text is None and self.image is None and self.like is None:

@@ -17,7 +17,7 @@ def parse_batch(lines: Iterable[str], source: str = "batch") -> list[tuple[objec
     """(what to echo as the result's ``query``, Query) per non-blank line.
 
     Image paths in JSON lines are taken relative to the current directory."""
-    parsed = []
+    parsed: list[tuple[object, Query]] = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:

@@ -89,10 +89,10 @@ class Term:
         """The term without its sign, e.g. ``"cat":2`` or ``image:"a.jpg"``."""
         if self.text is not None:
             body = _quote(self.text)
-        elif self.image is not None:
-            body = "image:" + _quote(str(self.image))
-        else:
+        elif self.like is not None:
             body = "like:" + _quote(self.like)
+        else:
+            body = "image:" + _quote(str(self.image))
         size = abs(self.weight)
         return body if size == 1 else f"{body}:{_format_number(size)}"
 
@@ -294,7 +294,8 @@ class _Scanner:
 
     def _quoted(self, quote: int) -> tuple[str, int]:
         """The unescaped content of the string opening at QUOTE, and the index after it."""
-        q, chars, pos = self.query, [], quote + 1
+        q, pos = self.query, quote + 1
+        chars: list[str] = []
         while pos < len(q):
             ch = q[pos]
             if ch == '"':

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, func, not_, or_, select
 from sqlalchemy.orm import aliased
@@ -84,7 +84,7 @@ def _compare(node: Compare, folders: _Folders) -> ColumnElement[bool]:
     if op in ("is null", "is not null"):
         column = getattr(Image, field)
         return column.is_(None) if op == "is null" else column.is_not(None)
-    value = FIELDS[field].convert(node.values[0])
+    value: Any = FIELDS[field].convert(node.values[0])  # a date period, number or text, by field
     match field:
         case "taken" | "added":
             return _within(Image.taken if field == "taken" else Image.added_at, op, value)

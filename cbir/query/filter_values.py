@@ -24,7 +24,9 @@ def parse_date(text: str) -> tuple[datetime, datetime]:
         if match is None:
             raise ValueError
         parts = [int(p) for p in match.groups() if p is not None]
-        start = datetime(*parts, *[1] * (3 - len(parts)))  # a missing month or day is the 1st
+        # A missing month or day is the 1st, a missing time midnight.
+        year, month, day, hour, minute, second = parts + [1] * (3 - len(parts)) + [0] * (6 - max(3, len(parts)))
+        start = datetime(year, month, day, hour, minute, second)
     except ValueError:  # no match, or no such day (2019-02-30)
         raise UsageError(f"invalid date {text!r}: use {DATE_FORMS}") from None
     return start, _period_end(start, len(parts))

@@ -43,7 +43,7 @@ class Filters:
 
     def describe(self) -> str:
         """The filters in the --where language, e.g. 'taken >= 2019-06-01 and camera ~ "Pixel"'."""
-        parts = []
+        parts: list[WhereNode | None] = []
         if self.after is not None:
             parts.append(Compare("taken", ">=", (_date_text(self.after),)))
         if self.before is not None:
@@ -60,8 +60,8 @@ class Filters:
         if self.where is not None:
             where = parse_where(self.where)
             parts.extend(where.operands if isinstance(where, And) else [where])
-        parts = [p for p in parts if p is not None]
-        return str(And(tuple(parts))) if len(parts) > 1 else "".join(map(str, parts))
+        nodes = [p for p in parts if p is not None]
+        return str(And(tuple(nodes))) if len(nodes) > 1 else "".join(map(str, nodes))
 
     def as_dict(self) -> dict:
         return {

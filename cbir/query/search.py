@@ -149,7 +149,7 @@ class Searcher:
         ):
             with timed("load model"):  # on its own, not as the first query's embedding
                 self._encoder()
-        embedding = {}
+        embedding: dict[str, float] = {}
         with Timer(embedding)("embed"):
             vectors = self._embed(expressions, needs_vector)
         return vectors, embedding["embed"] / max(1, sum(needs_vector))
@@ -196,12 +196,14 @@ class Searcher:
         texts = sorted({t.text for e, n in zip(expressions, needed) if n for t in e.terms if t.text is not None})
         # the model loads only if a term needs it
         encoded = dict(zip(texts, encode_texts_batched(self._encoder(), texts))) if texts else {}
-        out = []
+        dim = self.catalog.dim
+        assert dim is not None  # require_images passed: the library has a model, so a vector size
+        out: list[np.ndarray | None] = []
         for e, n in zip(expressions, needed):
             if not n:
                 out.append(None)
                 continue
-            total = np.zeros(self.catalog.dim, dtype=np.float64)
+            total = np.zeros(dim, dtype=np.float64)
             for term in e.terms:
                 if term.text is not None:
                     v = encoded[term.text]
@@ -236,7 +238,7 @@ def _search_together(index, plans, vectors, options, params) -> list:
     """One index search for every query that needs the index alone: a batch of queries costs
     about as much as one on a flat index (one matrix product). Per query: (scores, ids) or None."""
     batch = [i for i, p in enumerate(plans) if p.strategy == planning.ANN and p.mode == planning.SEMANTIC]
-    out = [None] * len(plans)
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(plans)
     if len(batch) < 2:
         return out
     want = min(options.first_want, index.ntotal)

@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import cast
 
-from lark import Lark, Tree
+from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from cbir.errors import UsageError
@@ -199,7 +200,8 @@ def _parse_tree(text: str) -> Tree:
         try:
             token = next(tokens, None)
         except UnexpectedInput as e:  # no token here (lark tried the parser's state first)
-            raise _syntax_error(text, e.pos_in_stream, parser.accepts()) from None
+            # lark declares pos_in_stream None on the base class; the lexer's error sets the position.
+            raise _syntax_error(text, e.pos_in_stream, parser.accepts()) from None  # type: ignore[arg-type]
         values += token is not None and token.type in ("BARE", "STRING")
         if values > MAX_VALUES:
             raise UsageError(f"--where: too long (more than {MAX_VALUES} values)")
@@ -218,7 +220,9 @@ def _syntax_error(text: str, position: int, accepts: set[str]) -> UsageError:
     hint = "expected " + _or_list(expected) if expected else ""
     if position >= len(text.rstrip()):
         return _where_error(text, len(text), "unexpected end", hint)
-    shown = _SHOWN.match(text, position).group()
+    shown_match = _SHOWN.match(text, position)
+    assert shown_match is not None  # lark stops at a character, never at a blank (it skips those)
+    shown = shown_match.group()
     if shown in ("'", '"'):
         return _where_error(text, position, f"unclosed quote {shown}", "")
     if len(shown) > 30:
@@ -252,13 +256,13 @@ def _build(tree: Tree, text: str, depth: int) -> WhereNode:
 
 
 def _comparison(tree: Tree, text: str) -> Compare:
-    field_token, op_token, *value_tokens = tree.children
+    field_token, op_token, *value_tokens = cast(list[Token], tree.children)  # the grammar: all tokens
     prefix, dot, key = str(field_token).partition(".")
     field = prefix.lower() + dot + key  # the names of a dataset's columns keep their case
     if field not in FIELDS and prefix.lower() + dot != EXTRA:
         raise _where_error(
             text,
-            field_token.start_pos,
+            _column(field_token),
             f"unknown field {str(field_token)!r}",
             "fields: " + ", ".join(FIELDS) + ", extra.COLUMN",
         )
@@ -267,7 +271,7 @@ def _comparison(tree: Tree, text: str) -> Compare:
     op = "=" if op == "==" else op
     if op not in spec.ops:
         raise _where_error(
-            text, op_token.start_pos, f"{field} does not take {op!r}", f"{field} takes {', '.join(spec.ops)}"
+            text, _column(op_token), f"{field} does not take {op!r}", f"{field} takes {', '.join(spec.ops)}"
         )
     values = tuple(_value_text(token) for token in value_tokens)
     for token, value in zip(value_tokens, values):
@@ -275,12 +279,18 @@ def _comparison(tree: Tree, text: str) -> Compare:
             spec.convert(value)
         except UsageError:
             raise _where_error(
-                text, token.start_pos, f"bad value {value!r} for {field}", f"expected {spec.expected}"
+                text, _column(token), f"bad value {value!r} for {field}", f"expected {spec.expected}"
             ) from None
     return Compare(field, op, values)
 
 
-def _value_text(token) -> str:
+def _column(token: Token) -> int:
+    """Where the token starts in the text: lark declares start_pos optional, but sets it on every
+    token its lexer makes."""
+    return token.start_pos or 0
+
+
+def _value_text(token: Token) -> str:
     if token.type == "BARE":
         return str(token)
     # Only \\, \" and \' are escapes: other backslashes stay, as in a Windows path.

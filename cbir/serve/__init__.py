@@ -32,7 +32,7 @@ def open_for_serving(settings, ray=None):
         if ray is not None:
             library.search_on_ray(ray)
         if library.fingerprint:  # an empty library loads its model when images arrive
-            _ = library.encoder  # load the model now, not at the first query
+            library.encoder.encode_texts([""])  # load the model (ONNX: the text graph) now, not at the first query
             library.indexes.get(IMAGES)
             if library.catalog.count_texts():
                 library.indexes.get(TEXTS)

@@ -41,6 +41,23 @@ class CatalogBase:
         raw = self.get_meta(MODEL)
         return json.loads(raw) if raw else None
 
+    def set_model_precision(self, precision: str) -> bool:
+        """Record the precision new images are encoded at: the fingerprint's "precision", left
+        out for fp32 as an fp32 encoder's fingerprint leaves it out. False when it already was;
+        LookupError for a library that has no model yet."""
+        with self._writer.begin() as c:
+            raw = c.execute(select(Meta.value).where(Meta.key == MODEL)).scalar_one_or_none()
+            if not raw:
+                raise LookupError("the library has no model yet")
+            fingerprint = json.loads(raw)
+            if fingerprint.get("precision", "fp32") == precision:
+                return False
+            fingerprint.pop("precision", None)
+            if precision != "fp32":
+                fingerprint["precision"] = precision
+            self._put_meta(c, MODEL, json.dumps(fingerprint))
+            return True
+
     def vector_version(self) -> int:
         return int(self.get_meta(VECTOR_VERSION) or 0)
 

@@ -7,8 +7,22 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
-from sqlalchemy import BigInteger, Engine, any_, bindparam, column, func, literal, literal_column, select, table
+from sqlalchemy import (
+    BigInteger,
+    ColumnClause,
+    ColumnElement,
+    Engine,
+    any_,
+    bindparam,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from cbir.store.models import Image, ImageText
@@ -16,7 +30,7 @@ from cbir.store.models import Image, ImageText
 FTS = table("texts_fts", column("rowid"), column("rank"))
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Written out, not bound: only an expression equal to the index's own can use the index.
-_ENGLISH = literal_column("'english'::regconfig")
+_ENGLISH: ColumnClause[str] = literal_column("'english'::regconfig")
 
 
 def fts_match(texts: list[str]) -> tuple[str, ...] | None:
@@ -40,7 +54,7 @@ def _tsquery(words: tuple[str, ...]):
     """PostgreSQL: any of the words, each parsed by plainto_tsquery as plain text (stemmed,
     accents folded as in the index), joined by || (OR)."""
     parts = [func.plainto_tsquery(_ENGLISH, func.cbir_fts_text(literal(w))) for w in words]
-    query = parts[0]
+    query: ColumnElement[Any] = parts[0]
     for part in parts[1:]:
         query = query.op("||")(part)
     return query
@@ -67,7 +81,7 @@ class Collection:
 
     def matching_ids(self, condition) -> list[int]:
         with self.engine.connect() as c:
-            return c.execute(self._where(self._select(self.id_column), condition)).scalars().all()
+            return list(c.execute(self._where(self._select(self.id_column), condition)).scalars())
 
     @property
     def _postgresql(self) -> bool:

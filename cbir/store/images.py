@@ -8,9 +8,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, Insert, delete, func, insert, select, update
 
 from cbir.store.base import CatalogBase, _bump
 from cbir.store.models import Image, ImageText, Root, Skipped, Vector
@@ -44,10 +45,10 @@ class ImageCatalog(CatalogBase):
             if path == root or root in path.parents:
                 return root_id, path.relative_to(root).as_posix() if path != root else ""
         with self._writer.begin() as c:
-            root_id = c.execute(insert(Root).values(path=str(path))).inserted_primary_key[0]
+            root_id = _inserted_id(c, insert(Root).values(path=str(path)))
             # Roots inside the new one become part of it, so no file is held twice.
-            for old_id, old in c.execute(select(Root.id, Root.path)).all():
-                old = Path(old)
+            for old_id, old_path in c.execute(select(Root.id, Root.path)).all():
+                old = Path(old_path)
                 if path in old.parents:
                     prefix = old.relative_to(path).as_posix() + "/"
                     for table in (Image, Skipped):
@@ -107,9 +108,9 @@ class ImageCatalog(CatalogBase):
     def record_of(self, image_id: int) -> ImageRecord:
         with self.engine.connect() as c:
             row = c.execute(select(Image).where(Image.id == image_id)).mappings().one()
-        record = ImageRecord(**{k: row[k] for k in ImageRecord.__dataclass_fields__})
-        record.extra = json.loads(record.extra) if record.extra else None
-        return record
+        fields = {k: row[k] for k in ImageRecord.__dataclass_fields__}
+        fields["extra"] = json.loads(fields["extra"]) if fields["extra"] else None  # stored as JSON text
+        return ImageRecord(**fields)
 
     # -- writing -----------------------------------------------------------------------------
     def apply(self, changes: Changes) -> Applied:
@@ -139,25 +140,26 @@ class ImageCatalog(CatalogBase):
                 remove_ids.append(image_id)
                 add_ids.append(image_id)
                 add_vectors.append(vector)
+            new_rows: list[tuple[ImageRecord, bytes, np.ndarray, int | None]]  # (..., the copy's source)
             new_rows = [(r, _to_blob(v), v, None) for r, v in changes.added]
             new_rows += [(r, blob, _from_blob(blob), src) for r, blob, src in copies]
             for record, blob, vector, src in new_rows:
-                image_id = c.execute(
-                    insert(Image).values(root_id=changes.root_id, added_at=now, **record.columns())
-                ).inserted_primary_key[0]
+                image_id = _inserted_id(
+                    c, insert(Image).values(root_id=changes.root_id, added_at=now, **record.columns())
+                )
                 c.execute(insert(Vector).values(image_id=image_id, vector=blob))
                 add_ids.append(image_id)
                 add_vectors.append(vector)
                 if src is not None:  # a copy has the same embedded description as its source
                     texts.insert(c, image_id, EMBEDDED, copied_texts[src], now)
             for (path, source), records in changes.texts.items():
-                image_id = c.execute(
+                owner_id = c.execute(
                     select(Image.id).where(Image.root_id == changes.root_id, Image.path == path)
                 ).scalar_one_or_none()
-                if image_id is None:  # the image itself was not stored (e.g. it failed to decode)
+                if owner_id is None:  # the image itself was not stored (e.g. it failed to decode)
                     continue
-                texts.delete(c, (ImageText.image_id == image_id) & (ImageText.source == source))
-                texts.insert(c, image_id, source, records, now)
+                texts.delete(c, (ImageText.image_id == owner_id) & (ImageText.source == source))
+                texts.insert(c, owner_id, source, records, now)
             _record_skips(c, changes, now)
             version = _bump(c, VECTOR_VERSION, bool(add_ids or remove_ids))
             text_version = _bump(c, TEXT_VERSION, texts.changed)
@@ -187,7 +189,7 @@ class ImageCatalog(CatalogBase):
                     return found
         return None
 
-    def sidecars_under(self, root_id: int, scope: str = "") -> dict[str, tuple[int, int]]:
+    def sidecars_under(self, root_id: int, scope: str = "") -> dict[str, tuple[int | None, int | None]]:
         """image path -> (size, mtime_ns) of the sidecar file its stored caption was read from."""
         query = (
             select(Image.path, ImageText.origin_size, ImageText.origin_mtime_ns)
@@ -216,7 +218,7 @@ class ImageCatalog(CatalogBase):
             for path, extra in c.execute(
                 select(Image.path, Image.extra).where(Image.root_id == root_id, Image.extra.is_not(None))
             ):
-                extras[path] = json.loads(extra)
+                extras[path] = json.loads(cast(str, extra))  # not NULL: the query's condition
         return {p: (tuple(sorted(captions.get(p, ()))), extras.get(p)) for p in set(captions) | set(extras)}
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageInfo]:
@@ -324,3 +326,10 @@ def _record_skips(c, changes: Changes, now: datetime) -> None:
                 recorded_at=now,
             )
         )
+
+
+def _inserted_id(c: Connection, statement: Insert) -> int:
+    """The id of the one row an INSERT added."""
+    key = c.execute(statement).inserted_primary_key
+    assert key is not None  # SQLAlchemy sets it for every single-row INSERT
+    return key[0]

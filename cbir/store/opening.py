@@ -28,7 +28,7 @@ def open_catalogue(path: Path, database_url: str | None, create: bool) -> tuple[
     if path.exists() and not path.is_dir():
         raise UsageError(f"--library {path} is a file, not a library folder")
     shared = database_url is not None  # the catalogue in PostgreSQL
-    if shared:
+    if database_url is not None:
         catalog, revision = _open_shared_catalogue(database_url, create)
     elif not db_path.is_file() and not create:
         raise LibraryNotFound(

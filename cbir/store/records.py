@@ -5,6 +5,7 @@ search and status show, and how vectors and dataset columns are stored in a row.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,7 +183,9 @@ class VectorChanges:
     version: int
 
     @classmethod
-    def of(cls, add_ids: list[int], add_vectors: list[np.ndarray], remove_ids: list[int], version: int, dim: int):
+    def of(
+        cls, add_ids: Sequence[int], add_vectors: list[np.ndarray], remove_ids: Sequence[int], version: int, dim: int
+    ) -> VectorChanges:
         return cls(
             add_ids=np.asarray(add_ids, dtype=np.int64),
             add_vectors=(np.stack(add_vectors).astype(np.float32) if add_vectors else np.zeros((0, dim), np.float32)),

@@ -149,7 +149,7 @@ class TextCatalog(CatalogBase):
             ImageText.id.in_(ids)
         )
         with self.engine.connect() as c:
-            return {r[0]: tuple(r[1:]) for r in c.execute(query)}
+            return {r[0]: (r[1], r[2], r[3]) for r in c.execute(query)}
 
     def count_texts(self) -> int:
         return self._count(ImageText)
@@ -158,7 +158,7 @@ class TextCatalog(CatalogBase):
 class _TextChanges:
     """Text rows written in one transaction, remembered for updating the text index."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.add_ids: list[int] = []
         self.add_vectors: list[np.ndarray] = []
         self.remove_ids: list[int] = []

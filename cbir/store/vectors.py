@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import SQLColumnExpression, func, select
 
 from cbir.store.base import CatalogBase
 from cbir.store.models import Image, ImageText, Vector
@@ -93,6 +94,7 @@ class VectorCatalog(CatalogBase):
         """(image ids, their label) for zero-shot evaluation: ``folder`` is the name of the
         folder holding the image (a class-per-folder dataset), ``extra.NAME`` a dataset
         column; images without one are left out."""
+        label: SQLColumnExpression[Any]
         if column == "folder":
             label = Image.path
         elif column.startswith("extra.") and len(column) > 6:
