@@ -202,7 +202,7 @@ class _Data:
         return batch.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
 
     def batches(self, batches: list[list[int]]):
-        tokenizer = self.encoder._tokenizer
+        tokenizer = self.encoder.tokenizer
         dev = self.encoder.device
         for pixels, captions, rows, bad in self.loader(batches):
             self.bad.update(bad)
@@ -233,7 +233,7 @@ def evaluate(encoder, trainer: Trainer, data: _Data, batch_size: int) -> dict:
                     continue
                 x = data.to_input(pixels)
                 with trainer.autocast():
-                    img, txt, scale = clip_outputs(model(x, encoder._tokenizer(captions).to(encoder.device)))
+                    img, txt, scale = clip_outputs(model(x, encoder.tokenizer(captions).to(encoder.device)))
                 if len(captions) >= 2:
                     labels = torch.tensor([data.caption_id[c] for c in captions], device=encoder.device)
                     loss = clip_loss(img.float(), txt.float(), scale.float(), labels, rows.to(encoder.device))
@@ -421,7 +421,7 @@ def _set_up(settings: FinetuneSettings, state: dict | None, device: str, workers
         torch.manual_seed(settings.seed)
     encoder = load_encoder(parse_model_spec(settings.model), device, backend="torch")  # it trains the torch model
     trainer = Trainer(
-        encoder._model,
+        encoder.model,
         TrainConfig(total_steps=total, lr=settings.lr, weight_decay=settings.weight_decay, warmup=warmup),
         encoder.device,
     )

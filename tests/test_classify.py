@@ -70,7 +70,7 @@ def test_logit_scale_is_the_models_own(tiny):
     from cbir.encode import load_encoder
 
     scale = logit_scale(tiny)
-    torch_model = load_encoder("cbir-tiny", "cpu", backend="torch")._model
+    torch_model = load_encoder("cbir-tiny", "cpu", backend="torch").model
     assert scale == pytest.approx(float(torch_model.logit_scale.detach().exp()), rel=1e-4)
     assert 1 < scale <= 100
     assert logit_scale(FakeEncoder()) == DEFAULT_SCALE

@@ -158,7 +158,7 @@ def image_gflop(torch_encoder) -> float:
 
     size = torch_encoder.preprocess.size
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        torch_encoder._model.encode_image(torch.zeros(1, 3, size, size))
+        torch_encoder.model.encode_image(torch.zeros(1, 3, size, size))
     return counter.get_total_flops() / 1e9
 
 

@@ -74,10 +74,10 @@ def naive_rate(encoder, files: list[Path]) -> float:
     transform = open_clip.image_transform(
         pp.size, is_train=False, mean=pp.mean, std=pp.std, resize_mode=pp.resize_mode, interpolation=pp.interpolation
     )
-    model = encoder._model
+    model = encoder.model
 
     def one(path: Path) -> None:
-        with torch.inference_mode(), encoder._autocast():
+        with torch.inference_mode(), encoder.autocast():
             tensor = transform(Image.open(path).convert("RGB")).unsqueeze(0).to(encoder.device)
             torch.nn.functional.normalize(model.encode_image(tensor).float(), dim=-1).cpu()
 

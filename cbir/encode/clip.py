@@ -59,11 +59,11 @@ class OpenClipEncoder:
                 model, _, _ = open_clip.create_model_and_transforms(
                     spec.arch, pretrained=pretrained, device=self.device
                 )
-                self._tokenizer = open_clip.get_tokenizer(spec.arch)  # hf-hub: models fetch theirs
+                self.tokenizer = open_clip.get_tokenizer(spec.arch)  # hf-hub: models fetch theirs
             except Exception as e:  # open_clip raises many kinds (RuntimeError, OSError, HF errors)
                 raise ModelLoadError(_load_hint(spec, e, unreachable)) from e
         model.eval()
-        self._model = model
+        self.model = model
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg["size"]
         size = size[0] if isinstance(size, (tuple, list)) else size
@@ -76,7 +76,7 @@ class OpenClipEncoder:
             fill_color=int(cfg.get("fill_color", 0)),
         )
         with torch.inference_mode():
-            self.dim = int(self._model.encode_text(self._tokenizer(["x"]).to(self.device)).shape[-1])
+            self.dim = int(self.model.encode_text(self.tokenizer(["x"]).to(self.device)).shape[-1])
         self._mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1)
 
@@ -87,10 +87,10 @@ class OpenClipEncoder:
     def logit_scale(self) -> float | None:
         """CLIP's learned temperature, exp(logit_scale): zero-shot probabilities are the
         softmax of the cosine similarities times it (None for a model without one)."""
-        parameter = getattr(self._model, "logit_scale", None)
+        parameter = getattr(self.model, "logit_scale", None)
         return None if parameter is None else float(parameter.detach().float().exp().cpu())
 
-    def _autocast(self):
+    def autocast(self):
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
@@ -107,15 +107,15 @@ class OpenClipEncoder:
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
         # uint8 NHWC -> normalised float NCHW, on the device (4x less to copy than floats)
         batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
-        with self._autocast():
-            features = self._model.encode_image(batch)
+        with self.autocast():
+            features = self.model.encode_image(batch)
         return _normalise(features)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        tokens = self._tokenizer(list(texts)).to(self.device)
-        with self._autocast():
-            features = self._model.encode_text(tokens)
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self.autocast():
+            features = self.model.encode_text(tokens)
         return _normalise(features)
 
 

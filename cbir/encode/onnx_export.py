@@ -117,10 +117,10 @@ def _export(spec: ModelSpec, entry: Path) -> None:
     from cbir.encode.clip import OpenClipEncoder
 
     encoder = OpenClipEncoder(spec, "cpu")
-    reason = tokenizer_refusal(encoder._tokenizer)
+    reason = tokenizer_refusal(encoder.tokenizer)
     if reason:
         raise OnnxUnavailable(f"{spec.name} runs on torch only: {reason}")
-    context_length = int(encoder._tokenizer.context_length)
+    context_length = int(encoder.tokenizer.context_length)
     tmp = entry.parent / f"{entry.name}.tmp{os.getpid()}"
     tmp.mkdir()
     try:
@@ -188,10 +188,10 @@ class _TextTower(torch.nn.Module):
 
 def _export_towers(encoder, folder: Path) -> None:
     pixels = torch.from_numpy(probe_images(encoder.preprocess.size)[:2])  # a batch of one may trace as a constant
-    tokens = encoder._tokenizer(PROBE_TEXTS[:2])
+    tokens = encoder.tokenizer(PROBE_TEXTS[:2])
     towers = [
-        (_ImageTower(encoder._model, encoder.preprocess.mean, encoder.preprocess.std), pixels, "pixels", "image"),
-        (_TextTower(encoder._model), tokens, "tokens", "text"),
+        (_ImageTower(encoder.model, encoder.preprocess.mean, encoder.preprocess.std), pixels, "pixels", "image"),
+        (_TextTower(encoder.model), tokens, "tokens", "text"),
     ]
     legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     raw = folder / "raw"  # the exporter's output, which puts a graph past 2 GB in a file per tensor
@@ -245,7 +245,7 @@ def _check(encoder, folder: Path, context_length: int) -> dict:
     """Both graphs against torch on a probe batch (and a batch of one), the torch-free tokenizer
     against open_clip's: a refusal names the smallest cosine."""
     ours = ClipTokenizer(folder / VOCAB_NAME, context_length)(PROBE_TEXTS)
-    if not np.array_equal(ours, encoder._tokenizer(PROBE_TEXTS).numpy()):
+    if not np.array_equal(ours, encoder.tokenizer(PROBE_TEXTS).numpy()):
         raise OnnxUnavailable(
             f"{encoder.spec.name} runs on torch only: its tokens differ from the torch-free tokenizer's"
         )
