@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
+from cbir.background import Background
 from cbir.config import Settings, resolve_settings
 from cbir.distributed.search import RayOptions
-from cbir.encode.choice import check_requested_model, mismatch, model_to_load, precision_to_use
+from cbir.encode.choice import check_requested_model, mismatch, precision_to_use
 from cbir.encode.registry import list_models
 from cbir.encode.spec import Encoder, same_model
 from cbir.errors import CbirError, StorageError, UsageError
 from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
 from cbir.names import IMAGES, TEXTS
+from cbir.preload import load_model
 from cbir.query import ImageData, Query
 from cbir.query.filter_values import parse_date
 from cbir.query.filters import Filters
@@ -87,6 +90,7 @@ class Library:
         self.catalog = catalog
         self._encoder = encoder
         self._wrap = None  # see wrap_encoder
+        self._preparing: Background[Encoder] | None = None  # see prepare_encoder
         self.indexes = LibraryIndexes(catalog, self.path, self.path / INDEX_DIR, gpu=settings.gpu)
         self._searcher = Searcher(
             catalog,
@@ -94,19 +98,29 @@ class Library:
             self.path,
             encoder=lambda: self.encoder,
             loaded=lambda: self._encoder is not None,
+            prepare=self.prepare_encoder,
             embed_image=self._embed_image_file,
             image_id=self._library_image,
         )
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, settings: Settings, *, create: bool = False, encoder: Encoder | None = None):
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        create: bool = False,
+        encoder: Encoder | None = None,
+        loading: Background[Encoder] | None = None,
+    ):
+        """``loading``: the model already loading on a thread (cbir.preload.start_loading)."""
         if settings.gpu:
             from cbir.index.gpu import resolve
 
             resolve(True)  # a clear error now, not at the first search
         catalog, fingerprint = open_catalogue(settings.library, settings.database_url, create)
         library = cls(settings, catalog, encoder)
+        library._preparing = loading
         if fingerprint:
             catalog.dim = fingerprint["dim"]
             check_requested_model(settings.model, fingerprint, library.path)
@@ -143,23 +157,35 @@ class Library:
     @property
     def encoder(self) -> Encoder:
         """The model, loaded on first use: the library's own, or the requested one for a new library."""
+        stored = self.fingerprint
         if self._encoder is None:
-            from cbir.encode import load_encoder
-
-            stored = self.fingerprint
-            self._encoder = load_encoder(
-                model_to_load(self.settings, stored),
-                self.settings.device,
-                self.settings.backend,
-                precision_to_use(self.settings.precision, stored, self.path),
-            )
+            self._encoder = self._prepared(stored) or load_model(self.settings, stored)
             if self._wrap is not None:
                 self._encoder = self._wrap(self._encoder)
-        stored = self.fingerprint
         actual = self._encoder.fingerprint()
         if stored and not same_model(stored, actual):
             raise mismatch(self.path, stored, actual["spec"])
         return self._encoder
+
+    def prepare_encoder(self, text: bool = False) -> None:
+        """Load the model on a thread, ahead of its first use (``text``: and run its text tower
+        once): a search waits for the longer of this and the index load rather than for both."""
+        if self._encoder is None and self._preparing is None:
+            # the fingerprint read here: the catalogue's connections stay on this thread
+            self._preparing = Background(partial(load_model, self.settings, self.fingerprint, text), name="cbir-model")
+
+    def _prepared(self, stored: dict | None) -> Encoder | None:
+        """The model loaded on a thread, if one was and it is the library's: a load started from a
+        hint (cbir.preload) that failed or got another model is done again here, which then says
+        what is wrong."""
+        preparing, self._preparing = self._preparing, None
+        if preparing is None:
+            return None
+        try:
+            encoder = preparing.result()
+        except CbirError:
+            return None
+        return encoder if stored is None or same_model(stored, encoder.fingerprint()) else None
 
     # -- the indexes ---------------------------------------------------------------------------
     @property
@@ -227,6 +253,7 @@ class Library:
         address: str | None = None,
         gpus_per_worker: float = 0,
         ray_workers: int | None = None,
+        exclude: list[str] | tuple[str, ...] | None = None,
     ):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
@@ -242,7 +269,11 @@ class Library:
         ``engine``: local (worker processes here) or ray: decode and encode on a Ray cluster
         (cbir.distributed.ingest; ``address`` auto, ray://HOST:PORT or HOST:PORT, none for a
         private local cluster on 127.0.0.1; ``ray_workers`` encode actors of
-        ``gpus_per_worker`` GPUs each), committed here as by the local engine."""
+        ``gpus_per_worker`` GPUs each), committed here as by the local engine.
+
+        ``exclude``: gitignore patterns, relative to the folder's root, that this scan and the
+        later ones of that root leave out (cbir.ingest.exclude); they replace the remembered
+        ones, ``[]`` clears them, None keeps them. A dataset takes none."""
         from cbir.ingest import prepare
         from cbir.ingest.pipeline import default_workers, run_ingest
 
@@ -254,6 +285,10 @@ class Library:
 
             import_ray()  # without Ray, a one-line error before any work
         target, dataset = prepare.source(self.catalog, path, format, image_column, caption_column)
+        if exclude is not None:
+            from cbir.ingest.exclude import check_patterns
+
+            check_patterns(exclude, dataset is not None)  # before a model loads
         with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
             encoder = self.encoder
             if self.fingerprint is None:
@@ -288,6 +323,7 @@ class Library:
                     decode_device=decode_device,
                     retry_failed=retry_failed,
                     stage=stage,
+                    exclude=exclude,
                 )
                 failed = False
             except OperationalError as e:

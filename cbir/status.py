@@ -1,5 +1,6 @@
 """What `cbir status` reports about a library: counts, the model, the indexes and whether they are
-current, sizes on disk, skipped files and scanned folders gone from disk (Library.status)."""
+current, sizes on disk, skipped files, scanned folders gone from disk and what scans of each folder
+leave out (Library.status)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,17 @@ class Status:
     database_bytes: int
     skipped_files: list[tuple[Path, str]] = field(default_factory=list)
     missing_roots: list[tuple[Path, int]] = field(default_factory=list)  # folders gone from disk, images
+    # scanned folders with remembered --exclude patterns or a .cbirignore: (folder, patterns, has one)
+    exclusions: list[tuple[Path, tuple[str, ...], bool]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
         data["library"] = str(self.library)
         data["missing_roots"] = [{"path": str(p), "images": n} for p, n in self.missing_roots]
         data["skipped_files"] = [{"path": str(p), "reason": r} for p, r in self.skipped_files]
+        data["exclusions"] = [
+            {"path": str(p), "exclude": list(patterns), "cbirignore": has} for p, patterns, has in self.exclusions
+        ]
         return data
 
 
@@ -65,6 +71,7 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
         database_bytes=db_bytes,
         skipped_files=catalog.skipped() if with_skipped else [],
         missing_roots=missing_roots(catalog),
+        exclusions=root_exclusions(catalog),
     )
 
 
@@ -74,3 +81,12 @@ def missing_roots(catalog: Catalog) -> list[tuple[Path, int]]:
 
     counts = catalog.root_image_counts()
     return [(path, counts.get(i, 0)) for i, path in sorted(vanished_roots(catalog).items())]
+
+
+def root_exclusions(catalog: Catalog) -> list[tuple[Path, tuple[str, ...], bool]]:
+    """(folder, remembered --exclude patterns, whether it has a .cbirignore) of every scanned
+    folder with either, by path."""
+    from cbir.ingest.exclude import has_ignore_file, remembered
+
+    found = [(path, remembered(catalog, path), has_ignore_file(path)) for path in catalog.roots().values()]
+    return sorted((row for row in found if row[1] or row[2]), key=lambda row: str(row[0]))

@@ -76,6 +76,32 @@ def test_export_passes_its_check_and_describes_the_model(tiny_onnx, tiny_torch):
     assert tiny_onnx.logit_scale == pytest.approx(tiny_torch.logit_scale)
 
 
+def test_the_text_graph_reads_tokens_up_to_the_last_end_token(tiny_onnx, tiny_torch):
+    """open_clip's causal text tower exports for any length: a short query runs on its own
+    tokens, not on the context length of padding, and gives torch's vector."""
+    assert tiny_onnx.meta["text_length"] == "any"
+    session = tiny_onnx._session("text")
+    assert session.get_inputs()[0].shape == ["batch", "length"]
+    tokens = tiny_torch.tokenizer(TEXTS).numpy()
+    expected = tiny_torch.encode_texts(TEXTS)
+    for row in range(len(TEXTS)):
+        end = int(np.flatnonzero(tokens[row])[-1]) + 1
+        got = session.run(None, {"tokens": tokens[row : row + 1, :end]})[0]
+        assert cosines(got, expected[row : row + 1]).min() >= 0.9999, TEXTS[row]
+    # the torch model the graph was traced from keeps its own attention modules
+    import torch
+
+    assert all(type(b.attn) is torch.nn.MultiheadAttention for b in tiny_torch.model.transformer.resblocks)
+
+
+def test_a_text_tower_of_another_kind_exports_at_its_full_length(tmp_path, tiny_torch, monkeypatch):
+    monkeypatch.setattr(onnx_export, "any_length_text", lambda model: False)
+    fixed = onnx_encoder("cbir-tiny", cache_dir=tmp_path)
+    assert fixed.meta["text_length"] == "fixed"
+    assert fixed._session("text").get_inputs()[0].shape == ["batch", 32]
+    assert cosines(fixed.encode_texts(TEXTS), tiny_torch.encode_texts(TEXTS)).min() >= 0.9999
+
+
 def test_vectors_match_torch(tiny_onnx, tiny_torch):
     pixels = synthetic_pixels(17, tiny_onnx.preprocess)  # an odd batch, then a batch of one
     for batch in (pixels, pixels[:1]):
@@ -182,7 +208,7 @@ def test_a_graph_that_differs_from_torch_is_refused_in_one_line(tiny_onnx, tiny_
     monkeypatch.setattr(onnx_export, "MIN_COSINE", 1.5)
     refusal = r"^cbir-tiny's image tower on ONNX Runtime differs from torch \(cosine 1\.0"
     with pytest.raises(OnnxUnavailable, match=refusal):
-        onnx_export._check(tiny_torch, tiny_onnx.entry, 32)
+        onnx_export._check(tiny_torch, tiny_onnx.entry, 32, True)
 
 
 def test_only_open_clips_default_tokenizer_has_the_torch_free_port():

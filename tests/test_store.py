@@ -9,7 +9,7 @@ import textwrap
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from cbir.store.db import create_db_engine, current_revision, downgrade, head_revision, migrate
+from cbir.store.db import alembic_head, create_db_engine, current_revision, downgrade, head_revision, migrate
 from cbir.store.models import Base, is_modelled
 from tests.conftest import REPO
 
@@ -22,6 +22,21 @@ def test_migrations_produce_exactly_the_models(tmp_path, database_url):
         context = MigrationContext.configure(connection, opts={"include_name": is_modelled})
         diff = compare_metadata(context, Base.metadata)
     assert diff == []
+
+
+def test_revisions_read_without_alembic_agree_with_alembic(tmp_path, database_url):
+    """A search reads the schema revision and the newest one without importing Alembic."""
+    assert head_revision() == alembic_head()
+    engine = create_db_engine(database_url or tmp_path / "library.db")
+    for revision in ("0001", "head", "base"):
+        if revision == "base":
+            downgrade(engine, "base")
+        else:
+            migrate(engine, revision)
+        with engine.connect() as connection:
+            expected = MigrationContext.configure(connection).get_current_revision()
+        assert current_revision(engine) == expected
+    assert expected is None
 
 
 def test_opening_an_older_library_upgrades_it(fake_library, photos, database_url):

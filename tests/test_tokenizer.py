@@ -72,3 +72,25 @@ def test_truncation_keeps_the_end_token():
 
 def test_empty_batch():
     assert ClipTokenizer(open_clip_vocab(), 77)([]).shape == (0, 77)
+
+
+def test_random_printable_ascii_equals_open_clip(open_clip_tokenizer):
+    """ftfy is skipped for printable ASCII without "&": on such strings it must change nothing."""
+    import random
+    import string
+
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + string.punctuation.replace("&", "") + "    "
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    texts += ['it\'s &amp; "quoted" `ticks` ~tilde~ \\back\\slash']  # with "&": through ftfy
+    reference = open_clip_tokenizer("ViT-B-32")
+    assert ClipTokenizer(open_clip_vocab(), 77)(texts).tolist() == reference(texts).numpy().tolist()
+
+
+def test_trim_padding_cuts_after_the_longest_row():
+    from cbir.encode.tokenizer import trim_padding
+
+    tokens = ClipTokenizer(open_clip_vocab(), 77)(["a dog", "two dogs in a frosty field"])
+    cut = trim_padding(tokens)
+    assert cut.shape == (2, 8) and cut[1, -1] == 49407 and (cut == tokens[:, :8]).all()
+    assert trim_padding(np.zeros((1, 5), np.int64)).shape == (1, 1)

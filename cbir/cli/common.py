@@ -9,10 +9,18 @@ from cbir.cli import context_settings
 from cbir.config import resolve_settings
 
 
-def _open(create=False, **options):
+def _open(create=False, text_model=False, **options):
+    """The library of the command's settings. ``text_model``: the command will encode text, so
+    the library's model starts loading on a thread before the Library's own imports."""
+    settings = resolve_settings(**context_settings(), **options)
+    loading = None
+    if text_model:
+        from cbir.preload import start_loading
+
+        loading = start_loading(settings, warm_text=True)
     from cbir.library import Library
 
-    return Library.open(resolve_settings(**context_settings(), **options), create=create)
+    return Library.open(settings, create=create, loading=loading)
 
 
 def option_group(key: str):

@@ -42,6 +42,19 @@ source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
 @source_option(
     "--caption-column", metavar="NAME", help="Manifests: the column with captions (default: caption, text, ...)."
 )
+@click.option(
+    "--exclude",
+    "excludes",
+    metavar="GLOB",
+    multiple=True,
+    help="Leave out the files and folders matching GLOB (gitignore syntax, relative to the scanned folder "
+    "PATH is in; repeatable). Remembered for that folder: later ingests keep leaving them out, and images "
+    "already in the library that GLOB matches are removed; given again, it replaces the remembered patterns. "
+    "Also left out: what a .cbirignore file in the folder lists, and the defaults (hidden files, @eaDir, "
+    "#recycle, Thumbs.db, temporary and partial files). Folders only: a dataset (manifest, WebDataset) lists "
+    "its images itself and ignores exclusions.",
+)
+@click.option("--no-exclude", is_flag=True, help="Forget the remembered --exclude patterns of PATH's folder.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per model batch. [env: CBIR_BATCH_SIZE]")
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Decode processes (default: one per core). [env: CBIR_WORKERS]"
@@ -78,7 +91,7 @@ source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, batch_size, workers, retry_failed, as_json, quiet):
+def ingest(path, library, model, device, excludes, no_exclude, batch_size, workers, retry_failed, as_json, quiet):
     """Add the images under PATH to the library (or update it: only new and changed files are
     encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
     dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
@@ -87,6 +100,7 @@ def ingest(path, library, model, device, batch_size, workers, retry_failed, as_j
     \b
     Examples:
       cbir ingest ~/Pictures
+      cbir ingest ~/Pictures --exclude 'raw/' --exclude '*.psd'
       cbir ingest captions.csv --caption-column alt_text
       cbir ingest 'laion/{00000..00009}.tar'
       cbir ingest /shared/photos --engine ray --address auto --gpus-per-worker 1
@@ -94,6 +108,9 @@ def ingest(path, library, model, device, batch_size, workers, retry_failed, as_j
     engine = group_values(ENGINE)  # engine, address, gpus_per_worker, ray_workers
     if engine["engine"] != "ray" and (engine["address"] or engine["gpus_per_worker"] or engine["ray_workers"]):
         raise UsageError("--address, --gpus-per-worker and --ray-workers go with --engine ray")
+    if excludes and no_exclude:
+        raise UsageError("--exclude and --no-exclude cannot go together")
+    exclude = list(excludes) if excludes else ([] if no_exclude else None)
     from cbir.library import Library
 
     settings = resolve_settings(
@@ -107,7 +124,12 @@ def ingest(path, library, model, device, batch_size, workers, retry_failed, as_j
             with _Progress(enabled=not quiet and not as_json) as progress:
                 try:
                     report = lib.ingest(
-                        path, progress=progress, retry_failed=retry_failed, **group_values(SOURCE), **engine
+                        path,
+                        progress=progress,
+                        retry_failed=retry_failed,
+                        exclude=exclude,
+                        **group_values(SOURCE),
+                        **engine,
                     )
                 finally:
                     if new_folders and _committed(lib):

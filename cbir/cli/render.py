@@ -94,6 +94,9 @@ def status_text(status) -> str:
             f"missing   {path}: gone from disk, {count} images kept "
             f"(ingest it where it is now, or `cbir forget {shlex.quote(str(path))}`)"
         )
+    for path, patterns, has_ignore_file in status.exclusions:
+        given = [f"--exclude {shlex.quote(p)}" for p in patterns]
+        lines.append(f"excludes  {path}: " + ", ".join(given + ([".cbirignore"] if has_ignore_file else [])))
     if status.skipped_files:
         lines.append("")
         lines += [f"{path}: {reason}" for path, reason in status.skipped_files]

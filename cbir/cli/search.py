@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 
 import click
@@ -16,11 +17,9 @@ from cbir.errors import UsageError
 def _check_query_images(queries) -> None:
     """A query image that is not there is an error before the library and the model load
     (which take seconds)."""
-    from cbir.library import ImageData
-
     for query in queries:
-        if query.image is None or isinstance(query.image, ImageData) or "\x00" in str(query.image):
-            continue  # a NUL byte gets the library's own error
+        if not isinstance(query.image, str | PathLike) or "\x00" in str(query.image):
+            continue  # no image file (bytes come only through the API); a NUL byte gets the library's own error
         path = Path(query.image).expanduser()
         if not path.exists():
             raise UsageError(f"query image not found: {query.image}")
@@ -34,7 +33,7 @@ def _date(_ctx, _param, value):
     """A bad date is an error as the option is read, before any other check (the request
     parses it again)."""
     if value:
-        from cbir.library import parse_date
+        from cbir.query.filter_values import parse_date
 
         parse_date(value)
     return value
@@ -197,14 +196,15 @@ def search(query, image, like, batch, target, mode, explain, as_json, library, m
       cbir search beach --where 'taken >= 2019-06-01 and folder = trips' --explain
       cbir search --batch queries.txt --json
     """
-    from cbir.library import SearchRequest, command_line_queries
+    from cbir.query.request import SearchRequest, command_line_queries
 
     items = command_line_queries(query, image, like, batch)
     _check_query_images(q for _, q in items)
     gpu = options.pop("gpu")
     request = SearchRequest.from_options([q for _, q in items], target=target, mode=mode, explain=explain, **options)
     engine = ray_options()
-    with _open(library=library, model=model, device=device, gpu=gpu) as lib:
+    encodes_text = engine is None and request.model_use()[1]
+    with _open(library=library, model=model, device=device, gpu=gpu, text_model=encodes_text) as lib:
         use_engine(lib, engine)
         results = lib.run_search(request)
     for (echo, _), hits in zip(items, results):

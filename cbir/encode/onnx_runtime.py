@@ -5,7 +5,7 @@ graph alone (ViT-B-32: 255 MB peak RSS for a whole process, against torch's 1.4 
 
 A cache entry, ``<cache>/onnx/<key>/``, is created whole by one rename: meta.json (written last),
 image.onnx and text.onnx (uint8 NHWC pixels / int64 tokens in, L2-normalised float32 out, dynamic
-batch), the tokenizer's vocabulary; image.int8.onnx joins it when int8 is first asked for."""
+batch; tokens of any length where meta.json says "text_length": "any"), the tokenizer's vocabulary; image.int8.onnx joins it when int8 is first asked for."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from cbir.encode import tokenizer
 from cbir.encode.spec import ModelSpec, Preprocess, make_fingerprint, parse_model_spec
 from cbir.errors import OnnxUnavailable, UsageError
 
-FORMAT = 1  # the graphs' inputs and outputs and the entry's layout; a change makes new entries
+# The graphs' inputs and outputs and the entry's layout; a change makes new entries. 2: text
+# graphs of open_clip's own text tower take tokens of any length (meta.json "text_length": "any").
+FORMAT = 2
 PRECISIONS = ("fp32", "int8")  # int8 quantises the image tower only: text queries stay fp32
 META = "meta.json"
 INT8_META = "image.int8.json"
@@ -123,7 +125,10 @@ class OnnxEncoder:
             return np.zeros((0, self.dim), np.float32)
         session = self._session("text")
         assert self._tokenizer is not None  # loaded with the text session
-        return session.run(None, {"tokens": self._tokenizer(list(texts))})[0]
+        tokens = self._tokenizer(list(texts))
+        if self.meta.get("text_length") == "any":
+            tokens = tokenizer.trim_padding(tokens)
+        return session.run(None, {"tokens": tokens})[0]
 
     def _session(self, tower: str) -> onnxruntime.InferenceSession:
         if tower not in self._sessions:

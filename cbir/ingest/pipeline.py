@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -23,6 +23,7 @@ import numpy as np
 from cbir.encode.spec import Encoder
 from cbir.errors import CbirError
 from cbir.index.vector_index import VectorIndex
+from cbir.ingest import exclude as exclusions
 from cbir.ingest.captions import Captions, DatasetRows
 from cbir.ingest.commit import MAX_CHANGES, Committer
 from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
@@ -155,6 +156,7 @@ def run_ingest(
     decode_device: str | None = None,
     retry_failed: bool = False,
     stage: Stage | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> IngestReport:
     """Ingest the folder ``root / scope``, or with ``dataset`` the images a dataset lists under
     ``root`` (cbir.ingest.sources): folder scans and datasets each follow, and remove, only the
@@ -162,7 +164,9 @@ def run_ingest(
     of in the CPU workers (cbir.ingest.device_decode). Files recorded as skipped are retried
     only once they change, or with ``retry_failed``. ``stage``: who decodes and encodes (default
     a LocalStage of ``encoder``, ``workers``, ``batch_size`` and ``decode_device``); ``encoder``
-    still encodes the texts here.
+    still encodes the texts here. ``exclude``: gitignore patterns a folder scan leaves out
+    (cbir.ingest.exclude), remembered for the root in place of its earlier ones once the scan
+    succeeds; None applies the remembered ones. Datasets ignore them.
 
     The steps: survey (scan, and what the library holds), plan (cbir.ingest.plan), decode and
     encode (the stage), sort each file's outcome (cbir.ingest.outcome), commit in batches
@@ -172,7 +176,10 @@ def run_ingest(
     timer = Timer(report.timings)
     with timer("scan"):
         if dataset is None:
-            found = _survey_folder(catalog, root_id, root, scope)
+            patterns = exclusions.remembered(catalog, root) if exclude is None else tuple(exclude)
+            found = _survey_folder(catalog, root_id, root, scope, exclusions.Exclusions.for_root(root, patterns))
+            if exclude is not None:
+                exclusions.remember(catalog, root, patterns)
         else:
             found = _survey_dataset(catalog, root_id, dataset)
     report.scanned = len(found.scanned.files)
@@ -229,8 +236,8 @@ class _Survey:
     others: set[str] = field(default_factory=set)  # files a dataset added, which a folder scan leaves to it
 
 
-def _survey_folder(catalog: Catalog, root_id: int, root: Path, scope: str) -> _Survey:
-    scanned = scan(root, scope)
+def _survey_folder(catalog: Catalog, root_id: int, root: Path, scope: str, excluded: exclusions.Exclusions) -> _Survey:
+    scanned = scan(root, scope, excluded)
     stored = catalog.files_under(root_id, scope)
     others = {p for p, s in stored.items() if s.dataset is not None}
     stored = {p: s for p, s in stored.items() if s.dataset is None}

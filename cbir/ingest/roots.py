@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbir.errors import UsageError
+from cbir.ingest.exclude import remember
 from cbir.store.catalog import Catalog, Changes, StoredFile
 
 MOVED_ROOTS = "moved_roots"  # meta key: JSON {old root path: the root its images moved to}
@@ -139,15 +140,16 @@ def find_root(catalog: Catalog, path: Path, given: str | Path) -> int:
 
 
 def forget(catalog: Catalog, root_id: int, index, text_index) -> int:
-    """Remove a root's images (rows, vectors, texts) and skip records, and the root itself,
-    through the path ingest takes for deleted files, so the indexes stay in step; the number
-    of texts removed."""
+    """Remove a root's images (rows, vectors, texts), skip records and remembered --exclude
+    patterns, and the root itself, through the path ingest takes for deleted files, so the
+    indexes stay in step; the number of texts removed."""
     root = str(catalog.roots()[root_id])
     ids = [s.id for s in catalog.files_under(root_id).values()]
     applied = catalog.apply(Changes(root_id, removed=ids))
     index.apply(applied.images)
     text_index.apply(applied.texts)
     catalog.drop_empty_roots([root_id])
+    remember(catalog, Path(root), ())  # its --exclude patterns go with it
     moves = read_moves(catalog)
     kept = {old: new for old, new in moves.items() if new != root}  # no "moved to" a forgotten root
     if kept != moves:

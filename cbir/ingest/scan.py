@@ -1,4 +1,6 @@
-"""Walking a folder for image files: hidden entries skipped, symlinked folders followed once."""
+"""Walking a folder for image files: excluded entries (hidden ones, the defaults, .cbirignore and
+--exclude patterns: cbir.ingest.exclude) left out and excluded folders not walked, symlinked
+folders followed once."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from cbir.fsutil import special_file
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
+from cbir.ingest.exclude import IGNORE_FILE, Exclusions
 from cbir.ingest.texts import SIDECAR_SUFFIX, sidecar_candidates
 
 
@@ -58,10 +61,13 @@ def _not_a_file(path: str | os.PathLike[str]) -> str:
     return f"not a regular file: {kind}" if kind else "changed while the folder was scanned"
 
 
-def scan(root: Path, scope: str = "") -> ScanResult:
-    """Image files under ``root / scope`` (a folder or a single file)."""
+def scan(root: Path, scope: str = "", exclusions: Exclusions | None = None) -> ScanResult:
+    """Image files under ``root / scope`` (a folder or a single file), less what ``exclusions``
+    leave out (default: the defaults and the ``.cbirignore`` files); a usage error when the
+    scope itself is excluded."""
     result = ScanResult()
     start = root / scope if scope else root
+    rules = (exclusions or Exclusions.for_root(root)).descend(scope)
     if start.is_file():
         stat = start.stat()
         result.files.append(ScannedFile(scope, stat.st_size, stat.st_mtime_ns))
@@ -75,9 +81,9 @@ def scan(root: Path, scope: str = "") -> ScanResult:
         result.problems.append((scope or ".", _not_a_file(start)))  # a FIFO given by name, ...
         return result
     visited: set[tuple[int, int]] = set()
-    stack = [(start, scope)]
+    stack = [(start, scope, rules)]
     while stack:
-        folder, rel = stack.pop()
+        folder, rel, rules = stack.pop()
         try:
             stat = folder.stat()
         except OSError as e:
@@ -91,10 +97,16 @@ def scan(root: Path, scope: str = "") -> ScanResult:
         except OSError as e:
             result.problems.append((rel or ".", f"unreadable folder: {e.strerror}"))
             continue
+        if rel and any(e.name == IGNORE_FILE for e in entries):  # the root's is read already
+            rules = rules.below(folder, rel)
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
             child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; loops are cut by `visited`
+            except OSError:
+                is_dir = False  # an image-named one is reported below
+            if rules.excludes(child, is_dir):  # an excluded folder is not walked
+                continue
             try:
                 child.encode("utf-8")
             except UnicodeEncodeError:  # undecodable bytes in a name cannot be stored as text
@@ -102,8 +114,8 @@ def scan(root: Path, scope: str = "") -> ScanResult:
                 result.problems.append((safe, "file name is not valid UTF-8; rename it"))
                 continue
             try:
-                if entry.is_dir():  # follows symlinks; loops are cut by `visited`
-                    stack.append((Path(entry.path), child))
+                if is_dir:
+                    stack.append((Path(entry.path), child, rules))
                 elif is_image_name(entry.name) and entry.is_file():
                     st = entry.stat()
                     result.files.append(ScannedFile(child, st.st_size, st.st_mtime_ns))

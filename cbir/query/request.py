@@ -103,6 +103,14 @@ class SearchRequest:
         target = planning.TEXTS if target == "text" else target
         return cls(tuple(queries), target=target, filters=filters, index_params=index_params, **fields)
 
+    def model_use(self) -> tuple[bool, bool]:
+        """(whether a query may need the model, whether one has a text to encode): a term other
+        than --like, searched by meaning. A cold search starts loading the model by these."""
+        if self.mode == planning.KEYWORD:
+            return False, False
+        terms = [t for q in self.queries for t in q.expression().terms]
+        return any(t.like is None for t in terms), any(t.text is not None for t in terms)
+
     def asking(self, *queries: Query) -> SearchRequest:
         """This request for other queries (cbir serve fills one per endpoint)."""
         return replace(self, queries=queries)

@@ -67,6 +67,7 @@ class Searcher:
         *,
         encoder: Callable[[], Encoder],
         loaded: Callable[[], bool],
+        prepare: Callable[[bool], None] = lambda text: None,
         embed_image: Callable[[str | Path | ImageData], np.ndarray],
         image_id: Callable[[str | Path, str], int],
     ):
@@ -75,6 +76,7 @@ class Searcher:
         self.path = path  # the library's folder, for messages
         self._encoder = encoder
         self._loaded = loaded
+        self._prepare = prepare
         self._embed_image = embed_image
         self._image_id = image_id
 
@@ -86,13 +88,16 @@ class Searcher:
         if not request.queries:
             return []
         target, params = request.target, request.index_params
+        expressions = [q.expression() for q in request.queries]
+        needs_model, has_text = request.model_use()
+        if needs_model:  # the model loads on a thread while the filters compile and the index loads
+            self._prepare(has_text)
         condition = image_condition(request.filters, self.catalog.roots())
         index = self.indexes.get(target)
         check_params_apply(index.kind, params, target)
         collection = (Images if target == planning.IMAGES else Texts)(self.catalog.engine)
         if target == planning.TEXTS and index.ntotal == 0:
             raise self._no_texts()
-        expressions = [q.expression() for q in request.queries]
         matches = [fts_match(e.texts) for e in expressions]  # the words for keyword search
         modes = _modes(expressions, matches, target, request.mode, request.min_score, index.ntotal)
         setup = {"prepare": time.perf_counter() - started}  # checks, filters, parsing

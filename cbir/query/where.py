@@ -11,14 +11,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import cast
-
-from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedInput, UnexpectedToken
+from typing import TYPE_CHECKING, cast
 
 from cbir.errors import UsageError
 from cbir.query.filter_values import DATE_FORMS, folder_value, normalise_format, parse_count, parse_date
 from cbir.units import parse_bytes
+
+if TYPE_CHECKING:  # lark itself loads with the first --where (30 ms a search without one saves)
+    from lark import Lark, Token, Tree
 
 MAX_DEPTH = 32  # of and/or/not: deeper trees would exhaust Python's stack compiling them
 MAX_VALUES = 200  # SQLite rejects expressions deeper than 1000, which long or-chains become
@@ -179,6 +179,8 @@ _SHOWN = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[\w./:-]+|[=!<>]=|\S
 
 @cache
 def _parser() -> Lark:
+    from lark import Lark
+
     return Lark(GRAMMAR, parser="lalr", lexer="contextual")
 
 
@@ -193,6 +195,8 @@ def _parse_tree(text: str) -> Tree:
     # Fed token by token so that an error can list exactly what the parser could take there:
     # lark's own sets come from merged LALR states (listing ")" with no "(" open) or from a state
     # already reduced by the bad token.
+    from lark.exceptions import UnexpectedInput, UnexpectedToken
+
     parser = _parser().parse_interactive(text)
     tokens = parser.lexer_thread.lex(parser.parser_state)
     values = 0
@@ -256,7 +260,7 @@ def _build(tree: Tree, text: str, depth: int) -> WhereNode:
 
 
 def _comparison(tree: Tree, text: str) -> Compare:
-    field_token, op_token, *value_tokens = cast(list[Token], tree.children)  # the grammar: all tokens
+    field_token, op_token, *value_tokens = cast("list[Token]", tree.children)  # the grammar: all tokens
     prefix, dot, key = str(field_token).partition(".")
     field = prefix.lower() + dot + key  # the names of a dataset's columns keep their case
     if field not in FIELDS and prefix.lower() + dot != EXTRA:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.store.hint import MODEL as MODEL  # the model fingerprint (JSON)
+
 VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes image vectors
 TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
-MODEL = "model"  # the model fingerprint (JSON)
 
 # Where a text comes from. Sidecar and embedded texts follow their files; labels are the user's.
 SIDECAR, EMBEDDED, LABEL, TAG, CAPTION = "sidecar", "embedded", "label", "tag", "caption"  # caption: a dataset's

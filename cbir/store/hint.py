@@ -1,0 +1,29 @@
+"""The model a SQLite library was built with, read through the standard library's sqlite3 in a few
+milliseconds: what lets a cold text search start loading its model before SQLAlchemy has even
+been imported. A hint only, read-only and never an error: the catalogue, opened properly, has the
+last word (cbir.library checks the model it gets against it)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+DB_FILENAME = "library.db"  # the catalogue in a library folder
+MODEL = "model"  # the meta key of the model fingerprint (JSON)
+
+
+def model_fingerprint_hint(library: Path) -> dict | None:
+    """The fingerprint recorded in ``library``'s SQLite catalogue; None when there is none, or no
+    such file, or it cannot be read at once."""
+    path = Path(library) / DB_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.2)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (MODEL,)).fetchone()
+        fingerprint = json.loads(row[0]) if row else None
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+    return fingerprint if isinstance(fingerprint, dict) else None
