@@ -256,3 +256,22 @@ def test_vit_b_32_exports_and_passes_its_check(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
     for vectors, n in ((encoder.encode_images(pixels), 3), (encoder.encode_texts(TEXTS), len(TEXTS))):
         assert vectors.shape == (n, 512) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_the_text_tower_loads_for_a_quick_start_unless_asked_for_throughput(tiny_cache, tiny_onnx):
+    """One query per process (cbir search) skips ONNX Runtime's weight prepacking; cbir serve
+    asks for it (for_many_queries). Either way the vectors are the same."""
+
+    def prepacked(session) -> bool:
+        try:
+            return session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+        except RuntimeError:  # not set: the default, prepacked
+            return True
+
+    encoder = onnx_encoder("cbir-tiny", cache_dir=tiny_cache)
+    quick = encoder.encode_texts(TEXTS)
+    encoder.encode_images(synthetic_pixels(2, encoder.preprocess))
+    assert not prepacked(encoder._session("text")) and prepacked(encoder._session("image"))
+    encoder.for_many_queries()
+    assert np.allclose(encoder.encode_texts(TEXTS), quick, atol=1e-5)
+    assert prepacked(encoder._session("text"))

@@ -32,7 +32,10 @@ def open_for_serving(settings, ray=None):
         if ray is not None:
             library.search_on_ray(ray)
         if library.fingerprint:  # an empty library loads its model when images arrive
-            library.encoder.encode_texts([""])  # load the model (ONNX: the text graph) now, not at the first query
+            encoder = library.encoder
+            if hasattr(encoder, "for_many_queries"):  # ONNX Runtime: a text graph made for throughput
+                encoder.for_many_queries()
+            encoder.encode_texts([""])  # load the model (ONNX: the text graph) now, not at the first query
             library.indexes.get(IMAGES)
             if library.catalog.count_texts():
                 library.indexes.get(TEXTS)
