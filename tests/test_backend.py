@@ -171,24 +171,32 @@ def test_a_text_search_imports_neither_torch_nor_open_clip(tmp_path, gallery):
     folder = tmp_path / "lib"
     out = run_cbir("ingest", str(gallery), "--library", str(folder), "--model", "cbir-tiny", "-q", env=env)
     assert out.returncode == 0, out.stderr
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")} | env
+    for _ in ("exports", "finds the graphs cached"):
+        hits, loaded = _cbir_in_process(["search", QUERY, "--library", str(folder), "--json"], full_env)
+        assert len(hits) == 10 and json.loads(hits[0])["rank"] == 1
+    assert loaded == []
+    # classify's prompt templates come from open_clip's lists, read without importing open_clip
+    image = str(next(gallery.glob("*.jpg")))
+    lines, loaded = _cbir_in_process(["classify", image, "--labels", "red,blue", "--library", str(folder)], full_env)
+    assert len(lines) == 3 and loaded == []
+
+
+def _cbir_in_process(args: list[str], env: dict) -> tuple[list[str], list[str]]:
+    """The output lines of `cbir ARGS` and which of torch, torchvision, open_clip it imported."""
     code = (
         "import json, runpy, sys\n"
-        "sys.argv = ['cbir', 'search', sys.argv[1], '--library', sys.argv[2], '--json']\n"
+        "sys.argv = ['cbir', *sys.argv[1:]]\n"
         "try:\n"
         "    runpy.run_module('cbir', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")} | env
-    for _ in ("exports", "finds the graphs cached"):
-        run = subprocess.run(
-            [sys.executable, "-c", code, QUERY, str(folder)], capture_output=True, text=True, env=full_env, timeout=300
-        )
-        assert run.returncode == 0, run.stderr
-        *hits, loaded = run.stdout.strip().splitlines()
-        assert len(hits) == 10 and json.loads(hits[0])["rank"] == 1
-    assert json.loads(loaded) == []
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    *lines, loaded = run.stdout.strip().splitlines()
+    return lines, json.loads(loaded)
 
 
 # -- a model that does not run on ONNX Runtime -------------------------------------------------

@@ -55,9 +55,29 @@ def _as_format_string(template: Callable[[str], str]) -> Template:
 
 @cache
 def _open_clip_templates(name: str) -> tuple[Template, ...]:
-    from open_clip import zero_shot_metadata
+    return tuple(_as_format_string(t) for t in getattr(_zero_shot_metadata(), name))
 
-    return tuple(_as_format_string(t) for t in getattr(zero_shot_metadata, name))
+
+def _zero_shot_metadata():
+    """open_clip/zero_shot_metadata.py, a module of plain lists, loaded from its file: importing
+    it as open_clip.zero_shot_metadata runs open_clip's __init__, which imports torch (2-3 s
+    that cbir classify on ONNX Runtime never otherwise pays)."""
+    import importlib.util
+    import sys
+
+    if "open_clip.zero_shot_metadata" in sys.modules:
+        return sys.modules["open_clip.zero_shot_metadata"]
+    package = importlib.util.find_spec("open_clip")
+    folders = list(package.submodule_search_locations or []) if package else []
+    if not folders:
+        raise ModuleNotFoundError("open_clip is not installed")
+    spec = importlib.util.spec_from_file_location(
+        "cbir_open_clip_zero_shot_metadata", Path(folders[0]) / "zero_shot_metadata.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def __getattr__(name: str):  # PEP 562: load open_clip's lists on first use
