@@ -254,6 +254,7 @@ class Library:
         gpus_per_worker: float = 0,
         ray_workers: int | None = None,
         exclude: list[str] | tuple[str, ...] | None = None,
+        ocr: bool | None = None,
     ):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
@@ -273,8 +274,11 @@ class Library:
 
         ``exclude``: gitignore patterns, relative to the folder's root, that this scan and the
         later ones of that root leave out (cbir.ingest.exclude); they replace the remembered
-        ones, ``[]`` clears them, None keeps them. A dataset takes none."""
-        from cbir.ingest import prepare
+        ones, ``[]`` clears them, None keeps them. A dataset takes none.
+
+        ``ocr``: read the text inside images (cbir.ingest.ocr_setting), remembered for later
+        ingests; None follows the library's setting."""
+        from cbir.ingest import ocr_setting, prepare
         from cbir.ingest.pipeline import default_workers, run_ingest
 
         _user_path(path, "ingest")
@@ -284,6 +288,7 @@ class Library:
             from cbir.distributed.cluster import import_ray
 
             import_ray()  # without Ray, a one-line error before any work
+        read_text = ocr_setting.wanted(self.catalog, ocr)  # without the ocr extra, the same
         target, dataset = prepare.source(self.catalog, path, format, image_column, caption_column)
         if exclude is not None:
             from cbir.ingest.exclude import check_patterns
@@ -294,6 +299,7 @@ class Library:
             if self.fingerprint is None:
                 self.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
                 self.catalog.dim = encoder.dim
+            ocr_setting.remember(self.catalog, ocr)
             root_id, root, scope, scanned = prepare.place(self.catalog, target, dataset)
             indexes = [self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
             batch = prepare.batch_size(self.settings.batch_size, encoder.device.startswith("cuda"))
@@ -324,6 +330,7 @@ class Library:
                     retry_failed=retry_failed,
                     stage=stage,
                     exclude=exclude,
+                    ocr=read_text,
                 )
                 failed = False
             except OperationalError as e:

@@ -1,6 +1,6 @@
 """What `cbir status` reports about a library: counts, the model, the indexes and whether they are
-current, sizes on disk, skipped files, scanned folders gone from disk and what scans of each folder
-leave out (Library.status)."""
+current, sizes on disk, skipped files, scanned folders gone from disk, what scans of each folder
+leave out, and whether ingests read the text inside images (Library.status)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.names import IMAGES, TEXTS
-from cbir.store.catalog import Catalog
+from cbir.store.catalog import OCR, Catalog
 from cbir.store.db import database_bytes, is_postgresql, library_db_path
 
 
@@ -29,6 +29,9 @@ class Status:
     missing_roots: list[tuple[Path, int]] = field(default_factory=list)  # folders gone from disk, images
     # scanned folders with remembered --exclude patterns or a .cbirignore: (folder, patterns, has one)
     exclusions: list[tuple[Path, tuple[str, ...], bool]] = field(default_factory=list)
+    ocr: bool = False  # whether ingests read the text inside images (cbir ingest --ocr)
+    ocr_read: int = 0  # images OCR has read
+    ocr_texts: int = 0  # texts of source ocr: the images it found text in
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -44,6 +47,7 @@ class Status:
 def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skipped: bool = False) -> Status:
     """The Status of the library at ``path`` with this catalogue and its indexes in ``index_dir``."""
     from cbir.index.generations import read_manifest
+    from cbir.ingest import ocr_setting
 
     fingerprint = catalog.model_fingerprint() or {}
     manifest = read_manifest(index_dir)
@@ -72,6 +76,9 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
         skipped_files=catalog.skipped() if with_skipped else [],
         missing_roots=missing_roots(catalog),
         exclusions=root_exclusions(catalog),
+        ocr=ocr_setting.is_on(catalog),
+        ocr_read=catalog.count_ocr_read(),
+        ocr_texts=catalog.count_texts(OCR),
     )
 
 

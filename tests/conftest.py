@@ -138,9 +138,24 @@ def count_images(db) -> int:
         return 0
 
 
+def cbir_env() -> dict[str, str]:
+    """The environment for a cbir subprocess: none of the developer's CBIR_* settings, but the
+    session's ONNX cache (CBIR_CACHE_DIR, set by isolated_env), never the user's own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CBIR_") or k == "CBIR_CACHE_DIR"}
+
+
+def tiny_ingest_command(photos: Path, library: Path, *options: str) -> list[str]:
+    """`python -m cbir ingest PHOTOS` into LIBRARY as the kill tests run it: cbir-tiny in batches
+    of 4 with one decode worker (so that a kill lands mid-run), quiet; ``options`` are added."""
+    return [
+        *(sys.executable, "-m", "cbir", "ingest", str(photos), "--library", str(library)),
+        *("--model", "cbir-tiny", "--batch-size", "4", "--workers", "1", "-q", *options),
+    ]
+
+
 def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=None, timeout=300):
     """The real console entry point in a subprocess, as a user runs it."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_") or k == "CBIR_CACHE_DIR"}
+    full_env = cbir_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "cbir", *args],

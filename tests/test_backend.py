@@ -4,7 +4,6 @@ fallback to torch, libraries searched across backends, the cold text query witho
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from cbir.encode.onnx_runtime import OnnxEncoder, cache_root, entry_key
 from cbir.encode.spec import parse_model_spec
 from cbir.errors import ModelMismatch, UsageError
 from cbir.library import open_library
-from tests.conftest import run_cbir, write_image
+from tests.conftest import cbir_env, run_cbir, write_image
 
 QUERY = "a red circle on a gray background"
 HEAVY = ("torch", "torchvision", "open_clip")
@@ -171,7 +170,7 @@ def test_a_text_search_imports_neither_torch_nor_open_clip(tmp_path, gallery):
     folder = tmp_path / "lib"
     out = run_cbir("ingest", str(gallery), "--library", str(folder), "--model", "cbir-tiny", "-q", env=env)
     assert out.returncode == 0, out.stderr
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")} | env
+    full_env = cbir_env() | env
     for _ in ("exports", "finds the graphs cached"):
         hits, loaded = _cbir_in_process(["search", QUERY, "--library", str(folder), "--json"], full_env)
         assert len(hits) == 10 and json.loads(hits[0])["rank"] == 1

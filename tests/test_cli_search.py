@@ -10,7 +10,7 @@ import pytest
 
 from cbir.demo import make_demo_photos, scene_of
 from cbir.index import gpu as faiss_gpu
-from tests.conftest import run_cbir
+from tests.conftest import cbir_env, run_cbir
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +159,11 @@ def test_labels_from_the_command_line(demo):
 
 def test_a_reader_that_stops_early_ends_the_search_quietly(demo):
     """`cbir search ... | head -1`: no error message, the shell's exit status for SIGPIPE."""
-    import os
     import subprocess
     import sys
 
     _, _, library = demo
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env = cbir_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cbir", "search", "--batch", "-", "-k", "60", "--library", library],
         stdin=subprocess.PIPE,

@@ -110,3 +110,36 @@ def test_the_plan_is_the_same_however_often_it_is_made():
     first = plan_ingest(scanned, have, skips, ROOT)
     assert first == plan_ingest(scanned, have, skips, ROOT)
     assert have == {"a.jpg": stored(1), "c.jpg": stored(3)} and skips == {"b.jpg": (10, 1, "not an image")}
+
+
+def test_with_ocr_unchanged_images_not_yet_read_are_read_for_their_text_alone():
+    scanned = ScanResult(
+        files=[
+            ScannedFile("new.jpg", 10, 1),
+            ScannedFile("read.jpg", 10, 1),
+            ScannedFile("unread.jpg", 10, 1),
+            ScannedFile("changed-unread.jpg", 11, 1),
+            ScannedFile("changed-read.jpg", 11, 1),
+        ]
+    )
+    engine = "some engine"
+    have = {
+        "read.jpg": StoredFile(1, 10, 1, "a", ocr_engine=engine),
+        "unread.jpg": stored(2, content_hash="b"),
+        "changed-unread.jpg": stored(3, content_hash="c"),
+        "changed-read.jpg": StoredFile(4, 10, 1, "d", ocr_engine=engine),
+    }
+    plan = plan_ingest(scanned, have, {}, ROOT, ocr=True)
+    assert plan.to_read == [
+        FileTask("new.jpg", "/photos/new.jpg", 10, 1, ocr=True),
+        # its content may turn out unchanged (touched): read for its text even then
+        FileTask("changed-unread.jpg", "/photos/changed-unread.jpg", 11, 1, ocr=True, ocr_stored=True),
+        FileTask("changed-read.jpg", "/photos/changed-read.jpg", 11, 1, ocr=True),
+    ]
+    assert plan.to_ocr == [FileTask("unread.jpg", "/photos/unread.jpg", 10, 1, ocr=True, ocr_stored=True)]
+    assert plan.unchanged == 2  # to_ocr's images are unchanged: no new vector
+    assert plan.captions_to_check == ["read.jpg"]  # unread.jpg's is checked once it is read
+
+    off = plan_ingest(scanned, have, {}, ROOT)  # OCR off: nothing is read for its text
+    assert off.to_ocr == [] and not any(t.ocr or t.ocr_stored for t in off.to_read)
+    assert off.captions_to_check == ["read.jpg", "unread.jpg"]

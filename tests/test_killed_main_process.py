@@ -15,6 +15,7 @@ import pytest
 
 from cbir.errors import LibraryLocked
 from cbir.fsutil import writer_lock
+from tests.conftest import cbir_env
 
 
 def _group_alive(pgid: int) -> bool:
@@ -133,7 +134,7 @@ def test_an_ingest_ended_by_a_signal_leaves_nothing_locked_or_running(big_folder
         "--batch-size",
         "8",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env = cbir_env()
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

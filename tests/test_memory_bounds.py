@@ -32,7 +32,7 @@ from cbir.ingest.decode import (
     read_query_image,
 )
 from cbir.ingest.limits import MAX_DECODE_BYTES, MAX_FILE_BYTES
-from tests.conftest import run_cbir, write_image
+from tests.conftest import cbir_env, run_cbir, write_image
 
 PP = Preprocess(size=32)
 GB = 2**30
@@ -249,7 +249,7 @@ print(f"rc={code} peak_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrs
 def _measured(*args: str, timeout: float = 240):
     """A cbir command's (exit code, peak RSS in bytes of it and its workers, stdout, stderr),
     as run_cbir runs it, under a small parent that reads its children's peak RSS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env = cbir_env()
     done = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(timeout), sys.executable, "-m", "cbir", *args],
         capture_output=True,

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
-from tests.conftest import run_cbir
+from tests.conftest import cbir_env, run_cbir
 
 # Read at import: the autouse isolated_env fixture removes every CBIR_* variable before a test runs.
 CORPUS = os.environ.get("CBIR_PILLOW_CORPUS")
@@ -62,7 +62,7 @@ def ingest_measured(folder: Path, library: Path, logs: Path) -> tuple[int, str, 
     resident memory (its own or a decode worker's, whichever is larger) comes back with it:
     (exit code, stdout, stderr, seconds, peak RSS in bytes). Killed with its workers, and the
     test failed, when it outlives INGEST_TIMEOUT."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env = cbir_env()
     args = [
         sys.executable,
         "-m",

@@ -4,7 +4,6 @@ while an ingest writes. Real SQLite files, real FAISS indexes, real processes an
 from __future__ import annotations
 
 import multiprocessing
-import os
 import random
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.index import generations
 from cbir.library import Library
-from tests.conftest import count_images, run_cbir, write_image
+from tests.conftest import cbir_env, count_images, run_cbir, tiny_ingest_command, write_image
 
 DIM = 64
 
@@ -29,7 +28,7 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_loadable_generation(tmp_path):
     lib, _ = build_library(tmp_path / "lib", 30_000, DIM)  # clustered vectors, no images
     query = lib.catalog.vectors_of("images", np.array([17]))[1][0]
     lib.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env = cbir_env()
     rng = random.Random(11)
     kinds = ["hnsw", "ivf", "ivfpq", "hnsw"]  # the slower builds: more of them die midway
     kills = 0
@@ -184,23 +183,8 @@ def test_twenty_kills_during_changing_ingests_lose_nothing(tmp_path):
 
     photos = tmp_path / "photos"
     library = tmp_path / "lib"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cbir",
-        "ingest",
-        str(photos),
-        "--library",
-        str(library),
-        "--model",
-        "cbir-tiny",
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "-q",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    cmd = tiny_ingest_command(photos, library)
+    env = cbir_env()
     rng = random.Random(20)
     kills = 0
     for round_ in range(20):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -21,7 +19,7 @@ from cbir.errors import ModelMismatch
 from cbir.library import Library
 from cbir.query import Query
 from cbir.synthetic import all_scenes, make_gallery
-from tests.conftest import count_images
+from tests.conftest import cbir_env, count_images, tiny_ingest_command
 
 EVAL_SEED = 31337  # a gallery the model never saw in training
 
@@ -112,23 +110,8 @@ def test_kill_9_during_ingest_then_resume_keeps_every_image_exactly_once(tmp_pat
         path.with_suffix(".txt").write_text(scene.caption)
     library = tmp_path / "lib"
     db = library / "library.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cbir",
-        "ingest",
-        str(photos),
-        "--library",
-        str(library),
-        "--model",
-        "cbir-tiny",
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "-q",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    cmd = tiny_ingest_command(photos, library)
+    env = cbir_env()
     rng = random.Random(5)
     kills = 0
     for _ in range(3):
@@ -192,23 +175,8 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
     photos = tmp_path / "photos"
     make_gallery(photos, 160, seed=EVAL_SEED + 3)
     library = tmp_path / "lib"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cbir",
-        "ingest",
-        str(photos),
-        "--library",
-        str(library),
-        "--model",
-        "cbir-tiny",
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "-q",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    cmd = tiny_ingest_command(photos, library)
+    env = cbir_env()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while proc.poll() is None and count_images(library / "library.db") < 8 and time.time() < deadline:

@@ -89,9 +89,18 @@ source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
     metavar="N",
     help="--engine ray: encode workers, each loading the model once (default: the cluster's GPUs / --gpus-per-worker, or half its CPUs).",
 )
+@click.option(
+    "--ocr/--no-ocr",
+    default=None,
+    help="Read the text inside images (signs, posters, screenshots, documents) and store it as a text of "
+    "source ocr, found by keyword and hybrid search and --where 'text ~ WORD' (pip install 'cbir[ocr]'). "
+    "Remembered for the library: later ingests keep reading it, and images already in the library are "
+    "read once. --no-ocr stops the reading for later ingests; the OCR texts already stored stay until "
+    "their files change. Default: as the library was last told (off for a new one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, excludes, no_exclude, batch_size, workers, retry_failed, as_json, quiet):
+def ingest(path, library, model, device, excludes, no_exclude, batch_size, workers, retry_failed, ocr, as_json, quiet):
     """Add the images under PATH to the library (or update it: only new and changed files are
     encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
     dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
@@ -101,6 +110,7 @@ def ingest(path, library, model, device, excludes, no_exclude, batch_size, worke
     Examples:
       cbir ingest ~/Pictures
       cbir ingest ~/Pictures --exclude 'raw/' --exclude '*.psd'
+      cbir ingest ~/Pictures --ocr
       cbir ingest captions.csv --caption-column alt_text
       cbir ingest 'laion/{00000..00009}.tar'
       cbir ingest /shared/photos --engine ray --address auto --gpus-per-worker 1
@@ -128,6 +138,7 @@ def ingest(path, library, model, device, excludes, no_exclude, batch_size, worke
                         progress=progress,
                         retry_failed=retry_failed,
                         exclude=exclude,
+                        ocr=ocr,
                         **group_values(SOURCE),
                         **engine,
                     )

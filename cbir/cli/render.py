@@ -50,6 +50,8 @@ def _gone(hit) -> str:
 
 
 def _clip(text: str, width: int) -> str:
+    """A text on one line of the table (the lines of an OCR text or a caption file joined)."""
+    text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -70,6 +72,9 @@ def ingest_summary(report) -> str:
     line = f"{report.root}: {', '.join(parts)}; {report.encoded} encoded in {report.seconds:.1f} s{speed}"
     for old, count in report.followed.items():
         line += f"\n{count} of the moved images followed from {old}, which is gone"
+    if report.ocr_read or report.ocr_failed:
+        failed = f", {report.ocr_failed} failed (read again next run)" if report.ocr_failed else ""
+        line += f"\nOCR: {report.ocr_read} read, {report.ocr_with_text} with text{failed}"
     if report.skipped:
         line += "\nSkipped files and reasons: cbir status --skipped"
     return line
@@ -83,11 +88,12 @@ def status_text(status) -> str:
         f"library   {status.library}",
         f"model     {model}",
         f"images    {status.images}",
-        f"texts     {status.texts}  (captions, descriptions, labels, tags)",
+        f"texts     {status.texts}  (captions, descriptions, OCR, labels, tags)",
         f"skipped   {status.skipped}" + ("  (list: cbir status --skipped)" if status.skipped else ""),
         f"index     {status.index_type}, {status.index_vectors} vectors, "
         f"{format_bytes(status.index_bytes)}, {index_state}",
         f"database  {format_bytes(status.database_bytes)}",
+        f"ocr       {_ocr_state(status)}",
     ]
     for path, count in status.missing_roots:
         lines.append(
@@ -101,6 +107,15 @@ def status_text(status) -> str:
         lines.append("")
         lines += [f"{path}: {reason}" for path, reason in status.skipped_files]
     return "\n".join(lines)
+
+
+def _ocr_state(status) -> str:
+    """Whether ingests read the text inside images, and what they have read."""
+    if status.ocr:
+        return f"on: {status.ocr_read} of {status.images} images read, {status.ocr_texts} with text"
+    if status.ocr_texts:
+        return f"off (the {status.ocr_texts} OCR texts stored stay; cbir ingest --ocr turns it on)"
+    return "off (cbir ingest --ocr reads the text inside images)"
 
 
 def build_summary(report) -> str:

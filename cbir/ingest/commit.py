@@ -35,6 +35,7 @@ class Committer:
         # that image's texts of that source; an empty list deletes them
         self.texts: dict[tuple[str, str], list[tuple[str, int | None, int | None]]] = {}
         self.encoded = 0  # images with a vector in `changes`
+        self.ocr_read = 0  # kept images (no new vector) whose OCR text is in `texts`
 
     def full(self) -> bool:
         """Enough changes or texts for one transaction (images are counted by the caller)."""
@@ -54,7 +55,7 @@ class Committer:
                 self.index.apply(applied.images)
                 self.text_index.apply(applied.texts)
             self.changes = Changes(self.root_id)
-        self.encoded = 0
+        self.encoded = self.ocr_read = 0
 
 
 def _embed_texts(encoder: Encoder, texts: dict) -> dict[tuple[str, str], list[TextRecord]]:

@@ -25,6 +25,7 @@ from cbir.ingest.limits import (
     reduce_factor,
     without_oversized_png_text,
 )
+from cbir.ingest.raw import NEEDS_MEDIA, RAW_EXTENSIONS, is_raw_name, media_installed, raw_image
 from cbir.ingest.texts import embedded_texts
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 SUPPORTED_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+    | RAW_EXTENSIONS  # through LibRaw (cbir.ingest.raw), chosen by name: most are TIFFs to Pillow
 )
 
 
@@ -70,7 +72,14 @@ UNREADABLE = "unreadable"
 
 
 def read_failed(reason: str) -> bool:
-    return reason == VANISHED or reason.startswith(UNREADABLE + ":")
+    """Whether a skip says nothing about the file, which is tried again: a read that failed, or
+    a RAW photo skipped for want of the media extra, once the extra is installed."""
+    return reason == VANISHED or reason.startswith(UNREADABLE + ":") or (reason == NEEDS_MEDIA and media_installed())
+
+
+# The OCR engine whose reading images.ocr_engine records (cbir.ocr: RapidOCR's PP-OCRv6 small
+# networks, read at up to cbir.ocr.MAX_SIDE pixels).
+OCR_ENGINE = "rapidocr PP-OCRv6 small"
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,9 @@ class FileTask:
     size: int
     mtime_ns: int
     offset: int | None = None  # the image is `size` bytes at this offset of `abspath` (a tar member)
+    ocr: bool = False  # read the text inside the image when its content is new to the library
+    # ... and even when its content is known: the library's image at this path was never read by OCR
+    ocr_stored: bool = False
 
 
 @dataclass
@@ -98,6 +110,9 @@ class Decoded:
     error: str | None = None
     read_seconds: float = 0.0
     decode_seconds: float = 0.0
+    ocr_text: str | None = None  # the text OCR read inside the image ("" for none); None: not read
+    ocr_error: str | None = None  # why OCR failed on it (the image itself is still used)
+    ocr_seconds: float = 0.0
 
 
 def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
@@ -130,6 +145,14 @@ def _exif_metadata(image: Image.Image) -> tuple[datetime | None, str | None, int
     """(date taken, camera, orientation) from EXIF, each None/1 when absent or unreadable."""
     try:
         exif = image.getexif()
+    except Exception:  # broken EXIF never costs the image, only its metadata
+        return None, None, 1
+    return _exif_fields(exif)
+
+
+def _exif_fields(exif: Image.Exif) -> tuple[datetime | None, str | None, int]:
+    """_exif_metadata's fields from loaded EXIF (a RAW's comes from its preview or container)."""
+    try:
         raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
         make = str(exif.get(_MAKE) or "").strip("\x00 ")
         model = str(exif.get(_MODEL) or "").strip("\x00 ")
@@ -259,6 +282,32 @@ def open_image(
     raise BadImage. ``draft=False`` decodes JPEGs at full size (for comparing, in cbir bench);
     ``pixels=False`` reads only a JPEG's header and metadata (pixels None: decoded elsewhere).
     An image needing more than ``max_bytes`` of memory to decode is refused before decoding."""
+    return _decode(data, pp, max_pixels, draft, pixels, max_bytes)[:7]
+
+
+def _ocr_target(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The size an image of ``size`` is read by OCR at: its longer side at most ``side``."""
+    w, h = size
+    longest = max(w, h)
+    if longest <= side:
+        return w, h
+    return max(1, -(-w * side // longest)), max(1, -(-h * side // longest))
+
+
+def _decode(
+    data: bytes,
+    pp: Preprocess,
+    max_pixels: int = MAX_PIXELS,
+    draft: bool = True,
+    pixels: bool = True,
+    max_bytes: int = MAX_DECODE_BYTES,
+    ocr_side: int | None = None,
+    model: bool = True,
+):
+    """open_image's tuple, then the upright RGB image for OCR: with ``ocr_side``, the image is
+    decoded (drafted and reduced) only down to what both the model and OCR (longer side up to
+    ``ocr_side``) need, and that image is returned too; else None. ``model=False``: OCR only,
+    no model pixels (None)."""
     compression = None  # a TIFF's, for the reason when libtiff cannot decode it
     try:
         with warnings.catch_warnings():
@@ -268,17 +317,21 @@ def open_image(
             if fmt == "tiff":
                 compression = image.info.get("compression")
             if pixels or fmt != "jpeg":
-                if draft and fmt in ("jpeg", "mpo"):
-                    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the model
-                    # input: far less work for camera-size photos, and the result is downscaled anyway.
-                    image.draft("RGB", (pp.size, pp.size))
-                factor = reduce_factor(image, pp.size)
+                if ocr_side is not None:
+                    factor = _draft_for_ocr(image, pp, ocr_side, draft, model)
+                else:
+                    if draft and fmt in ("jpeg", "mpo"):
+                        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the model
+                        # input: far less work for camera-size photos, and the result is downscaled anyway.
+                        image.draft("RGB", (pp.size, pp.size))
+                    factor = reduce_factor(image, pp.size)
                 # before anything loads the pixels (a PNG's EXIF may follow them)
                 check_decode_memory(image, factor, (w, h), max_bytes)
             taken, camera, orientation = _exif_metadata(image)
             if not pixels and fmt == "jpeg":  # JPEG metadata sits in markers before the pixels
                 sideways = orientation in (5, 6, 7, 8)
-                return None, *((h, w) if sideways else (w, h)), fmt, taken, camera, tuple(embedded_texts(image, camera))
+                texts = tuple(embedded_texts(image, camera))
+                return None, *((h, w) if sideways else (w, h)), fmt, taken, camera, texts, None
             image.load()  # first frame of animations
             texts = tuple(embedded_texts(image, camera))  # PNG text may follow the pixel data
             image = _to_rgb(image, factor)  # reduced first, so that turning it copies little
@@ -307,7 +360,21 @@ def open_image(
         raise BadImage("image has no pixels")
     if orientation in (5, 6, 7, 8):  # stored sideways: record the size as displayed
         w, h = h, w
-    return to_model_pixels(image, pp), w, h, fmt, taken, camera, texts
+    model_pixels = to_model_pixels(image, pp) if model else None
+    return model_pixels, w, h, fmt, taken, camera, texts, image if ocr_side is not None else None
+
+
+def _draft_for_ocr(image: Image.Image, pp: Preprocess, side: int, draft: bool, model: bool) -> int:
+    """Draft a JPEG to, and return the reduce factor for, the largest of what the model needs
+    (with ``model``: the shorter side at least ``pp.size``) and what OCR reads (the longer side
+    up to ``side``)."""
+    tw, th = _ocr_target(image.size, side)
+    if model:
+        tw, th = max(tw, pp.size), max(th, pp.size)
+    if draft and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (tw, th))
+    factor = reduce_factor(image, side, longest=True)
+    return min(factor, reduce_factor(image, pp.size)) if model else factor
 
 
 def decode_file(
@@ -330,8 +397,13 @@ def decode_file(
         return result
     result.content_hash = hashlib.sha256(data).hexdigest()
     result.read_seconds = time.perf_counter() - start
-    if result.content_hash in known_hashes:
+    known = result.content_hash in known_hashes
+    if known and not (task.ocr and task.ocr_stored):
         return result  # moved, renamed, copied or touched: the stored vector is reused
+    if is_raw_name(task.path):
+        return _decode_raw(result, data, pp, task.ocr, model=not known)
+    if task.ocr:
+        return _decode_with_ocr(result, data, pp, max_pixels, model=not known)
     start = time.perf_counter()
     try:
         (
@@ -349,6 +421,48 @@ def decode_file(
         result.error = str(e)
     result.decode_seconds = time.perf_counter() - start
     return result
+
+
+def _decode_with_ocr(result: Decoded, data: bytes, pp: Preprocess, max_pixels: int, model: bool) -> Decoded:
+    """decode_file's decoding when the image's text is to be read: decoded once, at the size OCR
+    needs (always here, never left to the model's device), read, then brought to the model's
+    pixels (unless ``model`` is False: content the library holds, whose vector is reused). An
+    OCR failure leaves the image without text (``ocr_error``), never without its vector."""
+    from cbir.ocr import MAX_SIDE
+
+    start = time.perf_counter()
+    try:
+        decoded = _decode(data, pp, max_pixels, ocr_side=MAX_SIDE, model=model)
+    except BadImage as e:
+        result.error = str(e)
+        result.decode_seconds = time.perf_counter() - start
+        return result
+    (result.pixels, result.width, result.height, result.format, result.taken_at, result.camera, result.texts) = decoded[
+        :7
+    ]
+    result.decode_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        result.ocr_text = _read_text(decoded[7])
+    except Exception as e:  # noqa: BLE001  (whatever the OCR pipeline raises costs only the text)
+        result.ocr_error = _why(e)
+    result.ocr_seconds = time.perf_counter() - start
+    return result
+
+
+_ocr: dict = {}  # pid -> the OcrEngine of that process (a forked worker makes its own)
+
+
+def _read_text(image: Image.Image) -> str:
+    """The text inside ``image`` ("" for none), by this process's engine: one thread, since
+    every decode worker runs one."""
+    from cbir.ocr import OcrEngine, text_of
+
+    engine = _ocr.get(os.getpid())
+    if engine is None:
+        _ocr.clear()  # an engine inherited from the parent process is not used
+        engine = _ocr[os.getpid()] = OcrEngine(threads=1)
+    return text_of(engine.read(image))
 
 
 def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:

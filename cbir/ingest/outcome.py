@@ -1,6 +1,7 @@
 """What a decoded file means for the library, decided once it is read: added, updated (encoded
 again), touched (same content, new size or mtime), moved (the vector of a gone file, or of a
-vanished root's file, follows it), copied (content the library holds elsewhere) or skipped."""
+vanished root's file, follows it), copied (content the library holds elsewhere) or skipped; and
+the text OCR read in it (cbir ingest --ocr), which follows the file as its embedded texts do."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import numpy as np
 
 from cbir.ingest.captions import Captions, DatasetRows
 from cbir.ingest.commit import Committer
-from cbir.ingest.decode import Decoded
+from cbir.ingest.decode import OCR_ENGINE, Decoded
 from cbir.ingest.report import IngestReport
 from cbir.ingest.roots import VanishedRows
 from cbir.ingest.scan import ScannedFile
-from cbir.store.catalog import EMBEDDED, Catalog, ImageRecord, StoredFile
+from cbir.store.catalog import EMBEDDED, OCR, Catalog, ImageRecord, StoredFile
 
 
 class Outcomes:
@@ -45,6 +46,13 @@ class Outcomes:
     def sort(self, d: Decoded, vector: np.ndarray | None) -> None:
         changes, path = self.batch.changes, d.task.path
         mine = self.stored.get(path)
+        unchanged = mine is not None and (mine.size, mine.mtime_ns) == (d.task.size, d.task.mtime_ns)
+        self._count_ocr(d)
+        if d.error and unchanged and d.task.ocr_stored:
+            # read for its text alone (plan.to_ocr) and unreadable now: the image stays as it
+            # was, its text is read on a later run
+            self.report.ocr_failed += 1
+            return
         if d.error:
             self._skip(d, d.error, mine)
             return
@@ -53,11 +61,25 @@ class Outcomes:
         if vector is not None:
             self._encoded(d, vector, mine)
         elif mine and mine.content_hash == d.content_hash:
-            changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
-            self.report.touched += 1
+            if not unchanged:
+                changes.touched.append((mine.id, d.task.size, d.task.mtime_ns))
+                self.report.touched += 1
+            if d.ocr_text is not None:  # the kept image's text, read now
+                self.batch.texts[(path, OCR)] = _ocr_texts(d.ocr_text)
+                changes.ocr_read.append((mine.id, OCR_ENGINE))
+                self.batch.ocr_read += 1
         else:
             self._known_content(d, mine)
         self.captions.queue(path, self.batch.texts, changes, self.report)
+
+    def _count_ocr(self, d: Decoded) -> None:
+        if d.ocr_text is not None:
+            self.report.ocr_read += 1
+            self.report.ocr_with_text += bool(d.ocr_text)
+        elif d.ocr_error is not None:
+            self.report.ocr_failed += 1
+        if d.ocr_seconds:
+            self.report.timings["ocr"] += d.ocr_seconds
 
     def _skip(self, d: Decoded, error: str, mine: StoredFile | None) -> None:
         self.batch.changes.skipped.append((d.task.path, d.task.size, d.task.mtime_ns, error))
@@ -68,6 +90,8 @@ class Outcomes:
     def _encoded(self, d: Decoded, vector: np.ndarray, mine: StoredFile | None) -> None:
         path, changes, report = d.task.path, self.batch.changes, self.report
         record = _record(d, self.entries[path])
+        if d.ocr_text is not None:
+            record.ocr_engine = OCR_ENGINE
         if mine:
             changes.replaced.append((mine.id, record, vector))
             report.updated += 1
@@ -78,6 +102,8 @@ class Outcomes:
         self.batch.encoded += 1
         if d.texts or mine:  # a re-encoded file's old description goes
             self.batch.texts[(path, EMBEDDED)] = [(t, None, None) for t in d.texts]
+        if d.ocr_text or mine:  # and its old OCR text: replaced, or gone when not read now
+            self.batch.texts[(path, OCR)] = _ocr_texts(d.ocr_text or "")
 
     def _known_content(self, d: Decoded, mine: StoredFile | None) -> None:
         """Content the library already holds: the file moved here, or is a copy."""
@@ -102,6 +128,12 @@ class Outcomes:
             source = self.known[d.content_hash]
             changes.copied.append((_reuse(self.catalog, source, d, entry), source))
             report.copied += 1
+
+
+def _ocr_texts(text: str) -> list[tuple[str, int | None, int | None]]:
+    """An image's OCR texts: the text it holds, as one text (keyword search finds its words,
+    and its CLIP vector carries the whole); none when it holds no text."""
+    return [(text, None, None)] if text else []
 
 
 def _record(d: Decoded, entry: ScannedFile) -> ImageRecord:

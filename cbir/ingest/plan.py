@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.ingest.decode import FileTask, read_failed
-from cbir.ingest.scan import ScanResult
+from cbir.ingest.scan import ScannedFile, ScanResult
 from cbir.store.catalog import StoredFile
 
 
 @dataclass
 class IngestPlan:
     to_read: list[FileTask] = field(default_factory=list)  # new, changed, or bad files to retry
-    unchanged: int = 0  # files not read: same size and mtime, another's, or a known bad file
+    # with OCR on: unchanged images that OCR has not read yet, to read for their text alone
+    # (counted in ``unchanged``; their caption files are checked once they are read)
+    to_ocr: list[FileTask] = field(default_factory=list)
+    unchanged: int = 0  # files not read for the model: same size and mtime, another's, or a known bad file
     # stored images not read, whose caption file may still have changed
     captions_to_check: list[str] = field(default_factory=list)
     # what this scan follows (a folder's files, a dataset's rows) and no longer finds: removed,
@@ -36,20 +39,27 @@ def plan_ingest(
     *,
     others: set[str] | frozenset[str] = frozenset(),
     retry_failed: bool = False,
+    ocr: bool = False,
 ) -> IngestPlan:
     """The plan for ``scanned`` (a folder's scan, or a dataset's when ``scanned.datasets`` is
     set) against ``stored`` (path -> the library's file) and ``skips`` (path -> size, mtime and
     reason of a recorded skip). ``others``: files a dataset added, which a folder scan leaves to
     it. A known bad file is retried only once it changes, after a read failure (it may have been
-    a passing one), or with ``retry_failed``. Files are read from ``root``."""
+    a passing one), or with ``retry_failed``. Files are read from ``root``. With ``ocr`` the files
+    read have their text read too, and so do the unchanged images OCR has not read yet."""
     plan = IngestPlan()
     for f in scanned.files:
         mine = stored.get(f.path)
+        # an image of the library, unchanged or not, that OCR has not read
+        unread = ocr and mine is not None and mine.ocr_engine is None
         if f.path in others:
             plan.unchanged += 1
         elif mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             plan.unchanged += 1
-            plan.captions_to_check.append(f.path)
+            if unread:
+                plan.to_ocr.append(_task(f, root, ocr, unread))
+            else:
+                plan.captions_to_check.append(f.path)
         elif (
             not retry_failed
             and f.path in skips
@@ -58,7 +68,7 @@ def plan_ingest(
         ):
             plan.unchanged += 1  # a known bad file that has not changed: not retried
         else:
-            plan.to_read.append(FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset))
+            plan.to_read.append(_task(f, root, ocr, unread))
     seen = {f.path for f in scanned.files} | set(scanned.sidecars)
     datasets = scanned.datasets
     plan.gone = {p: s for p, s in stored.items() if p not in seen and (datasets is None or s.dataset in datasets)}
@@ -66,3 +76,7 @@ def plan_ingest(
     problem_paths = {p for p, _ in scanned.problems}
     plan.stale_skips = [p for p in skips if p not in seen and p not in problem_paths]
     return plan
+
+
+def _task(f: ScannedFile, root: Path, ocr: bool, ocr_stored: bool) -> FileTask:
+    return FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset, ocr, ocr_stored)

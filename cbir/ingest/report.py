@@ -23,6 +23,9 @@ class IngestReport:
     texts: int = 0  # captions and descriptions stored or updated
     skipped_total: int = 0  # all recorded skips in the library after the run
     encoded: int = 0  # images that went through the model
+    ocr_read: int = 0  # images whose text OCR read (cbir ingest --ocr)
+    ocr_with_text: int = 0  # of ``ocr_read``: those that held text
+    ocr_failed: int = 0  # images OCR could not read (kept without text; read again next run)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 

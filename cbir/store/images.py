@@ -17,7 +17,6 @@ from cbir.store.base import CatalogBase, _bump
 from cbir.store.models import Image, ImageText, Root, Skipped, Vector
 from cbir.store.records import (
     CAPTION,
-    EMBEDDED,
     SIDECAR,
     TEXT_VERSION,
     VECTOR_VERSION,
@@ -34,7 +33,7 @@ from cbir.store.records import (
     _to_blob,
     local_time,
 )
-from cbir.store.texts import _embedded_texts, _TextChanges
+from cbir.store.texts import _file_texts, _TextChanges
 
 
 class ImageCatalog(CatalogBase):
@@ -86,9 +85,9 @@ class ImageCatalog(CatalogBase):
 
     def files_under(self, root_id: int, scope: str = "") -> dict[str, StoredFile]:
         """The stored images under ``scope``, whatever added them (see StoredFile.dataset)."""
-        query = select(Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash, Image.dataset).where(
-            Image.root_id == root_id, self._in_scope(Image.path, scope)
-        )
+        query = select(
+            Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash, Image.dataset, Image.ocr_engine
+        ).where(Image.root_id == root_id, self._in_scope(Image.path, scope))
         with self.engine.connect() as c:
             return {row[0]: StoredFile(*row[1:]) for row in c.execute(query)}
 
@@ -127,7 +126,7 @@ class ImageCatalog(CatalogBase):
                 (record, c.execute(select(Vector.vector).where(Vector.image_id == src)).scalar_one(), src)
                 for record, src in changes.copied
             ]
-            copied_texts = {src: _embedded_texts(c, src) for _, src in changes.copied}
+            copied_texts = {src: _file_texts(c, src) for _, src in changes.copied}
             for i in range(0, len(changes.removed), 10_000):  # SQLite caps bound parameters
                 chunk = changes.removed[i : i + 10_000]
                 texts.delete(c, ImageText.image_id.in_(chunk))
@@ -150,8 +149,9 @@ class ImageCatalog(CatalogBase):
                 c.execute(insert(Vector).values(image_id=image_id, vector=blob))
                 add_ids.append(image_id)
                 add_vectors.append(vector)
-                if src is not None:  # a copy has the same embedded description as its source
-                    texts.insert(c, image_id, EMBEDDED, copied_texts[src], now)
+                if src is not None:  # a copy has the same embedded description and OCR text as its source
+                    for source, records in copied_texts[src].items():
+                        texts.insert(c, image_id, source, records, now)
             for (path, source), records in changes.texts.items():
                 owner_id = c.execute(
                     select(Image.id).where(Image.root_id == changes.root_id, Image.path == path)
@@ -276,6 +276,11 @@ class ImageCatalog(CatalogBase):
     def count_images(self) -> int:
         return self._count(Image)
 
+    def count_ocr_read(self) -> int:
+        """How many images OCR has read (with text found or not)."""
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).where(Image.ocr_engine.is_not(None))).scalar_one()
+
     def has_images(self) -> bool:
         with self.engine.connect() as c:
             return c.execute(select(Image.id).limit(1)).first() is not None
@@ -293,7 +298,8 @@ class ImageCatalog(CatalogBase):
 
 
 def _update_kept(c, changes: Changes) -> None:
-    """Rewrite the rows of images kept with their vectors: moved, touched, new dataset columns."""
+    """Rewrite the rows of images kept with their vectors: moved, touched, new dataset columns,
+    read by OCR."""
     for image_id, record in changes.moved:
         c.execute(update(Image).where(Image.id == image_id).values(root_id=changes.root_id, **record.columns()))
     for image_id, size, mtime_ns in changes.touched:
@@ -308,6 +314,8 @@ def _update_kept(c, changes: Changes) -> None:
         )
     for image_id, extra in changes.extras:
         c.execute(update(Image).where(Image.id == image_id).values(extra=_extra_json(extra)))
+    for image_id, engine in changes.ocr_read:
+        c.execute(update(Image).where(Image.id == image_id).values(ocr_engine=engine))
 
 
 def _record_skips(c, changes: Changes, now: datetime) -> None:

@@ -71,6 +71,9 @@ class Image(Base):
     # a folder scan. A scan of one kind never removes the other's images.
     dataset: Mapped[str | None] = mapped_column(String(300), index=True)
     extra: Mapped[str | None] = mapped_column(Text)  # JSON object: a dataset row's other columns
+    # The OCR engine that read the text inside the image (its texts of source "ocr"); NULL: not
+    # read. Set in the transaction that writes those texts, so a stopped pass resumes.
+    ocr_engine: Mapped[str | None] = mapped_column(String(64))
 
 
 class Vector(Base):

@@ -17,8 +17,11 @@ from cbir.store.hint import MODEL as MODEL  # the model fingerprint (JSON)
 VECTOR_VERSION = "vector_version"  # bumped in every transaction that changes image vectors
 TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
 
-# Where a text comes from. Sidecar and embedded texts follow their files; labels are the user's.
+# Where a text comes from. Sidecar, embedded and OCR texts follow their files; labels are the user's.
 SIDECAR, EMBEDDED, LABEL, TAG, CAPTION = "sidecar", "embedded", "label", "tag", "caption"  # caption: a dataset's
+OCR = "ocr"  # the text read inside the image (cbir ingest --ocr)
+FILE_SOURCES = (EMBEDDED, OCR)  # texts read from the image file itself: a copy of the file has them too
+OCR_SETTING = "ocr"  # meta key: "on" while ingests read the text inside images
 TAG_SOURCES = (LABEL, TAG)  # what --tag matches
 
 # An image's facts as cbir shows them (`cbir export` rows and columns, search hits, serve's image
@@ -57,6 +60,7 @@ class StoredFile:
     mtime_ns: int
     content_hash: str
     dataset: str | None = None  # the dataset that added it; None for a folder scan
+    ocr_engine: str | None = None  # the OCR engine that read its text; None: not read
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class ImageRecord:
     camera: str | None = None
     dataset: str | None = None  # the dataset that added it; None for a folder scan
     extra: dict | None = None  # a dataset row's other columns
+    ocr_engine: str | None = None  # the OCR engine that read its text (its OCR texts); None: not read
 
     def columns(self) -> dict:
         """The images table's columns for this record: its fields (each a column of the same
@@ -155,6 +160,8 @@ class Changes:
     # (image path, source) -> the texts that replace that image's texts of that source
     texts: dict[tuple[str, str], list[TextRecord]] = field(default_factory=dict)
     extras: list[tuple[int, dict | None]] = field(default_factory=list)  # id, new dataset columns
+    # id, OCR engine: kept images whose text was read now (their OCR texts are in ``texts``)
+    ocr_read: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return sum(
@@ -170,6 +177,7 @@ class Changes:
                 self.unskipped,
                 self.texts,
                 self.extras,
+                self.ocr_read,
             )
         )
 

@@ -13,7 +13,7 @@ from cbir.store.base import CatalogBase, _bump
 from cbir.store.models import Image, ImageText
 from cbir.store.records import (
     CAPTION,
-    EMBEDDED,
+    FILE_SOURCES,
     LABEL,
     SIDECAR,
     TAG,
@@ -151,8 +151,12 @@ class TextCatalog(CatalogBase):
         with self.engine.connect() as c:
             return {r[0]: (r[1], r[2], r[3]) for r in c.execute(query)}
 
-    def count_texts(self) -> int:
-        return self._count(ImageText)
+    def count_texts(self, source: str | None = None) -> int:
+        """How many texts the library holds (of ``source`` only, when given)."""
+        if source is None:
+            return self._count(ImageText)
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).where(ImageText.source == source)).scalar_one()
 
 
 class _TextChanges:
@@ -191,8 +195,15 @@ class _TextChanges:
             self.add_vectors.append(np.asarray(record.vector, dtype=np.float32))
 
 
-def _embedded_texts(c, image_id: int) -> list[TextRecord]:
+def _file_texts(c, image_id: int) -> dict[str, list[TextRecord]]:
+    """source -> an image's texts read from its file (FILE_SOURCES: embedded descriptions, OCR
+    text), which a copy of the file has too."""
     rows = c.execute(
-        select(ImageText.content, ImageText.vector).where(ImageText.image_id == image_id, ImageText.source == EMBEDDED)
+        select(ImageText.source, ImageText.content, ImageText.vector).where(
+            ImageText.image_id == image_id, ImageText.source.in_(FILE_SOURCES)
+        )
     ).all()
-    return [TextRecord(content, _from_blob(blob)) for content, blob in rows]
+    out: dict[str, list[TextRecord]] = {}
+    for source, content, blob in rows:
+        out.setdefault(source, []).append(TextRecord(content, _from_blob(blob)))
+    return out
