@@ -7,13 +7,9 @@ hits = lib.search("a red circle on a gray background", k=5)
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-
-from sqlalchemy.exc import OperationalError
 
 from cbir.background import Background
 from cbir.config import Settings, resolve_settings
@@ -21,10 +17,10 @@ from cbir.distributed.search import RayOptions
 from cbir.encode.choice import check_requested_model, mismatch, precision_to_use
 from cbir.encode.registry import list_models
 from cbir.encode.spec import Encoder, same_model
-from cbir.errors import CbirError, StorageError, UsageError
+from cbir.errors import CbirError, UsageError
 from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
-from cbir.names import IMAGES, TEXTS
+from cbir.names import TEXTS
 from cbir.preload import load_model
 from cbir.query import ImageData, Query
 from cbir.query.filter_values import parse_date
@@ -32,9 +28,9 @@ from cbir.query.filters import Filters
 from cbir.query.request import SearchRequest, command_line_queries
 from cbir.query.search import Hit, Results, Searcher, file_gone, require_images
 from cbir.status import Status, library_status
-from cbir.store.catalog import MODEL, Catalog
+from cbir.store.catalog import Catalog
 from cbir.store.db import catalogue_writer_lock, library_db_path
-from cbir.store.opening import database_error, open_catalogue
+from cbir.store.opening import open_catalogue
 
 # Hit, Results and file_gone live with the search loop and Status in cbir.status; this stays
 # their public path. The search request and what fills it are here for the CLI and cbir serve,
@@ -59,7 +55,6 @@ __all__ = [
 ]
 
 INDEX_DIR = "index"
-ENGINES = ("local", "ray")  # who decodes and encodes in Library.ingest
 
 
 def open_library(*, create: bool = False, encoder: Encoder | None = None, **options) -> Library:
@@ -278,106 +273,33 @@ class Library:
 
         ``ocr``: read the text inside images (cbir.ingest.ocr_setting), remembered for later
         ingests; None follows the library's setting."""
-        from cbir.ingest import ocr_setting, prepare
-        from cbir.ingest.pipeline import default_workers, run_ingest
+        from cbir.library_folders import ingest
 
         _user_path(path, "ingest")
-        if engine not in ENGINES:
-            raise UsageError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-        if engine == "ray":
-            from cbir.distributed.cluster import import_ray
-
-            import_ray()  # without Ray, a one-line error before any work
-        read_text = ocr_setting.wanted(self.catalog, ocr)  # without the ocr extra, the same
-        target, dataset = prepare.source(self.catalog, path, format, image_column, caption_column)
-        if exclude is not None:
-            from cbir.ingest.exclude import check_patterns
-
-            check_patterns(exclude, dataset is not None)  # before a model loads
-        with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
-            encoder = self.encoder
-            if self.fingerprint is None:
-                self.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
-                self.catalog.dim = encoder.dim
-            ocr_setting.remember(self.catalog, ocr)
-            root_id, root, scope, scanned = prepare.place(self.catalog, target, dataset)
-            indexes = [self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
-            batch = prepare.batch_size(self.settings.batch_size, encoder.device.startswith("cuda"))
-            decode_device = prepare.decode_device(decode_device, encoder.device)
-            stage = None
-            if engine == "ray":
-                from cbir.distributed.ingest import RayStage
-
-                batch = prepare.batch_size(self.settings.batch_size, bool(gpus_per_worker))
-                stage = RayStage.of(
-                    encoder, batch_size=batch, address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker
-                )
-            failed = True
-            try:
-                report = run_ingest(
-                    self.catalog,
-                    indexes[0],
-                    indexes[1],
-                    encoder,
-                    root_id,
-                    root,
-                    scope,
-                    batch_size=batch,
-                    workers=self.settings.workers or default_workers(),
-                    progress=progress,
-                    dataset=scanned,
-                    decode_device=decode_device,
-                    retry_failed=retry_failed,
-                    stage=stage,
-                    exclude=exclude,
-                    ocr=read_text,
-                )
-                failed = False
-            except OperationalError as e:
-                raise database_error(e, self.path) from e
-            finally:
-                self._save_ingested(indexes, failed)
-            return report
-
-    def _save_ingested(self, indexes: list, failed: bool) -> None:
-        """Save what the in-memory indexes hold, labelled with the versions they reflect, even
-        when the run was interrupted: a batch committed but not yet indexed leaves one stale, and
-        a stale index is rebuilt on the next open."""
-        try:
-            self.indexes.save_changed(dict(zip((IMAGES, TEXTS), indexes)))
-        except Exception as e:
-            if failed:  # the run's own error is the one to report, never this one
-                logging.getLogger(__name__).warning("saving the indexes after the error failed too: %s", e)
-            elif isinstance(e, (CbirError, OperationalError, OSError)):
-                raise StorageError(
-                    f"{e}; every image ingested is committed, and the index is rebuilt from them on the next run"
-                ) from e
-            else:
-                raise
+        return ingest(
+            self,
+            path,
+            progress=progress,
+            format=format,
+            image_column=image_column,
+            caption_column=caption_column,
+            decode_device=decode_device,
+            retry_failed=retry_failed,
+            engine=engine,
+            address=address,
+            gpus_per_worker=gpus_per_worker,
+            ray_workers=ray_workers,
+            exclude=exclude,
+            ocr=ocr,
+        )
 
     def forget(self, path: str | Path, *, dry_run: bool = False):
         """Remove a scanned folder's images (rows, vectors, texts, labels) and skip records from
         the library, whether the folder still exists or not; the files are never touched. A
         :class:`cbir.ingest.roots.Forgotten`; with ``dry_run`` it only counts the images."""
-        from cbir.ingest import roots
+        from cbir.library_folders import forget
 
-        given = path
-        path = _user_path(path, "forget").resolve()
-        root_id = roots.find_root(self.catalog, path, given)
-        images = self.catalog.root_image_counts().get(root_id, 0)
-        gone = roots.folder_gone(path)
-        if dry_run:
-            return roots.Forgotten(path, images, None, gone, dry_run=True)
-        with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
-            root_id = roots.find_root(self.catalog, path, given)  # still there, now that we write
-            indexes = {name: self.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)}
-            try:
-                images = self.catalog.root_image_counts().get(root_id, 0)
-                texts = roots.forget(self.catalog, root_id, indexes[IMAGES], indexes[TEXTS])
-            except OperationalError as e:
-                raise database_error(e, self.path) from e
-            self.indexes.save_changed(indexes)
-        return roots.Forgotten(path, images, texts, gone)
+        return forget(self, _user_path(path, "forget").resolve(), path, dry_run)
 
     # -- labels: texts the user adds -----------------------------------------------------------
     def _library_image(self, path: str | Path, option: str = "image") -> int:
