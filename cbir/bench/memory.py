@@ -1,5 +1,6 @@
 """Peak memory (RSS) of an ingest and of an index rebuild, each in a process of its own so its
-peak is its own: the ingest of web-size photos with the benchmark's model, and the rebuild of a
+peak is its own: the ingest of web-size photos with the benchmark's model on the default backend
+(what `cbir ingest` uses), and the rebuild of a
 library of N synthetic vectors (streamed from SQLite, never whole in memory)."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ def _ingest_peak(model: str, folder: str, batch: int, workers) -> dict:
     from cbir.bench.search import peak_rss_mb
     from cbir.encode import load_encoder
 
-    report = ingest_once(Path(folder), load_encoder(model, "cpu"), batch, workers)
+    encoder = load_encoder(model, "cpu")  # the default backend: ONNX Runtime where the model exports
+    report = ingest_once(Path(folder), encoder, batch, workers)
+    backend = "ONNX Runtime" if type(encoder).__name__ == "OnnxEncoder" else "torch"
     return {
-        "what": f"ingest of {report.encoded} web-size photos ({model}, batch {batch})",
+        "what": f"ingest of {report.encoded} web-size photos ({model} on {backend}, batch {batch})",
         "peak_rss_mb": peak_rss_mb(),
     }
 
