@@ -266,7 +266,8 @@ def read_picture(path: Path) -> Image.Image:
     if not path.is_file():
         raise UsageError(f"image not found: {path}")
     try:
-        return display_image(path.read_bytes(), 1 << 30, MAX_PIXELS)
+        # fmt by the extension, as ingest records it: a RAW photo is read from its preview
+        return display_image(path.read_bytes(), 1 << 30, MAX_PIXELS, fmt=path.suffix.lstrip(".").lower() or None)
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
     except BadImage as e:

@@ -423,6 +423,36 @@ def decode_file(
     return result
 
 
+def _decode_raw(result: Decoded, data: bytes, pp: Preprocess, ocr: bool, model: bool) -> Decoded:
+    """decode_file's decoding of a RAW photo (cbir.ingest.raw: its preview, else its sensor data
+    at half size), recorded under its extension as format; with ``ocr`` at the size OCR reads."""
+    start = time.perf_counter()
+    try:
+        if ocr:
+            from cbir.ocr import MAX_SIDE
+
+            raw = raw_image(data, MAX_SIDE, longest=True)
+        else:
+            raw = raw_image(data, pp.size)
+    except BadImage as e:
+        result.error = str(e)
+        result.decode_seconds = time.perf_counter() - start
+        return result
+    result.pixels = to_model_pixels(raw.image, pp) if model else None
+    result.width, result.height = raw.width, raw.height
+    result.format = os.path.splitext(result.task.path)[1][1:].lower()
+    result.taken_at, result.camera, _ = _exif_fields(raw.exif)
+    result.decode_seconds = time.perf_counter() - start
+    if ocr:
+        start = time.perf_counter()
+        try:
+            result.ocr_text = _read_text(raw.image)
+        except Exception as e:  # noqa: BLE001  (as in _decode_with_ocr: it costs only the text)
+            result.ocr_error = _why(e)
+        result.ocr_seconds = time.perf_counter() - start
+    return result
+
+
 def _decode_with_ocr(result: Decoded, data: bytes, pp: Preprocess, max_pixels: int, model: bool) -> Decoded:
     """decode_file's decoding when the image's text is to be read: decoded once, at the size OCR
     needs (always here, never left to the model's device), read, then brought to the model's
@@ -467,6 +497,8 @@ def _read_text(image: Image.Image) -> str:
 
 def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Model pixels for an image given as a query; raises OSError or BadImage."""
+    if is_raw_name(path.name):
+        return to_model_pixels(raw_image(read_image_file(path), pp.size).image, pp)
     return open_image(read_image_file(path), pp, max_pixels)[0]
 
 
@@ -486,10 +518,19 @@ def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
 
 
 def display_image(
-    data: bytes, longest_side: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_DECODE_BYTES
+    data: bytes,
+    longest_side: int,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODE_BYTES,
+    fmt: str | None = None,
 ) -> Image.Image:
     """An image to show people (cbir serve's thumbnails): upright, RGB, at most ``longest_side``
-    pixels on its longest side, with the same format and decompression-bomb checks as ingest."""
+    pixels on its longest side, with the same format and decompression-bomb checks as ingest.
+    ``fmt``: the format ingest recorded: a RAW photo's (its extension) shows its preview."""
+    if fmt is not None and f".{fmt}" in RAW_EXTENSIONS:
+        image = raw_image(data, longest_side, max_bytes, longest=True, max_pixels=max_pixels).image
+        image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+        return image
     try:
         with warnings.catch_warnings():
             image = _open_checked(data, max_pixels)

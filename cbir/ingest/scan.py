@@ -1,16 +1,18 @@
 """Walking a folder for image files: excluded entries (hidden ones, the defaults, .cbirignore and
 --exclude patterns: cbir.ingest.exclude) left out and excluded folders not walked, symlinked
-folders followed once."""
+folders followed once. A RAW photo beside a JPEG or HEIC of the same name (IMG_1.CR2 and
+IMG_1.JPG: the camera saved both of one shot) is no image of its own but listed with it."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cbir.fsutil import special_file
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
 from cbir.ingest.exclude import IGNORE_FILE, Exclusions
+from cbir.ingest.raw import is_raw_name
 from cbir.ingest.texts import SIDECAR_SUFFIX, sidecar_candidates
 
 
@@ -27,6 +29,10 @@ class ScannedFile:
     captions: tuple[str, ...] = ()
     extra: dict | None = field(default=None, hash=False)
     dataset: str | None = None
+    # Folder images: the RAW files of the same shot beside it (IMG_1.CR2 for IMG_1.JPG), which
+    # are not ingested themselves; their names are also in ``extra`` (key "raw"), which search
+    # results and the image's details show.
+    companions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -49,6 +55,36 @@ class ScanResult:
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS
+
+
+# What a camera saves beside a RAW of the same shot (RAW+JPEG, RAW+HEIF modes).
+_PAIRED_WITH_RAW = frozenset({".jpg", ".jpeg", ".jpe", ".heic", ".heif", ".hif"})
+
+
+def _paired(files: list[ScannedFile]) -> list[ScannedFile]:
+    """One folder's files, each RAW photo that has a JPEG or HEIC of the same name (case aside)
+    moved from the list into that image's ``companions``."""
+    developed: dict[str, int] = {}
+    for i, f in enumerate(files):
+        stem, ext = os.path.splitext(f.path)
+        if ext.lower() in _PAIRED_WITH_RAW:
+            developed.setdefault(stem.lower(), i)
+    raws: dict[int, list[str]] = {}  # index of the JPEG -> its RAWs
+    for f in files:
+        pair = developed.get(os.path.splitext(f.path)[0].lower()) if is_raw_name(f.path) else None
+        if pair is not None:
+            raws.setdefault(pair, []).append(f.path)
+    if not raws:
+        return files
+    listed = {p for paths in raws.values() for p in paths}
+    kept = []
+    for i, f in enumerate(files):
+        if i in raws:
+            extra = {"raw": ", ".join(p.rsplit("/", 1)[-1] for p in raws[i])}
+            kept.append(replace(f, companions=tuple(raws[i]), extra=extra))
+        elif f.path not in listed:
+            kept.append(f)
+    return kept
 
 
 def _not_a_file(path: str | os.PathLike[str]) -> str:
@@ -99,6 +135,7 @@ def scan(root: Path, scope: str = "", exclusions: Exclusions | None = None) -> S
             continue
         if rel and any(e.name == IGNORE_FILE for e in entries):  # the root's is read already
             rules = rules.below(folder, rel)
+        first = len(result.files)  # this folder's files, paired below
         for entry in entries:
             child = f"{rel}/{entry.name}" if rel else entry.name
             try:
@@ -127,4 +164,5 @@ def scan(root: Path, scope: str = "", exclusions: Exclusions | None = None) -> S
             except OSError as e:  # vanished entry, permissions
                 if is_image_name(entry.name):
                     result.problems.append((child, f"unreadable: {e.strerror}"))
+        result.files[first:] = _paired(result.files[first:])
     return result

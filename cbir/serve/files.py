@@ -87,7 +87,7 @@ class ImageFiles:
         with self.gate.slot() if self.gate else nullcontext():
             data = self._read(stored)
             try:
-                picture = display_image(data, size)
+                picture = display_image(data, size, fmt=stored.format)
             except BadImage as e:
                 raise ImageGone(f"image {image_id} cannot be shown: {e}") from None
             out = io.BytesIO()
