@@ -213,3 +213,4 @@ from cbir.cli import library_tools as _library_tools  # noqa: E402,F401
 from cbir.cli import model_tools as _model_tools  # noqa: E402,F401
 from cbir.cli import search as _search  # noqa: E402,F401
 from cbir.cli import tools as _tools  # noqa: E402,F401
+from cbir.cli import watch as _watch  # noqa: E402,F401

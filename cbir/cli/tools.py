@@ -159,9 +159,17 @@ def bench(quick, only, model, device, batch_size, workers, json_path):
 @click.option(
     "--gpu", is_flag=True, help="Search the index on the GPU with faiss GPU ([gpu] extra); an error without one."
 )
+@click.option(
+    "--watch",
+    "watch",
+    metavar="FOLDER",
+    multiple=True,
+    help="Keep the library up to date with FOLDER as files land, change, move and go, as `cbir watch` does, "
+    "in a thread of the server (repeatable). A missing folder is an error.",
+)
 @search_engine_options
 @library_options
-def serve(host, port, token, upload_limit, gpu, library, model, device):
+def serve(host, port, token, upload_limit, gpu, watch, library, model, device):
     """Search the library in a browser, or from other programs over HTTP (read-only).
 
     \b
@@ -170,13 +178,23 @@ def serve(host, port, token, upload_limit, gpu, library, model, device):
       cbir serve --port 9000 --library ~/photo-libs/large
       CBIR_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe())') cbir serve --host 0.0.0.0
       cbir serve --engine ray --address auto --shards-per-actor 2
+      cbir serve --watch ~/Pictures              new photos are found seconds after they land
     """
     from cbir.serve import serve as run
     from cbir.units import parse_bytes
 
     settings = resolve_settings(library=library, model=model, device=device, gpu=gpu, **context_settings())
     limit = parse_bytes(upload_limit, "upload limit", positive=True)
-    run(settings, host=host, port=port, token=token or None, upload_limit=limit, echo=click.echo, ray=ray_options())
+    run(
+        settings,
+        host=host,
+        port=port,
+        token=token or None,
+        upload_limit=limit,
+        echo=click.echo,
+        ray=ray_options(),
+        watch=watch,
+    )
 
 
 @cli.group(invoke_without_command=True)

@@ -45,11 +45,20 @@ def open_for_serving(settings, ray=None):
     return library
 
 
-def serve(settings, *, host: str, port: int, token: str | None, upload_limit: int, echo=print, ray=None) -> None:
-    """Open the library, then serve it until interrupted (Ctrl-C); ``ray``: as open_for_serving."""
+def serve(
+    settings, *, host: str, port: int, token: str | None, upload_limit: int, echo=print, ray=None, watch=()
+) -> None:
+    """Open the library, then serve it until interrupted (Ctrl-C); ``ray``: as open_for_serving.
+    ``watch``: folders kept indexed by a thread of the server (cbir.watch); one that is missing
+    is an error before anything starts, as for `cbir watch`: a mistyped folder must not leave a
+    server that silently watches nothing."""
     import uvicorn
 
     check_binding(host, token)
+    if watch:
+        from cbir.watch import check_folders
+
+        watch = check_folders(watch)
     listening = _bind(host, port)  # before loading anything: a busy port fails at once
     try:
         library = open_for_serving(settings, ray)
@@ -66,11 +75,16 @@ def serve(settings, *, host: str, port: int, token: str | None, upload_limit: in
     )
     echo(f"open {url}{'?token=TOKEN' if token else ''} in a browser; API docs at {url}docs; Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    watcher = None
     try:
+        if watch:
+            watcher = _start_watching(library, watch, echo)
         server.run(sockets=[listening])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on: stopping is normal
         echo("cbir serve: stopped")
     finally:
+        if watcher is not None:
+            watcher.stop()
         listening.close()
         library.close()
 
@@ -101,3 +115,21 @@ def _engine(library) -> str:
     index = library.indexes.loaded(IMAGES)
     count = getattr(index, "actor_count", None)
     return f", {index.shard_count} shard(s) searched by {count} Ray actor(s)" if count else ""
+
+
+def _start_watching(served, folders, echo):
+    """cbir.watch on a thread, with a Library of its own on the served one's settings (its own
+    catalogue connections and writer indexes) sharing the served model if it is loaded: the
+    served library follows what the watcher saves as it follows any ingest. Each batch is one
+    line."""
+    from cbir.library import Library
+    from cbir.watch import WatchThread
+
+    library = Library.open(served.settings, encoder=served.loaded_encoder)
+    return WatchThread.start(
+        library,
+        folders,
+        on_batch=lambda batch: echo(f"cbir serve: {batch.summary()}"),
+        on_ready=lambda watched: echo(f"cbir serve: watching {', '.join(map(str, watched))}"),
+        on_error=lambda error: echo(f"cbir serve: watching stopped: {error}"),
+    )
