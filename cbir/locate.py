@@ -124,7 +124,7 @@ def locate(
 ) -> LocateResult:
     """Score windows of ``image`` (RGB PIL) against ``text`` with ``encoder``; see the module
     docstring for the map and the box."""
-    from cbir.ingest.decode import to_model_pixels
+    from cbir.ingest.pixels import to_model_pixels
 
     if not text or not text.strip():
         raise UsageError('give a text to locate, e.g. "a butterfly"')

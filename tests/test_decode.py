@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from cbir.encode.spec import Preprocess
-from cbir.ingest.decode import BadImage, open_image, to_model_pixels
+from cbir.ingest.decode import BadImage, open_image
+from cbir.ingest.pixels import to_model_pixels
 
 
 def _normalised(pixels: np.ndarray, pp: Preprocess) -> np.ndarray:

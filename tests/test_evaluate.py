@@ -355,7 +355,7 @@ def test_resolve_templates_names_and_errors(tmp_path):
 def tiny_shapes():
     """400 held-out synthetic images encoded by cbir-tiny, with their scenes."""
     from cbir.encode import load_encoder
-    from cbir.ingest.decode import to_model_pixels
+    from cbir.ingest.pixels import to_model_pixels
     from cbir.synthetic import random_scene, render
 
     encoder = load_encoder("cbir-tiny", "cpu")

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from cbir.encode.spec import Preprocess
-from cbir.ingest import decode, limits
+from cbir.ingest import decode, limits, pixels
 from cbir.ingest.decode import (
     BadImage,
     FileTask,
@@ -150,11 +150,11 @@ def test_conversion_in_strips_equals_converting_at_once(monkeypatch, mode, facto
         if mode == "PT":
             image.info["transparency"] = 3
     top = 65535.0 if mode == "I;16" else 255.0
-    whole = decode._rgb_strip(image, top)
+    whole = pixels._rgb_strip(image, top)
     expected = whole.reduce(factor) if factor > 1 else whole
-    monkeypatch.setattr(decode, "_STRIP_BYTES", 67 * 4 * 5)  # five rows a strip
+    monkeypatch.setattr(pixels, "_STRIP_BYTES", 67 * 4 * 5)  # five rows a strip
     assert image.mode != "RGB"
-    np.testing.assert_array_equal(np.asarray(decode._to_rgb(image, factor)), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(pixels.to_rgb(image, factor)), np.asarray(expected))
 
 
 def test_a_big_allowed_image_is_reduced_before_it_is_converted(monkeypatch):
@@ -166,8 +166,8 @@ def test_a_big_allowed_image_is_reduced_before_it_is_converted(monkeypatch):
     exact = open_image(out.getvalue(), PP)[0]
     monkeypatch.setattr(limits, "REDUCE_ABOVE_BYTES", 1000)
     calls = []
-    real = decode._to_rgb
-    monkeypatch.setattr(decode, "_to_rgb", lambda image, factor=1: calls.append(factor) or real(image, factor))
+    real = decode.to_rgb
+    monkeypatch.setattr(decode, "to_rgb", lambda image, factor=1: calls.append(factor) or real(image, factor))
     reduced = open_image(out.getvalue(), PP)[0]
     assert calls == [400 // (2 * PP.size)]
     assert np.abs(reduced.astype(int) - exact.astype(int)).max() <= 3

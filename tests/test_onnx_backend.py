@@ -19,7 +19,7 @@ from cbir.encode import onnx_export
 from cbir.encode.onnx_runtime import cache_root, entry_key, onnx_encoder
 from cbir.encode.spec import parse_model_spec
 from cbir.errors import OnnxUnavailable
-from cbir.ingest.decode import to_model_pixels
+from cbir.ingest.pixels import to_model_pixels
 from cbir.synthetic import all_scenes, iter_gallery
 from tests.conftest import REPO
 

@@ -11,12 +11,13 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cbir.encode.spec import Preprocess
+from cbir.ingest.exif import exif_fields, exif_metadata
 from cbir.ingest.limits import (
     MAX_DECODE_BYTES,
     BadImage,
@@ -25,6 +26,7 @@ from cbir.ingest.limits import (
     reduce_factor,
     without_oversized_png_text,
 )
+from cbir.ingest.pixels import UPRIGHT, to_model_pixels, to_rgb
 from cbir.ingest.raw import NEEDS_MEDIA, RAW_EXTENSIONS, is_raw_name, media_installed, raw_image
 from cbir.ingest.texts import embedded_texts
 
@@ -56,13 +58,6 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
 # Refuse images above this many pixels before decoding them (decompression bombs). 2x Pillow's
 # default warning limit: ~179 MP, above any camera sold today.
 MAX_PIXELS = 2 * 89_478_485
-
-_STRIP_BYTES = 4 * 2**20  # rows converted at a time: what one conversion's temporaries take
-
-_EXIF_IFD = 0x8769
-_DATETIME_ORIGINAL = 36867
-_DATETIME = 306
-_MAKE, _MODEL, _ORIENTATION = 271, 272, 274
 
 
 # Reasons a file could not even be read. Unlike a bad image they say nothing about the content
@@ -113,111 +108,6 @@ class Decoded:
     ocr_text: str | None = None  # the text OCR read inside the image ("" for none); None: not read
     ocr_error: str | None = None  # why OCR failed on it (the image itself is still used)
     ocr_seconds: float = 0.0
-
-
-def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
-    """Resize and crop an RGB image exactly as open_clip's eval transform does (torchvision
-    Resize + CenterCrop on PIL), returning uint8 [S, S, 3] for the device to normalise."""
-    size = pp.size
-    resample = Image.Resampling.BILINEAR if pp.interpolation == "bilinear" else Image.Resampling.BICUBIC
-    w, h = image.size
-    if pp.resize_mode == "squash":
-        return np.asarray(image.resize((size, size), resample))
-    if pp.resize_mode == "longest":
-        ratio = max(h / size, w / size)
-        nw, nh = round(w / ratio), round(h / ratio)
-        image = image.resize((nw, nh), resample)
-        canvas = Image.new("RGB", (size, size), (pp.fill_color,) * 3)
-        canvas.paste(image, ((size - nw) // 2, (size - nh) // 2))  # as open_clip pads
-        return np.asarray(canvas)
-    # shortest side to `size` (torchvision truncates the long side), then a centre crop
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), resample)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    return np.asarray(image.crop((left, top, left + size, top + size)))
-
-
-def _exif_metadata(image: Image.Image) -> tuple[datetime | None, str | None, int]:
-    """(date taken, camera, orientation) from EXIF, each None/1 when absent or unreadable."""
-    try:
-        exif = image.getexif()
-    except Exception:  # broken EXIF never costs the image, only its metadata
-        return None, None, 1
-    return _exif_fields(exif)
-
-
-def _exif_fields(exif: Image.Exif) -> tuple[datetime | None, str | None, int]:
-    """_exif_metadata's fields from loaded EXIF (a RAW's comes from its preview or container)."""
-    try:
-        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        make = str(exif.get(_MAKE) or "").strip("\x00 ")
-        model = str(exif.get(_MODEL) or "").strip("\x00 ")
-        orientation = int(exif.get(_ORIENTATION) or 1)
-    except Exception:  # broken EXIF never costs the image, only its metadata
-        return None, None, 1
-    taken = None
-    if raw:
-        try:
-            taken = datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-        except ValueError:
-            taken = None
-    camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}".strip()
-    return taken, camera or None, orientation
-
-
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
-
-
-def _rgb_strip(image: Image.Image, top: float) -> Image.Image:
-    """A (small) image as RGB: transparency over white, 16-bit greyscale scaled by ``top``."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    if image.mode in _SIXTEEN_BIT:  # scale, don't clip
-        array = np.asarray(image.convert("I"), dtype=np.float64)
-        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
-
-
-def _to_rgb(image: Image.Image, factor: int = 1) -> Image.Image:
-    """The image as RGB, box-reduced ``factor`` times. Converted a strip of rows at a time:
-    compositing and 16-bit scaling make several copies, each only a strip's size."""
-    if image.mode == "RGB" and factor == 1:
-        return image
-    top = 255.0
-    if image.mode in _SIXTEEN_BIT:  # one scale for the whole image, as if converted at once
-        low_high = cast(tuple[int, int], image.getextrema())  # one band: (lowest, highest)
-        top = 65535.0 if low_high[1] > 255 else 255.0
-    w, h = image.size
-    rows = max(1, _STRIP_BYTES // (4 * w) // factor) * factor
-    if rows >= h:
-        strip = _rgb_strip(image, top)
-        return strip.reduce(factor) if factor > 1 else strip
-    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
-    for y in range(0, h, rows):  # strips of whole reduction boxes: the same as reducing at once
-        strip = _rgb_strip(image.crop((0, y, w, min(h, y + rows))), top)
-        out.paste(strip.reduce(factor) if factor > 1 else strip, (0, y // factor))
-    return out
-
-
-# Orientation tag -> the transposition that shows the picture upright (as ImageOps.exif_transpose).
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 def _why(e: BaseException) -> str:
@@ -327,16 +217,16 @@ def _decode(
                     factor = reduce_factor(image, pp.size)
                 # before anything loads the pixels (a PNG's EXIF may follow them)
                 check_decode_memory(image, factor, (w, h), max_bytes)
-            taken, camera, orientation = _exif_metadata(image)
+            taken, camera, orientation = exif_metadata(image)
             if not pixels and fmt == "jpeg":  # JPEG metadata sits in markers before the pixels
                 sideways = orientation in (5, 6, 7, 8)
                 texts = tuple(embedded_texts(image, camera))
                 return None, *((h, w) if sideways else (w, h)), fmt, taken, camera, texts, None
             image.load()  # first frame of animations
             texts = tuple(embedded_texts(image, camera))  # PNG text may follow the pixel data
-            image = _to_rgb(image, factor)  # reduced first, so that turning it copies little
-            if orientation in _UPRIGHT:
-                image = image.transpose(_UPRIGHT[orientation])
+            image = to_rgb(image, factor)  # reduced first, so that turning it copies little
+            if orientation in UPRIGHT:
+                image = image.transpose(UPRIGHT[orientation])
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -441,7 +331,7 @@ def _decode_raw(result: Decoded, data: bytes, pp: Preprocess, ocr: bool, model: 
     result.pixels = to_model_pixels(raw.image, pp) if model else None
     result.width, result.height = raw.width, raw.height
     result.format = os.path.splitext(result.task.path)[1][1:].lower()
-    result.taken_at, result.camera, _ = _exif_fields(raw.exif)
+    result.taken_at, result.camera, _ = exif_fields(raw.exif)
     result.decode_seconds = time.perf_counter() - start
     if ocr:
         start = time.perf_counter()
@@ -539,11 +429,11 @@ def display_image(
                 image.draft("RGB", (longest_side, longest_side))  # decode at 1/2..1/8 scale when enough
             factor = reduce_factor(image, longest_side, longest=True)
             check_decode_memory(image, factor, full_size, max_bytes)
-            orientation = _exif_metadata(image)[2]
+            orientation = exif_metadata(image)[2]
             image.load()
-            image = _to_rgb(image, factor)
-            if orientation in _UPRIGHT:
-                image = image.transpose(_UPRIGHT[orientation])
+            image = to_rgb(image, factor)
+            if orientation in UPRIGHT:
+                image = image.transpose(UPRIGHT[orientation])
             image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
             return image
     except BadImage:
