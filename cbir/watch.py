@@ -38,7 +38,7 @@ from pathlib import Path
 from cbir.errors import CbirError, LibraryLocked, UsageError
 from cbir.ingest.exclude import IGNORE_FILE, Exclusions, check_patterns, remembered
 from cbir.ingest.scan import is_image_name
-from cbir.ingest.texts import SIDECAR_SUFFIX
+from cbir.ingest.sidecars import SIDECAR_SUFFIX
 
 DEBOUNCE_SECONDS = 2.0  # quiet before a batch is ingested
 MAX_WAIT_SECONDS = 10.0  # the longest a batch waits under a steady stream of changes

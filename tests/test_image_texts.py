@@ -8,15 +8,8 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from cbir.ingest.texts import (
-    MAX_TEXT_CHARS,
-    SIDECAR_SUFFIX,
-    SidecarError,
-    embedded_texts,
-    find_sidecar,
-    read_sidecar,
-    sidecar_candidates,
-)
+from cbir.ingest.sidecars import SIDECAR_SUFFIX, SidecarError, find_sidecar, read_sidecar, sidecar_candidates
+from cbir.ingest.texts import MAX_TEXT_CHARS, embedded_texts
 
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 XP_TITLE, XP_COMMENT, XP_SUBJECT = 0x9C9B, 0x9C9C, 0x9C9F

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cbir.ingest.report import IngestReport
 from cbir.ingest.scan import ScannedFile, ScanResult
-from cbir.ingest.texts import SidecarError, read_sidecar
+from cbir.ingest.sidecars import SidecarError, read_sidecar
 from cbir.store.catalog import CAPTION, SIDECAR, Catalog, Changes, StoredFile
 
 

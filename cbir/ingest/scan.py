@@ -13,7 +13,7 @@ from cbir.fsutil import special_file
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
 from cbir.ingest.exclude import IGNORE_FILE, Exclusions
 from cbir.ingest.raw import is_raw_name
-from cbir.ingest.texts import SIDECAR_SUFFIX, sidecar_candidates
+from cbir.ingest.sidecars import SIDECAR_SUFFIX, sidecar_candidates
 
 
 @dataclass(frozen=True)
