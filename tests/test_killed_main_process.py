@@ -15,7 +15,7 @@ import pytest
 
 from cbir.errors import LibraryLocked
 from cbir.fsutil import writer_lock
-from tests.conftest import cbir_env
+from tests.conftest import cbir_env, count_images
 
 
 def _group_alive(pgid: int) -> bool:
@@ -53,6 +53,17 @@ def _wait_children(proc: subprocess.Popen, n: int, seconds: float = 60.0) -> Non
         assert proc.poll() is None, "the run ended before its workers started"
         assert time.monotonic() < deadline, "no decode workers started"
         time.sleep(0.02)
+
+
+def _wait_first_batch(proc: subprocess.Popen, db: Path, seconds: float = 60.0) -> None:
+    """Until the run has committed a batch: it is then mid-run (240 images in batches of 8). A
+    fixed sleep was not: on ONNX Runtime the whole run can end within half a second."""
+    deadline = time.monotonic() + seconds
+    while count_images(db) == 0:
+        assert proc.poll() is None, "the run ended before it committed anything"
+        assert time.monotonic() < deadline, "no batch was committed"
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped"
 
 
 # A process that takes the write lock and starts decode workers exactly as ingest does, then
@@ -139,7 +150,7 @@ def test_an_ingest_ended_by_a_signal_leaves_nothing_locked_or_running(big_folder
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     _wait_children(proc, 2)
-    time.sleep(0.5)  # decoding and encoding under way
+    _wait_first_batch(proc, library / "library.db")  # mid-run: decoding and encoding under way
     if group:
         os.killpg(proc.pid, sig)
     else:
