@@ -153,6 +153,15 @@ def tiny_ingest_command(photos: Path, library: Path, *options: str) -> list[str]
     ]
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """A child's ``preexec_fn``: SIGINT at its default, as for a command typed in a terminal. A
+    test run started in the background by a non-interactive shell inherits SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: a "Ctrl-C" test would see nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=None, timeout=300):
     """The real console entry point in a subprocess, as a user runs it."""
     full_env = cbir_env()

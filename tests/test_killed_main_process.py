@@ -15,7 +15,7 @@ import pytest
 
 from cbir.errors import LibraryLocked
 from cbir.fsutil import writer_lock
-from tests.conftest import cbir_env, count_images
+from tests.conftest import cbir_env, count_images, ctrl_c_as_in_a_terminal
 
 
 def _group_alive(pgid: int) -> bool:
@@ -147,7 +147,13 @@ def test_an_ingest_ended_by_a_signal_leaves_nothing_locked_or_running(big_folder
     ]
     env = cbir_env()
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     _wait_children(proc, 2)
     _wait_first_batch(proc, library / "library.db")  # mid-run: decoding and encoding under way

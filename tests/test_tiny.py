@@ -19,7 +19,7 @@ from cbir.errors import ModelMismatch
 from cbir.library import Library
 from cbir.query import Query
 from cbir.synthetic import all_scenes, make_gallery
-from tests.conftest import cbir_env, count_images, tiny_ingest_command
+from tests.conftest import cbir_env, count_images, ctrl_c_as_in_a_terminal, tiny_ingest_command
 
 EVAL_SEED = 31337  # a gallery the model never saw in training
 
@@ -177,14 +177,15 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_continues(tmp_path):
     library = tmp_path / "lib"
     cmd = tiny_ingest_command(photos, library)
     env = cbir_env()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal
+    )
     deadline = time.time() + 120
     while proc.poll() is None and count_images(library / "library.db") < 8 and time.time() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"  # 8 of 160 committed
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the interrupt arrived")
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
     done = count_images(library / "library.db")
