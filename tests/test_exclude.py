@@ -226,3 +226,37 @@ def test_cli_remembers_replaces_and_clears_exclusions(photos, tmp_path):
         refused = cbir("ingest", str(photos), "-q", *bad)
         assert refused.exit_code == 2 and refused.output.strip().splitlines() == [f"Error: {message}"]
     assert status()["images"] == 19
+
+
+def test_the_one_regex_prefilter_decides_as_pathspec_does():
+    """_Rules asks pathspec only about paths its combined regex matches: the decisions must be
+    exactly pathspec's own, for every kind of pattern."""
+    import itertools
+
+    from pathspec import GitIgnoreSpec
+
+    from cbir.ingest.exclude import DEFAULT_EXCLUDES, _Rules
+
+    lines = [
+        *DEFAULT_EXCLUDES,
+        "raw/",
+        "/top.jpg",
+        "a/**/b.png",
+        "*.psd",
+        "!keep.psd",
+        "img[0-9].jpg",
+        "deep/*/x?.gif",
+        "\\#hash.jpg",
+        "# a comment",
+        "",
+    ]
+    spec = GitIgnoreSpec.from_lines(lines)
+    rules = _Rules("", spec, "test")
+    assert rules.any_match is not None
+    names = ["top.jpg", "keep.psd", "art.psd", "img3.jpg", "imgx.jpg", "b.png", "x1.gif", "#hash.jpg", "a~", ".h"]
+    folders = ["", "raw/", "a/", "a/z/", "deep/q/", "sub/", "@eaDir/", "#recycle/"]
+    paths = [f + n for f, n in itertools.product(folders, names)] + [f for f in folders if f]
+    for path in paths:
+        result = spec.check_file(path)
+        expected = None if result.include is None else (result.include, str(spec.patterns[result.index].pattern))
+        assert rules.check(path) == expected, path
