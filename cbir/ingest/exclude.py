@@ -142,6 +142,8 @@ class Exclusions:
         self.root = root
         self._layers = layers  # the defaults, then the .cbirignore files, shallowest first
         self._given = given  # --exclude: above every file
+        # who decides first: --exclude, then the deepest .cbirignore ... the defaults (once, not per file)
+        self._order = ((given,) if given else ()) + tuple(reversed(layers))
 
     @classmethod
     def for_root(cls, root: Path, patterns: Sequence[str] = ()) -> Exclusions:
@@ -162,7 +164,7 @@ class Exclusions:
 
     def _decision(self, rel: str, is_dir: bool) -> tuple[bool, str, str] | None:
         path = rel + "/" if is_dir else rel
-        for rules in (*([self._given] if self._given else []), *reversed(self._layers)):
+        for rules in self._order:
             found = rules.check(path)
             if found is not None:
                 return found[0], found[1], rules.source

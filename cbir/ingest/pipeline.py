@@ -115,12 +115,12 @@ class LocalStage:
         try:
             pending: Future | None = None
             for batch in self._batches(tasks, known):
-                ahead = encoding.submit(self._encode, batch, timer)
+                ahead = encoding.submit(self._encode, batch)
                 if pending is not None:
-                    yield pending.result()
+                    yield _timed(pending, timer)
                 pending = ahead
             if pending is not None:
-                yield pending.result()
+                yield _timed(pending, timer)
         finally:
             encoding.shutdown(wait=True, cancel_futures=True)  # a batch being encoded finishes first
 
@@ -138,12 +138,24 @@ class LocalStage:
         if batch:
             yield batch
 
-    def _encode(self, batch: list[Decoded], timer: Timer) -> list[Item]:
+    def _encode(self, batch: list[Decoded]) -> tuple[list[Item], dict[str, float]]:
+        """The batch encoded, and the time its steps took (added to the run's timings by the
+        thread that takes the result: the caller adds to the same keys meanwhile)."""
+        spent: dict[str, float] = {}
+        timer = Timer(spent)
         if self.decode_device is not None and any(d.jpeg is not None for d in batch):
             with timer("decode"):
                 _decode_jpegs(batch, self.encoder.preprocess, self.decode_device)
         with timer("encode"):
-            return encode_decoded(self.encoder, batch, lambda pixels: _stack(pixels, self.decode_device))
+            items = encode_decoded(self.encoder, batch, lambda pixels: _stack(pixels, self.decode_device))
+        return items, spent
+
+
+def _timed(encoded: Future, timer: Timer) -> list[Item]:
+    items, spent = encoded.result()
+    for stage, seconds in spent.items():
+        timer.timings[stage] = timer.timings.get(stage, 0.0) + seconds
+    return items
 
 
 def _read_text_alone(d: Decoded) -> bool:
