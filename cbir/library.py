@@ -250,6 +250,8 @@ class Library:
         ray_workers: int | None = None,
         exclude: list[str] | tuple[str, ...] | None = None,
         ocr: bool | None = None,
+        frame_every: float | None = None,
+        max_frames: int | None = None,
     ):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
@@ -272,7 +274,12 @@ class Library:
         ones, ``[]`` clears them, None keeps them. A dataset takes none.
 
         ``ocr``: read the text inside images (cbir.ingest.ocr_setting), remembered for later
-        ingests; None follows the library's setting."""
+        ingests; None follows the library's setting.
+
+        PDFs and videos in a folder are read too (the media extra): each page, and each video
+        frame sampled at scene changes and at least every ``frame_every`` seconds (at most
+        ``max_frames`` a video), is an image (cbir.ingest.media). Both are remembered for later
+        ingests; None follows the library's setting (default 10 s, 100 frames)."""
         from cbir.library_folders import ingest
 
         _user_path(path, "ingest")
@@ -291,6 +298,8 @@ class Library:
             ray_workers=ray_workers,
             exclude=exclude,
             ocr=ocr,
+            frame_every=frame_every,
+            max_frames=max_frames,
         )
 
     def forget(self, path: str | Path, *, dry_run: bool = False):
@@ -412,7 +421,8 @@ class Library:
         text='+ "in winter"'``). Options: the fields of :class:`SearchRequest`: ``target``
         ("images" or "texts"), ``mode`` ("semantic", "keyword", "hybrid"), ``filters``
         (:class:`cbir.query.filters.Filters`), ``min_score``, ``sort`` ("score" or "date"),
-        ``offset``, ``dedup``, ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter"),
+        ``offset``, ``dedup``, ``frames`` (every matching frame of a video, not only its best),
+        ``strategy`` ("auto", "ann", "exact-subset", "ann-post-filter"),
         ``index_params`` (per-query index search parameters: {"nprobe": 32}, {"efSearch": 128}).
         The result is a list of hits with the executed plan as ``.plan``."""
         query = Query(

@@ -41,8 +41,10 @@ def ingest(
     ray_workers: int | None,
     exclude,
     ocr: bool | None,
+    frame_every: float | None = None,
+    max_frames: int | None = None,
 ):
-    from cbir.ingest import ocr_setting, prepare
+    from cbir.ingest import frame_setting, ocr_setting, prepare
     from cbir.ingest.pipeline import default_workers, run_ingest
 
     if engine not in ENGINES:
@@ -63,6 +65,8 @@ def ingest(
             library.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
             library.catalog.dim = encoder.dim
         ocr_setting.remember(library.catalog, ocr)
+        sampling = frame_setting.sampling(library.catalog, frame_every, max_frames)
+        frame_setting.remember(library.catalog, sampling)
         root_id, root, scope, scanned = prepare.place(library.catalog, target, dataset)
         indexes = [library.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
         batch = prepare.batch_size(library.settings.batch_size, encoder.device.startswith("cuda"))
@@ -94,6 +98,7 @@ def ingest(
                 stage=stage,
                 exclude=exclude,
                 ocr=read_text,
+                sampling=sampling,
             )
             failed = False
         except OperationalError as e:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from cbir.errors import CbirError, LibraryLocked, UsageError
 from cbir.ingest.exclude import IGNORE_FILE, Exclusions, check_patterns, remembered
-from cbir.ingest.scan import is_image_name
+from cbir.ingest.scan import is_read_name
 from cbir.ingest.sidecars import SIDECAR_SUFFIX
 
 DEBOUNCE_SECONDS = 2.0  # quiet before a batch is ingested
@@ -214,7 +214,7 @@ def _wanted_kind(path: Path) -> bool:
         return True
     if not exists or is_dir:
         return True
-    return is_image_name(path.name) or path.name.endswith(SIDECAR_SUFFIX)
+    return is_read_name(path.name) or path.name.endswith(SIDECAR_SUFFIX)
 
 
 class ChangeFilter:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,19 @@ REQUIRE_RAY = os.environ.get("CBIR_REQUIRE_RAY") == "1"
 def onnx_cache(tmp_path_factory) -> Path:
     """One cache of exported ONNX graphs for the session, never the user's own."""
     return tmp_path_factory.mktemp("cbir-cache")
+
+
+# Read at import: isolated_env removes every CBIR_* variable before a test (and its
+# function-scoped fixtures) runs. Set in .ci/run, where a missing extra fails its tests.
+REQUIRE_MEDIA = os.environ.get("CBIR_REQUIRE_MEDIA") == "1"
+
+
+def media_module(name: str):
+    """A module of the media extra (rawpy, pypdfium2, av): the test skips without it, and fails
+    under CBIR_REQUIRE_MEDIA=1."""
+    if REQUIRE_MEDIA:
+        return importlib.import_module(name)  # an ImportError here fails the test
+    return pytest.importorskip(name, reason=f"the media extra ({name}) is not installed: pip install 'cbir[media]'")
 
 
 @pytest.fixture(autouse=True)

@@ -487,7 +487,7 @@ def test_syntax_error_points_at_the_column():
         ("width is null", "width does not take 'is null' at column 7"),
         (
             "colour = red",
-            "unknown field 'colour' at column 1 (fields: taken, added, width, height, size, "
+            "unknown field 'colour' at column 1 (fields: taken, added, width, height, size, duration, "
             "format, camera, folder, path, tag, text, extra.COLUMN)",
         ),
         ('folder = ""', "bad value '' for folder"),

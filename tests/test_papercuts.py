@@ -218,9 +218,10 @@ def _distribution_closure(name: str) -> set[str]:
 def test_cbir_imports_only_what_a_plain_install_has():
     """`cbir bench --quick` failed after 9 minutes on `import httpx`, a test-only dependency.
     Every module cbir imports is the standard library's, a dependency's (of a plain install),
-    or an optional extra's that cbir checks for with a one-line error (ray, psycopg, rapidocr, rawpy)."""
+    or an optional extra's that cbir checks for with a one-line error (ray, psycopg, rapidocr, rawpy, pypdfium2,
+    av)."""
     # [ray], [postgres], [ocr], [media]; faiss-gpu-cu12 provides faiss too
-    optional = {"ray", "psycopg", "faiss", "rapidocr", "rawpy"}
+    optional = {"ray", "psycopg", "faiss", "rapidocr", "rawpy", "pypdfium2", "av"}
     plain = _distribution_closure("cbir")
     owners = importlib.metadata.packages_distributions()
     missing = {}

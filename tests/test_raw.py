@@ -6,7 +6,6 @@ RAW with JPEG and the skip without the extra run everywhere."""
 from __future__ import annotations
 
 import io
-import os
 import struct
 import sys
 
@@ -19,7 +18,7 @@ from cbir.ingest.decode import FileTask, decode_file, display_image, read_failed
 from cbir.ingest.limits import BadImage
 from cbir.ingest.raw import NEEDS_MEDIA, raw_image
 from cbir.ingest.scan import scan
-from tests.conftest import write_image
+from tests.conftest import media_module, write_image
 
 BYTE, ASCII, SHORT, LONG, RATIONAL, SRATIONAL = 1, 2, 3, 4, 5, 10
 _PACK = {BYTE: "B", SHORT: "H", LONG: "I", RATIONAL: "II", SRATIONAL: "ii"}
@@ -27,9 +26,7 @@ _PACK = {BYTE: "B", SHORT: "H", LONG: "I", RATIONAL: "II", SRATIONAL: "ii"}
 
 @pytest.fixture
 def rawpy():
-    if os.environ.get("CBIR_REQUIRE_MEDIA") == "1":
-        import rawpy  # noqa: F401  (an ImportError here fails the test)
-    return pytest.importorskip("rawpy", reason="the media extra (rawpy) is not installed: pip install 'cbir[media]'")
+    return media_module("rawpy")
 
 
 def _ifd(entries: list, at: int) -> bytes:
@@ -226,14 +223,14 @@ def test_without_rawpy_a_raw_is_a_skip_naming_the_extra(fake_library, tmp_path, 
     folder.mkdir()
     (folder / "IMG_2.CR2").write_bytes(b"II*\0not really a raw")
     monkeypatch.setitem(sys.modules, "rawpy", None)  # import rawpy raises ImportError
-    monkeypatch.setattr("cbir.ingest.decode.media_installed", lambda: False)
+    monkeypatch.setattr("cbir.ingest.raw.media_installed", lambda: False)
     lib = fake_library()
     report = lib.ingest(folder)
     assert (report.added, report.skipped) == (0, 1)
     [(path, why)] = lib.status(with_skipped=True).skipped_files
     assert why == NEEDS_MEDIA == "RAW photo: reading it needs the media extra: pip install 'cbir[media]'"
     assert not read_failed(why)  # not retried while the extra is missing ...
-    monkeypatch.setattr("cbir.ingest.decode.media_installed", lambda: True)
+    monkeypatch.setattr("cbir.ingest.raw.media_installed", lambda: True)
     assert read_failed(why)  # ... and retried once it is installed
 
 

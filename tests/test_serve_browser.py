@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -582,3 +583,114 @@ def test_error_and_empty_states(server, browser):
         assert not page.problems, page.problems
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------- PDF pages and video frames
+
+
+@pytest.fixture(scope="module")
+def media_server(tmp_path_factory):
+    """A server of a library holding a three-page PDF and a 7 s VP8 video of three scenes (WebM:
+    Playwright's Chromium plays no H.264). Needs the media extra (pypdfium2, PyAV)."""
+    from tests.conftest import media_module
+
+    media_module("pypdfium2")
+    av = media_module("av")
+    from cbir.config import resolve_settings
+    from cbir.library import Library
+    from tests.test_serve_media import write_pdf
+    from tests.test_video import scene_frames, write_video
+
+    base = tmp_path_factory.mktemp("serve-browser-media")
+    media = base / "media"
+    media.mkdir()
+    write_pdf(media / "report.pdf")
+    write_video(av, media / "clip.webm", scene_frames([2, 2, 3]), codec="libvpx")
+    library = Library.open(resolve_settings(library=base / "lib", model="cbir-tiny", device="cpu", env={}), create=True)
+    try:
+        library.ingest(media)
+    finally:
+        library.close()
+    with running_server(base / "lib", env={"CBIR_DEVICE": "cpu"}) as (url, _):
+        yield Server(url, media)
+
+
+PDF_VIEWER = "chrome-extension://mhjfbmdgcfjbbpaeojofohoefgiehjai/"  # Chromium's built-in PDF viewer
+
+
+def card_of(page, image_id: int):
+    return page.locator(f"#grid .card[data-id='{image_id}']")
+
+
+def test_a_video_frame_card_names_its_moment_and_plays_from_it(media_server, page):
+    frames = media_server.api("/api/search", q=RED_CIRCLE, k=PAGE, frames="true")["hits"]
+    frame = next(h for h in frames if h.get("time") == 4.0)  # the third scene
+    page.goto(media_server.url + "?" + urllib.parse.urlencode({"q": RED_CIRCLE}))
+    wait_ids(page, media_server.ids("/api/search", q=RED_CIRCLE))  # one frame of the video
+    shown = [h for h in media_server.api("/api/search", q=RED_CIRCLE, k=PAGE)["hits"] if "time" in h]
+    assert len(shown) == 1
+
+    page.locator("#f-frames").check()  # every frame
+    wait_ids(page, [h["id"] for h in frames])
+    assert "frames=true" in page.url
+    card = card_of(page, frame["id"])
+    assert card.locator(".kind-tag").inner_text() == "▶ 0:04"
+    assert card.locator("img").get_attribute("alt") == "clip.webm · 0:04"
+    wait_images_loaded(page)
+
+    card.hover()
+    card.locator(".info").click()
+    page.wait_for_selector("#detail", state="visible")
+    assert page.locator("#detail-title").inner_text() == "clip.webm · 0:04"
+    assert page.locator("#detail-img").is_hidden()
+    video = page.locator("#detail-video")
+    assert video.is_visible() and video.get_attribute("controls") is not None
+    assert video.get_attribute("src") == f"/api/images/{frame['id']}/original#t=4"
+    page.wait_for_function("() => document.querySelector('#detail-video').readyState >= 1")
+    at = page.evaluate("() => document.querySelector('#detail-video').currentTime")
+    assert abs(at - 4.0) <= 0.5, at
+    duration = page.evaluate("() => document.querySelector('#detail-video').duration")
+    assert abs(duration - 7.0) <= 0.5, duration
+    meta = page.locator("#detail-meta").inner_text()
+    assert "0:04 of 0:07" in meta and str(media_server.photos) in meta
+    assert page.locator("#detail-original").inner_text() == "Open the video at 0:04"
+
+    page.keyboard.press("Escape")  # closing stops the video and lets go of the file
+    page.wait_for_selector("#detail", state="hidden")
+    assert page.evaluate("() => document.querySelector('#detail-video').hasAttribute('src')") is False
+
+
+def test_a_pdf_page_card_names_its_page_and_opens_the_pdf_there(media_server, page):
+    hits = media_server.api("/api/search", q=BLUE_SQUARE, k=PAGE)["hits"]
+    pdf_page = next(h for h in hits if h.get("page") == 2)
+    page.goto(media_server.url + "?" + urllib.parse.urlencode({"q": BLUE_SQUARE}))
+    wait_ids(page, [h["id"] for h in hits])
+    card = card_of(page, pdf_page["id"])
+    assert card.locator(".kind-tag").inner_text() == "PDF · p. 2"
+    assert card.locator("img").get_attribute("alt") == "report.pdf · p. 2"
+    wait_images_loaded(page)
+
+    card.hover()
+    card.locator(".info").click()
+    page.wait_for_selector("#detail", state="visible")
+    assert page.locator("#detail-title").inner_text() == "report.pdf · p. 2"
+    link = page.locator("#detail-original")
+    assert link.get_attribute("href") == f"/api/images/{pdf_page['id']}/original#page=2"
+    assert link.inner_text() == "Open the PDF at page 2"
+    assert page.locator("#detail-video").is_hidden()
+    assert "size=1280" in page.locator("#detail-img").get_attribute("src")
+    wait_images_loaded(page, "#detail-img")
+    assert "300 × 400 pt" in page.locator("#detail-meta").inner_text()
+
+    # the link opens the PDF in Chromium's own viewer under the server's Content-Security-Policy
+    # (a violation would fail the test through page.problems)
+    with page.context.expect_page() as opened:
+        link.click()
+    viewer = opened.value
+    viewer.on("console", lambda m: page.problems.append(f"console: {m.text}") if "Content Security" in m.text else None)
+    viewer.wait_for_load_state()
+    assert viewer.url.endswith(f"/api/images/{pdf_page['id']}/original#page=2")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not any(f.url.startswith(PDF_VIEWER) for f in viewer.frames) and time.monotonic() < deadline:
+        viewer.wait_for_timeout(100)
+    assert any(f.url.startswith(PDF_VIEWER) for f in viewer.frames), [f.url for f in viewer.frames]

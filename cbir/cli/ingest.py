@@ -98,11 +98,40 @@ source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
     "read once. --no-ocr stops the reading for later ingests; the OCR texts already stored stay until "
     "their files change. Default: as the library was last told (off for a new one).",
 )
+@click.option(
+    "--frame-every",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Videos: besides a frame at each scene change, at least one frame every SECONDS (default 10). "
+    "Remembered for the library; applies to the videos read from then on.",
+)
+@click.option(
+    "--max-frames",
+    type=click.IntRange(min=1, max=10_000),
+    metavar="N",
+    help="Videos: at most N frames a video (default 100). Remembered like --frame-every.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(path, library, model, device, excludes, no_exclude, batch_size, workers, retry_failed, ocr, as_json, quiet):
+def ingest(
+    path,
+    library,
+    model,
+    device,
+    excludes,
+    no_exclude,
+    batch_size,
+    workers,
+    retry_failed,
+    ocr,
+    frame_every,
+    max_frames,
+    as_json,
+    quiet,
+):
     """Add the images under PATH to the library (or update it: only new and changed files are
-    encoded; moved files keep their vectors; deleted files leave the index). PATH may also be a
+    encoded; moved files keep their vectors; deleted files leave the index). The pages of PDFs
+    and frames of videos are images too (pip install 'cbir[media]'). PATH may also be a
     dataset: a manifest (CSV, TSV, JSON Lines, Parquet) naming image files with captions and
     other columns, or WebDataset tar shards (one .tar, a glob or a brace list, quoted).
 
@@ -139,6 +168,8 @@ def ingest(path, library, model, device, excludes, no_exclude, batch_size, worke
                         retry_failed=retry_failed,
                         exclude=exclude,
                         ocr=ocr,
+                        frame_every=frame_every,
+                        max_frames=max_frames,
                         **group_values(SOURCE),
                         **engine,
                     )

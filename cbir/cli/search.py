@@ -81,7 +81,7 @@ def filter_options(f):
         click.option(
             "--where",
             metavar="EXPR",
-            help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).',
+            help='A filter expression: taken >= 2019-06-01 and camera ~ "Pixel" (fields: taken, added, width, height, size, duration, format, camera, folder, path, tag, text, and extra.COLUMN for a dataset column).',
         ),
     ]
     for option in reversed(options):
@@ -103,6 +103,9 @@ def result_options(f):
             help="Order of the results shown: by score, or by date taken (oldest first).",
         ),
         click.option("--dedup", is_flag=True, help="Collapse near-identical results into the best of them."),
+        click.option(
+            "--frames", is_flag=True, help="List every matching frame of a video (by default only its best one)."
+        ),
     ]
     for option in reversed(options):
         f = option(f)

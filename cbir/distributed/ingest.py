@@ -29,7 +29,7 @@ from cbir import errors
 from cbir.distributed.cluster import connected
 from cbir.encode.spec import Encoder, Preprocess, same_model
 from cbir.errors import CbirError, ModelMismatch
-from cbir.ingest.decode import MAX_PIXELS, FileTask, decode_file
+from cbir.ingest.decode import MAX_PIXELS, FileTask, decode_task
 from cbir.ingest.pipeline import CHUNK, Item, encode_decoded
 from cbir.timing import Timer
 
@@ -134,8 +134,8 @@ def _default_workers(resources: dict, gpus_per_worker: float) -> int:
 
 def decode_batch(batch: dict, pp: Preprocess, known: frozenset) -> dict:
     """A Ray Data batch of pickled FileTasks -> their pickled Decoded (a bad file carries its
-    reason, as in the local engine)."""
-    decoded = [decode_file(pickle.loads(t), pp, known, MAX_PIXELS) for t in batch["task"]]
+    reason, as in the local engine; a PDF or video, its pages or frames and then itself)."""
+    decoded = [d for t in batch["task"] for d in decode_task(pickle.loads(t), pp, known, MAX_PIXELS)]
     return {"item": _column(decoded)}
 
 

@@ -26,9 +26,11 @@ from cbir.ingest.limits import (
     reduce_factor,
     without_oversized_png_text,
 )
+from cbir.ingest.media import decode_container, extra_installed, is_container_name
 from cbir.ingest.pixels import UPRIGHT, to_model_pixels, to_rgb
-from cbir.ingest.raw import NEEDS_MEDIA, RAW_EXTENSIONS, is_raw_name, media_installed, raw_image
+from cbir.ingest.raw import RAW_EXTENSIONS, is_raw_name, raw_image
 from cbir.ingest.texts import embedded_texts
+from cbir.ingest.video import EVERY, MAX_FRAMES
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +71,7 @@ UNREADABLE = "unreadable"
 def read_failed(reason: str) -> bool:
     """Whether a skip says nothing about the file, which is tried again: a read that failed, or
     a RAW photo skipped for want of the media extra, once the extra is installed."""
-    return reason == VANISHED or reason.startswith(UNREADABLE + ":") or (reason == NEEDS_MEDIA and media_installed())
+    return reason == VANISHED or reason.startswith(UNREADABLE + ":") or extra_installed(reason)
 
 
 # The OCR engine whose reading images.ocr_engine records (cbir.ocr: RapidOCR's PP-OCRv6 small
@@ -87,6 +89,9 @@ class FileTask:
     ocr: bool = False  # read the text inside the image when its content is new to the library
     # ... and even when its content is known: the library's image at this path was never read by OCR
     ocr_stored: bool = False
+    # a video's frames: at least one every this many seconds, at most this many (cbir.ingest.video)
+    frame_every: float = EVERY
+    max_frames: int = MAX_FRAMES
 
 
 @dataclass
@@ -108,9 +113,16 @@ class Decoded:
     ocr_text: str | None = None  # the text OCR read inside the image ("" for none); None: not read
     ocr_error: str | None = None  # why OCR failed on it (the image itself is still used)
     ocr_seconds: float = 0.0
+    # PDFs and videos (cbir.ingest.media): True for the file itself, delivered after its pages or
+    # frames; the file's SHA-256 on it and on each of them; a video's length; a page's text layer
+    container: bool = False
+    items: int = 0  # on the file itself: how many pages or frames it delivered
+    container_hash: str | None = None
+    duration: float | None = None
+    document_text: str = ""
 
 
-def _why(e: BaseException) -> str:
+def why(e: BaseException) -> str:
     """An exception's message as one line (Pillow's are, mostly), never empty."""
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -129,7 +141,7 @@ def _header_error(data: bytes) -> str | None:
                 warnings.simplefilter("ignore")
                 factory(io.BytesIO(data), "").close()  # as Image.open calls it
         except Exception as e:
-            return f"corrupt or unsupported {fmt} image: {_why(e)}"
+            return f"corrupt or unsupported {fmt} image: {why(e)}"
         return f"corrupt or unsupported {fmt} image"
     return None
 
@@ -236,14 +248,14 @@ def _decode(
             ) from None
         raise BadImage(_header_error(data) or "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
-        raise BadImage(f"refused: {_why(e)}") from None
+        raise BadImage(f"refused: {why(e)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if compression not in (None, "raw") and str(e).startswith("decoder error"):  # libtiff's
             raise BadImage(
                 f"corrupt or unsupported TIFF image: libtiff {e} on its {compression} compression "
                 "(corrupt data, or a codec this Pillow build lacks)"
             ) from None
-        raise BadImage(f"corrupt or truncated image: {_why(e)}") from None
+        raise BadImage(f"corrupt or truncated image: {why(e)}") from None
     except MemoryError:
         raise BadImage("image too large to decode in memory") from None
     if image.size[0] < 1 or image.size[1] < 1:
@@ -336,9 +348,9 @@ def _decode_raw(result: Decoded, data: bytes, pp: Preprocess, ocr: bool, model: 
     if ocr:
         start = time.perf_counter()
         try:
-            result.ocr_text = _read_text(raw.image)
+            result.ocr_text = read_text(raw.image)
         except Exception as e:  # noqa: BLE001  (as in _decode_with_ocr: it costs only the text)
-            result.ocr_error = _why(e)
+            result.ocr_error = why(e)
         result.ocr_seconds = time.perf_counter() - start
     return result
 
@@ -363,9 +375,9 @@ def _decode_with_ocr(result: Decoded, data: bytes, pp: Preprocess, max_pixels: i
     result.decode_seconds = time.perf_counter() - start
     start = time.perf_counter()
     try:
-        result.ocr_text = _read_text(decoded[7])
+        result.ocr_text = read_text(decoded[7])
     except Exception as e:  # noqa: BLE001  (whatever the OCR pipeline raises costs only the text)
-        result.ocr_error = _why(e)
+        result.ocr_error = why(e)
     result.ocr_seconds = time.perf_counter() - start
     return result
 
@@ -373,7 +385,7 @@ def _decode_with_ocr(result: Decoded, data: bytes, pp: Preprocess, max_pixels: i
 _ocr: dict = {}  # pid -> the OcrEngine of that process (a forked worker makes its own)
 
 
-def _read_text(image: Image.Image) -> str:
+def read_text(image: Image.Image) -> str:
     """The text inside ``image`` ("" for none), by this process's engine: one thread, since
     every decode worker runs one."""
     from cbir.ocr import OcrEngine, text_of
@@ -402,9 +414,19 @@ def init_worker(pp: Preprocess, known_hashes: frozenset, max_pixels: int, jpeg_e
     _worker.update(pp=pp, known=known_hashes, max_pixels=max_pixels, jpeg_elsewhere=jpeg_elsewhere)
 
 
+def decode_task(
+    task: FileTask, pp: Preprocess, known=frozenset(), max_pixels=MAX_PIXELS, jpeg_elsewhere: bool = False
+) -> list[Decoded]:
+    """What reading one file delivers: the file decoded (decode_file), or a PDF's pages or a
+    video's frames followed by the file itself (cbir.ingest.media)."""
+    if is_container_name(task.path):
+        return decode_container(task, pp, known)
+    return [decode_file(task, pp, known, max_pixels, jpeg_elsewhere)]
+
+
 def decode_chunk(tasks: list[FileTask]) -> list[Decoded]:
     w = _worker
-    return [decode_file(t, w["pp"], w["known"], w["max_pixels"], w["jpeg_elsewhere"]) for t in tasks]
+    return [d for t in tasks for d in decode_task(t, w["pp"], w["known"], w["max_pixels"], w["jpeg_elsewhere"])]
 
 
 def display_image(

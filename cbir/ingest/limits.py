@@ -6,9 +6,11 @@ leaves only: runs in decode workers."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
@@ -144,6 +146,30 @@ def _open_nonblocking(path, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
+def open_regular(path: str | os.PathLike, check: Callable[[os.stat_result], None] | None = None) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file (and passes ``check``), else BadImage
+    (a folder: IsADirectoryError), without ever blocking on a FIFO."""
+
+    def regular(st: os.stat_result) -> None:
+        kind = special_file(st.st_mode)
+        if kind == "a folder":
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if kind:
+            raise BadImage(f"not a regular file: {kind}")
+        if check is not None:
+            check(st)
+
+    regular(os.stat(path))  # first by name: opening a socket fails, a FIFO blocks
+    # Non-blocking, and checked again once open: the path may have been swapped in between.
+    f = open(path, "rb", opener=_open_nonblocking)
+    try:
+        regular(os.fstat(f.fileno()))
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def read_image_file(
     path: str | os.PathLike, offset: int | None = None, size: int | None = None, max_bytes: int = MAX_FILE_BYTES
 ) -> bytes:
@@ -155,21 +181,13 @@ def read_image_file(
         raise ValueError("read_image_file: give offset and size together, or neither")
 
     def check(st: os.stat_result) -> None:
-        kind = special_file(st.st_mode)
-        if kind == "a folder":
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if kind:
-            raise BadImage(f"not a regular file: {kind}")
         length = st.st_size if size is None else size
         if length > max_bytes:
             raise BadImage(
                 f"refused: the file is {length:,} bytes, over the {format_bytes(max_bytes)} limit for an image"
             )
 
-    check(os.stat(path))  # first by name: opening a socket fails, a FIFO blocks
-    # Non-blocking, and checked again once open: the path may have been swapped in between.
-    with open(path, "rb", opener=_open_nonblocking) as f:
-        check(os.fstat(f.fileno()))
+    with open_regular(path, check) as f:
         if offset is None:
             data = f.read(max_bytes + 1)
             if len(data) > max_bytes:  # it grew since

@@ -1,7 +1,8 @@
 """What a decoded file means for the library, decided once it is read: added, updated (encoded
 again), touched (same content, new size or mtime), moved (the vector of a gone file, or of a
 vanished root's file, follows it), copied (content the library holds elsewhere) or skipped; and
-the text OCR read in it (cbir ingest --ocr), which follows the file as its embedded texts do."""
+the text OCR read in it (cbir ingest --ocr), which follows the file as its embedded texts do.
+A PDF's pages and a video's frames are sorted one by one, then their file (cbir.ingest.media)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import numpy as np
 from cbir.ingest.captions import Captions, DatasetRows
 from cbir.ingest.commit import Committer
 from cbir.ingest.decode import OCR_ENGINE, Decoded
+from cbir.ingest.media import container_of, item_path
 from cbir.ingest.report import IngestReport
 from cbir.ingest.roots import VanishedRows
 from cbir.ingest.scan import ScannedFile
-from cbir.store.catalog import EMBEDDED, OCR, Catalog, ImageRecord, StoredFile
+from cbir.store.catalog import EMBEDDED, OCR, PDF, Catalog, ImageRecord, StoredFile
 
 
 class Outcomes:
@@ -44,7 +46,12 @@ class Outcomes:
             self.gone_by_hash.setdefault(s.content_hash, []).append(p)
 
     def sort(self, d: Decoded, vector: np.ndarray | None) -> None:
+        if d.container:
+            self._container(d)
+            return
         changes, path = self.batch.changes, d.task.path
+        if d.container_hash is not None:
+            self._delivered(path)
         mine = self.stored.get(path)
         unchanged = mine is not None and (mine.size, mine.mtime_ns) == (d.task.size, d.task.mtime_ns)
         self._count_ocr(d)
@@ -70,7 +77,60 @@ class Outcomes:
                 self.batch.ocr_read += 1
         else:
             self._known_content(d, mine)
-        self.captions.queue(path, self.batch.texts, changes, self.report)
+        if d.container_hash is None:  # a page or frame has no caption file of its own
+            self.captions.queue(path, self.batch.texts, changes, self.report)
+
+    # -- PDFs and videos (cbir.ingest.media) ---------------------------------------------------
+    def _delivered(self, path: str) -> None:
+        """A page or frame read again from its changed file: it is not gone."""
+        old = self.gone.pop(path, None)
+        if old is not None:
+            self.gone_by_hash[old.content_hash].remove(path)
+
+    def _container(self, d: Decoded) -> None:
+        """A PDF or video, after its pages or frames: a skip when it could not be used or was
+        read in part (its reason), else the items of content the library holds follow it."""
+        path = d.task.path
+        if d.error:
+            self.batch.changes.skipped.append((path, d.task.size, d.task.mtime_ns, d.error))
+            self.report.skipped += 1
+            return
+        if path in self.skips:
+            self.batch.changes.unskipped.append(path)
+        if d.content_hash in self.known:  # not opened: its content is in the library
+            self._known_container(d)
+
+    def _known_container(self, d: Decoded) -> None:
+        """The items of a file whose content the library holds: its own, touched; a gone file's
+        (or a vanished root's), moved; else another file's, copied."""
+        path, changes, report, entry = d.task.path, self.batch.changes, self.report, self.entries[d.task.path]
+        groups: dict[str, list[str]] = {}  # gone file -> its items of this content
+        for p, s in self.gone.items():
+            if s.container_hash == d.content_hash:
+                groups.setdefault(container_of(p), []).append(p)
+        if path in groups:
+            for p in groups[path]:
+                self._delivered(p)
+                changes.touched.append((self.stored[p].id, d.task.size, d.task.mtime_ns))
+            report.touched += len(groups[path])
+            return
+        if groups:
+            old_items = [(p, self.gone[p]) for p in next(iter(groups.values()))]
+        elif self.vanished is not None:
+            old_items = self.vanished.claim_container(d.content_hash)
+        else:
+            old_items = []
+        for p, old in old_items:
+            self._delivered(p)
+            new = item_path(path, p.rsplit("#", 1)[1])
+            changes.moved.append((old.id, _reuse(self.catalog, old.id, d, entry, new)))
+        report.moved += len(old_items)
+        if old_items:
+            return
+        for source, p in self.catalog.container_items(self.known[d.content_hash]):
+            new = item_path(path, p.rsplit("#", 1)[1])
+            changes.copied.append((_reuse(self.catalog, source, d, entry, new), source))
+            report.copied += 1
 
     def _count_ocr(self, d: Decoded) -> None:
         if d.ocr_text is not None:
@@ -89,7 +149,7 @@ class Outcomes:
 
     def _encoded(self, d: Decoded, vector: np.ndarray, mine: StoredFile | None) -> None:
         path, changes, report = d.task.path, self.batch.changes, self.report
-        record = _record(d, self.entries[path])
+        record = _record(d, self._entry(d))
         if d.ocr_text is not None:
             record.ocr_engine = OCR_ENGINE
         if mine:
@@ -104,10 +164,17 @@ class Outcomes:
             self.batch.texts[(path, EMBEDDED)] = [(t, None, None) for t in d.texts]
         if d.ocr_text or mine:  # and its old OCR text: replaced, or gone when not read now
             self.batch.texts[(path, OCR)] = _ocr_texts(d.ocr_text or "")
+        if d.document_text or (mine and d.container_hash):  # a PDF page's text layer
+            self.batch.texts[(path, PDF)] = _ocr_texts(d.document_text)
+
+    def _entry(self, d: Decoded) -> ScannedFile:
+        """The scan's entry of a decoded file (of a page's or frame's file)."""
+        path = d.task.path
+        return self.entries[container_of(path) if d.container_hash is not None else path]
 
     def _known_content(self, d: Decoded, mine: StoredFile | None) -> None:
         """Content the library already holds: the file moved here, or is a copy."""
-        path, changes, report, entry = d.task.path, self.batch.changes, self.report, self.entries[d.task.path]
+        path, changes, report, entry = d.task.path, self.batch.changes, self.report, self._entry(d)
         if mine:  # replaced by content the library already has elsewhere
             changes.removed.append(mine.id)
             report.updated += 1
@@ -149,15 +216,17 @@ def _record(d: Decoded, entry: ScannedFile) -> ImageRecord:
         camera=d.camera,
         dataset=entry.dataset,
         extra=entry.extra,
+        container_hash=d.container_hash,
+        duration=d.duration,
     )
 
 
-def _reuse(catalog: Catalog, image_id: int, d: Decoded, entry: ScannedFile) -> ImageRecord:
-    """The stored metadata of identical content, under the new file's path, size and mtime
-    (and the dataset and columns of the row that lists it)."""
+def _reuse(catalog: Catalog, image_id: int, d: Decoded, entry: ScannedFile, path: str | None = None) -> ImageRecord:
+    """The stored metadata of identical content, under the new file's path (or ``path``: a page
+    or frame of the file), size and mtime (and the dataset and columns of the row that lists it)."""
     return replace(
         catalog.record_of(image_id),
-        path=d.task.path,
+        path=path or d.task.path,
         size=d.task.size,
         mtime_ns=d.task.mtime_ns,
         dataset=entry.dataset,

@@ -27,12 +27,14 @@ from cbir.index.vector_index import VectorIndex
 from cbir.ingest import exclude as exclusions
 from cbir.ingest.captions import Captions, DatasetRows
 from cbir.ingest.commit import MAX_CHANGES, Committer
-from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_file, init_worker
+from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_chunk, decode_task, init_worker
+from cbir.ingest.media import container_of, is_container_name
 from cbir.ingest.outcome import Outcomes
 from cbir.ingest.plan import plan_ingest
 from cbir.ingest.report import IngestReport
 from cbir.ingest.roots import VanishedRows
 from cbir.ingest.scan import ScannedFile, ScanResult, scan
+from cbir.ingest.video import EVERY, MAX_FRAMES
 from cbir.ingest.workers import worker_pool
 from cbir.store.catalog import Catalog, StoredFile
 from cbir.timing import Timer
@@ -72,9 +74,9 @@ def decode_stream(
     they only read JPEGs' metadata and leave their pixels to the model's device."""
     if workers <= 1 or len(tasks) <= 2 * CHUNK:
         for task in tasks:
-            yield decode_file(task, encoder_pp, known, MAX_PIXELS, jpeg_elsewhere)
+            yield from decode_task(task, encoder_pp, known, MAX_PIXELS, jpeg_elsewhere)
         return
-    chunks = (tasks[i : i + CHUNK] for i in range(0, len(tasks), CHUNK))
+    chunks = _chunks(tasks)
     pool = worker_pool(workers, init_worker, (encoder_pp, known, MAX_PIXELS, jpeg_elsewhere))
     try:
         inflight = deque(pool.submit(decode_chunk, c) for c in islice(chunks, 3 * workers))
@@ -95,6 +97,22 @@ def decode_stream(
         # also lets the pool's manager thread end before interpreter exit: Python 3.11's exit hook
         # otherwise races it for the pool's wake-up pipe and prints an EBADF traceback.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(tasks: list[FileTask]) -> Iterator[list[FileTask]]:
+    """Tasks in chunks of CHUNK files, a PDF or video alone in its own: it delivers up to
+    hundreds of pages or frames at once."""
+    chunk: list[FileTask] = []
+    for task in tasks:
+        if is_container_name(task.path):
+            yield [task]
+            continue
+        chunk.append(task)
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass
@@ -193,6 +211,7 @@ def run_ingest(
     stage: Stage | None = None,
     exclude: Sequence[str] | None = None,
     ocr: bool = False,
+    sampling: tuple[float, int] = (EVERY, MAX_FRAMES),
 ) -> IngestReport:
     """Ingest the folder ``root / scope``, or with ``dataset`` the images a dataset lists under
     ``root`` (cbir.ingest.sources): folder scans and datasets each follow, and remove, only the
@@ -204,6 +223,7 @@ def run_ingest(
     (cbir.ingest.exclude), remembered for the root in place of its earlier ones once the scan
     succeeds; None applies the remembered ones. Datasets ignore them. ``ocr``: read the text
     inside the images read (cbir.ocr), and inside those of the library OCR has not read yet.
+    ``sampling``: (every, max_frames) for the videos read (cbir.ingest.video).
 
     The steps: survey (scan, and what the library holds), plan (cbir.ingest.plan), decode and
     encode (the stage), sort each file's outcome (cbir.ingest.outcome), commit in batches
@@ -221,7 +241,14 @@ def run_ingest(
             found = _survey_dataset(catalog, root_id, dataset)
     report.scanned = len(found.scanned.files)
     plan = plan_ingest(
-        found.scanned, found.stored, found.skips, root, others=found.others, retry_failed=retry_failed, ocr=ocr
+        found.scanned,
+        found.stored,
+        found.skips,
+        root,
+        others=found.others,
+        retry_failed=retry_failed,
+        ocr=ocr,
+        sampling=sampling,
     )
     report.unchanged = plan.unchanged
     # a folder renamed or moved: its old root is gone and its rows follow their content here
@@ -311,6 +338,8 @@ def _commit_decoded(
     whenever it holds ``batch_size`` encoded images or enough other changes."""
     batch, report = outcomes.batch, outcomes.report
     done: set[str] = set()
+    files = 0  # tasks finished (a PDF or video once it is delivered itself)
+    unfinished: dict[str, int] = {}  # PDF or video -> its items sorted less its items delivered
     if progress:
         progress(0, len(tasks))
     for d, vector in chain.from_iterable(stage(tasks, known, timer)):
@@ -321,10 +350,16 @@ def _commit_decoded(
         report.timings["read"] += d.read_seconds
         report.timings["decode"] += d.decode_seconds
         outcomes.sort(d, vector)
-        if batch.encoded + batch.ocr_read >= batch_size or batch.full():
+        if d.container_hash is not None:  # a PDF's or video's items are committed together
+            owner = path if d.container else container_of(path)
+            unfinished[owner] = unfinished.get(owner, 0) + (-d.items if d.container else 1)
+            if not unfinished[owner]:
+                del unfinished[owner]
+        if not unfinished and (batch.encoded + batch.ocr_read >= batch_size or batch.full()):
             batch.flush()
-        if progress:
-            progress(len(done), len(tasks))
+        if progress and (d.container or d.container_hash is None):
+            files += 1
+            progress(files, len(tasks))
     batch.flush()
 
 

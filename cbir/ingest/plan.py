@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.ingest.decode import FileTask, read_failed
+from cbir.ingest.media import container_of
 from cbir.ingest.scan import ScannedFile, ScanResult
+from cbir.ingest.video import EVERY, MAX_FRAMES
 from cbir.store.catalog import StoredFile
 
 
@@ -40,15 +42,27 @@ def plan_ingest(
     others: set[str] | frozenset[str] = frozenset(),
     retry_failed: bool = False,
     ocr: bool = False,
+    sampling: tuple[float, int] = (EVERY, MAX_FRAMES),
 ) -> IngestPlan:
     """The plan for ``scanned`` (a folder's scan, or a dataset's when ``scanned.datasets`` is
     set) against ``stored`` (path -> the library's file) and ``skips`` (path -> size, mtime and
     reason of a recorded skip). ``others``: files a dataset added, which a folder scan leaves to
     it. A known bad file is retried only once it changes, after a read failure (it may have been
     a passing one), or with ``retry_failed``. Files are read from ``root``. With ``ocr`` the files
-    read have their text read too, and so do the unchanged images OCR has not read yet."""
+    read have their text read too, and so do the unchanged images OCR has not read yet. A PDF or
+    video is planned as one file (its pages and frames share its size and mtime, and OCR does
+    not read them); ``sampling``: (every, max_frames) for the videos read (cbir.ingest.video)."""
     plan = IngestPlan()
+    items = _items_by_file(stored)
+    kept: set[str] = set()  # pages and frames of unchanged PDFs and videos
     for f in scanned.files:
+        if f.path in items:  # a PDF or video the library holds: unchanged while each item agrees
+            if all((stored[i].size, stored[i].mtime_ns) == (f.size, f.mtime_ns) for i in items[f.path]):
+                plan.unchanged += 1
+                kept.update(items[f.path])
+            else:  # read again; its items not delivered again are gone
+                plan.to_read.append(_task(f, root, False, False, sampling))
+            continue
         mine = stored.get(f.path)
         # an image of the library, unchanged or not, that OCR has not read
         unread = ocr and mine is not None and mine.ocr_engine is None
@@ -57,7 +71,7 @@ def plan_ingest(
         elif mine and (mine.size, mine.mtime_ns) == (f.size, f.mtime_ns):
             plan.unchanged += 1
             if unread:
-                plan.to_ocr.append(_task(f, root, ocr, unread))
+                plan.to_ocr.append(_task(f, root, ocr, unread, sampling))
             else:
                 plan.captions_to_check.append(f.path)
         elif (
@@ -68,8 +82,8 @@ def plan_ingest(
         ):
             plan.unchanged += 1  # a known bad file that has not changed: not retried
         else:
-            plan.to_read.append(_task(f, root, ocr, unread))
-    seen = {f.path for f in scanned.files} | set(scanned.sidecars)
+            plan.to_read.append(_task(f, root, ocr, unread, sampling))
+    seen = {f.path for f in scanned.files} | set(scanned.sidecars) | kept
     datasets = scanned.datasets
     plan.gone = {p: s for p, s in stored.items() if p not in seen and (datasets is None or s.dataset in datasets)}
     plan.new_skips = [(path, 0, 0, reason) for path, reason in scanned.problems if path not in skips]
@@ -78,5 +92,15 @@ def plan_ingest(
     return plan
 
 
-def _task(f: ScannedFile, root: Path, ocr: bool, ocr_stored: bool) -> FileTask:
-    return FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset, ocr, ocr_stored)
+def _items_by_file(stored: dict[str, StoredFile]) -> dict[str, list[str]]:
+    """A PDF's or video's path -> the paths of its pages or frames the library holds."""
+    items: dict[str, list[str]] = {}
+    for path, s in stored.items():
+        if s.container_hash is not None:
+            items.setdefault(container_of(path), []).append(path)
+    return items
+
+
+def _task(f: ScannedFile, root: Path, ocr: bool, ocr_stored: bool, sampling: tuple[float, int]) -> FileTask:
+    every, most = sampling
+    return FileTask(f.path, f.abspath or str(root / f.path), f.size, f.mtime_ns, f.offset, ocr, ocr_stored, every, most)

@@ -13,7 +13,7 @@ def source(catalog, path: str | Path, format: str | None, image_column: str | No
     """The resolved folder or image file to ingest and, for a dataset, the dataset read from
     ``path`` (else None); ``format`` None detects it."""
     from cbir.ingest.datasets import FORMATS, detect_format
-    from cbir.ingest.scan import is_image_name
+    from cbir.ingest.scan import is_read_name
 
     if format is not None and format not in FORMATS:
         raise UsageError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -24,7 +24,7 @@ def source(catalog, path: str | Path, format: str | None, image_column: str | No
         known = folder_gone(Path(path).expanduser()) and missing_folder_message(catalog, path)
         if known:
             raise UsageError(known)
-    single_image = Path(path).expanduser().is_file() and is_image_name(str(path))
+    single_image = Path(path).expanduser().is_file() and is_read_name(str(path))  # or one PDF or video
     fmt = format or ("folder" if single_image else detect_format(str(path)))
     dataset = None
     if fmt == "folder":

@@ -74,6 +74,20 @@ class VanishedRows:
         self.moved_from[rid] += 1
         return stored, self._sidecars[rid].get(old)
 
+    def claim_container(self, container_hash: str) -> list[tuple[str, StoredFile]]:
+        """The pages or frames of one vanished PDF or video of that content, taken out of the
+        pool: (old path, row); none if no vanished root holds such a file."""
+        rows = [row for rows in self.by_hash.values() for row in rows if row[2].container_hash == container_hash]
+        if not rows:
+            return []
+        rid, first, _ = rows[0]
+        prefix = first.rsplit("#", 1)[0] + "#"
+        claimed = [row for row in rows if row[0] == rid and row[1].startswith(prefix)]
+        for row in claimed:
+            self.by_hash[row[2].content_hash].remove(row)
+        self.moved_from[rid] += len(claimed)
+        return [(old, stored) for _, old, stored in claimed]
+
     def finish(self, root: Path) -> None:
         """After the run: drop the vanished roots it emptied and remember where they went."""
         emptied = self.catalog.drop_empty_roots(list(self.moved_from))

@@ -1,4 +1,5 @@
-"""Walking a folder for image files: excluded entries (hidden ones, the defaults, .cbirignore and
+"""Walking a folder for image files (and PDFs and videos, whose pages and frames are images:
+cbir.ingest.media): excluded entries (hidden ones, the defaults, .cbirignore and
 --exclude patterns: cbir.ingest.exclude) left out and excluded folders not walked, symlinked
 folders followed once. A RAW photo beside a JPEG or HEIC of the same name (IMG_1.CR2 and
 IMG_1.JPG: the camera saved both of one shot) is no image of its own but listed with it."""
@@ -12,6 +13,7 @@ from pathlib import Path
 from cbir.fsutil import special_file
 from cbir.ingest.decode import SUPPORTED_EXTENSIONS
 from cbir.ingest.exclude import IGNORE_FILE, Exclusions
+from cbir.ingest.media import is_container_name
 from cbir.ingest.raw import is_raw_name
 from cbir.ingest.sidecars import SIDECAR_SUFFIX, sidecar_candidates
 
@@ -55,6 +57,11 @@ class ScanResult:
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in SUPPORTED_EXTENSIONS
+
+
+def is_read_name(name: str) -> bool:
+    """Whether a folder scan reads a file of this name: an image, a PDF or a video."""
+    return is_image_name(name) or is_container_name(name)
 
 
 # What a camera saves beside a RAW of the same shot (RAW+JPEG, RAW+HEIF modes).
@@ -153,16 +160,16 @@ def scan(root: Path, scope: str = "", exclusions: Exclusions | None = None) -> S
             try:
                 if is_dir:
                     stack.append((Path(entry.path), child, rules))
-                elif is_image_name(entry.name) and entry.is_file():
+                elif is_read_name(entry.name) and entry.is_file():
                     st = entry.stat()
                     result.files.append(ScannedFile(child, st.st_size, st.st_mtime_ns))
                 elif entry.name.lower().endswith(SIDECAR_SUFFIX) and entry.is_file():
                     st = entry.stat()
                     result.sidecars[child] = (st.st_size, st.st_mtime_ns)
-                elif is_image_name(entry.name):  # named like an image, but no file to read
+                elif is_read_name(entry.name):  # named like an image, but no file to read
                     result.problems.append((child, _not_a_file(entry.path)))
             except OSError as e:  # vanished entry, permissions
-                if is_image_name(entry.name):
+                if is_read_name(entry.name):
                     result.problems.append((child, f"unreadable: {e.strerror}"))
         result.files[first:] = _paired(result.files[first:])
     return result

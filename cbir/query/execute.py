@@ -1,7 +1,7 @@
 """Running a plan: the vector side (index alone, exact subset, or post-filter with widening), the
-keyword side (FTS5), their fusion, then score cut-off and de-duplication, widening again until
-enough results survive or nothing more can. Every strategy returns the exact filtered top-k
-on an exact index (ties broken by id)."""
+keyword side (FTS5), their fusion, then score cut-off, de-duplication and one frame a video,
+widening again until enough results survive or nothing more can. Every strategy returns the
+exact filtered top-k on an exact index (ties broken by id)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class Options:
     offset: int = 0
     min_score: float | None = None
     dedup: bool = False
+    one_frame_a_video: bool = False  # a video's frames after its best one are left out
 
     @property
     def need(self) -> int:
@@ -72,6 +73,8 @@ class Executor:
             if options.dedup:
                 with self.timed("dedup"):
                     results = self._dedup(results)
+            if options.one_frame_a_video:
+                results = self._one_frame_a_video(results)
             if len(results) >= options.need or exhausted:
                 self.plan.returned = min(len(results), options.need) - min(len(results), options.offset)
                 return results[: options.need]
@@ -170,6 +173,21 @@ class Executor:
             kept.append(r)
             if v is not None:
                 kept_vectors.append(v)
+        return kept
+
+    def _one_frame_a_video(self, results: list[Ranked]) -> list[Ranked]:
+        """Each video's best frame, in its place; its other frames left out."""
+        videos = self.collection.videos_of([r.id for r in results])
+        if not videos:
+            return results
+        seen: set[tuple[int, str]] = set()
+        kept = []
+        for r in results:
+            video = videos.get(r.id)
+            if video is None or video not in seen:
+                kept.append(r)
+                if video is not None:
+                    seen.add(video)
         return kept
 
 

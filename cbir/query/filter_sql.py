@@ -90,6 +90,8 @@ def _compare(node: Compare, folders: _Folders) -> ColumnElement[bool]:
             return _within(Image.taken if field == "taken" else Image.added_at, op, value)
         case "width" | "height" | "size":
             return _COMPARE[op](getattr(Image, field), value)
+        case "duration":
+            return _known(Image.duration, _COMPARE[op](Image.duration, value))
         case "format":
             return Image.format == value
         case "camera":

@@ -62,6 +62,21 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
+_DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """A length of time in seconds: 90, 1.5, 90s, 2min, 1h, or a clock's 1:30 and 1:02:03."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(:[0-5]\d){1,2}(\.\d+)?", t):
+        *whole, last = t.split(":")
+        return sum(int(part) * 60 ** (len(whole) - i) for i, part in enumerate(whole)) + float(last)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", t)
+    if not match:
+        raise UsageError(f"invalid duration {text!r}: use seconds (90), 90s, 2min, 1.5h or 1:30")
+    return float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+
+
 def folder_value(text: str) -> str:
     """A folder as typed; UsageError for a blank one."""
     if not text.strip():

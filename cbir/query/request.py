@@ -25,6 +25,7 @@ class SearchRequest:
     ``mode`` "semantic", "keyword" or "hybrid" (None: the target's default for the query's
     words); ``filters`` (:class:`cbir.query.filters.Filters`); ``min_score``, a similarity
     cut-off; ``sort`` "score" or "date"; ``dedup``: near-identical results collapsed;
+    ``frames``: every matching frame of a video listed (by default only its best one);
     ``strategy``: the planner's choice forced ("auto", "ann", "exact-subset",
     "ann-post-filter"); ``index_params``: per-query index search parameters ({"nprobe": 32},
     {"efSearch": 128}); ``explain``: whether the caller shows the plan (each result list
@@ -39,6 +40,7 @@ class SearchRequest:
     sort: str = "score"
     offset: int = 0
     dedup: bool = False
+    frames: bool = False
     strategy: str = "auto"
     index_params: dict[str, int] = field(default_factory=dict)
     explain: bool = False
@@ -87,7 +89,7 @@ class SearchRequest:
         """A request from the options as `cbir search` and `cbir serve` spell them: --target
         text, dates as text, repeatable filters (formats also comma-separated), --nprobe and
         --ef; ``fields``: those that need no translation (k, offset, mode, min_score, sort,
-        dedup, strategy, explain)."""
+        dedup, frames, strategy, explain)."""
         filters = Filters(
             after=parse_date(after)[0] if after else None,
             before=parse_date(before)[0] if before else None,

@@ -108,7 +108,13 @@ class Searcher:
                 matching = collection.count(condition)
         vectors, embed_each = self._vectors(expressions, modes, timed)
         described = request.filters.describe() if condition is not None else ""
-        options = Options(k=request.k, offset=request.offset, min_score=request.min_score, dedup=request.dedup)
+        options = Options(
+            k=request.k,
+            offset=request.offset,
+            min_score=request.min_score,
+            dedup=request.dedup,
+            one_frame_a_video=target == planning.IMAGES and not request.frames,
+        )
         plans = []
         for expression, m, vector in zip(expressions, modes, vectors):
             plan = planning.plan_query(
@@ -167,7 +173,7 @@ class Searcher:
                     rank=offset + n,
                     score=r.score,
                     similarity=r.similarity,
-                    missing=file_gone(infos[r.id].path),
+                    missing=file_gone(infos[r.id].file),
                     **infos[r.id].__dict__,
                 )
                 for n, r in enumerate(ranked, 1)
@@ -188,7 +194,7 @@ class Searcher:
                     text=content,
                     source=source,
                     text_id=r.id,
-                    missing=file_gone(infos[image_id].path),
+                    missing=file_gone(infos[image_id].file),
                     **infos[image_id].__dict__,
                 )
             )

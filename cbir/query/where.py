@@ -14,7 +14,14 @@ from functools import cache
 from typing import TYPE_CHECKING, cast
 
 from cbir.errors import UsageError
-from cbir.query.filter_values import DATE_FORMS, folder_value, normalise_format, parse_count, parse_date
+from cbir.query.filter_values import (
+    DATE_FORMS,
+    folder_value,
+    normalise_format,
+    parse_count,
+    parse_date,
+    parse_duration,
+)
 from cbir.units import parse_bytes
 
 if TYPE_CHECKING:  # lark itself loads with the first --where (30 ms a search without one saves)
@@ -47,6 +54,8 @@ FIELDS: dict[str, _Field] = {
     "width": _PIXELS,
     "height": _PIXELS,
     "size": _Field(_ORDERED, parse_bytes, "bytes, or a size such as 500K, 2MB or 1.5GiB", words=True),
+    # a video frame's video's length; other images have none (only != matches them)
+    "duration": _Field(_ORDERED, parse_duration, "a length of time: 90, 90s, 2min, 1:30", words=True),
     "format": _Field(("=", "!=", "in"), normalise_format, "a format such as jpeg or png", words=True),
     "camera": _Field(("=", "!=", "~", "in", "is null", "is not null")),
     "folder": _Field(("=", "!=", "~"), folder_value, "a folder name or path"),

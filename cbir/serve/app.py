@@ -4,6 +4,7 @@ GET  /api/search?q=...&k=20&after=2019&folder=trips&explain=true   text -> image
 POST /api/search/image   (multipart "file", same parameters)       uploaded image -> image
 GET  /api/images/{id}/similar                                     library image -> image
 GET  /api/images/{id}  ./thumbnail?size=320  ./original           metadata and files, by id
+     (a PDF page's or video frame's original: its whole file, in byte ranges)
 GET  /api/status                                                   the library and the server
 GET  /   the web page; /docs and /openapi.json describe the API
 """
@@ -19,7 +20,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -27,8 +28,9 @@ import cbir
 from cbir.errors import CbirError, EmptyLibrary, LibraryLocked, UsageError
 from cbir.library import ImageData, SearchRequest
 from cbir.library import Query as SearchQuery  # fastapi.Query is a query-string parameter
-from cbir.serve.files import ImageFiles, ImageGone, Served
+from cbir.serve.files import ImageFiles, ImageGone, Opened, Served
 from cbir.serve.gate import DECODE_QUEUE, DECODE_SLOTS, RETRY_AFTER_SECONDS, DecodeGate, ServerBusy
+from cbir.serve.ranges import Unsatisfiable, chunks, requested_range
 from cbir.serve.security import LOOPBACK_NAMES, Guard
 
 log = logging.getLogger("cbir.serve")
@@ -39,7 +41,9 @@ MAX_K = 500
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 2_000
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the upload
-# The page loads nothing from elsewhere; /docs (Swagger UI from a CDN) is left out of this.
+# The page loads nothing from elsewhere; /docs (Swagger UI from a CDN) is left out of this. Its
+# <video> of a frame's original is same-origin media (default-src 'self'); a PDF original opened
+# under this policy shows in Chromium's viewer (checked in tests/test_serve_browser.py).
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
@@ -97,6 +101,7 @@ def search_params(
     ] = None,
     sort: Annotated[Literal["score", "date"], Query()] = "score",
     dedup: Annotated[bool, Query(description="Collapse near-identical results.")] = False,
+    frames: Annotated[bool, Query(description="Every matching frame of a video, not only its best.")] = False,
     strategy: Annotated[Literal["auto", "ann", "exact-subset", "ann-post-filter"], Query()] = "auto",
     nprobe: Annotated[int | None, Query(ge=1, le=65536)] = None,
     ef: Annotated[int | None, Query(ge=1, le=65536)] = None,
@@ -119,6 +124,7 @@ def search_params(
         min_score=min_score,
         sort=sort,
         dedup=dedup,
+        frames=frames,
         strategy=strategy,
         nprobe=nprobe,
         ef=ef,
@@ -252,9 +258,13 @@ def _add_image_routes(app: FastAPI, library, files: ImageFiles) -> None:
     def thumbnail(image_id: ImageId, request: Request, size: Annotated[int, Query(ge=1, le=4096)] = 320) -> Response:
         return _send(files.thumbnail(image_id, size), request)
 
-    @app.get("/api/images/{image_id}/original", summary="The image file as ingested")
+    @app.get(
+        "/api/images/{image_id}/original",
+        summary="The image file as ingested (a PDF page's or video frame's: the whole file; Range requests work)",
+    )
     def original(image_id: ImageId, request: Request) -> Response:
-        return _send(files.original(image_id), request)
+        found = files.original(image_id)
+        return _send(found, request) if isinstance(found, Served) else _stream(found, request)
 
     for path, endpoint in (
         ("/api/images/{image_id}/thumbnail", thumbnail),
@@ -317,9 +327,10 @@ def _hit_json(hit) -> dict:
     if "missing" not in data:  # an image's details: one stat, as for a search hit
         from cbir.library import file_gone
 
-        data["missing"] = file_gone(Path(hit.path))
+        data["missing"] = file_gone(Path(hit.file))
     data["thumbnail"] = f"/api/images/{hit.id}/thumbnail"
-    data["original"] = f"/api/images/{hit.id}/original"
+    # a PDF page's or video frame's file, opened at that page or moment (a W3C media fragment)
+    data["original"] = f"/api/images/{hit.id}/original" + (f"#{hit.item}" if hit.item else "")
     return data
 
 
@@ -332,3 +343,37 @@ def _send(served: Served, request: Request) -> Response:
     if request.headers.get("if-none-match") == served.etag:
         return Response(status_code=304, headers=headers)
     return Response(served.data, media_type=served.media_type, headers=headers)
+
+
+def _stream(opened: Opened, request: Request) -> Response:
+    """A whole PDF or video from its open file: the byte range asked for (206), or all of it."""
+    headers = {
+        "ETag": opened.etag,
+        "Cache-Control": "private, max-age=86400" if opened.cacheable else "no-cache",
+        "Accept-Ranges": "bytes",
+    }
+    if request.headers.get("if-none-match") == opened.etag:
+        opened.file.close()
+        return Response(status_code=304, headers=headers)
+    # If-Range: the range only while the file is still the one the client has the rest of
+    asked = request.headers.get("range") if request.headers.get("if-range") in (None, opened.etag) else None
+    try:
+        span = requested_range(asked, opened.size)
+    except Unsatisfiable:
+        opened.file.close()
+        headers["Content-Range"] = f"bytes */{opened.size}"
+        return _error(
+            f"range {asked} starts past the end of the file ({opened.size:,} bytes)",
+            "RangeNotSatisfiable",
+            416,
+            headers,
+        )
+    start, end = span or (0, opened.size)
+    headers["Content-Length"] = str(end - start)
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{opened.size}"
+    status = 206 if span else 200
+    if request.method == "HEAD":
+        opened.file.close()
+        return Response(status_code=status, headers=headers, media_type=opened.media_type)
+    return StreamingResponse(chunks(opened.file, start, end), status, headers, opened.media_type)

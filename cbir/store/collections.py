@@ -155,6 +155,15 @@ class Images(Collection):
     def _select(self, *columns):
         return select(*columns).select_from(Image)
 
+    def videos_of(self, ids: list[int]) -> dict[int, tuple[int, str]]:
+        """image id -> (root id, video path) of the video frames among ``ids``."""
+        if not ids:
+            return {}
+        frame = Image.container_hash.is_not(None) & (Image.format != "pdf")
+        query = select(Image.id, Image.root_id, Image.path).where(Image.id.in_(ids), frame)
+        with self.engine.connect() as c:
+            return {i: (root_id, path.rsplit("#", 1)[0]) for i, root_id, path in c.execute(query)}
+
 
 class Texts(Collection):
     name = "texts"

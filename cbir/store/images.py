@@ -81,12 +81,20 @@ class ImageCatalog(CatalogBase):
     def _in_scope(column, scope: str):
         if not scope:
             return True
-        return (column == scope) | (func.substr(column, 1, len(scope) + 1) == scope + "/")
+        below = func.substr(column, 1, len(scope) + 1)
+        return (column == scope) | (below == scope + "/") | (below == scope + "#")  # "#": a PDF's pages
 
     def files_under(self, root_id: int, scope: str = "") -> dict[str, StoredFile]:
         """The stored images under ``scope``, whatever added them (see StoredFile.dataset)."""
         query = select(
-            Image.path, Image.id, Image.size, Image.mtime_ns, Image.content_hash, Image.dataset, Image.ocr_engine
+            Image.path,
+            Image.id,
+            Image.size,
+            Image.mtime_ns,
+            Image.content_hash,
+            Image.dataset,
+            Image.ocr_engine,
+            Image.container_hash,
         ).where(Image.root_id == root_id, self._in_scope(Image.path, scope))
         with self.engine.connect() as c:
             return {row[0]: StoredFile(*row[1:]) for row in c.execute(query)}
@@ -100,9 +108,29 @@ class ImageCatalog(CatalogBase):
             return {p: (s, m, r) for p, s, m, r in c.execute(query)}
 
     def known_hashes(self) -> dict[str, int]:
-        """content hash -> one image id holding it."""
+        """content hash -> one image id holding it; a PDF's or video's hash (container_hash) ->
+        one of its pages or frames."""
         with self.engine.connect() as c:
-            return {h: i for h, i in c.execute(select(Image.content_hash, Image.id))}
+            files = select(Image.container_hash, Image.id).where(Image.container_hash.is_not(None))
+            known: dict[str, int] = {h: i for h, i in c.execute(files) if h is not None}
+            known.update((h, i) for h, i in c.execute(select(Image.content_hash, Image.id)))
+            return known
+
+    def container_items(self, image_id: int) -> list[tuple[int, str]]:
+        """(id, path) of the pages or frames of the file that holds the page or frame
+        ``image_id`` (its path up to "#" in its root), in id order."""
+        with self.engine.connect() as c:
+            root_id, path, container_hash = c.execute(
+                select(Image.root_id, Image.path, Image.container_hash).where(Image.id == image_id)
+            ).one()
+            prefix = path.rsplit("#", 1)[0] + "#"
+            rows = c.execute(
+                select(Image.id, Image.path)
+                .where(Image.root_id == root_id, Image.container_hash == container_hash)
+                .where(func.substr(Image.path, 1, len(prefix)) == prefix)
+                .order_by(Image.id)
+            )
+            return [(i, p) for i, p in rows]
 
     def record_of(self, image_id: int) -> ImageRecord:
         with self.engine.connect() as c:
@@ -236,6 +264,8 @@ class ImageCatalog(CatalogBase):
             Image.taken_at,
             Image.camera,
             Image.taken,
+            Image.container_hash,
+            Image.duration,
         ).where(Image.id.in_(ids))
         with self.engine.connect() as c:
             return {
@@ -248,6 +278,8 @@ class ImageCatalog(CatalogBase):
                     taken_at=r.taken_at,
                     camera=r.camera,
                     taken=r.taken,
+                    item=r.path.rsplit("#", 1)[1] if r.container_hash else None,
+                    duration=r.duration,
                 )
                 for r in c.execute(query)
             }
@@ -257,7 +289,15 @@ class ImageCatalog(CatalogBase):
         with self.engine.connect() as c:
             row = c.execute(
                 select(
-                    Image.root_id, Image.path, Image.size, Image.content_hash, Image.format, Image.dataset, Image.extra
+                    Image.root_id,
+                    Image.path,
+                    Image.size,
+                    Image.content_hash,
+                    Image.format,
+                    Image.dataset,
+                    Image.extra,
+                    Image.mtime_ns,
+                    Image.container_hash,
                 ).where(Image.id == image_id)
             ).one_or_none()
         if row is None:
@@ -271,6 +311,8 @@ class ImageCatalog(CatalogBase):
             row.format,
             row.dataset,
             extra if isinstance(extra, dict) else {"value": extra},
+            row.mtime_ns,
+            row.path.rsplit("#", 1)[1] if row.container_hash else None,
         )
 
     def count_images(self) -> int:

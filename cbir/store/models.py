@@ -74,6 +74,11 @@ class Image(Base):
     # The OCR engine that read the text inside the image (its texts of source "ocr"); NULL: not
     # read. Set in the transaction that writes those texts, so a stopped pass resumes.
     ocr_engine: Mapped[str | None] = mapped_column(String(64))
+    # A PDF page or video frame (path "report.pdf#page=3", "clip.mp4#t=12.5"): the SHA-256 of
+    # its whole file, shared by the file's pages or frames, which move and copy together; NULL
+    # for every other image. A video's frames carry its length in seconds (filters: duration).
+    container_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    duration: Mapped[float | None] = mapped_column(Float, index=True)
 
 
 class Vector(Base):

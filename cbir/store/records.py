@@ -20,7 +20,8 @@ TEXT_VERSION = "text_version"  # bumped in every transaction that changes texts
 # Where a text comes from. Sidecar, embedded and OCR texts follow their files; labels are the user's.
 SIDECAR, EMBEDDED, LABEL, TAG, CAPTION = "sidecar", "embedded", "label", "tag", "caption"  # caption: a dataset's
 OCR = "ocr"  # the text read inside the image (cbir ingest --ocr)
-FILE_SOURCES = (EMBEDDED, OCR)  # texts read from the image file itself: a copy of the file has them too
+PDF = "pdf"  # a PDF page's own text layer
+FILE_SOURCES = (EMBEDDED, OCR, PDF)  # texts read from the image file itself: a copy of the file has them too
 OCR_SETTING = "ocr"  # meta key: "on" while ingests read the text inside images
 TAG_SOURCES = (LABEL, TAG)  # what --tag matches
 
@@ -39,6 +40,7 @@ IMAGE_FIELDS = {
     "camera": "string",
     "dataset": "string",  # the dataset that added it
     "extra": "string",  # a dataset row's other columns (a JSON object)
+    "duration": "float64",  # a video frame's: the video's length in seconds
 }
 
 
@@ -61,6 +63,7 @@ class StoredFile:
     content_hash: str
     dataset: str | None = None  # the dataset that added it; None for a folder scan
     ocr_engine: str | None = None  # the OCR engine that read its text; None: not read
+    container_hash: str | None = None  # a PDF page's or video frame's: its file's (see models.Image)
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,33 @@ class ImageInfo:
     taken_at: datetime | None
     camera: str | None
     taken: datetime | None = None  # what date filters and --sort date use
+    # a PDF page or video frame: where in its file ("page=3", "t=12.5"); None for other images
+    item: str | None = None
+    duration: float | None = None  # a video frame's: the video's length in seconds
+
+    @property
+    def file(self) -> Path:
+        """The file that holds the image: ``path`` less a page's or frame's "#..."."""
+        return Path(str(self.path).rsplit("#", 1)[0]) if self.item else self.path
+
+    @property
+    def page(self) -> int | None:
+        return int(self.item[5:]) if self.item and self.item.startswith("page=") else None
+
+    @property
+    def time(self) -> float | None:
+        """A video frame's moment, in seconds from the start."""
+        return float(self.item[2:]) if self.item and self.item.startswith("t=") else None
 
     def as_dict(self) -> dict:
-        """The image's facts as JSON values, in IMAGE_FIELDS order."""
+        """The image's facts as JSON values, in IMAGE_FIELDS order; a PDF page's or video
+        frame's file, and its page or moment, after them."""
         own = {f.name for f in fields(ImageInfo)}
-        return {name: json_value(getattr(self, name)) for name in IMAGE_FIELDS if name in own}
+        data = {name: json_value(getattr(self, name)) for name in IMAGE_FIELDS if name in own}
+        if self.item:
+            data["file"] = str(self.file)
+            data.update({"page": self.page} if self.page is not None else {"time": self.time})
+        return data
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,13 @@ class ImageFile:
     format: str
     dataset: str | None
     extra: dict
+    mtime_ns: int = 0
+    item: str | None = None  # a PDF page or video frame: where in its file ("page=3", "t=12.5")
+
+    @property
+    def file(self) -> Path:
+        """The file that holds the image: ``path`` less a page's or frame's "#..."."""
+        return Path(str(self.path).rsplit("#", 1)[0]) if self.item else self.path
 
 
 @dataclass
@@ -112,6 +144,8 @@ class ImageRecord:
     dataset: str | None = None  # the dataset that added it; None for a folder scan
     extra: dict | None = None  # a dataset row's other columns
     ocr_engine: str | None = None  # the OCR engine that read its text (its OCR texts); None: not read
+    container_hash: str | None = None  # a PDF page's or video frame's: the SHA-256 of its whole file
+    duration: float | None = None  # a video frame's: the video's length in seconds
 
     def columns(self) -> dict:
         """The images table's columns for this record: its fields (each a column of the same

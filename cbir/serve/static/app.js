@@ -6,6 +6,7 @@ const PAGE = 24; // results per request (?k= in the URL overrides it)
 const DEBOUNCE_MS = 250;
 const MAX_OFFSET = 10000; // the API refuses offsets beyond this
 const FILTERS = ["after", "before", "folder", "camera", "where"];
+const SWITCHES = ["frames"]; // checkboxes of the filters form: "true" in the query when ticked
 const MULTI = new Set(["folder", "camera"]); // comma-separated in the box, repeated in the query
 
 const $ = (id) => document.getElementById(id);
@@ -19,7 +20,7 @@ const ui = {
   plan: $("plan"), planStrategy: $("plan-strategy"), planReason: $("plan-reason"), planDetails: $("plan-details"),
   error: $("error"), results: $("results"), empty: $("empty"), grid: $("grid"),
   more: $("more"), spinner: $("spinner"), overlay: $("drop-overlay"),
-  detail: $("detail"), detailImg: $("detail-img"), detailTitle: $("detail-title"), detailMeta: $("detail-meta"),
+  detail: $("detail"), detailImg: $("detail-img"), detailVideo: $("detail-video"), detailTitle: $("detail-title"), detailMeta: $("detail-meta"),
   detailTexts: $("detail-texts"), detailSimilar: $("detail-similar"), detailOriginal: $("detail-original"),
   detailClose: $("detail-close"), detailPrev: $("detail-prev"), detailNext: $("detail-next"),
 };
@@ -91,6 +92,7 @@ function filterValues() {
     if (!raw) continue;
     out[name] = MULTI.has(name) ? raw.split(",").map((s) => s.trim()).filter(Boolean) : [raw];
   }
+  for (const name of SWITCHES) if (ui.filters.elements[name].checked) out[name] = ["true"];
   return out;
 }
 
@@ -209,7 +211,7 @@ function addPage(body, roundTrip) {
 }
 
 function card(hit, index) {
-  const name = baseName(hit.path);
+  const name = itemName(hit);
   const item = el("div", { className: "card", role: "listitem" });
   item.dataset.id = hit.id;
   item.dataset.index = index;
@@ -228,6 +230,12 @@ function card(hit, index) {
   info.setAttribute("aria-label", `Details of ${name}`);
   info.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="9"/><path d="M12 11v6M12 7.5v.5"/></svg>';
   item.append(open, score, info);
+  const kind = itemKind(hit);
+  if (kind) {
+    // a PDF page or a video frame: which one, on the card itself
+    item.classList.add(kind.className);
+    item.append(el("span", { className: "kind-tag", textContent: kind.tag, title: name }));
+  }
   if (hit.missing) {
     // the file is gone from disk since it was ingested: still a result, marked as such
     item.classList.add("missing");
@@ -334,7 +342,7 @@ function hideError() {
 function likeImage(hit) {
   if (state.image?.kind === "upload") URL.revokeObjectURL(state.image.url);
   if (!state.image) state.savedText = ui.q.value;
-  state.image = { kind: "like", id: hit.id, name: baseName(hit.path) };
+  state.image = { kind: "like", id: hit.id, name: itemName(hit) };
   ui.q.value = "";
   showChip();
   search();
@@ -396,11 +404,12 @@ async function openDetail(index) {
   if (!hit) return;
   state.detailIndex = index;
   select(index, { focus: false });
-  const name = baseName(hit.path);
+  const name = itemName(hit);
   ui.detailTitle.textContent = name;
-  ui.detailImg.alt = name;
-  ui.detailImg.src = `${hit.thumbnail}?size=1280`;
+  showDetailPicture(hit, name);
   ui.detailOriginal.href = hit.original;
+  ui.detailOriginal.textContent = hit.page != null ? `Open the PDF at page ${hit.page}`
+    : hit.time != null ? `Open the video at ${formatTime(hit.time)}` : "Open original";
   ui.detailPrev.disabled = index === 0;
   ui.detailNext.disabled = index >= state.hits.length - 1;
   renderMeta(hit, null);
@@ -414,12 +423,46 @@ async function openDetail(index) {
   }
 }
 
+// A video frame plays in the view from its moment; a PDF page, or a photo, is its large thumbnail.
+function showDetailPicture(hit, name) {
+  stopDetailVideo();
+  const video = ui.detailVideo;
+  if (hit.time == null) {
+    ui.detailImg.hidden = false;
+    ui.detailImg.alt = name;
+    ui.detailImg.src = `${hit.thumbnail}?size=1280`;
+    return;
+  }
+  ui.detailImg.hidden = true;
+  ui.detailImg.removeAttribute("src");
+  video.hidden = false;
+  video.poster = `${hit.thumbnail}?size=1280`;
+  video.setAttribute("aria-label", name);
+  // the #t= media fragment starts it there; a browser that ignores it is moved once it knows the length
+  video.addEventListener("loadedmetadata", () => {
+    if (Math.abs(video.currentTime - hit.time) > 0.25) video.currentTime = hit.time;
+  }, { once: true });
+  video.src = hit.original;
+}
+
+function stopDetailVideo() {
+  const video = ui.detailVideo;
+  video.hidden = true;
+  if (!video.hasAttribute("src")) return;
+  video.pause();
+  video.removeAttribute("src");
+  video.removeAttribute("poster");
+  video.load(); // drops the connection and the buffered data
+}
+
 function renderMeta(hit, full) {
   const info = full || hit;
   const rows = [
-    ["Folder", dirName(info.path)],
+    ["Folder", dirName(info.file || info.path)],
     ["File", hit.missing || full?.missing ? "missing: no longer on disk" : null],
-    ["Size", info.width && info.height ? `${info.width} × ${info.height}` : null],
+    ["Page", info.page],
+    ["Moment", info.time != null ? `${formatTime(info.time)}${info.duration ? ` of ${formatTime(info.duration)}` : ""}` : null],
+    ["Size", info.width && info.height ? `${info.width} × ${info.height}${info.page != null ? " pt" : ""}` : null],
     ["Format", info.format],
     ["Taken", formatDate(info.taken_at || info.taken) + (info.taken_at ? "" : info.taken ? " (file date)" : "")],
     ["Camera", info.camera],
@@ -450,6 +493,7 @@ function afterDetail() {
   const index = state.detailIndex;
   state.detailIndex = -1;
   ui.detailImg.removeAttribute("src");
+  stopDetailVideo();
   if (index >= 0 && index < cards().length) select(index);
 }
 
@@ -490,6 +534,7 @@ function typing(target) {
 function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (ui.detail.open) {
+    if (e.target === ui.detailVideo && !ui.detailVideo.hidden && e.key !== "Escape") return; // its keys: seek, volume
     if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
       e.preventDefault();
       const next = state.detailIndex + (e.key === "ArrowLeft" ? -1 : 1);
@@ -587,6 +632,7 @@ function fromURL() {
   const p = new URLSearchParams(location.search);
   ui.q.value = p.get("q") || "";
   for (const name of FILTERS) ui.filters.elements[name].value = p.getAll(name).join(MULTI.has(name) ? ", " : " ");
+  for (const name of SWITCHES) ui.filters.elements[name].checked = p.get(name) === "true";
   const k = Number(p.get("k"));
   state.k = Number.isInteger(k) && k >= 1 && k <= 500 ? k : PAGE;
   const like = Number(p.get("like"));
@@ -602,7 +648,7 @@ async function nameLikedImage(image) {
   try {
     const { body } = await api(`/api/images/${image.id}`);
     if (state.image === image) {
-      image.name = baseName(body.path);
+      image.name = itemName(body);
       showChip();
     }
   } catch {
@@ -656,6 +702,27 @@ function el(tag, props = {}) {
 
 function baseName(path) {
   return String(path || "").split(/[\\/]/).pop();
+}
+
+// "report.pdf · p. 3", "clip.mp4 · 0:12", or a photo's file name
+function itemName(hit) {
+  const file = baseName(hit.file || hit.path);
+  if (hit.page != null) return `${file} · p. ${hit.page}`;
+  if (hit.time != null) return `${file} · ${formatTime(hit.time)}`;
+  return file;
+}
+
+function itemKind(hit) {
+  if (hit.page != null) return { className: "pdf-page", tag: `PDF · p. ${hit.page}` };
+  if (hit.time != null) return { className: "video-frame", tag: `▶ ${formatTime(hit.time)}` };
+  return null;
+}
+
+function formatTime(seconds) {
+  const s = Math.floor(Math.max(0, seconds));
+  const hours = Math.floor(s / 3600);
+  const rest = `${String(Math.floor((s % 3600) / 60)).padStart(hours ? 2 : 1, "0")}:${String(s % 60).padStart(2, "0")}`;
+  return hours ? `${hours}:${rest}` : rest;
 }
 
 function dirName(path) {
