@@ -81,6 +81,7 @@ def decode_container(task: FileTask, pp: Preprocess, known: frozenset) -> list[D
     if not extra_installed(missing):  # not hashed: a video may be gigabytes
         whole.error = missing
         return [whole]
+    start = time.perf_counter()
     try:
         whole.container_hash = file_hash(task.abspath)
     except FileNotFoundError:
@@ -93,8 +94,10 @@ def decode_container(task: FileTask, pp: Preprocess, known: frozenset) -> list[D
         whole.error = f"{UNREADABLE}: {e.strerror or e}"
         return [whole]
     whole.content_hash = whole.container_hash
+    whole.read_seconds = time.perf_counter() - start
     if whole.container_hash in known:
         return [whole]  # moved, renamed, copied or touched: its stored items are reused
+    start = time.perf_counter()
     try:
         if is_pdf_name(task.path):
             items = _pages(whole, pp)
@@ -103,6 +106,9 @@ def decode_container(task: FileTask, pp: Preprocess, known: frozenset) -> list[D
     except BadImage as e:
         whole.error = str(e)
         return [whole]
+    finally:  # less the OCR of scanned pages, which their own ocr_seconds count
+        whole.decode_seconds = time.perf_counter() - start
+    whole.decode_seconds -= sum(d.ocr_seconds for d in items)
     whole.items = len(items)
     return [*items, whole]
 
