@@ -18,7 +18,9 @@ from cbir.config import resolve_settings
 from cbir.encode.fake import FakeEncoder
 from cbir.errors import ModelMismatch
 from cbir.library import Library
-from tests.conftest import run_cbir, write_image
+from tests.conftest import media_module, run_cbir, write_image
+from tests.test_pdf import text_pdf
+from tests.test_video import scene_frames, write_video
 
 # Ray clusters: the long suite (.ci/run), not the README's fast tier
 pytestmark = pytest.mark.slow
@@ -113,6 +115,22 @@ def test_rerun_moves_and_deletes_under_ray(ray_local, tmp_path):
         report = ingest(tmp_path / lib, photos, engine, **fake)
         assert (report.moved, report.removed, report.updated, report.encoded) == (1, 1, 1, 1)
     assert_same(tmp_path / "local", tmp_path / "ray")
+
+
+def test_pdfs_and_videos_under_ray_equal_local(ray_local, tmp_path):
+    """A PDF's pages and a video's frames come back from Ray's tasks in any order and batch: they
+    are committed as the local engine commits them."""
+    av = media_module("av")
+    media_module("pypdfium2")
+    photos = make_folder(tmp_path / "photos", n=6)
+    (photos / "report.pdf").write_bytes(text_pdf(["first page", "second page", "third page"]))
+    write_video(av, photos / "clip.mp4", scene_frames([2, 2]))
+    fake = {"encoder": FakeEncoder(), "batch_size": 2}
+    local = ingest(tmp_path / "local", photos, **fake)
+    ray = ingest(tmp_path / "ray", photos, "ray", **fake)
+    assert (ray.added, ray.skipped, ray.texts) == (local.added, local.skipped, local.texts)
+    assert_same(tmp_path / "local", tmp_path / "ray")
+    assert sum("report.pdf#page=" in p for p in snapshot(tmp_path / "ray")[0]) == 3
 
 
 def test_a_killed_encode_worker_is_replaced_and_every_image_lands_once(ray_local, tmp_path):
