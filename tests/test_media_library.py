@@ -122,3 +122,50 @@ def test_cbir_watch_picks_up_a_new_pdf_by_itself(extras, tmp_path):
         assert hit["file"] == str((folder / "new.pdf").resolve()) and hit["page"] == 1
     finally:
         watcher.kill()
+
+
+def test_a_kill_in_the_middle_of_a_pdf_stores_all_of_it_or_none(extras, tmp_path):
+    """SIGKILL at random moments of an ingest whose PDF takes many batches: after each kill the
+    PDF's pages are all stored or none, and the next run completes it, each page once."""
+    import random
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    from tests.conftest import cbir_env, count_images, tiny_ingest_command
+
+    folder, library = tmp_path / "docs", tmp_path / "lib"
+    folder.mkdir()
+    for n in range(8):
+        render(SCENES[n % 3], np.random.default_rng(n), (96, 96)).save(folder / f"a{n}.jpg")
+    pages = 400
+    (folder / "b-book.pdf").write_bytes(text_pdf([f"chapter {n}" for n in range(pages)]))
+
+    def stored_pages() -> int:
+        with sqlite3.connect(library / "library.db", timeout=30) as c:
+            return c.execute("select count(*) from images where path like 'b-book.pdf#page=%'").fetchone()[0]
+
+    rng, kills = random.Random(21), 0
+    for _ in range(4):
+        proc = subprocess.Popen(tiny_ingest_command(folder, library), env=cbir_env())
+        deadline = time.time() + 120  # the photos (first by name) committed: the book is being read
+        while proc.poll() is None and count_images(library / "library.db") < 8 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if (library / "library.db").exists():
+            assert stored_pages() in (0, pages)
+        resumed = subprocess.run(tiny_ingest_command(folder, library), env=cbir_env(), capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        assert stored_pages() == pages
+        with sqlite3.connect(library / "library.db") as c:
+            paths = [p for (p,) in c.execute("select path from images")]
+        assert len(paths) == len(set(paths)) == pages + 8
+        # the next round starts over from a changed book
+        (folder / "b-book.pdf").write_bytes(text_pdf([f"chapter {n} revised {rng.random()}" for n in range(pages)]))
+    print(f"\n{kills} of 4 ingests killed while their PDF was read")
+    assert kills >= 3
