@@ -32,6 +32,12 @@ class Status:
     ocr: bool = False  # whether ingests read the text inside images (cbir ingest --ocr)
     ocr_read: int = 0  # images OCR has read
     ocr_texts: int = 0  # texts of source ocr: the images it found text in
+    # of the images: PDF pages and the PDFs they come from, video frames and their videos (the
+    # files counted by content: two copies of a PDF are one)
+    pdf_pages: int = 0
+    pdfs: int = 0
+    video_frames: int = 0
+    videos: int = 0
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -59,6 +65,7 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
     else:
         db_bytes = sum(p.stat().st_size for p in path.glob(library_db_path(path).name + "*") if p.is_file())
     text_version = catalog.text_version()
+    media = catalog.count_media()
     return Status(
         library=path,
         model=fingerprint.get("spec", "(none yet)"),
@@ -79,6 +86,7 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
         ocr=ocr_setting.is_on(catalog),
         ocr_read=catalog.count_ocr_read(),
         ocr_texts=catalog.count_texts(OCR),
+        **dict(zip(("pdf_pages", "pdfs", "video_frames", "videos"), (*media["pdf"], *media["video"]))),
     )
 
 

@@ -60,6 +60,8 @@ def test_pages_and_frames_are_images_named_inside_their_files(fake_library, fold
     # the scenes start at 0, 2 and 4 s: each has a frame
     times = [float(p.split("#t=")[1]) for p in frames]
     assert all(any(start <= t < start + 2 for t in times) for start in (0, 2, 4)), times
+    status = lib.status()
+    assert (status.pdf_pages, status.pdfs, status.video_frames, status.videos) == (3, 1, len(frames), 1)
 
 
 def test_a_pages_text_layer_is_a_library_text_found_by_keyword(fake_library, folder):

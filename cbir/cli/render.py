@@ -80,6 +80,19 @@ def ingest_summary(report) -> str:
     return line
 
 
+def _media(status) -> str:
+    """ "  (12 pages of 2 PDFs, 40 frames of 3 videos)" when the library holds some."""
+    parts = [
+        f"{items} {noun}{'s' if items != 1 else ''} of {files} {kind}{'s' if files != 1 else ''}"
+        for items, noun, files, kind in (
+            (status.pdf_pages, "page", status.pdfs, "PDF"),
+            (status.video_frames, "frame", status.videos, "video"),
+        )
+        if items
+    ]
+    return f"  ({', '.join(parts)})" if parts else ""
+
+
 def status_text(status) -> str:
     fp = status.fingerprint
     model = f"{status.model} ({fp['weights']}, {fp['dim']}-d)" if fp else status.model
@@ -87,7 +100,7 @@ def status_text(status) -> str:
     lines = [
         f"library   {status.library}",
         f"model     {model}",
-        f"images    {status.images}",
+        f"images    {status.images}" + _media(status),
         f"texts     {status.texts}  (captions, descriptions, OCR, labels, tags)",
         f"skipped   {status.skipped}" + ("  (list: cbir status --skipped)" if status.skipped else ""),
         f"index     {status.index_type}, {status.index_vectors} vectors, "

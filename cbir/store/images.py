@@ -323,6 +323,18 @@ class ImageCatalog(CatalogBase):
         with self.engine.connect() as c:
             return c.execute(select(func.count()).where(Image.ocr_engine.is_not(None))).scalar_one()
 
+    def count_media(self) -> dict[str, tuple[int, int]]:
+        """ "pdf" and "video": (their pages or frames, the files these come from)."""
+        page = Image.format == "pdf"
+        query = (
+            select(page, func.count(), func.count(func.distinct(Image.container_hash)))
+            .where(Image.container_hash.is_not(None))
+            .group_by(page)
+        )
+        with self.engine.connect() as c:
+            counts = {("pdf" if is_page else "video"): (items, files) for is_page, items, files in c.execute(query)}
+        return {kind: counts.get(kind, (0, 0)) for kind in ("pdf", "video")}
+
     def has_images(self) -> bool:
         with self.engine.connect() as c:
             return c.execute(select(Image.id).limit(1)).first() is not None
