@@ -20,6 +20,7 @@ from cbir.encode.spec import Encoder, same_model
 from cbir.errors import CbirError, UsageError
 from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
+from cbir.ingest import mask_setting
 from cbir.names import TEXTS
 from cbir.preload import load_model
 from cbir.query import ImageData, Query
@@ -155,6 +156,7 @@ class Library:
         stored = self.fingerprint
         if self._encoder is None:
             self._encoder = self._prepared(stored) or load_model(self.settings, stored)
+            mask_setting.apply(self._encoder, mask_setting.stored(self.catalog))  # the library's, for images
             if self._wrap is not None:
                 self._encoder = self._wrap(self._encoder)
         actual = self._encoder.fingerprint()
@@ -252,6 +254,7 @@ class Library:
         ocr: bool | None = None,
         frame_every: float | None = None,
         max_frames: int | None = None,
+        masks: list[str] | list[tuple[float, float, float, float]] | None = None,
     ):
         """Add a folder (or one image) or a dataset to the library: new files are encoded,
         changed ones re-encoded, moved ones followed, deleted ones removed; bad files and rows
@@ -279,7 +282,11 @@ class Library:
         PDFs and videos in a folder are read too (the media extra): each page, and each video
         frame sampled at scene changes and at least every ``frame_every`` seconds (at most
         ``max_frames`` a video), is an image (cbir.ingest.media). Both are remembered for later
-        ingests; None follows the library's setting (default 10 s, 100 frames)."""
+        ingests; None follows the library's setting (default 10 s, 100 frames).
+
+        ``masks``: rectangles (x, y, w, h, fractions of the image; or "x,y,w,h" text) every image
+        and query image has covered before the model sees it (cbir.ingest.mask_setting); given on
+        a library's first ingest (``[]``: none), None keeps the library's."""
         from cbir.library_folders import ingest
 
         _user_path(path, "ingest")
@@ -300,6 +307,7 @@ class Library:
             ocr=ocr,
             frame_every=frame_every,
             max_frames=max_frames,
+            masks=None if masks is None else mask_setting.parse_masks(masks),
         )
 
     def forget(self, path: str | Path, *, dry_run: bool = False):

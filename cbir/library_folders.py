@@ -43,8 +43,9 @@ def ingest(
     ocr: bool | None,
     frame_every: float | None = None,
     max_frames: int | None = None,
+    masks=None,
 ):
-    from cbir.ingest import frame_setting, ocr_setting, prepare
+    from cbir.ingest import frame_setting, mask_setting, ocr_setting, prepare
     from cbir.ingest.pipeline import default_workers, run_ingest
 
     if engine not in ENGINES:
@@ -60,7 +61,8 @@ def ingest(
 
         check_patterns(exclude, dataset is not None)  # before a model loads
     with writer_lock(library.path), catalogue_writer_lock(library.catalog.engine):
-        encoder = library.encoder
+        masks = mask_setting.settle(library.catalog, masks)  # before a model loads: a refusal is instant
+        encoder = mask_setting.apply(library.encoder, masks)
         if library.fingerprint is None:
             library.catalog.set_meta(MODEL, json.dumps(encoder.fingerprint()))
             library.catalog.dim = encoder.dim
@@ -70,7 +72,8 @@ def ingest(
         root_id, root, scope, scanned = prepare.place(library.catalog, target, dataset)
         indexes = [library.indexes.load(name, writer=True) for name in (IMAGES, TEXTS)]
         batch = prepare.batch_size(library.settings.batch_size, encoder.device.startswith("cuda"))
-        decode_device = prepare.decode_device(decode_device, encoder.device)
+        # masks are painted on decoded images: the device's JPEG decoder would skip them
+        decode_device = None if masks else prepare.decode_device(decode_device, encoder.device)
         stage = None
         if engine == "ray":
             from cbir.distributed.ingest import RayStage

@@ -34,6 +34,7 @@ class Status:
     ocr_texts: int = 0  # texts of source ocr: the images it found text in
     # of the images: PDF pages and the PDFs they come from, video frames and their videos (the
     # files counted by content: two copies of a PDF are one)
+    masks: str = ""  # the parts of every image the model does not see (cbir ingest --mask), "x,y,w,h ..."
     pdf_pages: int = 0
     pdfs: int = 0
     video_frames: int = 0
@@ -53,7 +54,7 @@ class Status:
 def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skipped: bool = False) -> Status:
     """The Status of the library at ``path`` with this catalogue and its indexes in ``index_dir``."""
     from cbir.index.generations import read_manifest
-    from cbir.ingest import ocr_setting
+    from cbir.ingest import mask_setting, ocr_setting
 
     fingerprint = catalog.model_fingerprint() or {}
     manifest = read_manifest(index_dir)
@@ -86,6 +87,7 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
         ocr=ocr_setting.is_on(catalog),
         ocr_read=catalog.count_ocr_read(),
         ocr_texts=catalog.count_texts(OCR),
+        masks=mask_setting.describe(mask_setting.stored(catalog)),
         **dict(zip(("pdf_pages", "pdfs", "video_frames", "videos"), (*media["pdf"], *media["video"]))),
     )
 

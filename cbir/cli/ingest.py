@@ -111,6 +111,15 @@ source_option, engine_option = option_group(SOURCE), option_group(ENGINE)
     metavar="N",
     help="Videos: at most N frames a video (default 100). Remembered like --frame-every.",
 )
+@click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    metavar="X,Y,W,H",
+    help="Ignore this part of every image (fractions of its width and height: 0.7,0.8,0.3,0.2 is the "
+    "bottom-right corner), at ingest and in query images: a title block, a watermark, a date stamp. "
+    "Repeatable; set on a library's first ingest and kept (cbir status shows it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def ingest(
@@ -126,6 +135,7 @@ def ingest(
     ocr,
     frame_every,
     max_frames,
+    masks,
     as_json,
     quiet,
 ):
@@ -140,6 +150,7 @@ def ingest(
       cbir ingest ~/Pictures
       cbir ingest ~/Pictures --exclude 'raw/' --exclude '*.psd'
       cbir ingest ~/Pictures --ocr
+      cbir ingest ~/drawings --mask 0.7,0.8,0.3,0.2
       cbir ingest captions.csv --caption-column alt_text
       cbir ingest 'laion/{00000..00009}.tar'
       cbir ingest /shared/photos --engine ray --address auto --gpus-per-worker 1
@@ -170,6 +181,7 @@ def ingest(
                         ocr=ocr,
                         frame_every=frame_every,
                         max_frames=max_frames,
+                        masks=list(masks) or None,
                         **group_values(SOURCE),
                         **engine,
                     )

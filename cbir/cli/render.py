@@ -108,6 +108,8 @@ def status_text(status) -> str:
         f"database  {format_bytes(status.database_bytes)}",
         f"ocr       {_ocr_state(status)}",
     ]
+    if status.masks:
+        lines.append(f"masks     {status.masks}  (covered in every image and query image)")
     for path, count in status.missing_roots:
         lines.append(
             f"missing   {path}: gone from disk, {count} images kept "

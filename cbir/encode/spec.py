@@ -28,6 +28,10 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     fill_color: int = 0
+    # A library's masks (cbir ingest --mask): rectangles (x, y, w, h) relative to the image as
+    # displayed, covered before the model sees it. Not part of the model's fingerprint: a
+    # setting of the library (cbir.ingest.mask_setting), applied to whatever model it holds.
+    masks: tuple[tuple[float, float, float, float], ...] = ()
 
 
 def rgb(values) -> tuple[float, float, float]:
@@ -143,5 +147,5 @@ def make_fingerprint(spec: ModelSpec, dim: int, preprocess: Preprocess) -> dict:
         "weights": spec.weights_id(),
         "spec": spec.name,
         "dim": dim,
-        "preprocess": asdict(preprocess),
+        "preprocess": {k: v for k, v in asdict(preprocess).items() if k != "masks"},
     }

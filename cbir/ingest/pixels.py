@@ -17,7 +17,10 @@ _STRIP_BYTES = 4 * 2**20  # rows converted at a time: what one conversion's temp
 
 def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
     """Resize and crop an RGB image exactly as open_clip's eval transform does (torchvision
-    Resize + CenterCrop on PIL), returning uint8 [S, S, 3] for the device to normalise."""
+    Resize + CenterCrop on PIL), returning uint8 [S, S, 3] for the device to normalise; the
+    library's masks (``pp.masks``) covered first."""
+    if pp.masks:
+        image = cover(image, pp.masks)
     size = pp.size
     resample = Image.Resampling.BILINEAR if pp.interpolation == "bilinear" else Image.Resampling.BICUBIC
     w, h = image.size
@@ -39,6 +42,21 @@ def to_model_pixels(image: Image.Image, pp: Preprocess) -> np.ndarray:
         image = image.resize((nw, nh), resample)
     left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def cover(image: Image.Image, masks) -> Image.Image:
+    """A copy of an RGB image with each mask (x, y, w, h, relative to its size) painted over in
+    the image's median colour: the page's white on a drawing, a neutral tone on a photo, so a
+    masked corner looks like no content rather than like a new shape."""
+    w, h = image.size
+    small = image.copy()
+    small.thumbnail((64, 64))
+    median = tuple(int(v) for v in np.median(np.asarray(small).reshape(-1, 3), axis=0))
+    out = image.copy()
+    for x, y, mw, mh in masks:
+        box = (round(x * w), round(y * h), round((x + mw) * w), round((y + mh) * h))
+        out.paste(median, box)
+    return out
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
