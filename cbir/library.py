@@ -449,12 +449,12 @@ class Library:
         """The results of each query of a request (what `cbir search` and `cbir serve` fill)."""
         return self._searcher.run(request)
 
-    def _embed_image_file(self, path):
+    def _embed_image_file(self, path, crop=None):
         from cbir.ingest.query_image import embed_image_data, embed_image_file
 
         if isinstance(path, ImageData):
-            return embed_image_data(path, self.encoder)
-        return embed_image_file(_user_path(path, "--image"), path, self.encoder)
+            return embed_image_data(path, self.encoder, crop)
+        return embed_image_file(_user_path(path, "--image"), path, self.encoder, crop)
 
     # -- status --------------------------------------------------------------------------------
     def status(self, *, with_skipped: bool = False) -> Status:

@@ -393,6 +393,108 @@ def test_searching_by_an_uploaded_dropped_or_pasted_image(server, page):
     assert "not an image" in error.inner_text() and "\n" not in error.inner_text()
 
 
+def test_marking_results_more_or_less_like_this_and_searching_again(server, page):
+    page.goto(server.url + "?" + urllib.parse.urlencode({"q": RED_CIRCLE}))
+    text_ids = server.ids("/api/search", q=RED_CIRCLE)
+    wait_ids(page, text_ids)
+    assert page.locator("#feedback").is_hidden()
+    liked = text_ids[5]
+    more = page.locator(f'#grid .card[data-id="{liked}"] .fb.more')
+    more.click()
+    assert more.get_attribute("aria-pressed") == "true"
+    assert page.locator("#feedback").is_visible() and page.locator("#feedback-apply").is_enabled()
+    assert dom_ids(page) == text_ids  # a mark alone searches nothing
+    with page.expect_request(lambda r: "/api/search?" in r.url) as sent:
+        page.locator("#feedback-apply").click()
+    assert f"like={liked}" in sent.value.url
+    expected = server.ids("/api/search", q=RED_CIRCLE, like=liked)
+    wait_ids(page, expected)
+    # the liked image moves up among the first (a near-duplicate of it may rank above it)
+    assert expected.index(liked) < min(3, text_ids.index(liked))
+    assert f"like={liked}" in page.url and "q=a+red+circle" in page.url
+    assert more.get_attribute("aria-pressed") == "true" and page.locator("#feedback-apply").is_disabled()
+
+    page.reload()  # the marks live in the URL
+    wait_ids(page, expected)
+    assert page.locator(f'#grid .card[data-id="{liked}"] .fb.more').get_attribute("aria-pressed") == "true"
+
+    unliked = next(i for i in expected if i != liked)
+    card = page.locator(f'#grid .card[data-id="{unliked}"]')
+    card.locator(".thumb").focus()
+    page.keyboard.press("-")  # the key marks the selected result
+    assert card.locator(".fb.less").get_attribute("aria-pressed") == "true"
+    with page.expect_request(lambda r: "/api/search?" in r.url) as sent:
+        page.locator("#feedback-apply").click()
+    assert f"unlike={unliked}" in sent.value.url and f"like={liked}" in sent.value.url
+    both = server.ids("/api/search", q=RED_CIRCLE, like=liked, unlike=unliked)
+    wait_ids(page, both)
+    scores = [
+        {h["id"]: h["score"] for h in server.api("/api/search", q=RED_CIRCLE, k=60, **feedback)["hits"]}
+        for feedback in ({"like": liked}, {"like": liked, "unlike": unliked})
+    ]
+    assert scores[1][unliked] < scores[0][unliked]  # it moves away (gamma is small: maybe not down)
+    assert "Less like this" in card.locator(".fb.less").get_attribute("aria-label")
+
+    page.locator("#feedback-clear").click()  # back to the text alone
+    wait_ids(page, text_ids)
+    assert "like=" not in page.url and page.locator("#feedback").is_hidden()
+    page.go_back()
+    wait_ids(page, both)
+
+
+def test_drawing_a_box_on_an_uploaded_image_searches_by_it(server, page, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cbir.synthetic import Scene, render
+
+    rng = np.random.default_rng(11)  # a red circle on the left, a blue square on the right
+    picture = Image.new("RGB", (256, 128))
+    picture.paste(render(Scene("red", "circle", "gray"), rng, (128, 128)), (0, 0))
+    picture.paste(render(Scene("blue", "square", "gray"), rng, (128, 128)), (128, 0))
+    query = tmp_path / "two.png"
+    picture.save(query)
+    whole = [h["id"] for h in server.search_by_file(query, k=PAGE)["hits"]]
+    # the form fields of each upload (Playwright does not show a multipart body made from a Blob)
+    page.add_init_script(
+        """const send = window.fetch;
+        window.sentCrops = [];
+        window.fetch = (url, init) => {
+            if (init && init.body instanceof FormData) window.sentCrops.push(init.body.get("crop"));
+            return send(url, init);
+        };"""
+    )
+    page.goto(server.url)
+    page.set_input_files("#file", str(query))
+    wait_ids(page, whole)
+    wait_images_loaded(page, "#crop-img")
+    assert page.locator("#crop-panel").is_visible() and page.locator("#crop-box").is_hidden()
+
+    box = page.locator("#crop-img").bounding_box()
+    with page.expect_request(lambda r: "/api/search/image" in r.url):
+        page.mouse.move(box["x"] + box["width"] * 0.5 + 1, box["y"] + 1)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.5, steps=4)
+        page.mouse.move(box["x"] + box["width"] - 1, box["y"] + box["height"] - 1, steps=4)
+        page.mouse.up()
+    sent = page.evaluate("() => window.sentCrops")
+    assert sent[0] is None and len(sent) == 2, sent  # the whole picture, then the box
+    x, y, w, h = (float(v) for v in sent[1].split(","))
+    assert 0.5 <= x < 0.52 and y < 0.02 and 0.47 < w <= 0.5 and 0.97 < h <= 1 and x + w <= 1
+    cropped = [h["id"] for h in server.search_by_file(query, k=PAGE, crop=sent[1])["hits"]]
+    assert cropped != whole
+    wait_ids(page, cropped)
+    assert page.locator("#crop-box").is_visible() and page.locator("#crop-clear").is_visible()
+
+    with page.expect_request(lambda r: "/api/search/image" in r.url):
+        page.locator("#crop-clear").click()  # the whole picture again
+    assert page.evaluate("() => window.sentCrops")[2:] == [None]
+    wait_ids(page, whole)
+    assert page.locator("#crop-box").is_hidden()
+    page.locator("#query-image-remove").click()
+    assert page.locator("#crop-panel").is_hidden()
+
+
 def test_filters_apply_to_every_kind_of_search(server, page):
     page.goto(server.url)
     assert page.locator("#filters").is_visible()  # open on a wide screen

@@ -153,11 +153,24 @@ def plan_options(f):
     help='Find images similar to this picture (combine with text: --image a.jpg + "in winter").',
 )
 @click.option(
+    "--crop",
+    metavar="X,Y,W,H",
+    help="Search by this box of the --image only: fractions of the picture as shown (0.5,0,0.5,1: its right half).",
+)
+@click.option(
     "--like",
     "like",
     type=str,
+    multiple=True,
     metavar="PATH",
-    help="Find images similar to this image of the library (no model needed for it).",
+    help="Find images like this image of the library (no model needed for it); repeat for several. With a query: more like these.",
+)
+@click.option(
+    "--unlike",
+    type=str,
+    multiple=True,
+    metavar="PATH",
+    help="Less like this image of the library (relevance feedback); repeatable.",
 )
 @click.option(
     "--batch",
@@ -186,7 +199,7 @@ def plan_options(f):
 )
 @search_engine_options
 @library_options
-def search(query, image, like, batch, target, mode, explain, as_json, library, model, device, **options):
+def search(query, image, crop, like, unlike, batch, target, mode, explain, as_json, library, model, device, **options):
     """Search the library by text (QUERY), by example (--image, --like) or many at once (--batch).
 
     \b
@@ -195,13 +208,15 @@ def search(query, image, like, batch, target, mode, explain, as_json, library, m
       cbir search "dog" + "snow" - "indoors"
       cbir search "cat":2 + sofa --after 2019 --camera Pixel
       cbir search --image holiday.jpg + "in winter" -k 20
+      cbir search --image holiday.jpg --crop 0.5,0,0.5,1
+      cbir search "red car" --like a.jpg --like b.jpg --unlike c.jpg --explain
       cbir search sunset --target text --mode keyword
       cbir search beach --where 'taken >= 2019-06-01 and folder = trips' --explain
       cbir search --batch queries.txt --json
     """
     from cbir.query.request import SearchRequest, command_line_queries
 
-    items = command_line_queries(query, image, like, batch)
+    items = command_line_queries(query, image, like, batch, unlike=unlike, crop=crop)
     _check_query_images(q for _, q in items)
     gpu = options.pop("gpu")
     request = SearchRequest.from_options([q for _, q in items], target=target, mode=mode, explain=explain, **options)

@@ -187,6 +187,13 @@ def open_image(
     return _decode(data, pp, max_pixels, draft, pixels, max_bytes)[:7]
 
 
+def upright_picture(data: bytes, pp: Preprocess, side: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The picture as displayed (EXIF orientation applied), RGB, decoded (JPEG draft, box
+    reduction) only as large as a longer side of ``side`` needs, with ingest's format, bomb and
+    memory checks (a query's --crop cuts a box of it)."""
+    return _decode(data, pp, max_pixels, ocr_side=side, model=False)[7]
+
+
 def _ocr_target(size: tuple[int, int], side: int) -> tuple[int, int]:
     """The size an image of ``size`` is read by OCR at: its longer side at most ``side``."""
     w, h = size

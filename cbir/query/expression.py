@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from cbir.errors import UsageError
 
 if TYPE_CHECKING:
-    from cbir.query import ImageData
+    from cbir.query import Crop, ImageData
 
-__all__ = ["Term", "Expression", "parse_expression", "expression_from_argv"]
+__all__ = ["Term", "Expression", "parse_expression", "parse_terms", "expression_from_argv"]
 
 # ASCII digits only: float() would accept other scripts' digits, but nobody types weights in them.
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
@@ -55,16 +55,21 @@ _PATH_KINDS = {'image:"': "image", 'like:"': "like"}
 
 @dataclass(frozen=True)
 class Term:
-    """One part of a query: exactly one of text, image (a file) or like (a library image)."""
+    """One part of a query: exactly one of text, image (a file) or like (a library image). An
+    image may be cropped to a box (``crop``, a :class:`cbir.query.Crop`): it is embedded from
+    that part of the picture alone."""
 
     weight: float = 1.0  # signed: a subtracted term has a negative weight
     text: str | None = None
     image: str | ImageData | None = None  # a path, or bytes (cbir.query.ImageData)
     like: str | None = None
+    crop: Crop | None = None
 
     def __post_init__(self):
         if sum(v is not None for v in (self.text, self.image, self.like)) != 1:
             raise UsageError("a query term is exactly one of a text, an image file or a library image")
+        if self.crop is not None and self.image is None:
+            raise UsageError("only a query image (--image) can be cropped")
         weight = float(self.weight)
         if weight == 0 or not math.isfinite(weight):
             raise UsageError(f"a query term's weight must be finite and non-zero, not {self.weight!r}")
@@ -86,7 +91,8 @@ class Term:
             object.__setattr__(self, kind, path)
 
     def __str__(self) -> str:
-        """The term without its sign, e.g. ``"cat":2`` or ``image:"a.jpg"``."""
+        """The term without its sign, e.g. ``"cat":2`` or ``image:"a.jpg"`` (a crop is not part
+        of the syntax: :meth:`Expression.describe` shows it)."""
         if self.text is not None:
             body = _quote(self.text)
         elif self.like is not None:
@@ -118,6 +124,16 @@ class Expression:
             out += (" - " if term.weight < 0 else " + ") + str(term)
         return out
 
+    def describe(self) -> str:
+        """How the query vector is formed, for --explain: every term with its weight, in the
+        order summed, e.g. ``1.00 "red car" + 0.38 like:a.jpg - 0.25 like:c.jpg``; a cropped
+        image shows its box, ``image:a.jpg[crop 0.5,0,0.5,1]``."""
+        out = ""
+        for n, term in enumerate(self.terms):
+            sign = ("- " if term.weight < 0 else "") if n == 0 else (" - " if term.weight < 0 else " + ")
+            out += f"{sign}{abs(term.weight):.2f} {_described(term)}"
+        return out
+
     @property
     def texts(self) -> list[str]:
         """The text of every positive text term, e.g. for a keyword search alongside."""
@@ -136,16 +152,21 @@ def parse_expression(text: str | None, *, first: Term | None = None) -> Expressi
     becomes the first term, and TEXT is joined to it by its leading operator, ``+`` when it has
     none. TEXT may be None or blank only when ``first`` is given. Errors are UsageErrors that
     show the query with a caret under the problem."""
+    if (text is None or not text.strip()) and first is None:
+        raise UsageError("query: empty query")
+    terms = parse_terms(text, first=first)
+    if not any(t.weight > 0 for t in terms):
+        raise _Scanner(text or "").error("nothing to search for: every term is subtracted")
+    return Expression(tuple(terms))
+
+
+def parse_terms(text: str | None, *, first: Term | None = None) -> list[Term]:
+    """The terms of TEXT after ``first`` (as parse_expression), which may be none at all or
+    only subtractions: relevance feedback (cbir.query.feedback) adds the positive side."""
     terms = [first] if first is not None else []
     if text is None or not text.strip():
-        if first is None:
-            raise UsageError("query: empty query")
-        text = ""
-    scanner = _Scanner(text)
-    terms += scanner.terms()
-    if not any(t.weight > 0 for t in terms):
-        raise scanner.error("nothing to search for: every term is subtracted")
-    return Expression(tuple(terms))
+        return terms
+    return terms + _Scanner(text).terms()
 
 
 def expression_from_argv(args: Sequence[str]) -> str:
@@ -186,6 +207,17 @@ def _argv_term(run: list[str]) -> str:
         return _quote(text)
     # Keep the number as typed, so that a bad one (":0") fails in the parser as it would bare.
     return _quote(f"{head} {weighted[1]}".strip()) + ":" + weighted[2]
+
+
+def _described(term: Term) -> str:
+    """A term without sign or weight for describe(): a text quoted, a path quoted only when it
+    holds whitespace or a quote (``like:a.jpg``, ``image:"my photo.jpg"``)."""
+    if term.text is not None:
+        return _quote(term.text)
+    kind = "like" if term.like is not None else "image"
+    path = str(term.like if term.like is not None else term.image)
+    shown = path if path and not any(ch.isspace() or ch == '"' for ch in path) else _quote(path)
+    return f"{kind}:{shown}" + (f"[crop {term.crop}]" if term.crop is not None else "")
 
 
 def _quote(value: str) -> str:
@@ -231,7 +263,13 @@ class _Scanner:
             if terms and operator is None:
                 raise self.error("expected + or - between terms", token.pos)
             sign = -1 if operator is not None and operator.value == "-" else 1
-            terms.append(Term(sign * token.weight, **{token.kind: token.value}))
+            weight = sign * token.weight
+            if token.kind == "text":
+                terms.append(Term(weight, text=token.value))
+            else:
+                terms.append(
+                    Term(weight, image=token.value) if token.kind == "image" else Term(weight, like=token.value)
+                )
             operator = None
         if operator is not None:
             raise self.error(f"missing term after '{operator.value}'", operator.pos)

@@ -42,6 +42,7 @@ class Plan:
     total: int  # vectors in the searched collection
     matching: int | None = None  # how many pass the filters (SQLite count); None: no filter
     filters: str = ""
+    query: str = ""  # how the query vector was formed: Expression.describe()
     fetch: int = 0  # candidates the plan expects to examine first
     examined: int = 0  # candidates actually examined, over all widening rounds
     rounds: int = 0
@@ -69,6 +70,8 @@ class Plan:
         ]
         if self.filters:
             lines.append(f"filters   {self.filters}")
+        if self.query:
+            lines.append(f"query     {self.query}")
         counted = "" if self.matching is None else f"{self.matching} of {self.total} {self.target} pass the filters; "
         lines.append(
             f"examined  {counted}expected to examine {self.fetch}, examined {self.examined}"
@@ -163,6 +166,7 @@ def plan_query(
         total=total,
         matching=matching,
         filters=filters,
+        query=expression.describe(),
         fetch=fetch,
     )
 

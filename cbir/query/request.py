@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import IO
 
 from cbir.errors import UsageError
-from cbir.query import Query
+from cbir.query import Crop, Query
 from cbir.query import plan as planning
 from cbir.query.batch import parse_batch
 from cbir.query.expression import expression_from_argv
@@ -119,24 +119,41 @@ class SearchRequest:
 
 
 def command_line_queries(
-    words: Sequence[str], image: str | None, like: str | None, batch: IO[str] | None
+    words: Sequence[str],
+    image: str | None,
+    like: str | Sequence[str] | None,
+    batch: IO[str] | None,
+    *,
+    unlike: Sequence[str] = (),
+    crop: str | None = None,
 ) -> list[tuple[object, Query]]:
-    """The queries of `cbir search`: its QUERY words (query arithmetic), --image or --like (each
-    may add words), or the lines of a --batch file; each with what its results echo as
-    ``query``."""
+    """The queries of `cbir search`: its QUERY words (query arithmetic), --image (cropped by
+    --crop), --like and --unlike (repeatable: relevance feedback), each combinable with the
+    others, or the lines of a --batch file; each with what its results echo as ``query``."""
     text = expression_from_argv(words).strip() if words else ""
-    if batch and (text or image or like):
-        raise UsageError("--batch takes its queries from the file; give no QUERY, --image or --like with it")
-    if not (batch or text or image or like):
+    likes = [like] if isinstance(like, str) else list(like or ())
+    unlikes = list(unlike)
+    if batch and (text or image or likes or unlikes or crop):
+        raise UsageError("--batch takes its queries from the file; give no QUERY, --image, --like or --unlike with it")
+    if crop is not None and not image:
+        raise UsageError("--crop is a box of the query image: give --image with it")
+    box = Crop.parse(crop) if crop is not None else None  # checked before anything is loaded
+    if not (batch or text or image or likes or unlikes):
         raise UsageError("give a QUERY text, --image PATH, --like PATH or --batch FILE")
     if batch:
         return parse_batch(batch, source=batch.name)
-    echo = (
-        text
-        if not (image or like)
-        else {
-            **({"image": str(image)} if image else {"like": str(like)}),
-            **({"text": text} if text else {}),
-        }
-    )
-    return [(echo, Query(text=text or None, image=image, like=like))]
+    query = Query(text=text or None, image=image, like=likes, unlike=unlikes, crop=box)
+    if not (image or likes or unlikes):
+        return [(text, query)]
+    echo: dict[str, object] = {}
+    if image:
+        echo["image"] = str(image)
+        if box is not None:
+            echo["crop"] = str(box)
+    if likes:
+        echo["like"] = str(likes[0]) if len(likes) == 1 else [str(p) for p in likes]
+    if unlikes:
+        echo["unlike"] = [str(p) for p in unlikes]
+    if text:
+        echo["text"] = text
+    return [(echo, query)]

@@ -14,7 +14,6 @@ import numpy as np
 from cbir.encode.spec import Encoder, encode_texts_batched
 from cbir.errors import EmptyLibrary, UsageError
 from cbir.index.types import check_params_apply
-from cbir.query import ImageData
 from cbir.query import plan as planning
 from cbir.query.execute import Executor, Options
 from cbir.query.filter_sql import image_condition
@@ -56,7 +55,8 @@ class Searcher:
     """Searches one library: its catalogue and indexes, and its model, loaded only when a query
     needs it. The Library supplies what this layer does not know: how the model is loaded and
     checked (``encoder``; ``loaded``: whether it is already), how a query image file or its
-    bytes are read and embedded (``embed_image``) and how a path names a library image
+    bytes are read and embedded (``embed_image``, given a :class:`cbir.query.Crop` as a second
+    argument when only a box of the picture is wanted) and how a path names a library image
     (``image_id(path, option)``)."""
 
     def __init__(
@@ -68,7 +68,7 @@ class Searcher:
         encoder: Callable[[], Encoder],
         loaded: Callable[[], bool],
         prepare: Callable[[bool], None] = lambda text: None,
-        embed_image: Callable[[str | Path | ImageData], np.ndarray],
+        embed_image: Callable[..., np.ndarray],
         image_id: Callable[[str | Path, str], int],
     ):
         self.catalog = catalog
@@ -218,10 +218,12 @@ class Searcher:
             for term in e.terms:
                 if term.text is not None:
                     v = encoded[term.text]
+                elif term.crop is not None:  # only that box of the picture
+                    v = self._embed_image(term.image, term.crop)
                 elif term.image is not None:
                     v = self._embed_image(term.image)
                 else:
-                    v = self._library_vector(term.like)
+                    v = self._library_vector(term.like, "--like" if term.weight > 0 else "--unlike")
                 total += term.weight * v / max(float(np.linalg.norm(v)), 1e-12)
             norm = float(np.linalg.norm(total))
             if norm < 1e-6:
@@ -229,11 +231,11 @@ class Searcher:
             out.append((total / norm).astype(np.float32))
         return out
 
-    def _library_vector(self, path: str) -> np.ndarray:
-        image_id = self._image_id(path, "--like")
+    def _library_vector(self, path: str, option: str) -> np.ndarray:
+        image_id = self._image_id(path, option)
         ids, vectors = self.indexes.vectors_of(planning.IMAGES)(np.asarray([image_id]))
         if not len(ids):
-            raise UsageError(f"--like {path}: its vector is missing from the index; run `cbir ingest` again")
+            raise UsageError(f"{option} {path}: its vector is missing from the index; run `cbir ingest` again")
         return vectors[0]
 
 

@@ -1,7 +1,8 @@
 """The HTTP API and web page of `cbir serve`: the same planner as `cbir search`, read-only.
 
 GET  /api/search?q=...&k=20&after=2019&folder=trips&explain=true   text -> image (or -> text)
-POST /api/search/image   (multipart "file", same parameters)       uploaded image -> image
+     ...&like=ID&unlike=ID (repeatable; q optional with like)       relevance feedback (Rocchio)
+POST /api/search/image   (multipart "file", same parameters, crop)  uploaded image -> image
 GET  /api/images/{id}/similar                                     library image -> image
 GET  /api/images/{id}  ./thumbnail?size=320  ./original           metadata and files, by id
      (a PDF page's or video frame's original: its whole file, in byte ranges)
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -40,6 +41,7 @@ UPLOAD_LIMIT = 25_000_000  # bytes of an uploaded query image (cbir serve --uplo
 MAX_K = 500
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 2_000
+MAX_FEEDBACK = 100  # liked or unliked images a search may name (each is one stored vector)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the upload
 # The page loads nothing from elsewhere; /docs (Swagger UI from a CDN) is left out of this. Its
 # <video> of a frame's original is same-origin media (default-src 'self'); a PDF original opened
@@ -58,11 +60,14 @@ STATUS_OF = {TooLarge: 413, UsageError: 400, ImageGone: 404, EmptyLibrary: 409, 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """A search from the query string: its text (the whole query, or text added to an image) and
-    the request it runs with, to which each endpoint adds its query."""
+    """A search from the query string: its text (the whole query, or text added to an image),
+    the library images its results should look like or not (ids: relevance feedback) and the
+    request it runs with, to which each endpoint adds its query."""
 
     q: str | None
     request: SearchRequest
+    like: tuple[int, ...] = ()
+    unlike: tuple[int, ...] = ()
 
 
 def search_params(
@@ -106,6 +111,17 @@ def search_params(
     nprobe: Annotated[int | None, Query(ge=1, le=65536)] = None,
     ef: Annotated[int | None, Query(ge=1, le=65536)] = None,
     explain: Annotated[bool, Query(description="Include the executed plan and its timings.")] = False,
+    like: Annotated[
+        list[int],
+        Query(
+            max_length=MAX_FEEDBACK,
+            description="More like this library image (an id; repeatable): relevance feedback, as cbir search --like.",
+        ),
+    ] = [],
+    unlike: Annotated[
+        list[int],
+        Query(max_length=MAX_FEEDBACK, description="Less like this library image (an id; repeatable)."),
+    ] = [],
 ) -> SearchParams:
     request = SearchRequest.from_options(
         k=k,
@@ -130,7 +146,11 @@ def search_params(
         ef=ef,
         explain=explain,
     )
-    return SearchParams(q.strip() if q and q.strip() else None, request)
+    like, unlike = list(dict.fromkeys(like)), list(dict.fromkeys(unlike))
+    both = set(like) & set(unlike)
+    if both:
+        raise UsageError(f"image {min(both)} is in both like and unlike")
+    return SearchParams(q.strip() if q and q.strip() else None, request, tuple(like), tuple(unlike))
 
 
 Params = Annotated[SearchParams, Depends(search_params)]
@@ -206,6 +226,23 @@ def _add_headers_and_errors(app: FastAPI) -> None:
 def _add_search_routes(app: FastAPI, library, gate: DecodeGate, upload_limit: int) -> None:
     """Search by text, by an uploaded image and by a library image, each optionally plus text."""
 
+    def feedback(params: SearchParams, like: tuple[int, ...] = ()) -> dict:
+        """The Query fields of a search's liked and unliked ids: library paths (an unknown id is a 404)."""
+        return {
+            "like": [Path(_image_info(library, i).path) for i in (*like, *params.like)],
+            "unlike": [Path(_image_info(library, i).path) for i in params.unlike],
+        }
+
+    def echoed(params: SearchParams, echo: dict) -> dict:
+        """What the answer's ``query`` repeats: the text, then the feedback ids given."""
+        if params.q:
+            echo["text"] = params.q
+        if params.like:
+            echo["like"] = [*echo.get("like", []), *params.like]
+        if params.unlike:
+            echo["unlike"] = list(params.unlike)
+        return echo
+
     def run_search(params: SearchParams, query: SearchQuery, echo: dict) -> dict:
         started = time.perf_counter()
         [results] = library.run_search(params.request.asking(query))
@@ -219,14 +256,25 @@ def _add_search_routes(app: FastAPI, library, gate: DecodeGate, upload_limit: in
             body["plan"] = results.plan.as_dict()
         return body
 
-    @app.get("/api/search", summary="Search by text (images, or texts with target=text)")
+    @app.get("/api/search", summary="Search by text (images, or texts with target=text), with like/unlike feedback")
     def search(params: Params) -> dict:
-        if params.q is None:
-            raise UsageError("give a query text: /api/search?q=...")
-        return run_search(params, SearchQuery(text=params.q), {"text": params.q})
+        if params.q is None and not params.like:
+            raise UsageError("give a query text or a liked image: /api/search?q=... or ?like=ID")
+        return run_search(params, SearchQuery(text=params.q, **feedback(params)), echoed(params, {}))
 
-    @app.post("/api/search/image", summary="Search by an uploaded image (optionally plus text)")
-    def search_by_image(params: Params, file: Annotated[UploadFile, File(description="The query image.")]) -> dict:
+    @app.post("/api/search/image", summary="Search by an uploaded image, or a box of it (optionally plus text)")
+    def search_by_image(
+        params: Params,
+        file: Annotated[UploadFile, File(description="The query image.")],
+        crop: Annotated[
+            str | None,
+            Query(
+                max_length=200, description="Search by this box of the image only: x,y,w,h, fractions of it as shown."
+            ),
+        ] = None,
+        crop_field: Annotated[str | None, Form(alias="crop", max_length=200, include_in_schema=False)] = None,
+    ) -> dict:
+        given = crop if crop is not None else crop_field  # a query parameter or a form field
         with gate.slot():  # waiting, the upload stays in its spooled file, not in memory
             data = file.file.read(upload_limit + 1)
             if len(data) > upload_limit:
@@ -234,12 +282,20 @@ def _add_search_routes(app: FastAPI, library, gate: DecodeGate, upload_limit: in
                     f"the uploaded image is over the limit of {upload_limit:,} bytes (cbir serve --upload-limit)"
                 )
             name = f"uploaded image {file.filename!r}" if file.filename else "uploaded image"
-            echo = {"image": file.filename or "upload", **({"text": params.q} if params.q else {})}
-            return run_search(params, SearchQuery(text=_added_text(params.q), image=ImageData(data, name)), echo)
+            query = SearchQuery(
+                text=_added_text(params.q), image=ImageData(data, name), crop=given or None, **feedback(params)
+            )
+            echo = {"image": file.filename or "upload", **({"crop": str(query.crop)} if query.crop else {})}
+            return run_search(params, query, echoed(params, echo))
 
     @app.get("/api/images/{image_id}/similar", summary="Images similar to a library image (optionally plus text)")
     def similar(image_id: ImageId, params: Params) -> dict:
         info = _image_info(library, image_id)
+        if image_id in params.unlike:
+            raise UsageError(f"image {image_id} is in both like and unlike")
+        if params.like or params.unlike:  # the image is one more liked one: as ?like=ID&like=...
+            echo = echoed(params, {"like": [image_id]})
+            return run_search(params, SearchQuery(text=params.q, **feedback(params, (image_id,))), echo)
         echo = {"like": image_id, **({"text": params.q} if params.q else {})}
         return run_search(params, SearchQuery(text=_added_text(params.q), like=Path(info.path)), echo)
 

@@ -1,5 +1,6 @@
 // The page of `cbir serve`: search the library by text, by a library image or by an uploaded
-// one, through the JSON API of cbir/serve/app.py. Plain ES module, no build step, no
+// one (or a box drawn on it), refined by marking results "more like this" / "less like this"
+// (relevance feedback: like and unlike ids), through the JSON API of cbir/serve/app.py. Plain ES module, no build step, no
 // dependencies; the Content-Security-Policy allows nothing inline, so all behaviour lives here.
 
 const PAGE = 24; // results per request (?k= in the URL overrides it)
@@ -8,6 +9,7 @@ const MAX_OFFSET = 10000; // the API refuses offsets beyond this
 const FILTERS = ["after", "before", "folder", "camera", "where"];
 const SWITCHES = ["frames"]; // checkboxes of the filters form: "true" in the query when ticked
 const MULTI = new Set(["folder", "camera"]); // comma-separated in the box, repeated in the query
+const MIN_CROP = 0.02; // a drag smaller than this share of the picture is a click, not a box
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -23,12 +25,19 @@ const ui = {
   detail: $("detail"), detailImg: $("detail-img"), detailVideo: $("detail-video"), detailTitle: $("detail-title"), detailMeta: $("detail-meta"),
   detailTexts: $("detail-texts"), detailSimilar: $("detail-similar"), detailOriginal: $("detail-original"),
   detailClose: $("detail-close"), detailPrev: $("detail-prev"), detailNext: $("detail-next"),
+  feedback: $("feedback"), feedbackSummary: $("feedback-summary"), feedbackApply: $("feedback-apply"),
+  feedbackClear: $("feedback-clear"),
+  cropPanel: $("crop-panel"), cropStage: $("crop-stage"), cropImg: $("crop-img"), cropBox: $("crop-box"),
+  cropText: $("crop-text"), cropClear: $("crop-clear"),
 };
 
 const state = {
   k: PAGE,
   image: null, // {kind: "like", id, name} or {kind: "upload", blob, name, url}
   savedText: "", // the text searched before an image query replaced it
+  crop: null, // {x, y, w, h}: the box of an uploaded image searched, fractions of the picture
+  marks: new Map(), // id -> "like" | "unlike": the toggles on the cards
+  feedback: { like: [], unlike: [] }, // the ids the results shown were searched with
   hits: [],
   ids: new Set(),
   offset: 0,
@@ -81,6 +90,7 @@ function queryString(offset) {
   p.set("k", String(state.k));
   if (offset) p.set("offset", String(offset));
   for (const [name, values] of Object.entries(filterValues())) for (const v of values) p.append(name, v);
+  for (const kind of ["like", "unlike"]) for (const id of state.feedback[kind]) p.append(kind, String(id));
   p.set("explain", "true");
   return p;
 }
@@ -103,6 +113,7 @@ function request(offset, signal) {
   if (image?.kind === "upload") {
     const form = new FormData();
     form.append("file", image.blob, image.name);
+    if (state.crop) form.append("crop", cropText(state.crop));
     return api(`/api/search/image?${params}`, { method: "POST", body: form, signal });
   }
   return api(`/api/search?${params}`, { signal });
@@ -116,7 +127,7 @@ let moreLoading = false;
 let debounceTimer = 0;
 
 function hasQuery() {
-  return Boolean(state.image || ui.q.value.trim());
+  return Boolean(state.image || ui.q.value.trim() || state.feedback.like.length);
 }
 
 async function search({ history = "push" } = {}) {
@@ -229,7 +240,8 @@ function card(hit, index) {
   const info = el("button", { type: "button", className: "info", title: "Details (i)" });
   info.setAttribute("aria-label", `Details of ${name}`);
   info.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="9"/><path d="M12 11v6M12 7.5v.5"/></svg>';
-  item.append(open, score, info);
+  item.append(open, score, info, ...feedbackButtons(hit, name));
+  showMark(item);
   const kind = itemKind(hit);
   if (kind) {
     // a PDF page or a video frame: which one, on the card itself
@@ -243,6 +255,16 @@ function card(hit, index) {
     open.setAttribute("aria-label", `${name} (file missing), score ${formatScore(hit.score)}: find similar images`);
   }
   return item;
+}
+
+function feedbackButtons(hit, name) {
+  return [["like", "more", "+", "More like this"], ["unlike", "less", "−", "Less like this"]].map(([mark, className, sign, what]) => {
+    const button = el("button", { type: "button", className: `fb ${className}`, textContent: sign, title: `${what} (${sign === "+" ? "+" : "-"}), then Search again` });
+    button.dataset.mark = mark;
+    button.setAttribute("aria-label", `${what}: ${name}`);
+    button.setAttribute("aria-pressed", "false");
+    return button;
+  });
 }
 
 function showSummary(body, roundTrip) {
@@ -259,6 +281,7 @@ function showSummary(body, roundTrip) {
   ui.planReason.title = plan.reason || "";
   const rows = [
     ["query", plan.kind],
+    ["terms", plan.query],
     ["filters", plan.filters || "none"],
     ["library", plan.total],
     ["matching", plan.matching ?? "all"],
@@ -337,12 +360,145 @@ function hideError() {
   ui.error.textContent = "";
 }
 
+// ---------------------------------------------------------------- relevance feedback
+
+// A toggle marks a result; "Search again" searches with the marks (kept in the URL as like and
+// unlike ids), "Clear" drops them. Marks are pending until then, so several can be made at once.
+function toggleMark(id, mark) {
+  if (state.marks.get(id) === mark) state.marks.delete(id);
+  else state.marks.set(id, mark);
+  for (const item of ui.grid.querySelectorAll(`.card[data-id="${id}"]`)) showMark(item);
+  showFeedback();
+}
+
+function showMark(item) {
+  const mark = state.marks.get(Number(item.dataset.id));
+  item.classList.toggle("liked", mark === "like");
+  item.classList.toggle("unliked", mark === "unlike");
+  for (const button of item.querySelectorAll(".fb")) button.setAttribute("aria-pressed", String(button.dataset.mark === mark));
+}
+
+function marked(mark) {
+  return [...state.marks].filter(([, m]) => m === mark).map(([id]) => id);
+}
+
+function showFeedback() {
+  const like = marked("like"), unlike = marked("unlike");
+  const applied = state.feedback;
+  const same = (a, b) => a.length === b.length && a.every((id) => b.includes(id));
+  const pending = !same(like, applied.like) || !same(unlike, applied.unlike);
+  ui.feedback.hidden = !(like.length || unlike.length || applied.like.length || applied.unlike.length);
+  const parts = [];
+  if (like.length) parts.push(`${like.length} more like this`);
+  if (unlike.length) parts.push(`${unlike.length} less like this`);
+  ui.feedbackSummary.textContent = (parts.join(", ") || "No marks") + (pending ? "" : " · searched");
+  ui.feedbackApply.disabled = !pending;
+}
+
+function applyFeedback() {
+  state.feedback = { like: marked("like"), unlike: marked("unlike") };
+  showFeedback();
+  search();
+}
+
+function clearFeedback({ run = true } = {}) {
+  const searched = state.feedback.like.length || state.feedback.unlike.length;
+  state.marks = new Map();
+  state.feedback = { like: [], unlike: [] };
+  for (const item of cards()) showMark(item);
+  showFeedback();
+  if (run && searched) search();
+}
+
+function setFeedback(like, unlike) {
+  state.feedback = { like, unlike };
+  state.marks = new Map([...like.map((id) => [id, "like"]), ...unlike.map((id) => [id, "unlike"])]);
+  showFeedback();
+}
+
+// ---------------------------------------------------------------- a box on an uploaded image
+
+function cropText(box) {
+  return [box.x, box.y, box.w, box.h].join(",");
+}
+
+function showCrop() {
+  const upload = state.image?.kind === "upload" ? state.image : null;
+  ui.cropPanel.hidden = !upload;
+  if (!upload) {
+    ui.cropImg.removeAttribute("src");
+    return;
+  }
+  if (ui.cropImg.getAttribute("src") !== upload.url) ui.cropImg.src = upload.url;
+  ui.cropImg.alt = `${upload.name}: drag a box to search by part of it`;
+  drawBox(state.crop);
+  ui.cropClear.hidden = !state.crop;
+  ui.cropText.textContent = state.crop ? "Searching by the box drawn." : "Drag a box on the picture to search by that part of it.";
+}
+
+function drawBox(box) {
+  ui.cropBox.hidden = !box;
+  if (!box) return;
+  Object.assign(ui.cropBox.style, { left: `${box.x * 100}%`, top: `${box.y * 100}%`, width: `${box.w * 100}%`, height: `${box.h * 100}%` });
+}
+
+// the box between two points of the picture, in fractions rounded outwards to 4 decimals
+function boxBetween(a, b) {
+  const down = (v) => Math.floor(v * 1e4) / 1e4;
+  const up = (v) => Math.min(1, Math.ceil(v * 1e4) / 1e4);
+  const x = Math.min(down(Math.min(a.x, b.x)), 0.9999), y = Math.min(down(Math.min(a.y, b.y)), 0.9999);
+  const w = Math.round((up(Math.max(a.x, b.x)) - x) * 1e4) / 1e4, h = Math.round((up(Math.max(a.y, b.y)) - y) * 1e4) / 1e4;
+  return { x, y, w: Math.min(w, 1 - x), h: Math.min(h, 1 - y) };
+}
+
+function wireCrop() {
+  let start = null;
+  const point = (e) => {
+    const r = ui.cropImg.getBoundingClientRect();
+    const clamp = (v) => Math.max(0, Math.min(1, v));
+    return { x: clamp((e.clientX - r.left) / r.width), y: clamp((e.clientY - r.top) / r.height) };
+  };
+  ui.cropStage.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0 || !ui.cropImg.complete) return;
+    e.preventDefault();
+    start = point(e);
+    ui.cropStage.setPointerCapture(e.pointerId);
+    drawBox(boxBetween(start, start));
+  });
+  ui.cropStage.addEventListener("pointermove", (e) => {
+    if (start) drawBox(boxBetween(start, point(e)));
+  });
+  ui.cropStage.addEventListener("pointerup", (e) => {
+    if (!start) return;
+    const box = boxBetween(start, point(e));
+    start = null;
+    if (box.w < MIN_CROP || box.h < MIN_CROP) {
+      drawBox(state.crop); // a click: the box stays as it was
+      return;
+    }
+    state.crop = box;
+    showCrop();
+    search();
+  });
+  ui.cropStage.addEventListener("pointercancel", () => {
+    start = null;
+    drawBox(state.crop);
+  });
+  ui.cropClear.addEventListener("click", () => {
+    state.crop = null;
+    showCrop();
+    search();
+  });
+}
+
 // ---------------------------------------------------------------- image queries
 
 function likeImage(hit) {
   if (state.image?.kind === "upload") URL.revokeObjectURL(state.image.url);
   if (!state.image) state.savedText = ui.q.value;
   state.image = { kind: "like", id: hit.id, name: itemName(hit) };
+  state.crop = null;
+  clearFeedback({ run: false }); // a new query: marks made on the last one's results are dropped
   ui.q.value = "";
   showChip();
   search();
@@ -358,6 +514,8 @@ function uploadImage(blob, name) {
   if (state.image?.kind === "upload") URL.revokeObjectURL(state.image.url);
   if (!state.image) state.savedText = ui.q.value;
   state.image = { kind: "upload", blob, name: name || "pasted image", url: URL.createObjectURL(blob) };
+  state.crop = null;
+  clearFeedback({ run: false });
   ui.q.value = "";
   showChip();
   search();
@@ -367,6 +525,7 @@ function clearImage({ run = true } = {}) {
   if (!state.image) return;
   if (state.image.kind === "upload") URL.revokeObjectURL(state.image.url);
   state.image = null;
+  state.crop = null;
   if (!ui.q.value.trim()) ui.q.value = state.savedText;
   state.savedText = "";
   showChip();
@@ -378,6 +537,7 @@ function showChip() {
   ui.chip.hidden = !image;
   ui.form.classList.toggle("with-image", Boolean(image));
   ui.q.placeholder = image ? "Add words to the image query…" : 'Search photos: "a dog in the snow"';
+  showCrop();
   if (!image) {
     ui.chipImg.removeAttribute("src");
     return;
@@ -591,6 +751,12 @@ function onKey(e) {
         openDetail(current);
       }
       return;
+    case "+": case "-":
+      if (current >= 0) {
+        e.preventDefault();
+        toggleMark(state.hits[current].id, e.key === "+" ? "like" : "unlike");
+      }
+      return;
     case "Escape":
       if (state.image) {
         e.preventDefault();
@@ -608,7 +774,8 @@ function stateURL() {
   const p = new URLSearchParams();
   const text = ui.q.value.trim();
   if (text) p.set("q", text);
-  if (state.image?.kind === "like") p.set("like", String(state.image.id));
+  if (state.image?.kind === "like") p.append("like", String(state.image.id));
+  for (const kind of ["like", "unlike"]) for (const id of state.feedback[kind]) p.append(kind, String(id));
   for (const [name, values] of Object.entries(filterValues())) for (const v of values) p.append(name, v);
   if (state.k !== PAGE) p.set("k", String(state.k));
   const s = p.toString();
@@ -635,9 +802,15 @@ function fromURL() {
   for (const name of SWITCHES) ui.filters.elements[name].checked = p.get(name) === "true";
   const k = Number(p.get("k"));
   state.k = Number.isInteger(k) && k >= 1 && k <= 500 ? k : PAGE;
-  const like = Number(p.get("like"));
+  // like: library image ids, the first of them the query image when there is no text ("similar
+  // to"), the others marked "more like this"; unlike: marked "less like this"
+  const ids = (name) => p.getAll(name).map(Number).filter((id) => Number.isInteger(id) && id > 0);
+  const likes = ids("like");
+  const chip = !ui.q.value.trim() && likes.length ? likes.shift() : null;
   if (state.image?.kind === "upload") URL.revokeObjectURL(state.image.url);
-  state.image = Number.isInteger(like) && p.has("like") ? { kind: "like", id: like, name: `image ${like}` } : null;
+  state.image = chip ? { kind: "like", id: chip, name: `image ${chip}` } : null;
+  state.crop = null;
+  setFeedback(likes, ids("unlike").filter((id) => !likes.includes(id)));
   if (state.image) nameLikedImage(state.image);
   showChip();
   updateFilterCount();
@@ -781,7 +954,9 @@ function wire() {
     const item = e.target.closest(".card");
     if (!item) return;
     const index = Number(item.dataset.index);
-    if (e.target.closest(".info")) openDetail(index);
+    const toggle = e.target.closest(".fb");
+    if (toggle) toggleMark(Number(item.dataset.id), toggle.dataset.mark);
+    else if (e.target.closest(".info")) openDetail(index);
     else if (e.target.closest(".thumb")) likeImage(state.hits[index]);
   });
   ui.grid.addEventListener("focusin", (e) => {
@@ -789,6 +964,9 @@ function wire() {
     if (item && Number(item.dataset.index) !== state.selected) select(Number(item.dataset.index), { focus: false });
   });
   ui.more.addEventListener("click", loadMore);
+  ui.feedbackApply.addEventListener("click", applyFeedback);
+  ui.feedbackClear.addEventListener("click", () => clearFeedback());
+  wireCrop();
   let ticking = false;
   window.addEventListener("scroll", () => {
     if (ticking) return;
