@@ -44,6 +44,8 @@ from cbir.training.loop import (
 )
 from cbir.training.pairs import PairBatches, Pairs, epoch_batches, read_pairs, split_images
 
+MODE = "pairs"  # the training state's mode (--images-only runs write "images": cbir.finetune_images)
+
 
 @dataclass
 class FinetuneSettings:
@@ -162,21 +164,8 @@ def _settings(options: dict, out: Path, resume_from: Path | None) -> tuple[Finet
     options = {k: v for k, v in options.items() if v is not None}
     if "dataset" in options:
         options["dataset"] = str(Path(options["dataset"]).expanduser().absolute())
-    state = None
-    if resume_from is not None:
-        if not resume_from.is_file():
-            raise UsageError(f"nothing to resume: no training state {resume_from} (from a run with --out {out})")
-        try:
-            state = torch.load(resume_from, map_location="cpu", weights_only=False)
-            saved = dict(state["settings"])
-        except Exception as e:
-            raise UsageError(f"cannot read training state {resume_from}: {e}") from None
-        for key, value in options.items():
-            if key in saved and saved[key] != value:
-                raise UsageError(
-                    f"--resume: --{key.replace('_', '-')} {value!r} differs from the run being resumed "
-                    f"({saved[key]!r}); leave it out or start a new run"
-                )
+    saved, state = load_state(out, options, resume_from, MODE)
+    if state is not None:
         settings = FinetuneSettings(**saved)
     else:
         for key in ("dataset", "model"):
@@ -185,6 +174,32 @@ def _settings(options: dict, out: Path, resume_from: Path | None) -> tuple[Finet
         settings = FinetuneSettings(**options)
     _check(settings)
     return settings, state
+
+
+def load_state(out: Path, options: dict, resume_from: Path | None, mode: str) -> tuple[dict, dict | None]:
+    """(the saved settings, the training state) of the run to resume (``({}, None)`` when not
+    resuming). The state must be of a run of ``mode`` (image-caption pairs, or --images-only),
+    and any option given again must agree with its saved value."""
+    if resume_from is None:
+        return {}, None
+    if not resume_from.is_file():
+        raise UsageError(f"nothing to resume: no training state {resume_from} (from a run with --out {out})")
+    try:
+        state = torch.load(resume_from, map_location="cpu", weights_only=False)
+        saved = dict(state["settings"])
+    except Exception as e:
+        raise UsageError(f"cannot read training state {resume_from}: {e}") from None
+    found = state.get("mode", MODE)
+    if found != mode:
+        kind, flag = ("an --images-only", "with") if found == "images" else ("an image-caption", "without")
+        raise UsageError(f"--resume: {resume_from} is the state of {kind} run; resume it {flag} --images-only")
+    for key, value in options.items():
+        if key in saved and saved[key] != value:
+            raise UsageError(
+                f"--resume: --{key.replace('_', '-')} {value!r} differs from the run being resumed "
+                f"({saved[key]!r}); leave it out or start a new run"
+            )
+    return saved, state
 
 
 @dataclass
@@ -295,6 +310,7 @@ def _train(run: _Run, start_epoch: int, last_epoch: int, before: dict, state_fil
             {
                 "trainer": run.trainer.state_dict(),
                 "rng": rng_state(),
+                "mode": MODE,
                 "epoch": epoch + 1,
                 "settings": settings.as_dict(),
                 "before": before,

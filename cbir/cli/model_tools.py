@@ -19,6 +19,9 @@ from cbir.errors import UsageError
 # handed to cbir.finetune as they are named there.
 RUN = "cbir.finetune_run"
 run_option = option_group(RUN)
+# The options of --images-only runs alone (cbir.finetune_images.ImageFinetuneSettings).
+IMAGES = "cbir.finetune_images_run"
+images_option = option_group(IMAGES)
 
 
 def _encoder_for(library, model, device):
@@ -118,6 +121,41 @@ def locate(image, text, out, windows, as_json, library, model, device):
 @run_option("--image-column", metavar="NAME", help="The manifest's image column (default: path, image, filepath, ...).")
 @run_option("--caption-column", metavar="NAME", help="The manifest's caption column (default: caption, text, ...).")
 @click.option(
+    "--images-only",
+    is_flag=True,
+    help="Train the image tower alone on two augmented views of each image (SimCLR), text tower frozen: for images without captions.",
+)
+@click.option(
+    "--library",
+    metavar="PATH",
+    help="With --images-only: train on this library's images (its model is the default --model). [env: CBIR_LIBRARY]",
+)
+@images_option(
+    "--where",
+    metavar="EXPR",
+    help="With --images-only --library: only images passing this filter (see cbir search --where).",
+)
+@images_option(
+    "--label-column",
+    metavar="NAME",
+    help="With --images-only: each image's label for mAP@10 by label: a manifest column; for a library folder (the default) or extra.COLUMN.",
+)
+@images_option(
+    "--clip-weight",
+    type=click.FloatRange(min=0),
+    help="With --images-only: weight of the CLIP loss on the training images that have captions (default 0.1; 0: off).",
+)
+@images_option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --images-only: NT-Xent temperature (default 0.1).",
+)
+@images_option(
+    "--flip/--no-flip",
+    default=None,
+    help="With --images-only: mirror views at random (default on; --no-flip for drawings, text, anything whose mirror image is another thing).",
+)
+@click.option(
     "--workers", type=click.IntRange(min=0), help="Image decoding processes (default: up to 4; 0: in this process)."
 )
 @click.option(
@@ -129,16 +167,28 @@ def locate(image, text, out, windows, as_json, library, model, device):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @debug_option
-def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
-    """Fine-tune a CLIP model on your image-caption pairs (contrastive CLIP loss), with a
-    held-out evaluation before and after and a checkpoint every epoch.
+def finetune(dataset, model, out, images_only, library, workers, device, resume, as_json, quiet):
+    """Fine-tune a CLIP model on your image-caption pairs (contrastive CLIP loss), or with
+    --images-only its image tower on your images alone; a held-out evaluation before and after
+    and a checkpoint every epoch.
 
     \b
       cbir finetune --dataset pairs.csv --model ViT-B-32 --epochs 5 --out mine.pt
+      cbir finetune --images-only --library drawings --no-flip --out mine.pt
       cbir finetune --out mine.pt --resume          continue a stopped run
       cbir ingest photos --model ViT-B-32:mine.pt   use it
     """
     from cbir.config import resolve_settings
+
+    log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    image_options = {k: v for k, v in group_values(IMAGES).items() if v is not None}
+    if images_only:
+        _finetune_images(dataset, model, library, image_options, out, workers, device, resume, as_json, quiet, log)
+        return
+    if library or image_options:
+        given = ["--library"] if library else []
+        given += [f"--{k.replace('_', '-')}" for k in image_options]
+        raise UsageError(f"{', '.join(given)}: only with --images-only")
     from cbir.finetune import finetune as run_finetune
 
     settings = resolve_settings(model=model, device=device)
@@ -147,7 +197,6 @@ def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
         raise UsageError("--dataset MANIFEST is required: a .csv, .tsv, .jsonl or .parquet of image-caption pairs")
     if not resume and not settings.model:
         raise UsageError("--model is required: the model to start from, e.g. cbir-tiny or ViT-B-32")
-    log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
     report = run_finetune(
         options, out, device=settings.device, workers=workers, resume=resume, progress=not quiet, log=log
     )
@@ -173,6 +222,59 @@ def finetune(dataset, model, out, workers, device, resume, as_json, quiet):
         f"wrote {report['out']} ({report['steps']} steps in {report['train_seconds']:.0f}s); "
         f"use it with --model {report['load_with']}"
     )
+
+
+def _finetune_images(dataset, model, library, image_options, out, workers, device, resume, as_json, quiet, log):
+    """`cbir finetune --images-only`: cbir.finetune_images, and its report in lines or JSON."""
+    from cbir.finetune_images import finetune_images
+
+    settings = resolve_settings(model=model, device=device)
+    if library is None and dataset is None and not resume and settings.library_named:
+        library = settings.library  # CBIR_LIBRARY
+    options = dict(library=library, dataset=dataset, model=settings.model, **group_values(RUN), **image_options)
+    report = finetune_images(
+        options, out, device=settings.device, workers=workers, resume=resume, progress=not quiet, log=log
+    )
+    report.pop("encoder", None)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for line in image_report_lines(report):
+        click.echo(line)
+
+
+def image_report_lines(report: dict) -> list[str]:
+    """An --images-only report in words: each held-out metric before -> after, then the run."""
+    before, after = report["before"], report.get("after") or {}
+
+    def pair(get) -> str:
+        b, a = get(before), get(after) if after else None
+        return f"{100 * b:.1f}%" + (f" -> {100 * a:.1f}%" if a is not None else "")
+
+    lines = [
+        f"held-out near-duplicates ({before['images']} images; copies cropped 5%, halved, JPEG 50): "
+        f"top-1 {pair(lambda m: m['near_duplicates']['top1'])}, mAP {pair(lambda m: m['near_duplicates']['map'])}"
+    ]
+    if before.get("by_label"):
+        k = before["by_label"]["k"]
+        lines.append(
+            f"mAP@{k} by label ({before['by_label']['labels']} labels): {pair(lambda m: m['by_label']['map_at_k'])}"
+        )
+    if before.get("text_to_image"):
+        lines.append(f"text->image R@1 of held-out captions: {pair(lambda m: m['text_to_image']['R@1'])}")
+    frozen = report["frozen"]
+    lines.append(
+        f"text tower frozen ({frozen['frozen_parameters']:,} parameters; {frozen['trainable_parameters']:,} trained); "
+        f"CLIP loss weight {report['clip_weight']} on {report['captioned_train_images']} captioned training images"
+    )
+    if report["skipped"]["unreadable_images"]:
+        lines.append(f"skipped {report['skipped']['unreadable_images']} images that could not be read")
+    if report.get("out"):
+        lines.append(
+            f"wrote {report['out']} ({report['steps']} steps in {report['train_seconds']:.0f}s); "
+            f"use it with --model {report['load_with']}"
+        )
+    return lines
 
 
 @models.command("check")

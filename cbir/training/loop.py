@@ -5,7 +5,8 @@ The symmetric CLIP loss (pairs with the same caption, or the same image, count a
 soft targets; with distinct pairs it is exactly open_clip's ``ClipLoss``), AdamW with
 open_clip's no-decay split (gains, biases, logit_scale), linear warmup then cosine decay to zero,
 logit scale clamped to 100, fp16 autocast with a gradient scaler on CUDA. :class:`Trainer` holds
-the optimizer and takes one step; :func:`fit` runs epochs of batches the caller supplies; the
+the optimizer and takes one step (``optimize`` steps on any loss: image-only fine-tuning's
+:func:`nt_xent`, cbir.training.images); :func:`fit` runs epochs of batches the caller supplies; the
 training state (``Trainer.state_dict``, :func:`rng_state`) round-trips through
 :func:`save_atomic` so a resumed run ends with the weights of an uninterrupted one.
 """
@@ -51,6 +52,20 @@ def clip_loss(
     loss_i = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
     loss_t = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
     return (loss_i + loss_t) / 2
+
+
+def nt_xent(features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalized temperature-scaled cross entropy over 2N L2-normalised features, rows
+    ``i`` and ``i + N`` two views of one image: each view's positive is its other view, its
+    negatives the other 2N-2 views of the batch."""
+    n2 = features.shape[0]
+    if n2 % 2 or n2 < 4:
+        raise ValueError(f"nt_xent needs two views of at least 2 images, got {n2} rows")
+    n = n2 // 2
+    logits = features @ features.T / temperature
+    logits = logits.masked_fill(torch.eye(n2, dtype=torch.bool, device=features.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, n2), torch.arange(0, n)]).to(features.device)
+    return F.cross_entropy(logits, targets)
 
 
 def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
@@ -109,17 +124,30 @@ class Trainer:
         self, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor | None = None
     ) -> tuple[float, float]:
         """One optimizer step on a batch; returns (loss, logit scale)."""
+        scale = []
+
+        def loss_of(model):
+            with self.autocast():
+                image_features, text_features, logit_scale = clip_outputs(model(images, tokens))
+            if self.cuda:  # the loss in fp32 (autocast gives fp16 features)
+                image_features, text_features = image_features.float(), text_features.float()
+                logit_scale = logit_scale.float()
+            scale.append(logit_scale)
+            return clip_loss(image_features, text_features, logit_scale, labels, image_ids)
+
+        loss = self.optimize(loss_of)
+        return loss, scale[0].item()
+
+    def optimize(self, loss_of: Callable[[torch.nn.Module], torch.Tensor]) -> float:
+        """One optimizer step on the loss ``loss_of(model)`` computes (under the schedule's
+        learning rate, the gradient scaler on CUDA, the logit scale clamped); returns the loss.
+        Other objectives (image-only fine-tuning's NT-Xent) share the step this way."""
         model, optimizer = self.model, self.optimizer
         model.train()
         lr = self.lr()
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with self.autocast():
-            image_features, text_features, logit_scale = clip_outputs(model(images, tokens))
-        if self.cuda:  # the loss in fp32 (autocast gives fp16 features)
-            image_features, text_features = image_features.float(), text_features.float()
-            logit_scale = logit_scale.float()
-        loss = clip_loss(image_features, text_features, logit_scale, labels, image_ids)
+        loss = loss_of(model)
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -131,7 +159,7 @@ class Trainer:
         with torch.no_grad():
             _logit_scale_param(model).clamp_(0, MAX_LOGIT_SCALE)
         self.step += 1
-        return loss.item(), logit_scale.item()
+        return loss.item()
 
     def skip_step(self) -> None:
         """A batch left with nothing to contrast (bad images): the schedule still moves on."""
