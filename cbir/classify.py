@@ -141,7 +141,8 @@ def classify_files(
 ) -> list[Classification]:
     """Zero-shot labels of image files, in the order given. A file that cannot be read gets a
     Classification with ``error`` set; the others are still classified."""
-    from cbir.ingest.decode import BadImage, read_query_image
+    from cbir.ingest.decode import BadImage
+    from cbir.ingest.query_image import read_query_image
 
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")

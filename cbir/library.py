@@ -18,10 +18,9 @@ from cbir.encode.choice import check_requested_model, mismatch, precision_to_use
 from cbir.encode.registry import list_models
 from cbir.encode.spec import Encoder, same_model
 from cbir.errors import CbirError, UsageError
-from cbir.fsutil import writer_lock
 from cbir.index.manager import LibraryIndexes
 from cbir.ingest import mask_setting
-from cbir.names import TEXTS
+from cbir.library_texts import LibraryTexts
 from cbir.preload import load_model
 from cbir.query import ImageData, Query
 from cbir.query.filter_values import parse_date
@@ -30,7 +29,7 @@ from cbir.query.request import SearchRequest, command_line_queries
 from cbir.query.search import Hit, Results, Searcher, file_gone, require_images
 from cbir.status import Status, library_status
 from cbir.store.catalog import Catalog
-from cbir.store.db import catalogue_writer_lock, library_db_path
+from cbir.store.db import library_db_path
 from cbir.store.opening import open_catalogue
 
 # Hit, Results and file_gone live with the search loop and Status in cbir.status; this stays
@@ -79,7 +78,7 @@ def open_encoder(**options) -> Encoder:
     return load_encoder(settings.model_for_new_library, settings.device, settings.backend, settings.precision or "fp32")
 
 
-class Library:
+class Library(LibraryTexts):
     def __init__(self, settings: Settings, catalog: Catalog, encoder: Encoder | None = None):
         self.settings = settings
         self.path = settings.library
@@ -318,39 +317,12 @@ class Library:
 
         return forget(self, _user_path(path, "forget").resolve(), path, dry_run)
 
-    # -- labels: texts the user adds -----------------------------------------------------------
+    # -- library images by path (labels and tags: cbir.library_texts) ------------------------------
     def _library_image(self, path: str | Path, option: str = "image") -> int:
         image_id = self.catalog.image_at(_user_path(path, option).resolve())
         if image_id is None:
             raise UsageError(f"{option} {path}: not an image of this library (ingest it first)")
         return image_id
-
-    def add_label(self, image: str | Path, label: str) -> bool:
-        """Label a library image (a text of its own: searchable, and a --tag filter); False if
-        it already had that label."""
-        from cbir.store.catalog import LABEL, TextRecord
-
-        label = " ".join(label.split())
-        if not label:
-            raise UsageError("empty label")
-        image_id = self._library_image(image)
-        vector = self.encoder.encode_texts([label])[0]
-        return self._change_texts(TEXTS, lambda: self.catalog.add_text(image_id, LABEL, TextRecord(label, vector)))
-
-    def remove_label(self, image: str | Path, label: str | None = None) -> bool:
-        """Remove one label (any case) from a library image, or all its labels; False if none."""
-        from cbir.store.catalog import LABEL
-
-        image_id = self._library_image(image)
-        return self._change_texts(TEXTS, lambda: self.catalog.remove_texts(image_id, LABEL, label))
-
-    def texts_of(self, image: str | Path) -> list[tuple[str, str]]:
-        """(source, text) of every text a library image has: captions, descriptions, labels."""
-        return self.catalog.texts_of(self._library_image(image))
-
-    def labels(self) -> list[tuple[str, int]]:
-        """(label, number of images with it) of every label in the library, by label."""
-        return self.catalog.labels()
 
     # -- zero-shot labels, tags and duplicates (cbir.classify, cbir.duplicates) ------------------
     def classify(
@@ -384,10 +356,6 @@ class Library:
 
         return clear_tags(self)
 
-    def tags_of(self, image: str | Path) -> list[tuple[str, float | None]]:
-        """(tag, score) of a library image's tags, best first."""
-        return self.catalog.tags_of(self._library_image(image))
-
     def duplicates(self, *, copy: float = 0.98, near: float = 0.92, neighbours: int = 32):
         """Groups of exact copies, resized/re-encoded copies (cosine >= ``copy``) and similar
         shots (cosine >= ``near``) with a suggested keeper each; nothing is deleted. A
@@ -395,16 +363,6 @@ class Library:
         from cbir.duplicates import find_duplicates
 
         return find_duplicates(self, copy, near, neighbours)
-
-    def _change_texts(self, name: str, change) -> bool:
-        with writer_lock(self.path), catalogue_writer_lock(self.catalog.engine):
-            index = self.indexes.load(name, writer=True)
-            changes = change()
-            if changes is None:
-                return False
-            index.apply(changes)
-            self.indexes.save({name: index})
-            return True
 
     # -- search --------------------------------------------------------------------------------
     def require_images(self) -> None:

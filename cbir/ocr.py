@@ -16,6 +16,7 @@ photos is rarely upside down, and it would cost a third network on every box.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from importlib import metadata, resources
@@ -250,3 +251,16 @@ def _default_threads() -> int:
     from cbir.encode.onnx_runtime import default_threads
 
     return default_threads()
+
+
+_engines: dict[int, OcrEngine] = {}  # pid -> the engine of that process (a forked worker makes its own)
+
+
+def read_text(image: Image.Image) -> str:
+    """The text inside ``image`` ("" for none), by this process's engine: one thread, since
+    every ingest decode worker runs one."""
+    engine = _engines.get(os.getpid())
+    if engine is None:
+        _engines.clear()  # an engine inherited from the parent process is not used
+        engine = _engines[os.getpid()] = OcrEngine(threads=1)
+    return text_of(engine.read(image))

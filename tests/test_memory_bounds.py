@@ -29,9 +29,9 @@ from cbir.ingest.decode import (
     decode_file,
     display_image,
     open_image,
-    read_query_image,
 )
 from cbir.ingest.limits import MAX_DECODE_BYTES, MAX_FILE_BYTES
+from cbir.ingest.query_image import read_query_image
 from tests.conftest import cbir_env, run_cbir, write_image
 
 PP = Preprocess(size=32)

@@ -10,7 +10,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -187,11 +186,16 @@ def open_image(
     return _decode(data, pp, max_pixels, draft, pixels, max_bytes)[:7]
 
 
-def upright_picture(data: bytes, pp: Preprocess, side: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def upright_picture(
+    data: bytes, side: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_DECODE_BYTES
+) -> Image.Image:
     """The picture as displayed (EXIF orientation applied), RGB, decoded (JPEG draft, box
     reduction) only as large as a longer side of ``side`` needs, with ingest's format, bomb and
-    memory checks (a query's --crop cuts a box of it)."""
-    return _decode(data, pp, max_pixels, ocr_side=side, model=False)[7]
+    memory checks (a query's --crop cuts a box of it; thumbnails are made from it)."""
+    return _decode(data, _NO_MODEL, max_pixels, max_bytes=max_bytes, ocr_side=side, model=False)[7]
+
+
+_NO_MODEL = Preprocess(size=1)  # upright_picture's: no model pixels are made
 
 
 def _ocr_target(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -338,7 +342,7 @@ def _decode_raw(result: Decoded, data: bytes, pp: Preprocess, ocr: bool, model: 
     start = time.perf_counter()
     try:
         if ocr:
-            from cbir.ocr import MAX_SIDE
+            from cbir.ocr import MAX_SIDE, read_text
 
             raw = raw_image(data, MAX_SIDE, longest=True)
         else:
@@ -367,7 +371,7 @@ def _decode_with_ocr(result: Decoded, data: bytes, pp: Preprocess, max_pixels: i
     needs (always here, never left to the model's device), read, then brought to the model's
     pixels (unless ``model`` is False: content the library holds, whose vector is reused). An
     OCR failure leaves the image without text (``ocr_error``), never without its vector."""
-    from cbir.ocr import MAX_SIDE
+    from cbir.ocr import MAX_SIDE, read_text
 
     start = time.perf_counter()
     try:
@@ -387,28 +391,6 @@ def _decode_with_ocr(result: Decoded, data: bytes, pp: Preprocess, max_pixels: i
         result.ocr_error = why(e)
     result.ocr_seconds = time.perf_counter() - start
     return result
-
-
-_ocr: dict = {}  # pid -> the OcrEngine of that process (a forked worker makes its own)
-
-
-def read_text(image: Image.Image) -> str:
-    """The text inside ``image`` ("" for none), by this process's engine: one thread, since
-    every decode worker runs one."""
-    from cbir.ocr import OcrEngine, text_of
-
-    engine = _ocr.get(os.getpid())
-    if engine is None:
-        _ocr.clear()  # an engine inherited from the parent process is not used
-        engine = _ocr[os.getpid()] = OcrEngine(threads=1)
-    return text_of(engine.read(image))
-
-
-def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Model pixels for an image given as a query; raises OSError or BadImage."""
-    if is_raw_name(path.name):
-        return to_model_pixels(raw_image(read_image_file(path), pp.size).image, pp)
-    return open_image(read_image_file(path), pp, max_pixels)[0]
 
 
 # -- worker-process entry points ---------------------------------------------------------------
@@ -444,32 +426,12 @@ def display_image(
     fmt: str | None = None,
 ) -> Image.Image:
     """An image to show people (cbir serve's thumbnails): upright, RGB, at most ``longest_side``
-    pixels on its longest side, with the same format and decompression-bomb checks as ingest.
-    ``fmt``: the format ingest recorded: a RAW photo's (its extension) shows its preview."""
+    pixels on its longest side, decoded as ingest decodes (format, decompression-bomb and memory
+    checks; JPEG draft and box reduction down to that side). ``fmt``: the format ingest
+    recorded: a RAW photo's (its extension) shows its preview."""
     if fmt is not None and f".{fmt}" in RAW_EXTENSIONS:
         image = raw_image(data, longest_side, max_bytes, longest=True, max_pixels=max_pixels).image
-        image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
-        return image
-    try:
-        with warnings.catch_warnings():
-            image = _open_checked(data, max_pixels)
-            full_size = image.size
-            if image.format in ("JPEG", "MPO"):
-                image.draft("RGB", (longest_side, longest_side))  # decode at 1/2..1/8 scale when enough
-            factor = reduce_factor(image, longest_side, longest=True)
-            check_decode_memory(image, factor, full_size, max_bytes)
-            orientation = exif_metadata(image)[2]
-            image.load()
-            image = to_rgb(image, factor)
-            if orientation in UPRIGHT:
-                image = image.transpose(UPRIGHT[orientation])
-            image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
-            return image
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise BadImage(f"corrupt or truncated image: {e}") from None
-    except MemoryError:
-        raise BadImage("image too large to decode in memory") from None
+    else:
+        image = upright_picture(data, longest_side, max_pixels, max_bytes)
+    image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+    return image

@@ -150,8 +150,8 @@ def _pages(whole: Decoded, pp: Preprocess) -> list[Decoded]:
 def _read_scanned_page(d: Decoded, path: str, number: int) -> None:
     """With --ocr, the text of a page without a text layer (a scan), rendered again at the size
     OCR reads; a failure costs the page its text only, as for images."""
-    from cbir.ingest.decode import read_text, why
-    from cbir.ocr import MAX_SIDE
+    from cbir.ingest.decode import why
+    from cbir.ocr import MAX_SIDE, read_text
 
     start = time.perf_counter()
     try:

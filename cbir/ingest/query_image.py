@@ -12,7 +12,7 @@ from PIL import Image
 
 from cbir.encode.spec import Encoder, Preprocess
 from cbir.errors import UsageError
-from cbir.ingest.decode import BadImage, open_image, read_query_image, upright_picture
+from cbir.ingest.decode import MAX_PIXELS, BadImage, open_image, upright_picture
 from cbir.ingest.limits import read_image_file
 from cbir.ingest.pixels import to_model_pixels
 from cbir.ingest.raw import is_raw_name, raw_image
@@ -57,6 +57,13 @@ def embed_image_file(path: Path, given, encoder: Encoder, crop: Box | None = Non
     return encoder.encode_images(pixels[None])[0]
 
 
+def read_query_image(path: Path, pp: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Model pixels for an image given as a query; raises OSError or BadImage."""
+    if is_raw_name(path.name):
+        return to_model_pixels(raw_image(read_image_file(path), pp.size).image, pp)
+    return open_image(read_image_file(path), pp, max_pixels)[0]
+
+
 def cropped_pixels(picture: Image.Image, crop: Box, pp: Preprocess) -> np.ndarray:
     """Model pixels of the box ``crop`` of an upright RGB picture: whole pixels, at least one,
     then the model's own resize and crop (cbir.ingest.pixels, as for every image)."""
@@ -76,4 +83,4 @@ def _side(pp: Preprocess, crop: Box) -> int:
 def _upright(data: bytes, pp: Preprocess, crop: Box) -> Image.Image:
     """The picture as displayed, decoded only as large as the box needs (ingest's decoding and
     checks, asked for the picture instead of model pixels)."""
-    return upright_picture(data, pp, _side(pp, crop))
+    return upright_picture(data, _side(pp, crop))
