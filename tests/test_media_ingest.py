@@ -255,3 +255,14 @@ def test_export_names_the_page(fake_library, folder, tmp_path):
     assert by_path[str(folder / "docs" / "report.pdf") + "#page=2"]["format"] == "pdf"
     frame = next(r for p, r in by_path.items() if "clip.mp4#t=" in p)
     assert frame["duration"] == pytest.approx(6.0, abs=0.1)
+
+
+def test_ingesting_a_folder_leaves_a_folder_named_like_its_items_alone(fake_library, tmp_path):
+    """A scope's items are "scope#..." paths of a PDF or video: a folder "trip#2" beside a
+    folder "trip" is no item of it, and ingesting "trip" again must not remove its images."""
+    write_image(tmp_path / "trip" / "a.jpg", seed=1)
+    write_image(tmp_path / "trip#2" / "b.jpg", seed=2)
+    lib = fake_library()
+    lib.ingest(tmp_path)
+    report = lib.ingest(tmp_path / "trip")
+    assert report.removed == 0 and set(rows(lib)) == {"trip/a.jpg", "trip#2/b.jpg"}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-from sqlalchemy import Connection, Insert, delete, func, insert, select, update
+from sqlalchemy import Connection, Insert, delete, func, insert, or_, select, update
 
 from cbir.store.base import CatalogBase, _bump
 from cbir.store.models import Image, ImageText, Root, Skipped, Vector
@@ -79,10 +79,14 @@ class ImageCatalog(CatalogBase):
     # -- what is stored under a scope ---------------------------------------------------------
     @staticmethod
     def _in_scope(column, scope: str):
+        """Rows at ``scope``, below it, and (images) the pages or frames of the file it names."""
         if not scope:
             return True
         below = func.substr(column, 1, len(scope) + 1)
-        return (column == scope) | (below == scope + "/") | (below == scope + "#")  # "#": a PDF's pages
+        rows = [column == scope, below == scope + "/"]
+        if column is Image.path:  # not a folder "scope#2" beside it: only a PDF's or video's items
+            rows.append((below == scope + "#") & Image.container_hash.is_not(None))
+        return or_(*rows)
 
     def files_under(self, root_id: int, scope: str = "") -> dict[str, StoredFile]:
         """The stored images under ``scope``, whatever added them (see StoredFile.dataset)."""
