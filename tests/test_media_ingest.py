@@ -266,3 +266,23 @@ def test_ingesting_a_folder_leaves_a_folder_named_like_its_items_alone(fake_libr
     lib.ingest(tmp_path)
     report = lib.ingest(tmp_path / "trip")
     assert report.removed == 0 and set(rows(lib)) == {"trip/a.jpg", "trip#2/b.jpg"}
+
+
+def test_a_changed_scanned_pdf_is_read_by_ocr_again(fake_library, tmp_path, monkeypatch, media):
+    """With --ocr, a scanned PDF that changes keeps having its pages read: its new OCR text
+    replaces the old one, never drops it. (OCR itself is stubbed: what is checked is the plan.)"""
+    pytest.importorskip("rapidocr", reason="the ocr extra is not installed: pip install 'cbir[ocr]'")
+    from PIL import Image
+
+    read = iter(["first scan words", "second scan words"])
+    monkeypatch.setattr("cbir.ocr.read_text", lambda image: next(read))
+    scan = tmp_path / "scans" / "scan.pdf"
+    scan.parent.mkdir()
+    Image.new("RGB", (200, 300), "white").save(scan)
+    lib = fake_library()
+    lib.ingest(scan.parent, ocr=True)
+    Image.new("RGB", (200, 300), "gray").save(scan)  # changed
+    lib.ingest(scan.parent)
+    with sqlite3.connect(lib.path / "library.db") as c:
+        texts = c.execute("select content from texts where source = 'ocr'").fetchall()
+    assert texts == [("second scan words",)]

@@ -50,8 +50,9 @@ def plan_ingest(
     it. A known bad file is retried only once it changes, after a read failure (it may have been
     a passing one), or with ``retry_failed``. Files are read from ``root``. With ``ocr`` the files
     read have their text read too, and so do the unchanged images OCR has not read yet. A PDF or
-    video is planned as one file (its pages and frames share its size and mtime, and OCR does
-    not read them); ``sampling``: (every, max_frames) for the videos read (cbir.ingest.video)."""
+    video is planned as one file (its pages and frames share its size and mtime); with ``ocr``
+    a PDF read has its scanned pages read by OCR, but an unchanged one is not read again for
+    that. ``sampling``: (every, max_frames) for the videos read (cbir.ingest.video)."""
     plan = IngestPlan()
     items = _items_by_file(stored)
     kept: set[str] = set()  # pages and frames of unchanged PDFs and videos
@@ -61,7 +62,7 @@ def plan_ingest(
                 plan.unchanged += 1
                 kept.update(items[f.path])
             else:  # read again; its items not delivered again are gone
-                plan.to_read.append(_task(f, root, False, False, sampling))
+                plan.to_read.append(_task(f, root, ocr, False, sampling))
             continue
         mine = stored.get(f.path)
         # an image of the library, unchanged or not, that OCR has not read
