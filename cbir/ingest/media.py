@@ -54,6 +54,11 @@ def container_of(path: str) -> str:
     return path.rsplit("#", 1)[0]
 
 
+def item_of(path: str) -> str:
+    """Where in its file a page or frame is (``page=3`` of ``report.pdf#page=3``)."""
+    return path.rsplit("#", 1)[1]
+
+
 def item_path(container: str, item: str) -> str:
     return f"{container}#{item}"
 

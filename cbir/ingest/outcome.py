@@ -13,7 +13,7 @@ import numpy as np
 from cbir.ingest.captions import Captions, DatasetRows
 from cbir.ingest.commit import Committer
 from cbir.ingest.decode import OCR_ENGINE, Decoded
-from cbir.ingest.media import container_of, item_path
+from cbir.ingest.media import container_of, item_of, item_path
 from cbir.ingest.report import IngestReport
 from cbir.ingest.roots import VanishedRows
 from cbir.ingest.scan import ScannedFile
@@ -122,13 +122,13 @@ class Outcomes:
             old_items = []
         for p, old in old_items:
             self._delivered(p)
-            new = item_path(path, p.rsplit("#", 1)[1])
+            new = item_path(path, item_of(p))
             changes.moved.append((old.id, _reuse(self.catalog, old.id, d, entry, new)))
         report.moved += len(old_items)
         if old_items:
             return
         for source, p in self.catalog.container_items(self.known[d.content_hash]):
-            new = item_path(path, p.rsplit("#", 1)[1])
+            new = item_path(path, item_of(p))
             changes.copied.append((_reuse(self.catalog, source, d, entry, new), source))
             report.copied += 1
 

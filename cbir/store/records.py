@@ -44,6 +44,12 @@ IMAGE_FIELDS = {
 }
 
 
+def file_of(path: Path, item: str | None) -> Path:
+    """The file that holds an image at ``path``: for a PDF page or video frame (``item``), the
+    path less its "#page=3" or "#t=12.5"."""
+    return Path(str(path).rsplit("#", 1)[0]) if item else path
+
+
 def json_value(value):
     """A stored value as JSON shows it: dates as ISO text, a path as text."""
     if isinstance(value, datetime):
@@ -85,7 +91,7 @@ class ImageInfo:
     @property
     def file(self) -> Path:
         """The file that holds the image: ``path`` less a page's or frame's "#..."."""
-        return Path(str(self.path).rsplit("#", 1)[0]) if self.item else self.path
+        return file_of(self.path, self.item)
 
     @property
     def page(self) -> int | None:
@@ -125,7 +131,7 @@ class ImageFile:
     @property
     def file(self) -> Path:
         """The file that holds the image: ``path`` less a page's or frame's "#..."."""
-        return Path(str(self.path).rsplit("#", 1)[0]) if self.item else self.path
+        return file_of(self.path, self.item)
 
 
 @dataclass
