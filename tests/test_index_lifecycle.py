@@ -269,3 +269,25 @@ def test_an_index_copied_in_from_another_models_library_is_rebuilt(fake_library,
     assert not any(reopened.verify_index().values())
     reopened.close()
     theirs.close()
+
+
+def test_a_generation_left_half_written_by_a_killed_writer_is_started_anew(fake_library, photos):
+    """A writer killed after it hard-linked an unchanged index into the next generation's folder,
+    but before the switch: the next save writes that folder again (it used to fail with 'the same
+    file'), and the current generation's files are untouched."""
+    lib = fake_library()
+    lib.ingest(photos)
+    root = lib.index_dir
+    manifest = generations.read_manifest(root)
+    current = root / manifest.folder
+    texts_before = generations.sha256_of(current / "texts.faiss")
+    stale = root / f"{generations.PREFIX}{manifest.generation + 1:06d}"
+    stale.mkdir()
+    os.link(current / "texts.faiss", stale / "texts.faiss")
+    (stale / "images.faiss").write_bytes(b"half a file")
+
+    saved = lib.indexes.save({"images": lib._index("images")})
+    assert saved.folder == stale.name
+    assert generations.sha256_of(root / saved.folder / "texts.faiss") == texts_before
+    assert lib.verify_index() == {"images": [], "texts": []}
+    assert sorted(os.listdir(root)) == [saved.folder, "manifest.json"]

@@ -163,7 +163,11 @@ def save(
     folder = root / folder_name
     try:
         root.mkdir(parents=True, exist_ok=True)
-        folder.mkdir(exist_ok=True)
+        # A folder of this number is what a writer killed before its switch left (one writer holds
+        # the lock, and readers only read the manifest's folder): start it anew, since its files
+        # may be hard links into the current generation, onto which linking or copying again fails.
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
         manifest = _write(root, folder, number, current, indexes, model, builds)
     except BaseException as e:
         switched = read_manifest(root)
