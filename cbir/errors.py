@@ -27,6 +27,10 @@ class LibraryLocked(CbirError):
     """Another process is writing to the library."""
 
 
+class EngineUnavailable(CbirError):
+    """The search engine (a Ray cluster) cannot answer now; it may again soon."""
+
+
 class LibraryCorrupt(CbirError):
     """The library's files cannot be read as a cbir library."""
 

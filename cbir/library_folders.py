@@ -103,6 +103,8 @@ def ingest(
                 ocr=read_text,
                 sampling=sampling,
             )
+            if stage is not None and stage.survived:
+                report.notes.append(stage.survived)
             failed = False
         except OperationalError as e:
             raise database_error(e, library.path) from e

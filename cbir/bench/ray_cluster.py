@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.errors import CbirError
@@ -31,6 +31,17 @@ class StartedCluster:
     address: str  # the head's HOST:PORT, for --address
     token: str  # what RAY_AUTH_TOKEN must hold to join it
     nodes: int  # worker nodes, the head not counted
+    processes: list[subprocess.Popen] = field(default_factory=list, repr=False, compare=False)  # head first
+
+    def kill_node(self, number: int) -> None:
+        """Worker node ``number`` (1..nodes) dies as a machine does: SIGKILL to its raylet and
+        everything else it runs (its process group), nothing stopped in order."""
+        node = self.processes[number]
+        try:
+            os.killpg(node.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        node.wait()
 
 
 @contextmanager
@@ -69,7 +80,7 @@ def started_ray_cluster(
                     home / f"node-{i + 1}.log",
                 )
             )
-        yield StartedCluster(address=f"127.0.0.1:{port}", token=token, nodes=nodes)
+        yield StartedCluster(address=f"127.0.0.1:{port}", token=token, nodes=nodes, processes=running)
     finally:
         _stop(running)
 

@@ -74,3 +74,25 @@ def use_engine(library, options) -> None:
     """Serve ``library``'s image index from Ray actors when ``options`` say so."""
     if options is not None:
         library.search_on_ray(options)
+
+
+def engine_info(library) -> dict:
+    """Who answered the searches (for --explain): this process, or the Ray actors with the
+    shards each holds and its node (RayEngine.describe)."""
+    serving = library.indexes.serving
+    return serving.describe() if serving is not None else {"engine": "local"}
+
+
+def engine_lines(info: dict) -> list[str]:
+    """``engine_info`` as --explain's lines."""
+    if info["engine"] != "ray":
+        return ["engine    local (this process)"]
+    actors = info["actors"]
+    lines = [f"engine    ray, {info['address']}: {len(actors)} shard actor{'s' if len(actors) != 1 else ''}"]
+    for actor in actors:
+        node = actor["node"] or "unreachable"
+        shards = ", ".join(map(str, actor["shards"])) or "none"
+        lines.append(
+            f"          actor {actor['actor']} on {node}: shard{'s' if len(actor['shards']) != 1 else ''} {shards}"
+        )
+    return lines

@@ -75,6 +75,8 @@ def ingest_summary(report) -> str:
     if report.ocr_read or report.ocr_failed:
         failed = f", {report.ocr_failed} failed (read again next run)" if report.ocr_failed else ""
         line += f"\nOCR: {report.ocr_read} read, {report.ocr_with_text} with text{failed}"
+    for note in report.notes:
+        line += f"\n{note}"
     if report.skipped:
         line += "\nSkipped files and reasons: cbir status --skipped"
     return line

@@ -9,7 +9,7 @@ import click
 
 from cbir.cli import cli, library_options
 from cbir.cli.common import _open
-from cbir.cli.engine_options import ray_options, search_engine_options, use_engine
+from cbir.cli.engine_options import engine_info, engine_lines, ray_options, search_engine_options, use_engine
 from cbir.cli.render import echo_json, hits_table, query_label
 from cbir.errors import UsageError
 
@@ -225,15 +225,16 @@ def search(query, image, crop, like, unlike, batch, target, mode, explain, as_js
     with _open(library=library, model=model, device=device, gpu=gpu, text_model=encodes_text) as lib:
         use_engine(lib, engine)
         results = lib.run_search(request)
+        served = engine_info(lib) if explain else {}  # while the actors run
     for (echo, _), hits in zip(items, results):
         if as_json:
             if explain:
-                echo_json({"query": echo, "plan": hits.plan.as_dict()})
+                echo_json({"query": echo, "plan": {**hits.plan.as_dict(), "engine": served}})
             for hit in hits:
                 echo_json({"query": echo, **hit.as_dict()})
             continue
         if len(items) > 1:
             click.echo(f"\n== {query_label(echo)}")
         if explain:
-            click.echo("\n".join(hits.plan.describe()) + "\n")
+            click.echo("\n".join([*hits.plan.describe(), *engine_lines(served)]) + "\n")
         click.echo(hits_table(hits))

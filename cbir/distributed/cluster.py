@@ -10,13 +10,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import stat
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
-from cbir.errors import CbirError, UsageError
+from cbir.errors import CbirError, CbirWarning, UsageError
 
 log = logging.getLogger(__name__)
 RAY_MISSING = "the Ray engine needs Ray, which is not installed: pip install 'cbir[ray]'"
@@ -26,13 +29,13 @@ RAY_MISSING = "the Ray engine needs Ray, which is not installed: pip install 'cb
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Ray's token authentication: the mode, and where a driver finds the token (in this order).
 _AUTH_MODE, _TOKEN, _TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+_BACKEND_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
 
 
 def import_ray():
     """The ray module, or a one-line error naming the extra to install."""
     try:
         import ray
-        import ray.data  # noqa: F401  (the ingest pipeline needs Ray Data, not only Ray core)
     except ImportError:
         raise UsageError(RAY_MISSING) from None
     return ray
@@ -51,17 +54,34 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
         return
     loopback = address is None or _is_loopback(address)
     held = _Held()
-    with _token_mode(address is not None and _token_available(loopback)):
+    # Ray's workers' output and its cluster events ("a worker died", a node's raylet logs) go
+    # to this terminal only with --debug: cbir says in one line what they meant for the run.
+    shown = log.isEnabledFor(logging.INFO)
+    with _token_mode(address is not None and _token_available(loopback)), _ray_output(shown):
         try:
             if address is None:
-                with _loopback_only():
-                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+                # (the token file's warning before stderr is held, so that it shows)
+                with _loopback_only(), _token_file_checked(token_file(loopback=True)), _stderr_held(held):
+                    ray.init(
+                        address="local",
+                        num_cpus=num_cpus,
+                        include_dashboard=False,
+                        logging_level=logging.WARNING,
+                        log_to_driver=shown,
+                    )
                 _check_loopback(ray)
             else:
                 # a driver finds its node by its own address: on a loopback-only cluster, loopback
-                with _loopback_only() if loopback else nullcontext(), _stderr_held(held):
-                    ray.init(address=address, logging_level=logging.WARNING)
+                with (
+                    _token_file_checked(token_file(loopback)),
+                    _loopback_only() if loopback else nullcontext(),
+                    _stderr_held(held),
+                ):
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=shown)
+            if shown:
                 sys.stderr.write(held.text)
+            elif held.text.strip():
+                log.info("Ray, while connecting:\n%s", held.text)
         except CbirError:
             raise
         except Exception as e:  # ConnectionError, ValueError (bad address), RuntimeError, ...
@@ -78,11 +98,32 @@ class _Held:
 
 
 @contextmanager
+def _ray_output(shown: bool) -> Iterator[None]:
+    """Unless ``shown``, the cluster events Ray's driver prints to stdout (its error listener
+    thread calls ``print_to_stdstream``, whatever ``log_to_driver`` says) go to cbir's log
+    instead, which --debug shows."""
+    from ray._private import worker
+
+    printing = worker.print_to_stdstream
+    if not shown:
+        worker.print_to_stdstream = lambda data, ignore_prefix: log.info("Ray: %s", " ".join(data.get("lines", [])))
+    # The driver's C++ core worker logs errors it recovers from ("attempting to recover 1 lost
+    # objects ...") straight to file descriptor 2; its level is read once, as ray.init starts it.
+    quiet = not shown and _BACKEND_LOG_LEVEL not in os.environ
+    try:
+        with environment(_BACKEND_LOG_LEVEL, "fatal") if quiet else nullcontext():
+            yield
+    finally:
+        worker.print_to_stdstream = printing
+
+
+@contextmanager
 def _stderr_held(held: _Held) -> Iterator[None]:
     """What is written to file descriptor 2 while the block runs, kept instead of shown. Ray's
     C++ client logs every failed attempt to reach a cluster there, 20 lines in 20 s, before
-    ray.init gives up; the one-line error says what they mean. Only for connecting: processes
-    started in the block would inherit the file."""
+    ray.init gives up; the one-line error says what they mean; and the driver's core worker
+    says where it sets its log level. Only for connecting (the servers a private cluster starts
+    write to log files of their own)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as file:
@@ -103,7 +144,61 @@ def _token_available(loopback: bool) -> bool:
     file is not sent to other machines' clusters: it may be another cluster's secret.)"""
     if os.environ.get(_TOKEN) or os.environ.get(_TOKEN_PATH):
         return True
-    return loopback and (Path.home() / ".ray" / "auth_token").is_file()
+    return loopback and _default_token_file().is_file()
+
+
+def _default_token_file() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def token_file(loopback: bool) -> Path | None:
+    """The file Ray reads this connection's token from, if any: ``RAY_AUTH_TOKEN_PATH``'s, else
+    for a cluster on this machine the default one; none when the token is in the environment."""
+    if os.environ.get(_TOKEN):
+        return None
+    if os.environ.get(_TOKEN_PATH):
+        return Path(os.environ[_TOKEN_PATH]).expanduser()
+    return _default_token_file() if loopback else None
+
+
+_warned_token_files: set[Path] = set()
+
+
+@contextmanager
+def _token_file_checked(path: Path | None) -> Iterator[None]:
+    """Around ray.init. The token lets whoever holds it run code on the cluster, and
+    ``ray start`` and ``ray get-auth-token --generate`` write it readable by every user of the
+    machine: a token file others can read is warned about in one line, once a process. A file
+    this ray.init writes (a private cluster's, when the user has none: Ray writes
+    ~/.ray/auth_token readable by all) is made the user's alone."""
+    existed = path is not None and path.exists()
+    if path is not None and existed and path not in _warned_token_files:
+        problem = token_file_problem(path)
+        if problem:
+            _warned_token_files.add(path)
+            warnings.warn(problem, CbirWarning, stacklevel=2)
+    try:
+        yield
+    finally:
+        if path is not None and not existed and path.is_file():
+            try:
+                path.chmod(0o600)
+            except OSError as e:  # not ours after all (another user's RAY_AUTH_TOKEN_PATH)
+                log.debug("cannot make the Ray token file %s private: %s", path, e)
+
+
+def token_file_problem(path: Path) -> str | None:
+    """The one-line warning when users other than its owner can read the token file ``path``."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return None
+    return (
+        f"the Ray token file {path} can be read by other users of this machine (mode {stat.S_IMODE(mode):o}), "
+        f"and the token lets whoever holds it run code on the cluster: chmod 600 {path}"
+    )
 
 
 @contextmanager
@@ -203,3 +298,28 @@ def _check_loopback(ray) -> None:
 def loopback_only(ray) -> bool:
     """Every node of the connected cluster listens on a loopback address."""
     return all(ipaddress.ip_address(n["NodeManagerAddress"]).is_loopback for n in ray.nodes() if n["Alive"])
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the cluster's live nodes hold."""
+
+    nodes: dict[str, str]  # node id -> its address
+    cpus: float
+    gpus: float
+
+    def describe(self) -> str:
+        n = len(self.nodes)
+        gpus = f", {self.gpus:g} GPUs" if self.gpus else ""
+        return f"{n} live node{'s' if n != 1 else ''} ({self.cpus:g} CPUs{gpus})"
+
+
+def live_capacity(ray) -> Capacity:
+    """From the nodes that are alive: ``ray.cluster_resources()`` counts a dead node's CPUs until
+    the cluster notices it is gone, and plans made from it wait for CPUs that never come."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return Capacity(
+        {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in alive},
+        sum(n.get("Resources", {}).get("CPU", 0.0) for n in alive),
+        sum(n.get("Resources", {}).get("GPU", 0.0) for n in alive),
+    )

@@ -1,39 +1,47 @@
-"""Distributed ingestion on Ray Data: the decode+encode stage of cbir.ingest.pipeline, spread
-over a cluster.
+"""Distributed ingestion on Ray: the decode+encode stage of cbir.ingest.pipeline, spread over a
+cluster and scheduled by the driver, so that it rides through the loss of a node.
 
-    files -> map_batches(decode, CPU tasks) -> map_batches(EncodeActor, actor pool) -> driver
+    files -> decode tasks (1 CPU, CHUNK files each) -> encode actors (the model loaded once) -> driver
 
-Decode tasks read, hash and decode a block of files each; encode actors load the model once and
-turn the decoded pixels into vectors; the blocks stream back to the driver, which commits them
-batch by batch as the local engine does (the single writer). Ray Data's streaming executor
-bounds what is in flight, so memory stays flat however slow the encoders are.
+The driver sends each group of decode tasks (about a batch of files) to the least busy encode
+actor, at most two groups an actor, so memory stays flat however slow the encoders are; the
+batches come back in any order and the caller commits them as the local engine does (the
+single writer), keeping each file once, by path.
 
-Faults: a decode task whose worker dies is run again, an encode actor that dies is restarted
-and its batch retried (each up to RETRIES times); the driver keeps each file once, by path,
-should a block ever arrive twice. Every node must see the files at the same paths, and have
-cbir and the model installed."""
+Capacity is what the nodes that are alive hold (``ray.nodes()``), never
+``ray.cluster_resources()``, which counts a dead node's CPUs until the cluster notices. An encode
+actor holds one CPU, and one CPU is always left for decoding: a layout that leaves none is
+refused at once, and when nodes go, actors are retired until one is free again.
+
+Faults: Ray runs a decode task again when its worker or node dies. An encode call that fails
+because its actor or node is gone (or its decoded input went with a node) is sent again, decoded
+afresh, to a replacement actor on a live node, each group up to RETRIES times; the run ends with
+one line saying what it survived. A run that makes no progress for ``stall_timeout`` seconds
+stops with one line saying what waits for what, keeping what it committed. Every node must see
+the files at the same paths and have cbir and the model installed."""
 
 from __future__ import annotations
 
-import math
-import pickle
+import os
 import re
-import warnings
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-
-import numpy as np
+from typing import Any
 
 from cbir import errors
-from cbir.distributed.cluster import connected
+from cbir.distributed.cluster import Capacity, connected, live_capacity
 from cbir.encode.spec import Encoder, Preprocess, same_model
-from cbir.errors import CbirError, ModelMismatch
-from cbir.ingest.decode import MAX_PIXELS, FileTask, decode_task
-from cbir.ingest.pipeline import CHUNK, Item, encode_decoded
+from cbir.errors import CbirError, ModelMismatch, UsageError
+from cbir.ingest.decode import MAX_PIXELS, Decoded, FileTask, decode_task
+from cbir.ingest.pipeline import Item, encode_decoded, file_chunks
 from cbir.timing import Timer
 
-RETRIES = 3  # per decode task and per encode batch, against crashed or lost workers
+RETRIES = 3  # per group of files, against lost actors, workers and nodes
+GROUPS_PER_ACTOR = 2  # one encoding, one decoding or waiting: enough to keep an actor busy
+STALL_TIMEOUT = "CBIR_RAY_STALL_TIMEOUT"  # seconds a run may go without progress (default 300)
+_CHECK_EVERY = 2.0  # seconds between looks at which nodes are alive
 
 
 def encoder_recipe(encoder: Encoder) -> Callable[[str], Encoder]:
@@ -47,11 +55,41 @@ def encoder_recipe(encoder: Encoder) -> Callable[[str], Encoder]:
     return partial(load_encoder, encoder.spec, backend="torch")
 
 
+def most_workers(capacity: Capacity, gpus_per_worker: float) -> int:
+    """Encode actors the live nodes can hold with a CPU left for decoding (0: none fit)."""
+    most = int(capacity.cpus) - 1
+    if gpus_per_worker:
+        most = min(most, int(capacity.gpus // gpus_per_worker))
+    return max(0, most)
+
+
+def plan_workers(capacity: Capacity, asked: int | None, gpus_per_worker: float) -> int:
+    """Encode actors for this run: ``asked``, else one per ``gpus_per_worker`` GPUs, else one per
+    two CPUs; refused at once, in one line, when they cannot all run with a CPU left to decode."""
+    most = most_workers(capacity, gpus_per_worker)
+    if most == 0:
+        needs = f"{gpus_per_worker:g} GPU and 2 CPUs" if gpus_per_worker else "2 CPUs"
+        raise UsageError(
+            f"the Ray cluster has {capacity.describe()}: an ingest needs at least {needs} "
+            "(one CPU encodes, one decodes)"
+        )
+    if asked is None:
+        return most if gpus_per_worker else max(1, min(most, int(capacity.cpus) // 2))
+    if asked > most:
+        raise UsageError(
+            f"--ray-workers {asked} cannot run on {capacity.describe()}: each encode worker holds a "
+            f"CPU{' and a GPU share' if gpus_per_worker else ''} and decoding needs one CPU more; "
+            f"use --ray-workers {most} or fewer"
+        )
+    return asked
+
+
 @dataclass
 class RayStage:
     """A cbir.ingest.pipeline Stage on a Ray cluster (see cbir.distributed.cluster.connected
-    for ``address``). ``workers``: encode actors (default: one per ``gpus_per_worker`` GPUs of
-    the cluster, or without GPUs one per two CPUs); ``num_cpus`` sizes a private local cluster."""
+    for ``address``). ``workers``: encode actors (see :func:`plan_workers`); ``num_cpus`` sizes
+    a private local cluster (default: this machine's cores, at least 2). After a run,
+    ``survived`` says in one line what the run rode through, if anything."""
 
     recipe: Callable[[str], Encoder]
     fingerprint: dict
@@ -61,6 +99,8 @@ class RayStage:
     workers: int | None = None
     gpus_per_worker: float = 0.0
     num_cpus: int | None = None
+    stall_timeout: float | None = None  # None: $CBIR_RAY_STALL_TIMEOUT, else 300
+    survived: str | None = None
 
     @classmethod
     def of(cls, encoder: Encoder, **options) -> RayStage:
@@ -68,75 +108,209 @@ class RayStage:
         return cls(encoder_recipe(encoder), encoder.fingerprint(), encoder.preprocess, **options)
 
     def __call__(self, tasks: list[FileTask], known: frozenset, timer: Timer) -> Iterator[list[Item]]:
+        self.survived = None
         if not tasks:
             return
-        with connected(self.address, num_cpus=self.num_cpus) as ray:
-            from ray.data import DataContext
-
-            context = DataContext.get_current()
-            context.enable_progress_bars = False  # cbir reports progress itself
-            context.print_on_execution_start = False
+        private_cpus = self.num_cpus or max(2, os.cpu_count() or 1)
+        with connected(self.address, num_cpus=private_cpus) as ray:
             with timer("cluster"):
-                dataset = self._dataset(ray, tasks, known)
-            batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
-            while True:
-                try:
-                    with timer("wait"):  # for the cluster: decode and encode happen there
+                capacity = live_capacity(ray)
+                workers = plan_workers(capacity, self.workers, self.gpus_per_worker)
+                stall = self.stall_timeout or float(os.environ.get(STALL_TIMEOUT) or 300)
+                run = _Run(ray, self, known, workers, capacity, stall)
+            batches = run.batches(_groups(file_chunks(tasks), self.batch_size))
+            try:
+                while True:
+                    with timer("wait"):  # for the cluster: decoding and encoding happen there
                         batch = next(batches, None)
-                except Exception as e:  # the pipeline's: a worker's error, a lost cluster
-                    raise _error(e) from e
-                if batch is None:
-                    return
-                yield [pickle.loads(item) for item in batch["item"]]
+                    if batch is None:
+                        return
+                    yield batch
+            finally:
+                run.stop()
+                self.survived = run.survived()
 
-    def _dataset(self, ray, tasks: list[FileTask], known: frozenset):
-        workers = self.workers or _default_workers(ray.cluster_resources(), self.gpus_per_worker)
-        rows = [{"task": pickle.dumps(t)} for t in tasks]
-        with warnings.catch_warnings():
-            # Bounded retries (a file that crashes the decoder every time must end the run, not
-            # loop) are still Ray's generic remote args in Ray Data 2.60, which warns about them.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            return self._pipeline(ray, rows, known, workers)
 
-    def _pipeline(self, ray, rows: list[dict], known: frozenset, workers: int):
-        gpus = self.gpus_per_worker
+def _groups(blocks: Iterator[list[FileTask]], batch_size: int) -> Iterator[list[list[FileTask]]]:
+    """Blocks of files grouped into about ``batch_size`` files: one encode call each."""
+    group: list[list[FileTask]] = []
+    files = 0
+    for block in blocks:
+        group.append(block)
+        files += len(block)
+        if files >= batch_size:
+            yield group
+            group, files = [], 0
+    if group:
+        yield group
+
+
+@dataclass
+class _Group:
+    blocks: list[list[FileTask]]
+    attempts: int = 0
+    actor: Any = None
+
+
+@dataclass
+class _Run:
+    """One ingest's actors and groups in flight."""
+
+    ray: Any
+    stage: RayStage
+    known: frozenset
+    workers: int
+    start: Capacity
+    stall_timeout: float
+    actors: list = field(default_factory=list)
+    busy: dict = field(default_factory=dict)  # actor -> its groups in flight
+    replaced: int = 0
+    retried: int = 0
+    retired: int = 0
+
+    def __post_init__(self):
+        ray = self.ray
+        gpus = self.stage.gpus_per_worker
+        self._decode = ray.remote(num_cpus=1, max_retries=RETRIES)(decode_block)
+        self._actor = ray.remote(num_cpus=1, num_gpus=gpus or 0, max_restarts=0, scheduling_strategy="SPREAD")(
+            EncodeActor
+        )  # spread: one node lost takes as few as it can
+        self._device = "cuda" if gpus else "cpu"
+        self.capacity = self.start
+        for _ in range(self.workers):
+            self._add_actor()
+
+    def _add_actor(self) -> None:
+        stage = self.stage
+        actor = self._actor.remote(stage.recipe, stage.fingerprint, self._device)
+        self.actors.append(actor)
+        self.busy[actor] = 0
+
+    def _drop_actor(self, actor) -> None:
+        if actor in self.busy:
+            self.actors.remove(actor)
+            del self.busy[actor]
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # already gone with its node
+                pass
+
+    def batches(self, groups: Iterator[list[list[FileTask]]]) -> Iterator[list[Item]]:
+        ray = self.ray
+        pending: dict = {}  # encode call -> its group
+        waiting: list[_Group] = []  # groups to send again
+        groups = iter(groups)
+        exhausted = False
+        progress = checked = time.monotonic()
+        while True:
+            while self.actors and (waiting or not exhausted):
+                actor = min(self.actors, key=self.busy.__getitem__)
+                if self.busy[actor] >= GROUPS_PER_ACTOR:
+                    break
+                group = waiting.pop(0) if waiting else None
+                if group is None:
+                    blocks = next(groups, None)
+                    if blocks is None:
+                        exhausted = True
+                        break
+                    group = _Group(blocks)
+                pending[self._send(group, actor)] = group
+            if not pending and not waiting and exhausted:
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0) if pending else ([], [])
+            now = time.monotonic()
+            for ref in ready:
+                group = pending.pop(ref)
+                if group.actor in self.busy:  # not retired or replaced meanwhile
+                    self.busy[group.actor] -= 1
+                try:
+                    items = ray.get(ref)
+                except Exception as e:
+                    self._failed(group, e)
+                    waiting.append(group)
+                else:
+                    yield items
+                progress = now
+            if now - checked >= _CHECK_EVERY or (waiting and not self.actors):
+                self._follow_nodes()
+                checked = now
+            if now - progress > self.stall_timeout:
+                raise CbirError(self._stalled(len(pending) + len(waiting)))
+
+    def _send(self, group: _Group, actor):
+        decoded = [self._decode.remote(block, self.stage.preprocess, self.known) for block in group.blocks]
+        group.actor = actor
+        self.busy[actor] += 1
+        return actor.encode.remote(*decoded)
+
+    def _failed(self, group: _Group, error: Exception) -> None:
+        """A failed encode call: a cbir error (another model, a file no decoder survives) ends
+        the run; a lost actor, worker, node or object has its group sent again."""
+        cbir_error = _cbir_error(error)
+        if cbir_error is not None:
+            raise cbir_error from error
+        group.attempts += 1
+        if group.attempts > RETRIES:
+            files = [t.path for block in group.blocks for t in block]
+            raise CbirError(
+                f"the Ray ingest failed {group.attempts} times on the {len(files)} files from {files[0]} "
+                f"({_first_line(error)}); everything committed so far is kept: run the same command again"
+            ) from error
+        self.retried += 1
+        if _actor_lost(self.ray, error) and group.actor in self.busy:
+            self._drop_actor(group.actor)
+            self.replaced += 1
+            self._follow_nodes()
+
+    def _follow_nodes(self) -> None:
+        """Retire actors when the live nodes can no longer hold them with a CPU left to decode,
+        and start actors again, up to the planned number, when they can."""
+        self.capacity = live_capacity(self.ray)
+        most = most_workers(self.capacity, self.stage.gpus_per_worker)
+        while len(self.actors) > max(most, 1):
+            self._drop_actor(min(self.actors, key=self.busy.__getitem__))
+            self.retired += 1
+        while len(self.actors) < min(self.workers, most):
+            self._add_actor()
+
+    def _stalled(self, groups: int) -> str:
+        ray = self.ray
+        free = ray.available_resources()
+        capacity = live_capacity(ray)
+        gpus = f", {free.get('GPU', 0):g}/{capacity.gpus:g} GPUs free" if capacity.gpus else ""
+        batches = f"{groups} batch of files waits" if groups == 1 else f"{groups} batches of files wait"
         return (
-            ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / CHUNK))
-            .map_batches(
-                decode_batch,
-                batch_size=CHUNK,
-                fn_kwargs={"pp": self.preprocess, "known": known},
-                num_cpus=1,
-                max_retries=RETRIES,
-            )
-            .map_batches(
-                EncodeActor,
-                fn_constructor_kwargs={
-                    "recipe": self.recipe,
-                    "fingerprint": self.fingerprint,
-                    "device": "cuda" if gpus else "cpu",
-                },
-                batch_size=self.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=1,
-                num_gpus=gpus or None,
-                max_restarts=RETRIES,
-                max_task_retries=RETRIES,
-            )
+            f"the Ray ingest made no progress for {self.stall_timeout:g} s: {batches} for "
+            f"{len(self.actors)} encode workers and decode tasks (1 CPU each); the cluster has "
+            f"{capacity.describe()}, {free.get('CPU', 0):g}/{capacity.cpus:g} CPUs free{gpus} "
+            "(see `ray status`); everything committed so far is kept: run the same command again"
         )
 
+    def survived(self) -> str | None:
+        """What the run rode through, in one line (None: nothing). A node killed moments before
+        the end may not be known dead yet (Ray's health checks take seconds): its actors' loss is."""
+        if self.replaced or self.retried:
+            self.capacity = live_capacity(self.ray)
+        lost = [address for node, address in self.start.nodes.items() if node not in self.capacity.nodes]
+        if not (lost or self.replaced or self.retried):
+            return None
+        parts = []
+        if lost:
+            parts.append(f"lost {len(lost)} node{'s' if len(lost) != 1 else ''} ({', '.join(sorted(lost))})")
+        if self.replaced:
+            parts.append(f"replaced {self.replaced} encode worker{'s' if self.replaced != 1 else ''}")
+        parts.append(f"sent {self.retried} batch{'es' if self.retried != 1 else ''} again")
+        return f"Ray: {', '.join(parts)}; finished on {self.capacity.describe()}"
 
-def _default_workers(resources: dict, gpus_per_worker: float) -> int:
-    if gpus_per_worker:
-        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1)) // 2)  # the other half decodes
+    def stop(self) -> None:
+        for actor in list(self.actors):
+            self._drop_actor(actor)
 
 
-def decode_batch(batch: dict, pp: Preprocess, known: frozenset) -> dict:
-    """A Ray Data batch of pickled FileTasks -> their pickled Decoded (a bad file carries its
-    reason, as in the local engine; a PDF or video, its pages or frames and then itself)."""
-    decoded = [d for t in batch["task"] for d in decode_task(pickle.loads(t), pp, known, MAX_PIXELS)]
-    return {"item": _column(decoded)}
+def decode_block(tasks: list[FileTask], pp: Preprocess, known: frozenset) -> list[Decoded]:
+    """Files decoded as the local engine decodes them (a bad file carries its reason; a PDF or
+    video, its pages or frames and then itself)."""
+    return [d for task in tasks for d in decode_task(task, pp, known, MAX_PIXELS)]
 
 
 class EncodeActor:
@@ -151,34 +325,34 @@ class EncodeActor:
                 f"{fingerprint['spec']} ({fingerprint['weights']}): every node needs the same model files"
             )
 
-    def __call__(self, batch: dict) -> dict:
-        decoded = [pickle.loads(b) for b in batch["item"]]
-        return {"item": _column(encode_decoded(self.encoder, decoded))}  # vectors, not pixels, go back
+    def encode(self, *blocks: list[Decoded]) -> list[Item]:
+        return encode_decoded(self.encoder, [d for block in blocks for d in block])  # vectors, not pixels, go back
 
 
-def _column(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = [pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL) for v in values]
-    return column
+def _actor_lost(ray, error: Exception) -> bool:
+    return isinstance(error, ray.exceptions.RayActorError)
 
 
-def _error(e: BaseException) -> CbirError:
-    """A failed Ray pipeline as one line: the cbir error a worker raised, else Ray's first line."""
-    seen, depth = e, 0
+def _cbir_error(error: BaseException) -> CbirError | None:
+    """The cbir error a worker or actor raised (not Ray's copy of it, whose text is a traceback),
+    or None when Ray itself failed (a lost worker, node or object)."""
+    seen: BaseException | None = error
+    depth = 0
     while seen is not None and depth < 20:
-        if type(seen).__module__ == "cbir.errors":  # not Ray's copy of it, whose text is a traceback
-            return seen
+        if type(seen).__module__ == "cbir.errors":
+            return seen  # type: ignore[return-value]
         seen, depth = getattr(seen, "cause", None) or seen.__cause__, depth + 1
     # an actor that failed to start reaches the driver as text: its traceback's last cbir error
-    found = _CBIR_ERROR.findall(str(e))
+    found = _CBIR_ERROR.findall(str(error))
     if found:
         name, message = found[-1]
         kind = getattr(errors, name, CbirError)
         return kind(message.strip()) if isinstance(kind, type) and issubclass(kind, CbirError) else CbirError(message)
-    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-    return CbirError(
-        f"the Ray ingest failed ({first}); everything committed so far is kept: run the same command again"
-    )
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 _CBIR_ERROR = re.compile(r"^\s*cbir\.errors\.(\w+): (.+)$", re.MULTILINE)

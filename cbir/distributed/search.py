@@ -14,28 +14,36 @@ Ray is imported here only, when asked for. Without token authentication anyone w
 Ray cluster can run code on it: without an address a private Ray is started on 127.0.0.1 only
 (cbir.distributed.cluster); a cluster belongs on a private network.
 
-An actor that dies is replaced at the next call that reaches it: the library loads the index
-again and publishes it, which ships the new actor its shards, and the call is made once more.
+Losing an actor or its node never costs a query: a call an actor does not answer within
+``RayOptions.deadline`` (or answers with its death) is answered for that actor's shards by the
+driver, from the copy of the index it loaded to publish, so the results are the same; meanwhile
+a background thread starts a replacement on a live node and publishes the index again, which
+ships it its shards, and searches go back to the actors. Actor counts come from the live nodes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 import threading
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 
-from cbir.errors import CbirError, UsageError
+from cbir.errors import CbirError, EngineUnavailable, UsageError
 from cbir.index.topk import merge_top_k
 from cbir.names import IMAGES
 
+log = logging.getLogger(__name__)
+RECOVER_EVERY = 10.0  # seconds between attempts to replace lost actors
 
-class RayError(CbirError):
-    """Ray is missing, unreachable, or its actors failed."""
+
+class RayError(EngineUnavailable):
+    """Ray is unreachable, or its actors failed."""
 
 
 class ActorLost(RayError):
@@ -52,6 +60,7 @@ class RayOptions:
     num_cpus: float = 1.0  # reserved per actor by Ray's scheduler
     max_concurrency: int = 4  # searches one actor runs at once (FAISS releases the GIL)
     timeout: float = 120.0  # seconds to wait for actors to be placed and loaded
+    deadline: float = 5.0  # seconds an actor has to answer a search before the driver answers for it
 
     def __post_init__(self):
         if self.actors is not None and self.actors < 1:
@@ -188,6 +197,10 @@ class RayEngine:
         self.current: RayShardedIndex | None = None
         self._live: list[RayShardedIndex] = []  # published, and not yet released
         self._lock = threading.Lock()
+        self.down: set[int] = set()  # actors that died or missed a deadline: the driver answers for them
+        self._recovering: threading.Thread | None = None
+        self._last_recovery = 0.0
+        self.recovered = 0  # actors replaced so far
 
     # LibraryIndexes calls this with each generation a reader loads
     def wrap(self, name: str, index, files: dict | None, reload=None):
@@ -201,7 +214,9 @@ class RayEngine:
         ray = self.ray
         shards = list(getattr(local, "shards", [local]))
         keys = _shard_keys(len(shards), files)
-        cpus = float(ray.cluster_resources().get("CPU", 0))
+        from cbir.distributed.cluster import live_capacity
+
+        cpus = live_capacity(ray).cpus
         count = self.options.actor_count(len(shards), cpus)
         if max(count, len(self.actors)) * self.options.num_cpus > cpus:  # would wait for CPUs forever
             raise RayError(
@@ -229,6 +244,7 @@ class RayEngine:
             raise
         self.shipped += len(loads)
         with self._lock:
+            self.down -= set(placement)  # they loaded their shards: answering again
             old, self.current = self.current, index
         if old is not None:
             old.retire()
@@ -251,18 +267,47 @@ class RayEngine:
             .remote()
         )
 
-    def replace_lost(self) -> None:
-        """Start a new actor, holding nothing yet, in the place of each one that died; the next
-        publish ships it its shards."""
-        ray = self.ray
+    def lost(self, actor: int, reload) -> None:
+        """Actor ``actor`` died or missed a deadline: the driver answers for it from now on, and
+        a background thread replaces it and publishes the index again (``reload``)."""
         with self._lock:
-            alive = [actor.node.remote() for actor in self.actors]
-            for n, ref in enumerate(alive):
+            self.down.add(actor)
+            if self._recovering is not None or time.monotonic() - self._last_recovery < RECOVER_EVERY:
+                return
+            self._recovering = threading.Thread(
+                target=self._recover, args=(reload,), name="cbir-ray-recover", daemon=True
+            )
+            self._recovering.start()
+
+    def _recover(self, reload) -> None:
+        ray = self.ray
+        try:
+            with self._lock:
+                suspects = {n: self.actors[n] for n in self.down}
+            for n, actor in suspects.items():
+                try:  # only slow, not gone: keep it
+                    ray.get(actor.node.remote(), timeout=self.options.deadline)
+                    with self._lock:
+                        self.down.discard(n)
+                    continue
+                except Exception:  # noqa: BLE001 - dead, or its node unreachable: replace it
+                    pass
                 try:
-                    ray.get(ref, timeout=self.options.timeout)
-                except ray.exceptions.RayActorError:
+                    ray.kill(actor)
+                except Exception:  # noqa: BLE001 - already gone with its node
+                    pass
+                with self._lock:
                     self.actors[n] = self._new_actor()
                     self.held[n] = set()
+                self.recovered += 1
+            if reload is not None and self.down:
+                reload()  # ships the new actors their shards; a success clears ``down``
+        except Exception as e:  # noqa: BLE001 - the driver keeps answering; tried again later
+            log.info("replacing lost Ray shard actors failed: %s", e)
+        finally:
+            with self._lock:
+                self._recovering = None
+                self._last_recovery = time.monotonic()
 
     def _wait(self, refs: list, what: str):
         ray = self.ray
@@ -308,6 +353,33 @@ class RayEngine:
                 pass
         self._connection.close()
 
+    def describe(self) -> dict:
+        """Who answers searches, for --explain and /api/status (read-only): the cluster, and for
+        each shard actor the shards of the current index it holds and its node's address (None:
+        it did not answer within 5 s, gone with its node)."""
+        ray = self.ray
+        with self._lock:
+            actors, current = list(self.actors), self.current
+        placement = current.placement if current is not None else []
+        refs = [actor.node.remote() for actor in actors]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=5.0)[0]) if refs else set()
+        addresses = {n["NodeID"]: n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+        nodes = []
+        for ref in refs:
+            try:
+                nodes.append(addresses.get(ray.get(ref)) if ref in ready else None)
+            except ray.exceptions.RayError:  # the actor is gone
+                nodes.append(None)
+        return {
+            "engine": "ray",
+            "address": self.options.address or "private local cluster (127.0.0.1)",
+            "shards": len(placement),
+            "actors": [
+                {"actor": n, "shards": [s for s, a in enumerate(placement) if a == n], "node": node}
+                for n, node in enumerate(nodes)
+            ],
+        }
+
 
 class RayShardedIndex:
     """The index interface searches use (as ``ShardedIndex``), over shards held by Ray actors.
@@ -328,7 +400,11 @@ class RayShardedIndex:
         by_actor: dict[int, list[str]] = {}
         for actor, key in zip(placement, keys):
             by_actor.setdefault(actor, []).append(key)
-        self._by_actor = [(engine.actors[a], ks) for a, ks in sorted(by_actor.items())]
+        self._by_actor = [(a, engine.actors[a], ks) for a, ks in sorted(by_actor.items())]
+        # the driver's own copy, which answers for an actor that is lost: the index it loaded to
+        # publish, so memory is what publishing it took (a plain ShardActor, not a Ray one)
+        self._local = ShardActor()
+        self._local.held = dict(zip(keys, shards))
         self._running = 0
         self._retired = False
         self._state = threading.Lock()
@@ -337,26 +413,34 @@ class RayShardedIndex:
     def actor_count(self) -> int:
         return len(self._by_actor)
 
-    def _call(self, method: str, *args, recover: bool = True) -> list:
-        """``method`` on every actor with its keys. When an actor was lost, it is replaced,
-        the index loaded and published again (the new actor gets its shards), and the call
-        made once more on what was published."""
-        try:
-            return self._call_once(method, *args)
-        except ActorLost:
-            if not recover or self._reload is None:
-                raise
-        self.engine.replace_lost()
-        return self._reload()._call(method, *args, recover=False)
-
-    def _call_once(self, method: str, *args) -> list:
-        """``method`` on every actor with its keys, waited for; the shards stay loaded until
-        the last call on this generation returns, even after a newer one is published."""
+    def _call(self, method: str, *args) -> list:
+        """``method`` on every actor with its keys, waited for up to the deadline; an actor that
+        is down, dies or misses the deadline is answered for by the driver's copy of its shards
+        (and replaced in the background). The shards stay loaded until the last call on this
+        generation returns, even after a newer one is published."""
+        ray, engine = self.engine.ray, self.engine
         with self._state:
             self._running += 1
         try:
-            refs = [getattr(actor, method).remote(keys, *args) for actor, keys in self._by_actor]
-            return self.engine._wait(refs, f"{method} on the shard actors")
+            asked = {
+                n: getattr(actor, method).remote(keys, *args)
+                for n, actor, keys in self._by_actor
+                if n not in engine.down
+            }
+            ready = set(ray.wait(list(asked.values()), num_returns=len(asked), timeout=engine.options.deadline)[0])
+            results = []
+            for n, _, keys in self._by_actor:
+                ref = asked.get(n)
+                if ref is not None and ref in ready:
+                    try:
+                        results.append(engine._wait([ref], f"{method} on the shard actors")[0])
+                        continue
+                    except ActorLost:
+                        pass
+                if ref is not None:
+                    engine.lost(n, self._reload)
+                results.append(getattr(self._local, method)(keys, *args))
+            return results
         finally:
             with self._state:
                 self._running -= 1

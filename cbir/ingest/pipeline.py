@@ -76,7 +76,7 @@ def decode_stream(
         for task in tasks:
             yield from decode_task(task, encoder_pp, known, MAX_PIXELS, jpeg_elsewhere)
         return
-    chunks = _chunks(tasks)
+    chunks = file_chunks(tasks)
     pool = worker_pool(workers, init_worker, (encoder_pp, known, MAX_PIXELS, jpeg_elsewhere))
     try:
         inflight = deque(pool.submit(decode_chunk, c) for c in islice(chunks, 3 * workers))
@@ -99,7 +99,7 @@ def decode_stream(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunks(tasks: list[FileTask]) -> Iterator[list[FileTask]]:
+def file_chunks(tasks: list[FileTask]) -> Iterator[list[FileTask]]:
     """Tasks in chunks of CHUNK files, a PDF or video alone in its own: it delivers up to
     hundreds of pages or frames at once."""
     chunk: list[FileTask] = []

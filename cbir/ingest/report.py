@@ -27,6 +27,7 @@ class IngestReport:
     ocr_with_text: int = 0  # of ``ocr_read``: those that held text
     ocr_failed: int = 0  # images OCR could not read (kept without text; read again next run)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the run rode through (a lost Ray node), one line each
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property

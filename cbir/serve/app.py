@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 import cbir
-from cbir.errors import CbirError, EmptyLibrary, LibraryLocked, UsageError
+from cbir.errors import CbirError, EmptyLibrary, EngineUnavailable, LibraryLocked, UsageError
 from cbir.library import ImageData, SearchRequest
 from cbir.library import Query as SearchQuery  # fastapi.Query is a query-string parameter
 from cbir.serve.files import ImageFiles, ImageGone, Opened, Served
@@ -55,7 +55,15 @@ class TooLarge(UsageError):
     """An upload over the limit."""
 
 
-STATUS_OF = {TooLarge: 413, UsageError: 400, ImageGone: 404, EmptyLibrary: 409, LibraryLocked: 503, ServerBusy: 503}
+STATUS_OF = {
+    TooLarge: 413,
+    UsageError: 400,
+    ImageGone: 404,
+    EmptyLibrary: 409,
+    LibraryLocked: 503,
+    ServerBusy: 503,
+    EngineUnavailable: 503,  # the Ray cluster cannot answer now
+}
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,7 @@ def _add_headers_and_errors(app: FastAPI) -> None:
     @app.exception_handler(ImageGone)
     async def known_error(_request: Request, e: Exception):
         status = next((code for kind, code in STATUS_OF.items() if isinstance(e, kind)), 500)
-        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(e, ServerBusy) else None
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(e, (ServerBusy, EngineUnavailable)) else None
         return _error(str(e), type(e).__name__, status, retry)
 
     @app.exception_handler(HTTPException)
@@ -336,6 +344,8 @@ def _add_status_and_page(app: FastAPI, library, gate: DecodeGate, upload_limit: 
     def status() -> dict:
         data = library.status().as_dict()
         data.pop("skipped_files", None)
+        serving = library.indexes.serving  # the Ray actors that search the image index, if any
+        data["engine"] = serving.describe() if serving is not None else {"engine": "local"}
         encoder = library.loaded_encoder
         data["server"] = {
             "version": cbir.__version__,
