@@ -25,7 +25,7 @@ class Status:
     index_bytes: int
     index_current: bool
     database_bytes: int
-    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    skipped_files: list[tuple[Path, str]] | None = None  # (path, reason); None: not read (with_skipped)
     missing_roots: list[tuple[Path, int]] = field(default_factory=list)  # folders gone from disk, images
     # scanned folders with remembered --exclude patterns or a .cbirignore: (folder, patterns, has one)
     exclusions: list[tuple[Path, tuple[str, ...], bool]] = field(default_factory=list)
@@ -44,7 +44,10 @@ class Status:
         data = dict(self.__dict__)
         data["library"] = str(self.library)
         data["missing_roots"] = [{"path": str(p), "images": n} for p, n in self.missing_roots]
-        data["skipped_files"] = [{"path": str(p), "reason": r} for p, r in self.skipped_files]
+        if self.skipped_files is None:
+            del data["skipped_files"]  # not read: an empty list next to the count would say none
+        else:
+            data["skipped_files"] = [{"path": str(p), "reason": r} for p, r in self.skipped_files]
         data["exclusions"] = [
             {"path": str(p), "exclude": list(patterns), "cbirignore": has} for p, patterns, has in self.exclusions
         ]
@@ -81,7 +84,7 @@ def library_status(catalog: Catalog, path: Path, index_dir: Path, *, with_skippe
         and images.vector_version == catalog.vector_version()
         and (texts.vector_version == text_version if texts else text_version == 0),
         database_bytes=db_bytes,
-        skipped_files=catalog.skipped() if with_skipped else [],
+        skipped_files=catalog.skipped() if with_skipped else None,
         missing_roots=missing_roots(catalog),
         exclusions=root_exclusions(catalog),
         ocr=ocr_setting.is_on(catalog),

@@ -53,54 +53,69 @@ def unavailable_reason() -> str | None:
     return None
 
 
+class Server:
+    """A server of the tests' own: its data folder and port stay the same across ``stop`` and
+    ``start``, so a test can take PostgreSQL away mid-command and bring the same catalogue back."""
+
+    def __init__(self, bin_dir: Path, folder: Path, run_as: list[str]):
+        self.bin_dir, self.folder, self.run_as = bin_dir, folder, run_as
+        self.data, self.port = folder / "data", _free_port()
+        self.url = f"postgresql+psycopg://cbir@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
+        # C locale: lower() folds ASCII only and text sorts by bytes, as in SQLite.
+        initdb = [self.bin_dir / "initdb", "-D", self.data, "-U", "cbir", "-A", "trust", "--locale=C"]
+        self._run(*initdb, "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c full_page_writes=off"
+        log = self.folder / "log"
+        self._run(self.bin_dir / "pg_ctl", "-D", self.data, "-l", log, "-w", "-t", "60", "-o", options, "start")
+
+    def kill(self) -> None:
+        """Stop at once, as a crashed server or a lost machine: every connection is cut."""
+        subprocess.run(
+            [*self.run_as, self.bin_dir / "pg_ctl", "-D", self.data, "-m", "immediate", "stop"], capture_output=True
+        )
+
+    def _run(self, *command) -> None:
+        try:
+            subprocess.run([*self.run_as, *command], check=True, capture_output=True)
+        except subprocess.CalledProcessError as e:
+            log = (self.folder / "log").read_text(errors="replace") if (self.folder / "log").exists() else ""
+            raise RuntimeError(f"cannot start PostgreSQL: {e.stderr.decode(errors='replace')}{log}") from e
+
+
 @contextmanager
 def server() -> Iterator[str]:
     """A running server's admin URL (database ``postgres``)."""
     if EXISTING_URL:
         yield EXISTING_URL
         return
+    with own_server() as running:
+        yield running.url
+
+
+@contextmanager
+def own_server() -> Iterator[Server]:
+    """A server started here (never CBIR_TEST_DATABASE_URL's), which the caller may stop and
+    start again; stopped and deleted at the end."""
     bin_dir = find_bin()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL is not installed")
     run_as: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="cbir-pg-"))
     if os.geteuid() == 0:
         # postgres refuses to run as root: run it as Debian's postgres user, owning the folder.
         run_as = ["runuser", "-u", "postgres", "--"]
         shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", _free_port()
+    running = Server(bin_dir, folder, run_as)
     try:
-        # C locale: lower() folds ASCII only and text sorts by bytes, as in SQLite.
-        subprocess.run(
-            [
-                *run_as,
-                bin_dir / "initdb",
-                "-D",
-                data,
-                "-U",
-                "cbir",
-                "-A",
-                "trust",
-                "--locale=C",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c full_page_writes=off"
-        subprocess.run(
-            [*run_as, bin_dir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-t", "60", "-o", options, "start"],
-            check=True,
-            capture_output=True,
-        )
-    except subprocess.CalledProcessError as e:
-        log = (folder / "log").read_text(errors="replace") if (folder / "log").exists() else ""
-        shutil.rmtree(folder, ignore_errors=True)
-        raise RuntimeError(f"cannot start PostgreSQL: {e.stderr.decode(errors='replace')}{log}") from e
-    try:
-        yield f"postgresql+psycopg://cbir@127.0.0.1:{port}/postgres"
+        running.init()
+        running.start()
+        yield running
     finally:
-        subprocess.run([*run_as, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        running.kill()
         shutil.rmtree(folder, ignore_errors=True)
 
 

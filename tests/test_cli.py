@@ -39,6 +39,8 @@ def test_status(built):
     out = run_cbir("status", "--json", "--library", str(library))
     status = json.loads(out.stdout)
     assert (status["images"], status["skipped"]) == (48, 1)
+    assert [s["path"] for s in status["skipped_files"]] == [str(photos / "broken.jpg")]
+    assert status["skipped_files"][0]["reason"].startswith("corrupt or truncated image")
     assert status["model"] == "cbir-tiny" and status["index_current"]
     assert status["index_type"] == "flat" and status["index_bytes"] > 0
     listed = run_cbir("status", "--skipped", "--library", str(library)).stdout

@@ -234,3 +234,105 @@ def test_a_dataset_with_extra_columns(fake_library, tmp_path, database):
     assert sorted(labels) == ["train"] * 4 + ["val"] * 2
     rows = lib.catalog.export_rows(ids)
     assert {r["extra"]["split"] for r in rows.values()} == {"train", "val"}
+
+
+@pytest.fixture
+def killable_server():
+    """A server of the test's own (never CBIR_TEST_DATABASE_URL's), which it may kill and start
+    again on the same data folder and port."""
+    if postgres.find_bin() is None:
+        if postgres.REQUIRED:
+            pytest.fail("CBIR_REQUIRE_POSTGRES=1 but PostgreSQL is not installed")
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    with postgres.own_server() as server:
+        yield server
+
+
+def _images(url: str) -> tuple[int, int, int]:
+    """(rows, distinct paths) of the catalogue's images, and its skipped files; zeros while the
+    schema is not there yet."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            images, paths = c.execute(text("select count(*), count(distinct path) from images")).one()
+            return images, paths, c.execute(text("select count(*) from skipped")).scalar_one()
+    except Exception:
+        return 0, 0, 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_the_server_dying_mid_ingest_is_one_line_and_the_same_command_finishes(tmp_path, killable_server, engine):
+    import subprocess
+
+    from tests.conftest import REQUIRE_RAY, cbir_env, tiny_ingest_command
+
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            if REQUIRE_RAY:
+                pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed")
+            pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+    photos = make_demo_photos(tmp_path / "photos", 300)
+    url = killable_server.url
+    # --engine ray starts a private local cluster that stops with the command (its token file in
+    # a HOME of the test's own: the user's could draw a warning)
+    command = tiny_ingest_command(tmp_path / "photos", tmp_path / "lib", "--db", url, "--engine", engine)
+    env = {**cbir_env(), "HOME": str(tmp_path)}
+    ingest = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while _images(url)[0] < 8 and ingest.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        committed = _images(url)[0]
+        killable_server.kill()
+        out, err = ingest.communicate(timeout=120)
+    finally:
+        ingest.kill()
+    assert 8 <= committed < len(photos), "the kill did not land mid-ingest"
+    assert ingest.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "pg_advisory" not in err, err
+    assert lines[0].startswith("Error: lost the connection to the catalogue "), err
+    assert "everything committed so far is kept: run the same command again" in lines[0]
+    assert out == ""
+    killable_server.start()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    # every photo once, the broken file skipped once
+    assert _images(url) == (len(photos), len(photos), 1)
+
+
+def test_only_a_lost_connection_reads_as_one():
+    import psycopg
+    from psycopg import errors
+    from sqlalchemy.exc import OperationalError
+
+    from cbir.store.db import connection_lost
+
+    def wrapped(orig: Exception) -> Exception:
+        try:
+            try:
+                raise OperationalError("SELECT 1", {}, orig)
+            except OperationalError as e:
+                raise StorageError("database error") from e  # as the ingest reports it
+        except StorageError as e:
+            return e
+
+    closed = psycopg.OperationalError(
+        "consuming input failed: server closed the connection unexpectedly\n\tThis probably means the server "
+        "terminated abnormally\n\tbefore or while processing the request."
+    )
+    assert connection_lost(wrapped(closed)) == "server closed the connection unexpectedly"
+    refused = psycopg.OperationalError(
+        'connection failed: connection to server at "10.0.0.5", port 5432 failed: Connection refused\n\t'
+        "Is the server running on that host and accepting TCP/IP connections?"
+    )
+    assert connection_lost(wrapped(refused)) == "Connection refused"
+    shutdown = errors.AdminShutdown("terminating connection due to administrator command")
+    assert connection_lost(wrapped(shutdown)) == "terminating connection due to administrator command"
+    for other in (errors.LockNotAvailable("canceling statement due to lock timeout"), errors.DiskFull("no space")):
+        assert connection_lost(wrapped(other)) is None
+    assert connection_lost(StorageError("disk full")) is None

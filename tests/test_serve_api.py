@@ -302,6 +302,7 @@ def test_status(served):
     assert body["images"] == lib.catalog.count_images() == 27
     assert body["model"] == "cbir-tiny" and body["index_current"] is True
     assert body["server"]["token_required"] is False and body["server"]["upload_limit_bytes"] == 2_000_000
+    assert body["engine"] == {"engine": "local"}  # no Ray actors answer here
 
 
 def test_page_and_docs(served):

@@ -66,12 +66,12 @@ def label_list(image, as_json, library, model, device):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@click.option("--skipped", is_flag=True, help="List the skipped files and why.")
+@click.option("--skipped", is_flag=True, help="List the skipped files and why (--json always lists them).")
 @library_options
 def status(as_json, skipped, library, model, device):
     """What the library holds: model, images, skipped files, index."""
     with _open(library=library, model=model, device=device) as lib:
-        st = lib.status(with_skipped=skipped)
+        st = lib.status(with_skipped=skipped or as_json)  # JSON: the files with their count
     if as_json:
         echo_json(st.as_dict())
     else:

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 from sqlalchemy import URL, Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cbir.dburl import parse_database_url, safe_url
 from cbir.errors import LibraryLocked, LibraryNotFound, StorageError
 from cbir.fsutil import storage_error
 from cbir.store.hint import DB_FILENAME
+
+log = logging.getLogger(__name__)
 
 # Advisory lock keys (any constants, per database): one held by each write transaction, the
 # equivalent of SQLite's BEGIN IMMEDIATE; one held by a whole ingest or label change, the
@@ -129,7 +133,8 @@ def describe(engine: Engine) -> str:
 def catalogue_writer_lock(engine: Engine) -> Iterator[None]:
     """For a PostgreSQL catalogue, which machines share: one writer (ingest, labels, tags) at a
     time, held on a connection of its own for the whole command. (The library folder's
-    write.lock covers one machine; SQLite needs nothing more.)"""
+    write.lock covers one machine; SQLite needs nothing more.) A command that loses its
+    connection to the server ends with one line saying so, its committed work kept."""
     if not is_postgresql(engine):
         yield
         return
@@ -139,16 +144,64 @@ def catalogue_writer_lock(engine: Engine) -> Iterator[None]:
             raise LibraryLocked(
                 f"another cbir process is writing to the catalogue {describe(engine)}; wait for it to finish"
             )
-        unlock = f"SELECT pg_advisory_unlock({WRITER_LOCK})"
         try:
             yield
-        except BaseException:
-            # The connection may be what failed (the lock goes with it): the command's own error
-            # is the one to report, never the unlock's.
-            with suppress(Exception):
-                c.exec_driver_sql(unlock)
+        except BaseException as e:
+            _unlock(c)
+            reason = connection_lost(e)
+            if reason is not None:
+                raise StorageError(
+                    f"lost the connection to the catalogue {describe(engine)} while writing ({reason}); "
+                    "everything committed so far is kept: run the same command again once the server answers"
+                ) from e
             raise
-        c.exec_driver_sql(unlock)
+        _unlock(c)
+
+
+def _unlock(c) -> None:
+    """Release the writer lock. Its failure is never the command's: the lock belongs to the
+    connection's session, and a lost connection's session ends on the server, which releases
+    every advisory lock it held by itself."""
+    try:
+        c.exec_driver_sql(f"SELECT pg_advisory_unlock({WRITER_LOCK})")
+    except Exception as e:
+        log.debug("releasing the catalogue writer lock failed (PostgreSQL releases it with the session): %s", e)
+
+
+# SQLSTATEs that end a session from the server's side: a connection exception (class 08), the
+# server shutting down or crashing, or not accepting connections yet.
+_SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(error: BaseException) -> str | None:
+    """What libpq said, in one line, when ``error`` (or an error it was raised from) means the
+    connection to PostgreSQL went away: the server stopped or crashed, or is unreachable. None
+    for any other error, a lock timeout or a full disk among them."""
+    seen: BaseException | None = error
+    for _ in range(20):
+        if seen is None:
+            return None
+        orig = getattr(seen, "orig", None)
+        if isinstance(seen, DBAPIError) and type(orig).__module__.startswith("psycopg"):
+            state = getattr(orig, "sqlstate", None)
+            if seen.connection_invalidated or (
+                isinstance(seen, OperationalError) and (state is None or state.startswith(_SESSION_ENDED))
+            ):
+                return one_line(str(orig))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def one_line(message: str) -> str:
+    """libpq's message (its first line says what happened; the next ones guess why) as a line."""
+    first = next((line.strip() for line in message.splitlines() if line.strip()), message)
+    return _WHERE_FAILED.sub("", first)
+
+
+# what libpq puts before the reason: the step that failed and the server (which messages name)
+_WHERE_FAILED = re.compile(
+    r'^(?:\w+(?: \w+)* failed: )?(?:connection to server (?:at|on)(?: socket)? ".*?"(?:, port \d+)? failed: )?'
+)
 
 
 def connection_error(e: OperationalError, engine: Engine):
