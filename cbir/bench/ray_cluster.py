@@ -49,7 +49,9 @@ def started_ray_cluster(
     home: Path, *, nodes: int = 2, cpus_per_node: int = 1, head_cpus: int = 0, object_store_mb: int = 400
 ) -> Iterator[StartedCluster]:
     """A head with ``head_cpus`` CPUs (none: it only coordinates, as on a real cluster) and
-    ``nodes`` worker nodes of ``cpus_per_node`` CPUs, all on 127.0.0.1. ``home`` stands in for
+    ``nodes`` worker nodes of ``cpus_per_node`` CPUs, joined through 127.0.0.1 (Ray replaces
+    ``--node-ip-address 127.0.0.1`` with the machine's address and listens on every interface:
+    hence the token; cbir.bench.netns_ray keeps a cluster inside namespaces). ``home`` stands in for
     the nodes' home folder (where Ray would write a token file of its own) and holds their logs."""
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
