@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -71,6 +72,7 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
                     )
                 _check_loopback(ray)
             else:
+                _check_answers(address)
                 # a driver finds its node by its own address: on a loopback-only cluster, loopback
                 with (
                     _token_file_checked(token_file(loopback)),
@@ -263,6 +265,26 @@ def _loopback_only():
             yield
     finally:  # later connections to real clusters need this process's real address
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _check_answers(address: str, timeout: float = 10.0) -> None:
+    """One line at once when nothing answers at the head's address: ray.init retries for
+    minutes without a word (measured: still retrying after 150 s)."""
+    if address == "auto":
+        return  # the cluster this machine runs, found by ray.init, which says when there is none
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not HOST:PORT: ray.init's own error says so
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise CbirError(
+            f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} ({why}); "
+            "is its head running (`ray start --head`), and the port open to this machine?"
+        ) from None
 
 
 def _is_loopback(address: str) -> bool:
