@@ -40,7 +40,9 @@ from cbir.timing import Timer
 
 RETRIES = 3  # per group of files, against lost actors, workers and nodes
 GROUPS_PER_ACTOR = 2  # one encoding, one decoding or waiting: enough to keep an actor busy
-STALL_TIMEOUT = "CBIR_RAY_STALL_TIMEOUT"  # seconds a run may go without progress (default 300)
+# Seconds a run may go without progress (default 600: a node's first encode actor may spend
+# minutes downloading the model's weights, which looks the same from here)
+STALL_TIMEOUT = "CBIR_RAY_STALL_TIMEOUT"
 _CHECK_EVERY = 2.0  # seconds between looks at which nodes are alive
 
 
@@ -99,7 +101,7 @@ class RayStage:
     workers: int | None = None
     gpus_per_worker: float = 0.0
     num_cpus: int | None = None
-    stall_timeout: float | None = None  # None: $CBIR_RAY_STALL_TIMEOUT, else 300
+    stall_timeout: float | None = None  # None: $CBIR_RAY_STALL_TIMEOUT, else 600
     survived: str | None = None
 
     @classmethod
@@ -116,7 +118,7 @@ class RayStage:
             with timer("cluster"):
                 capacity = live_capacity(ray)
                 workers = plan_workers(capacity, self.workers, self.gpus_per_worker)
-                stall = self.stall_timeout or float(os.environ.get(STALL_TIMEOUT) or 300)
+                stall = self.stall_timeout or float(os.environ.get(STALL_TIMEOUT) or 600)
                 run = _Run(ray, self, known, workers, capacity, stall)
             batches = run.batches(_groups(file_chunks(tasks), self.batch_size))
             try:
@@ -164,7 +166,8 @@ class _Run:
     stall_timeout: float
     actors: list = field(default_factory=list)
     busy: dict = field(default_factory=dict)  # actor -> its groups in flight
-    replaced: int = 0
+    lost: int = 0  # encode actors lost with their node or worker
+    started: int = 0  # encode actors started after the first ones (in place of lost or retired ones)
     retried: int = 0
     retired: int = 0
 
@@ -259,7 +262,7 @@ class _Run:
         self.retried += 1
         if _actor_lost(self.ray, error) and group.actor in self.busy:
             self._drop_actor(group.actor)
-            self.replaced += 1
+            self.lost += 1
             self._follow_nodes()
 
     def _follow_nodes(self) -> None:
@@ -272,6 +275,7 @@ class _Run:
             self.retired += 1
         while len(self.actors) < min(self.workers, most):
             self._add_actor()
+            self.started += 1
 
     def _stalled(self, groups: int) -> str:
         ray = self.ray
@@ -283,22 +287,23 @@ class _Run:
             f"the Ray ingest made no progress for {self.stall_timeout:g} s: {batches} for "
             f"{len(self.actors)} encode workers and decode tasks (1 CPU each); the cluster has "
             f"{capacity.describe()}, {free.get('CPU', 0):g}/{capacity.cpus:g} CPUs free{gpus} "
-            "(see `ray status`); everything committed so far is kept: run the same command again"
+            "(see `ray status`; a node still downloading the model's weights looks the same: raise "
+            f"{STALL_TIMEOUT}); everything committed so far is kept: run the same command again"
         )
 
     def survived(self) -> str | None:
         """What the run rode through, in one line (None: nothing). A node killed moments before
         the end may not be known dead yet (Ray's health checks take seconds): its actors' loss is."""
-        if self.replaced or self.retried:
+        if self.lost or self.retried:
             self.capacity = live_capacity(self.ray)
         lost = [address for node, address in self.start.nodes.items() if node not in self.capacity.nodes]
-        if not (lost or self.replaced or self.retried):
+        if not (lost or self.lost or self.retried):
             return None
         parts = []
         if lost:
             parts.append(f"lost {len(lost)} node{'s' if len(lost) != 1 else ''} ({', '.join(sorted(lost))})")
-        if self.replaced:
-            parts.append(f"replaced {self.replaced} encode worker{'s' if self.replaced != 1 else ''}")
+        if self.lost:
+            parts.append(f"lost {self.lost} encode worker{'s' if self.lost != 1 else ''} ({self.started} started anew)")
         parts.append(f"sent {self.retried} batch{'es' if self.retried != 1 else ''} again")
         return f"Ray: {', '.join(parts)}; finished on {self.capacity.describe()}"
 
