@@ -422,12 +422,18 @@ class RayShardedIndex:
         with self._state:
             self._running += 1
         try:
-            asked = {
-                n: getattr(actor, method).remote(keys, *args)
-                for n, actor, keys in self._by_actor
-                if n not in engine.down
-            }
-            ready = set(ray.wait(list(asked.values()), num_returns=len(asked), timeout=engine.options.deadline)[0])
+            asked = {}
+            for n, actor, keys in self._by_actor:
+                if n in engine.down:
+                    continue
+                try:
+                    asked[n] = getattr(actor, method).remote(keys, *args)
+                except Exception:  # noqa: BLE001 - Ray itself unreachable: answered here
+                    engine.lost(n, self._reload)
+            try:
+                ready = set(ray.wait(list(asked.values()), num_returns=len(asked), timeout=engine.options.deadline)[0])
+            except Exception:  # noqa: BLE001 - as above
+                ready = set()
             results = []
             for n, _, keys in self._by_actor:
                 ref = asked.get(n)
@@ -435,7 +441,7 @@ class RayShardedIndex:
                     try:
                         results.append(engine._wait([ref], f"{method} on the shard actors")[0])
                         continue
-                    except ActorLost:
+                    except RayError:  # lost with its node, or Ray failed: answered here
                         pass
                 if ref is not None:
                     engine.lost(n, self._reload)
