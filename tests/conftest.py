@@ -191,17 +191,22 @@ def run_cbir(*args: str, env: dict | None = None, input: str | None = None, cwd=
     )
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray cluster (2 CPUs, no dashboard, bound to 127.0.0.1) shared by every Ray
-    test of the session: starting one takes seconds. Skips when ray is not installed, unless
-    CBIR_REQUIRE_RAY=1 (CI), where that is a failure."""
+def need_ray() -> None:
+    """Skip the test when ray is not installed, unless CBIR_REQUIRE_RAY=1 (CI): a failure there."""
     try:
         import ray  # noqa: F401
     except ImportError:
         if REQUIRE_RAY:
             pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed: pip install 'cbir[ray]'")
         pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster (2 CPUs, no dashboard, bound to 127.0.0.1) shared by every Ray
+    test of the session: starting one takes seconds. Skips when ray is not installed, unless
+    CBIR_REQUIRE_RAY=1 (CI), where that is a failure."""
+    need_ray()
     from cbir.distributed.cluster import connected
 
     with connected(None, num_cpus=2) as ray:  # cbir's own private cluster: new, on 127.0.0.1

@@ -30,7 +30,7 @@ import pytest
 
 from cbir.bench import netns
 from cbir.bench.netns import Network
-from tests.conftest import REQUIRE_RAY
+from tests.conftest import need_ray
 from tests.postgres import find_bin
 
 # Read at import: the tests' autouse fixture hides every CBIR_* variable from the tests.
@@ -47,12 +47,7 @@ def network_or_skip(hosts=netns.HOSTS) -> Iterator[Network]:
         if REQUIRE_NETNS:
             pytest.fail(f"CBIR_REQUIRE_NETNS=1 but {reason}")
         pytest.skip(reason)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if REQUIRE_RAY:
-            pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed: pip install 'cbir[ray]'")
-        pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+    need_ray()
     with netns.network(hosts) as network:
         yield network
 

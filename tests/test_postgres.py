@@ -266,15 +266,10 @@ def _images(url: str) -> tuple[int, int, int]:
 def test_the_server_dying_mid_ingest_is_one_line_and_the_same_command_finishes(tmp_path, killable_server, engine):
     import subprocess
 
-    from tests.conftest import REQUIRE_RAY, cbir_env, tiny_ingest_command
+    from tests.conftest import cbir_env, need_ray, tiny_ingest_command
 
     if engine == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            if REQUIRE_RAY:
-                pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed")
-            pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+        need_ray()
     photos = make_demo_photos(tmp_path / "photos", 300)
     url = killable_server.url
     # --engine ray starts a private local cluster that stops with the command (its token file in

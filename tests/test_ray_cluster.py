@@ -13,7 +13,7 @@ import pytest
 
 from cbir.config import resolve_settings
 from cbir.library import Library
-from tests.conftest import REQUIRE_RAY, run_cbir
+from tests.conftest import need_ray, run_cbir
 from tests.test_ray_ingest import make_folder, snapshot
 
 # a Ray cluster of three nodes: the long suite (.ci/run), not the README's fast tier
@@ -28,12 +28,7 @@ def _env(home, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if REQUIRE_RAY:
-            pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed: pip install 'cbir[ray]'")
-        pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+    need_ray()
     from cbir.bench.ray_cluster import started_ray_cluster
 
     with started_ray_cluster(tmp_path_factory.mktemp("ray-nodes"), nodes=2, cpus_per_node=1) as started:

@@ -19,7 +19,7 @@ from cbir.config import resolve_settings
 from cbir.errors import UsageError
 from cbir.library import Library
 from cbir.synthetic import make_gallery
-from tests.conftest import REQUIRE_RAY, cbir_env, run_cbir
+from tests.conftest import cbir_env, need_ray, run_cbir
 from tests.test_ray_ingest import assert_same
 
 # Ray clusters of several nodes: the long suite (.ci/run), not the README's fast tier
@@ -29,12 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def cluster(tmp_path_factory):
     """A head without CPUs and two worker nodes of 2 CPUs each."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if REQUIRE_RAY:
-            pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed: pip install 'cbir[ray]'")
-        pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+    need_ray()
     from cbir.bench.ray_cluster import started_ray_cluster
 
     with started_ray_cluster(tmp_path_factory.mktemp("ray-nodes"), nodes=2, cpus_per_node=2) as started:

@@ -14,7 +14,7 @@ import pytest
 
 from cbir.distributed import cluster
 from cbir.errors import CbirWarning
-from tests.conftest import REQUIRE_RAY
+from tests.conftest import need_ray
 
 
 @pytest.fixture
@@ -81,12 +81,7 @@ def test_a_private_cluster_leaves_no_token_file_others_can_read(tmp_path):
     authentication on and writes the token file)."""
     import subprocess
 
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if REQUIRE_RAY:
-            pytest.fail("CBIR_REQUIRE_RAY=1 but ray is not installed")
-        pytest.skip("ray is not installed (pip install 'cbir[ray]')")
+    need_ray()
     from tests.conftest import cbir_env
 
     code = "from cbir.distributed.cluster import connected\nwith connected(None, num_cpus=1) as ray: pass\n"
