@@ -270,7 +270,7 @@ def test_a_lost_actor_is_answered_for_then_replaced(ray_local, tmp_path, fake_li
         served._reload = None
         _kill(ray_local, engine.actors[0])
         assert [(h.id, h.score) for h in reader.search("x", k=20)] == before
-        assert 0 in engine.down
+        assert 0 in engine.down and engine.describe()["actors"][0]["down"]
     finally:
         reader.close()
 
@@ -312,8 +312,8 @@ def test_serve_with_the_ray_engine_answers_like_the_local_server(ray_local, tiny
                 "address": "private local cluster (127.0.0.1)",
                 "shards": 2,
                 "actors": [
-                    {"actor": 0, "shards": [0], "node": "127.0.0.1"},
-                    {"actor": 1, "shards": [1], "node": "127.0.0.1"},
+                    {"actor": 0, "shards": [0], "node": "127.0.0.1", "down": False},
+                    {"actor": 1, "shards": [1], "node": "127.0.0.1", "down": False},
                 ],
             },
         ]
@@ -364,7 +364,7 @@ def test_cli_search_with_the_ray_engine(ray_local, tiny_library, monkeypatch):
     assert "actor 0 on 127.0.0.1: shard 0\n          actor 1 on 127.0.0.1: shard 1\n" in explained.output
     one = _cli(*args, "--explain", "--engine", "ray", "--actors", "1", "--actor-cpus", str(CPUS))
     plan = json.loads(one.output.splitlines()[0])["plan"]
-    assert plan["engine"]["actors"] == [{"actor": 0, "shards": [0, 1], "node": "127.0.0.1"}]
+    assert plan["engine"]["actors"] == [{"actor": 0, "shards": [0, 1], "node": "127.0.0.1", "down": False}]
     monkeypatch.delenv("CBIR_ENGINE")
     wrong = _cli("search", "x", "--library", library, "--address", "auto")
     assert wrong.exit_code == 2 and "--address go with --engine ray" in wrong.output

@@ -92,7 +92,8 @@ def engine_lines(info: dict) -> list[str]:
     for actor in actors:
         node = actor["node"] or "unreachable"
         shards = ", ".join(map(str, actor["shards"])) or "none"
+        down = " (down: this process answers for it while it is replaced)" if actor.get("down") else ""
         lines.append(
-            f"          actor {actor['actor']} on {node}: shard{'s' if len(actor['shards']) != 1 else ''} {shards}"
+            f"          actor {actor['actor']} on {node}: shard{'s' if len(actor['shards']) != 1 else ''} {shards}{down}"
         )
     return lines

@@ -359,7 +359,7 @@ class RayEngine:
         it did not answer within 5 s, gone with its node)."""
         ray = self.ray
         with self._lock:
-            actors, current = list(self.actors), self.current
+            actors, current, down = list(self.actors), self.current, set(self.down)
         placement = current.placement if current is not None else []
         refs = [actor.node.remote() for actor in actors]
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=5.0)[0]) if refs else set()
@@ -375,7 +375,12 @@ class RayEngine:
             "address": self.options.address or "private local cluster (127.0.0.1)",
             "shards": len(placement),
             "actors": [
-                {"actor": n, "shards": [s for s, a in enumerate(placement) if a == n], "node": node}
+                {
+                    "actor": n,
+                    "shards": [s for s, a in enumerate(placement) if a == n],
+                    "node": node,
+                    "down": n in down,  # lost or late: this process answers for its shards
+                }
                 for n, node in enumerate(nodes)
             ],
         }
