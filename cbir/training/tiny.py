@@ -133,9 +133,12 @@ class TinyTrainer(Trainer):
     renderings of the same scene included, so the model tells instances apart as well as
     scenes (what image->image search needs)."""
 
-    def __init__(self, model, config: TrainConfig, instance_weight: float, temperature: float):
+    def __init__(
+        self, model, config: TrainConfig, instance_weight: float, temperature: float, align_weight: float = 0.0
+    ):
         super().__init__(model, config, "cpu")
         self.instance_weight, self.temperature = instance_weight, temperature
+        self.align_weight = align_weight
 
     def train_step(self, images, tokens, labels, image_ids=None) -> tuple[float, float]:  # type: ignore[override]
         n = len(labels)
@@ -149,6 +152,9 @@ class TinyTrainer(Trainer):
             loss = clip_loss(features[:n], text, scale, labels)
             if self.instance_weight > 0:
                 loss = loss + self.instance_weight * nt_xent(features, self.temperature)
+            if self.align_weight > 0:  # each picture and copy near its caption: 1 - cosine
+                captions = text.repeat(len(features) // n, 1)
+                loss = loss + self.align_weight * (1 - (features * captions).sum(dim=-1)).mean()
             return loss
 
         return self.optimize(loss_of), scale_seen[0]
@@ -301,6 +307,7 @@ def train(
     instance_weight: float = 0.0,
     temperature: float = 0.1,
     init: str | Path | None = None,
+    align_weight: float = 0.0,
 ):
     """Train a fresh model with the shared training loop (:class:`cbir.training.loop.Trainer`);
     returns ``(model, preprocess_val, tokenizer, last_loss)``.
@@ -327,7 +334,9 @@ def train(
     config = TrainConfig(total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup)
     # without copies, the plain CLIP step (what trained the weights before instances were learnt)
     trainer = (
-        TinyTrainer(model, config, instance_weight, temperature) if instance_weight > 0 else Trainer(model, config)
+        TinyTrainer(model, config, instance_weight, temperature, align_weight)
+        if instance_weight > 0
+        else Trainer(model, config)
     )
     per_epoch = steps_per_epoch or steps
     epochs = -(-steps // per_epoch)
@@ -402,6 +411,12 @@ def main(argv: list[str] | None = None) -> None:
         help="of NT-Xent over pictures and their near-duplicates (0: captions only, as the bundled weights)",
     )
     p.add_argument("--temperature", type=float, default=0.1, help="of that NT-Xent")
+    p.add_argument(
+        "--align-weight",
+        type=float,
+        default=0.0,
+        help="of 1 - cosine between each picture and its caption (with --instance-weight: keeps images near their text)",
+    )
     p.add_argument("--init", default=None, help="start from these weights (an fp16 state dict) instead of at random")
     p.add_argument("--eval-images", type=int, default=400)
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
@@ -423,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         state=args.state,
         resume=args.resume,
         instance_weight=args.instance_weight,
+        align_weight=args.align_weight,
         temperature=args.temperature,
         init=args.init,
     )
