@@ -288,7 +288,10 @@ class RayEngine:
                 try:  # only slow, not gone: keep it
                     ray.get(actor.node.remote(), timeout=self.options.deadline)
                     with self._lock:
-                        self.down.discard(n)
+                        # a replacement placed since an earlier round failed holds no shards (and
+                        # searches still call the actor it replaced): down until the reload below
+                        if self.held[n]:
+                            self.down.discard(n)
                     continue
                 except Exception:  # noqa: BLE001 - dead, or its node unreachable: replace it
                     pass
@@ -448,7 +451,9 @@ class RayShardedIndex:
                         continue
                     except RayError:  # lost with its node, or Ray failed: answered here
                         pass
-                if ref is not None:
+                # an actor still down is reported again: a replacement that failed (no live CPU
+                # for it yet) or was not tried (RECOVER_EVERY) is tried again, not forgotten
+                if ref is not None or n in engine.down:
                     engine.lost(n, self._reload)
                 results.append(getattr(self._local, method)(keys, *args))
             return results
