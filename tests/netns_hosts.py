@@ -31,7 +31,7 @@ import pytest
 from cbir.bench import netns
 from cbir.bench.netns import Network
 from tests.conftest import need_ray
-from tests.postgres import find_bin
+from tests.postgres import REQUIRED, find_bin
 
 # Read at import: the tests' autouse fixture hides every CBIR_* variable from the tests.
 REQUIRE_NETNS = os.environ.get("CBIR_REQUIRE_NETNS") == "1"
@@ -104,6 +104,24 @@ class NetnsPostgres:
                 said = (self.folder / "log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"PostgreSQL on {self.host} did not start: {said}")
             time.sleep(0.1)
+
+
+@contextmanager
+def server_or_skip(network: Network) -> Iterator[NetnsPostgres]:
+    """``server(network)``: a server of its own on the pg host, even where
+    CBIR_TEST_DATABASE_URL names another; skips (fails under CBIR_REQUIRE_POSTGRES=1) where
+    PostgreSQL or psycopg is missing."""
+    reason = None if find_bin() else "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        reason = "psycopg is not installed (pip install 'cbir[postgres]')"
+    if reason:
+        if REQUIRED:
+            pytest.fail(f"CBIR_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    with server(network) as started:
+        yield started
 
 
 @contextmanager

@@ -16,7 +16,6 @@ import pytest
 from cbir.bench import netns
 from cbir.config import resolve_settings
 from cbir.library import Library
-from tests import postgres
 from tests.netns_hosts import network_or_skip
 from tests.test_ray_ingest import assert_same, make_folder
 
@@ -168,19 +167,9 @@ def test_a_killed_worker_host_is_dead_and_rejoins(cluster, net):
 
 @pytest.fixture(scope="module")
 def pg(net):
-    # a server of its own on the pg host, even where CBIR_TEST_DATABASE_URL names another
-    reason = None if postgres.find_bin() else "PostgreSQL is not installed (Debian: apt-get install postgresql)"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        reason = "psycopg is not installed (pip install 'cbir[postgres]')"
-    if reason:
-        if postgres.REQUIRED:
-            pytest.fail(f"CBIR_REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    from tests.netns_hosts import server
+    from tests.netns_hosts import server_or_skip
 
-    with server(net) as started:
+    with server_or_skip(net) as started:
         yield started
 
 

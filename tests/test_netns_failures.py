@@ -33,7 +33,6 @@ from cbir.config import resolve_settings
 from cbir.errors import CbirError
 from cbir.library import Library
 from cbir.synthetic import make_gallery
-from tests import postgres
 from tests.conftest import cbir_env, run_cbir, tiny_ingest_command
 from tests.netns_hosts import network_or_skip
 from tests.test_ray_ingest import assert_same
@@ -347,18 +346,9 @@ def _restart(cluster) -> BaseException | None:
 # -- 3. PostgreSQL killed on its host during an ingest -----------------------------------------
 @pytest.fixture(scope="module")
 def pg(net):
-    reason = None if postgres.find_bin() else "PostgreSQL is not installed (Debian: apt-get install postgresql)"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        reason = "psycopg is not installed (pip install 'cbir[postgres]')"
-    if reason:
-        if postgres.REQUIRED:
-            pytest.fail(f"CBIR_REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    from tests.netns_hosts import server
+    from tests.netns_hosts import server_or_skip
 
-    with server(net) as started:
+    with server_or_skip(net) as started:
         yield started
 
 
