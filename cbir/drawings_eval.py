@@ -9,7 +9,7 @@ per family), ingests them into the library OUT/lib with cbir-tiny (as ``cbir ing
 the model), runs ``cbir finetune --images-only --library OUT/lib --no-flip`` on it, and prints
 one JSON object: the held-out metrics before and after (mAP@10 by family, near-duplicate top-1
 and mAP), the training time, and text->image precision@1 on cbir-tiny's own held-out scenes
-(cbir.training.tiny.evaluate) with the original and the tuned weights, since the image tower
+(cbir.training.tiny_eval.evaluate) with the original and the tuned weights, since the image tower
 moved under a frozen text tower (cbir-tiny only: those scenes are what it knows).
 """
 
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     from cbir.finetune_images import finetune_images
     from cbir.library import open_library
     from cbir.synthetic_drawings import make_drawing_gallery
-    from cbir.training.tiny import evaluate, load
+    from cbir.training.tiny import load
+    from cbir.training.tiny_eval import evaluate
 
     out = Path(args.out)
     pages = out / "pages"

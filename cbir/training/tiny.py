@@ -41,7 +41,6 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cbir.encode.tiny import CONFIG_DIR, MODEL_NAME, WEIGHTS
-from cbir.synthetic import all_scenes, iter_gallery, render
+from cbir.synthetic import all_scenes, render
 from cbir.training.loop import (
     TrainConfig,
     Trainer,
@@ -60,11 +59,10 @@ from cbir.training.loop import (
     save_atomic,
     set_rng_state,
 )
+from cbir.training.tiny_eval import EVAL_SEED, evaluate, evaluate_near_duplicates
 
 #: First entropy word of every training batch stream (see module docstring).
 TRAIN_STREAM = 0x7C1B7241
-#: Default seed of the held-out evaluation gallery.
-EVAL_SEED = 12345
 
 _SCENES = all_scenes()
 #: Renderings of each scene in a training batch: hard negatives for telling instances apart.
@@ -175,110 +173,6 @@ class SyntheticBatches(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for step in range(self.start + wid, self.steps, nw):
             yield make_batch(self.seed, step, self.batch_size, self.preprocess, self.copies)
-
-
-@torch.no_grad()
-def _encode_images(model, preprocess: Callable, images, chunk: int = 256) -> torch.Tensor:
-    feats = []
-    for i in range(0, len(images), chunk):
-        x = torch.stack([preprocess(im) for im in images[i : i + chunk]])
-        feats.append(F.normalize(model.encode_image(x).float(), dim=-1))
-    return torch.cat(feats)
-
-
-@torch.no_grad()
-def evaluate(
-    model, preprocess: Callable, tokenizer: Callable, n_images: int = 400, seed: int = EVAL_SEED
-) -> dict[str, Any]:
-    """Retrieval metrics on a held-out gallery ``iter_gallery(n_images, seed)``.
-
-    Queries are the 128 scene captions. Returns:
-
-    - ``t2i_p1``: text->image precision@1 (top image shows the caption's scene),
-      averaged over captions whose scene occurs in the gallery;
-    - ``t2i_p10``: mean precision@10 over the same captions (fraction of the top
-      10 images showing the scene) and ``t2i_p10_max``, its ceiling given how
-      many images each scene has;
-    - ``i2t_top1``: fraction of images whose nearest caption is their own, and
-      ``i2t_colour``/``i2t_shape``/``i2t_background``: per-attribute accuracy of
-      that nearest caption;
-    - ``caption_cosine``: mean cosine between an image and its own caption, and
-      ``arithmetic_top1``: how often ``image - its caption + another caption`` finds first
-      an image of the other caption's scene (what ``cbir search --image a.jpg - "..." + "..."``
-      needs: images and captions close enough to trade places);
-    - ``n_images``, ``n_queries``, ``seed``.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        pairs = list(iter_gallery(n_images, seed))
-        images = [im for im, _ in pairs]
-        gallery = torch.tensor([_SCENES.index(s) for _, s in pairs])
-        img_f = _encode_images(model, preprocess, images)
-        tokens = tokenizer([s.caption for s in _SCENES])
-        txt_f = F.normalize(model.encode_text(tokens).float(), dim=-1)
-    finally:
-        model.train(was_training)
-
-    sim = txt_f @ img_f.T  # (128 captions, n images)
-    relevant = gallery[None, :] == torch.arange(len(_SCENES))[:, None]
-    counts = relevant.sum(dim=1)
-    has = counts > 0
-    k = min(10, n_images)
-    top = sim.topk(k, dim=1).indices
-    hits = torch.gather(relevant, 1, top).float()
-    p1 = hits[:, 0][has].mean().item()
-    p10 = hits.sum(dim=1)[has].div(k).mean().item()
-    p10_max = counts.clamp(max=k)[has].float().div(k).mean().item()
-
-    own = txt_f[gallery]  # each image's own caption
-    swap = txt_f[(gallery + 37) % len(_SCENES)]  # another scene's caption (37: coprime to 128)
-    moved = F.normalize(img_f - own + swap, dim=-1)
-    found = (moved @ img_f.T).argmax(dim=1)
-    wanted = (gallery + 37) % len(_SCENES)
-    present = relevant[wanted].any(dim=1)  # the other scene occurs in the gallery
-    arithmetic = (gallery[found] == wanted)[present].float().mean().item()
-
-    nearest = sim.argmax(dim=0)  # nearest caption per image
-    pred = [_SCENES[i] for i in nearest.tolist()]
-    true = [s for _, s in pairs]
-    n = len(true)
-    return {
-        "t2i_p1": round(p1, 4),
-        "t2i_p10": round(p10, 4),
-        "t2i_p10_max": round(p10_max, 4),
-        "i2t_top1": round(sum(p == t for p, t in zip(pred, true)) / n, 4),
-        "i2t_colour": round(sum(p.colour == t.colour for p, t in zip(pred, true)) / n, 4),
-        "i2t_shape": round(sum(p.shape == t.shape for p, t in zip(pred, true)) / n, 4),
-        "i2t_background": round(sum(p.background == t.background for p, t in zip(pred, true)) / n, 4),
-        "caption_cosine": round((img_f * own).sum(dim=1).mean().item(), 4),
-        "arithmetic_top1": round(arithmetic, 4),
-        "n_images": n,
-        "n_queries": int(has.sum()),
-        "seed": seed,
-    }
-
-
-@torch.no_grad()
-def evaluate_near_duplicates(model, preprocess: Callable, per_scene: int = 3, seed: int = EVAL_SEED) -> dict[str, Any]:
-    """Image->image on a held-out gallery of ``per_scene`` renderings of each of the 128 scenes
-    (similar pictures: the same caption, the shape elsewhere): each picture's near-duplicate
-    (cbir.training.views.degrade: 5% cropped from each side, half the size, JPEG quality 50)
-    looks for its original among all of them. ``near_dup_top1``: how often it is found first."""
-    from cbir.training.views import degrade
-
-    rng = np.random.default_rng([seed, per_scene])
-    originals = [render(scene, rng) for scene in _SCENES for _ in range(per_scene)]
-    was_training = model.training
-    model.eval()
-    try:
-        gallery = _encode_images(model, preprocess, originals)
-        copies = _encode_images(model, preprocess, [degrade(im) for im in originals])
-    finally:
-        model.train(was_training)
-    ranks = (copies @ gallery.T).argsort(dim=1, descending=True)
-    found = ranks[:, 0] == torch.arange(len(originals))
-    return {"near_dup_top1": round(found.float().mean().item(), 4), "n_images": len(originals), "seed": seed}
 
 
 def load(weights: str | Path = WEIGHTS, device: str = "cpu"):
