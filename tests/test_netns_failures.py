@@ -132,13 +132,15 @@ def test_ingest_rides_through_a_worker_hosts_raylet_killed(cluster, net, gallery
     # one line says what the run survived; nothing of Ray's own (raylet logs, worker deaths)
     [survived] = [line for line in lines if line.startswith("Ray: ")]
     print(survived)
-    # (Ray marks the node dead after its health checks: a run that ends sooner knows its actors' loss)
+    # (Ray marks the node dead after its health checks: a run that ends sooner knows its actors'
+    # loss; a node that held only decode tasks costs no actor: its batches are sent again)
     w2 = re.escape(net.ip("w2"))
     assert re.fullmatch(
-        rf"Ray: (lost 1 node \({w2}\), )?lost [12] encode workers? \([012] started anew\), "
+        rf"Ray: (lost 1 node \({w2}\), )?(lost [12] encode workers? \([012] started anew\), )?"
         r"sent \d+ batch(es)? again; finished on (2 live nodes \(2 CPUs\)|3 live nodes \(4 CPUs\))",
         survived,
     ), survived
+    assert "lost 1 node" in survived or "encode worker" in survived, survived
     assert len(lines) == 3 and lines[2].startswith("Library "), out
     assert [line for line in err.splitlines() if not line.startswith("Note: cbir-tiny knows")] == [], err
 
