@@ -36,6 +36,7 @@ from cbir.synthetic import make_gallery
 from tests.conftest import cbir_env, run_cbir, tiny_ingest_command
 from tests.netns_hosts import network_or_skip
 from tests.test_ray_ingest import assert_same
+from tests.test_ray_node_loss import assert_survived
 
 # three Ray nodes and a PostgreSQL server on simulated hosts: the long suite (.ci/run)
 pytestmark = pytest.mark.slow
@@ -129,20 +130,7 @@ def test_ingest_rides_through_a_worker_hosts_raylet_killed(cluster, net, gallery
     assert 16 <= committed < PHOTOS
     lines = out.strip().splitlines()
     assert lines[0].endswith("s)") and f"{PHOTOS} new" in lines[0], out
-    # one line says what the run survived; nothing of Ray's own (raylet logs, worker deaths)
-    [survived] = [line for line in lines if line.startswith("Ray: ")]
-    print(survived)
-    # (Ray marks the node dead after its health checks: a run that ends sooner knows its actors'
-    # loss; a node that held only decode tasks costs no actor: its batches are sent again)
-    w2 = re.escape(net.ip("w2"))
-    assert re.fullmatch(
-        rf"Ray: (lost 1 node \({w2}\), )?(lost [12] encode workers? \([012] started anew\), )?"
-        r"sent \d+ batch(es)? again; finished on (2 live nodes \(2 CPUs\)|3 live nodes \(4 CPUs\))",
-        survived,
-    ), survived
-    assert "lost 1 node" in survived or "encode worker" in survived, survived
-    assert len(lines) == 3 and lines[2].startswith("Library "), out
-    assert [line for line in err.splitlines() if not line.startswith("Note: cbir-tiny knows")] == [], err
+    print(assert_survived(out, err, node=re.escape(net.ip("w2"))))
 
     assert_same(local_library, library)
     with sqlite3.connect(library / "library.db") as c:

@@ -57,6 +57,25 @@ def _ingest(photos, library, cluster, home) -> subprocess.Popen:
     )
 
 
+def assert_survived(out: str, err: str, node: str) -> str:
+    """After the summary, one line says what the run survived (``node``: the lost node's address,
+    a pattern), then the library line; nothing of Ray's own (raylet logs, worker deaths)."""
+    lines = out.strip().splitlines()
+    [survived] = [line for line in lines if line.startswith("Ray: ")]
+    # (Ray marks the node dead after its health checks: a run that ends sooner knows its actors'
+    # loss; a node that held only decode tasks costs no actor: its batches are sent again)
+    assert re.fullmatch(
+        rf"Ray: (lost 1 node \({node}\), )?(lost [12] encode workers? \([012] started anew\), )?"
+        r"sent \d+ batch(es)? again; "
+        r"finished on (2 live nodes \(2 CPUs\)|3 live nodes \(4 CPUs\))",
+        survived,
+    ), survived
+    assert "lost 1 node" in survived or "encode worker" in survived, survived
+    assert len(lines) == 3 and lines[2].startswith("Library "), out
+    assert [line for line in err.splitlines() if not line.startswith("Note: cbir-tiny knows")] == [], err
+    return survived
+
+
 def test_ingest_rides_through_a_dead_node_and_the_next_run_does_not_hang(cluster, tmp_path):
     photos = tmp_path / "photos"
     make_gallery(photos, 400, seed=7)
@@ -74,19 +93,7 @@ def test_ingest_rides_through_a_dead_node_and_the_next_run_does_not_hang(cluster
     print(out)  # (pytest -s shows what the user saw)
     lines = out.strip().splitlines()
     assert lines[0].endswith("s)") and "400 new" in lines[0], out
-    # one line says what the run survived; nothing of Ray's own (raylet logs, worker deaths)
-    [survived] = [line for line in lines if line.startswith("Ray: ")]
-    # (Ray marks the node dead after its health checks: a run that ends sooner knows its actors'
-    # loss; a node that held only decode tasks costs no actor: its batches are sent again)
-    assert re.fullmatch(
-        r"Ray: (lost 1 node \([0-9.]+\), )?(lost [12] encode workers? \([012] started anew\), )?"
-        r"sent \d+ batch(es)? again; "
-        r"finished on (2 live nodes \(2 CPUs\)|3 live nodes \(4 CPUs\))",
-        survived,
-    ), survived
-    assert "lost 1 node" in survived or "encode worker" in survived, survived
-    assert len(lines) == 3 and lines[2].startswith("Library "), out
-    assert [line for line in err.splitlines() if not line.startswith("Note: cbir-tiny knows")] == [], err
+    assert_survived(out, err, node=r"[0-9.]+")
 
     local = run_cbir("ingest", str(photos), "--library", str(tmp_path / "local"), "--model", "cbir-tiny", "-q")
     assert local.returncode == 0, local.stderr
