@@ -111,18 +111,25 @@ def _files(name: str, shard: int | None = None) -> tuple[str, str]:
     return f"{stem}.faiss", f"{stem}.dead.npy"
 
 
-def _read(folder: Path, entry: Entry, name: str, dim: int, shard: int | None = None) -> VectorIndex:
+def _read(
+    folder: Path, entry: Entry, name: str, dim: int, shard: int | None = None, mapped: bool = False
+) -> VectorIndex:
     import faiss
 
     index_file, dead_file = _files(name, shard)
     dead = np.load(folder / dead_file) if dead_file in entry.files else None
-    return VectorIndex(dim, name, entry.shard_spec(shard), faiss.read_index(str(folder / index_file)), dead)
+    # Mapped: the vectors (flat and HNSW storage) stay pages of the file, which the OS drops and
+    # reads again as memory runs short, instead of the process's own memory. Safe because a
+    # generation's files are never written again, only unlinked (and a mapping outlives that).
+    flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
+    return VectorIndex(dim, name, entry.shard_spec(shard), faiss.read_index(str(folder / index_file), flags), dead)
 
 
-def load(root: Path, name: str, dim: int, vector_version: int, model: dict | None = None):
+def load(root: Path, name: str, dim: int, vector_version: int, model: dict | None = None, mapped: bool = False):
     """(index, manifest entry): the saved index ``name`` if the current generation holds it for
     ``vector_version``, ``dim`` and (when given) the library's ``model`` fingerprint, else (None,
-    the entry if any, to rebuild the index alike). A sharded index comes back as a ShardedIndex."""
+    the entry if any, to rebuild the index alike). A sharded index comes back as a ShardedIndex.
+    ``mapped``: read-only, its vectors mapped from the files rather than read into memory."""
     from cbir.index.sharded import Router, ShardedIndex
 
     for _ in range(3):  # a writer may remove the generation between reading and opening
@@ -136,10 +143,11 @@ def load(root: Path, name: str, dim: int, vector_version: int, model: dict | Non
         loaded: VectorIndex | ShardedIndex
         try:
             if entry.sharding:
-                shards = [_read(folder, entry, name, dim, n) for n in range(len(entry.sharding["counts"]))]
+                count = len(entry.sharding["counts"])
+                shards = [_read(folder, entry, name, dim, n, mapped) for n in range(count)]
                 loaded = ShardedIndex(shards, Router.from_dict(entry.sharding["router"]))
             else:
-                loaded = _read(folder, entry, name, dim)
+                loaded = _read(folder, entry, name, dim, mapped=mapped)
         except (RuntimeError, OSError, ValueError):
             if (root / MANIFEST).exists() and read_manifest(root) != manifest:
                 continue  # a newer generation replaced this one: read again

@@ -119,10 +119,13 @@ class LibraryIndexes:
 
         version, _ = self.stored(name)
         model = self.catalog.model_fingerprint()
-        index, entry = generations.load(self.folder, name, self.catalog.dim, version, model)
+        # what is served elsewhere is kept here only to publish it and to answer for a lost part:
+        # mapped from the files, it costs the OS's page cache, not this process's memory
+        mapped = self.serving is not None and not writer
+        index, entry = generations.load(self.folder, name, self.catalog.dim, version, model, mapped)
         if index is None and self.follow and entry and entry.vector_version < version and self._writer_busy():
             # an ingest is committing batches: search its last saved index rather than rebuild
-            index, entry = generations.load(self.folder, name, self.catalog.dim, entry.vector_version, model)
+            index, entry = generations.load(self.folder, name, self.catalog.dim, entry.vector_version, model, mapped)
         files = entry.files if index is not None else None  # what was read, for follow
         if index is None:
             index, build = self._rebuild_like(name, entry)
