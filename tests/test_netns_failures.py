@@ -36,7 +36,7 @@ from cbir.synthetic import make_gallery
 from tests.conftest import cbir_env, run_cbir, tiny_ingest_command
 from tests.netns_hosts import network_or_skip
 from tests.test_ray_ingest import assert_same
-from tests.test_ray_node_loss import assert_survived
+from tests.test_ray_node_loss import assert_survived, wait_for_commits
 
 # three Ray nodes and a PostgreSQL server on simulated hosts: the long suite (.ci/run)
 pytestmark = pytest.mark.slow
@@ -91,14 +91,6 @@ def _rejoined(cluster, net) -> None:
         cluster.nodes(alive=everyone)
 
 
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as c:
-            return c.execute("select count(*) from images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 # -- 1. a worker host's raylet killed during a Ray ingest -------------------------------------
 def test_ingest_rides_through_a_worker_hosts_raylet_killed(cluster, net, gallery, local_library, tmp_path):
     _rejoined(cluster, net)
@@ -109,11 +101,7 @@ def test_ingest_rides_through_a_worker_hosts_raylet_killed(cluster, net, gallery
     started = time.monotonic()
     run = net.popen("head", args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while run.poll() is None and _count(library / "library.db") < 16 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert run.poll() is None, "the ingest ended before a node could be killed: give it more photos"
-        committed = _count(library / "library.db")
+        committed = wait_for_commits(run, library / "library.db", 16, timeout=300)
         assert cluster.kill_raylet("w2") == 1
         killed = time.monotonic()
         out, err = run.communicate(timeout=600)
