@@ -1,4 +1,4 @@
-"""cbir ingest --engine ray: a Ray Data pipeline on a local cluster gives the library the local
+"""cbir ingest --engine ray: decode tasks and encode actors on a local cluster give the library the local
 engine gives, moves and deletes included, and survives a worker killed mid-run."""
 
 from __future__ import annotations

@@ -98,9 +98,8 @@ def joined(cluster: StartedCluster) -> Iterator:
 
 
 def _stop(nodes: list[subprocess.Popen], grace: float = 10) -> None:
-    """SIGTERM to every node, and SIGKILL to each node's process group after ``grace`` seconds:
-    a head waits 30 s for the actors Ray Data leaves on it (its stats and autoscaling actors),
-    which hold nothing of cbir's."""
+    """SIGTERM to every node, and SIGKILL to the process group of each node that has not stopped
+    ``grace`` seconds later: nothing of cbir's is left on them by then."""
     for node in nodes:
         node.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace

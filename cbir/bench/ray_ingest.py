@@ -6,8 +6,8 @@ process can use.
 
 Each engine ingests two generated folders of web-size JPEGs, a small one and the full one, into
 libraries of their own, ``rounds`` times alternately (fresh libraries each round); the fastest
-time of each counts. The two sizes split an ingest's time into a fixed start (for Ray: planning
-the dataset, starting the encode actor, loading the model there) and a steady rate, by the line
+time of each counts. The two sizes split an ingest's time into a fixed start (for Ray: starting
+the encode actor, loading the model there) and a steady rate, by the line
 through both points. The cluster's own start is reported apart, since a real cluster is started
 once for many ingests."""
 
