@@ -151,7 +151,10 @@ class TinyTrainer(Trainer):
             if self.instance_weight > 0:
                 loss = loss + self.instance_weight * nt_xent(features, self.temperature)
             if self.align_weight > 0:  # each picture and copy near its caption: 1 - cosine
-                captions = text.repeat(len(features) // n, 1)
+                # towards the caption as the CLIP loss places it: the text does not move to meet
+                # the pictures (when it did, captions of like scenes ran together: text->image
+                # precision@1 0.740 where the same run with the text held gave 0.821)
+                captions = text.detach().repeat(len(features) // n, 1)
                 loss = loss + self.align_weight * (1 - (features * captions).sum(dim=-1)).mean()
             return loss
 
@@ -309,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
         "--align-weight",
         type=float,
         default=0.0,
-        help="of 1 - cosine between each picture and its caption (with --instance-weight: keeps images near their text)",
+        help="of 1 - cosine between each picture and its caption, the caption's vector held (with --instance-weight: "
+        "keeps images near their text)",
     )
     p.add_argument("--init", default=None, help="start from these weights (an fp16 state dict) instead of at random")
     p.add_argument("--eval-images", type=int, default=400)

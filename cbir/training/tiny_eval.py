@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cbir.synthetic import all_scenes, iter_gallery, render
+from cbir.synthetic import COLOURS, all_scenes, iter_gallery, render
 
 #: Default seed of the held-out evaluation gallery.
 EVAL_SEED = 12345
@@ -49,6 +49,9 @@ def evaluate(
       ``arithmetic_top1``: how often ``image - its caption + another caption`` finds first
       an image of the other caption's scene (what ``cbir search --image a.jpg - "..." + "..."``
       needs: images and captions close enough to trade places);
+    - ``prompt_colour``: how often the prompt "a {colour} shape on a plain background" of the
+      image's shape colour is the nearest of the 8 colours' prompts: words never seen in
+      training, as the labels of ``cbir classify`` and ``cbir tag`` are;
     - ``n_images``, ``n_queries``, ``seed``.
     """
     was_training = model.training
@@ -60,6 +63,9 @@ def evaluate(
         img_f = _encode_images(model, preprocess, images)
         tokens = tokenizer([s.caption for s in _SCENES])
         txt_f = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        colours = list(COLOURS)
+        prompts = tokenizer([f"a {colour} shape on a plain background" for colour in colours])
+        prompt_f = F.normalize(model.encode_text(prompts).float(), dim=-1)
     finally:
         model.train(was_training)
 
@@ -82,6 +88,7 @@ def evaluate(
     present = relevant[wanted].any(dim=1)  # the other scene occurs in the gallery
     arithmetic = (gallery[found] == wanted)[present].float().mean().item()
 
+    colour = (img_f @ prompt_f.T).argmax(dim=1)
     nearest = sim.argmax(dim=0)  # nearest caption per image
     pred = [_SCENES[i] for i in nearest.tolist()]
     true = [s for _, s in pairs]
@@ -96,6 +103,7 @@ def evaluate(
         "i2t_background": round(sum(p.background == t.background for p, t in zip(pred, true)) / n, 4),
         "caption_cosine": round((img_f * own).sum(dim=1).mean().item(), 4),
         "arithmetic_top1": round(arithmetic, 4),
+        "prompt_colour": round(sum(colours[i] == t.colour for i, t in zip(colour.tolist(), true)) / n, 4),
         "n_images": n,
         "n_queries": int(has.sum()),
         "seed": seed,
