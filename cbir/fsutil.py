@@ -9,6 +9,7 @@ import os
 import shlex
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -96,11 +97,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
+#: Seconds a writer waits for a brief holder (a search saving the index it rebuilt) to finish.
+BRIEF_WAIT = 60.0
+
+
 @contextmanager
-def writer_lock(library: Path) -> Iterator[None]:
+def writer_lock(library: Path, brief: bool = False) -> Iterator[None]:
     """One writer per library at a time (readers are never blocked: SQLite WAL). The kernel
     frees the lock when its holder dies, however it dies; the file names the holder (pid,
-    command, since) so that a busy library can say who is writing."""
+    command, since) so that a busy library can say who is writing. ``brief``: the holder only
+    saves what a search rebuilt, a matter of seconds, so a writer that finds it waits for it
+    (up to BRIEF_WAIT) instead of failing, which a search would otherwise make it do."""
     import fcntl
 
     path = library / "write.lock"
@@ -109,12 +116,17 @@ def writer_lock(library: Path) -> Iterator[None]:
     except OSError as e:  # a read-only library (or disk), or something odd in its place
         raise storage_error(e, path) from e
     with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LibraryLocked(_busy_message(library, path)) from None
+        deadline = time.monotonic() + BRIEF_WAIT
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if brief or not _held_briefly(path) or time.monotonic() > deadline:
+                    raise LibraryLocked(_busy_message(library, path)) from None
+                time.sleep(0.05)
         _held_locks.add(f.fileno())
-        _record_holder(f)
+        _record_holder(f, brief)
         try:
             yield
         finally:
@@ -122,17 +134,28 @@ def writer_lock(library: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _record_holder(f) -> None:
+def _record_holder(f, brief: bool) -> None:
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     program = {"cbir": "cbir", "__main__.py": "cbir", "-c": "python -c", "": "python"}.get(program, program)
     command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
     holder = {"pid": os.getpid(), "command": command[:200], "since": datetime.now().isoformat(timespec="seconds")}
+    if brief:
+        holder["brief"] = True
     try:  # best effort (a full disk must not stop the lock from working), and unbuffered, so
         # that closing the file has nothing left to flush
         os.ftruncate(f.fileno(), 0)
         os.write(f.fileno(), (json.dumps(holder) + "\n").encode())
     except OSError:
         pass
+
+
+def _held_briefly(path: Path) -> bool:
+    """The lock's live holder says it holds it briefly (a search saving a rebuilt index)."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return holder.get("brief") is True and _alive(int(holder["pid"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _busy_message(library: Path, path: Path) -> str:

@@ -85,6 +85,50 @@ def _searcher(library: str, seconds: float, out) -> None:
     out.put((searches, errors))
 
 
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from cbir.fsutil import writer_lock
+with writer_lock(Path(sys.argv[1]), brief=sys.argv[2] == "brief"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _holding(library, kind: str, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(library), kind, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_writer_waits_for_a_search_saving_the_index_it_rebuilt_but_not_for_another_writer(tmp_path):
+    """A search that rebuilt a stale index saves it under the writer lock, briefly: an ingest
+    starting meanwhile waits for that save to end (it failed with "another process is writing",
+    as the long suite's searchers met once), while another writer still fails at once, and a
+    search never waits: it leaves the save to whoever holds the lock."""
+    from cbir.errors import LibraryLocked
+    from cbir.fsutil import writer_lock
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    search = _holding(library, "brief", 1.0)
+    with writer_lock(library):  # held by the search when asked: waited for, not refused
+        assert search.wait(timeout=30) == 0
+    writer = _holding(library, "writer", 60)
+    try:
+        with pytest.raises(LibraryLocked, match=rf"pid {writer.pid}"):
+            with writer_lock(library):
+                pass
+        with pytest.raises(LibraryLocked):
+            with writer_lock(library, brief=True):
+                pass
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 @pytest.mark.slow  # a concurrency loop of processes
 def test_searches_in_other_processes_never_fail_while_an_ingest_writes(fake_library, tmp_path):
     first = tmp_path / "photos" / "first"

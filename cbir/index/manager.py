@@ -134,7 +134,7 @@ class LibraryIndexes:
                 self.save({name: index}, builds)
             else:  # searching never needs the save: it searches the index in memory
                 try:
-                    with writer_lock(self.library):
+                    with writer_lock(self.library, brief=True):
                         if self.stored(name)[0] == version:
                             files = self.save({name: index}, builds).indexes[name].files
                 except LibraryLocked:
