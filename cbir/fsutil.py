@@ -149,21 +149,32 @@ def _record_holder(f, brief: bool) -> None:
         pass
 
 
-def _held_briefly(path: Path) -> bool:
-    """The lock's live holder says it holds it briefly (a search saving a rebuilt index)."""
+def _holder(path: Path) -> dict | None:
+    """What the lock file says of its holder: pid (an int), command, since and brief; None when
+    it cannot be read (a holder that has not written it yet, an older cbir's file)."""
     try:
         holder = json.loads(path.read_text(encoding="utf-8"))
-        return holder.get("brief") is True and _alive(int(holder["pid"]))
+        return {
+            "pid": int(holder["pid"]),
+            "command": str(holder["command"]),
+            "since": str(holder["since"]),
+            "brief": holder.get("brief") is True,
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+        return None
+
+
+def _held_briefly(path: Path) -> bool:
+    """The lock's live holder says it holds it briefly (a search saving a rebuilt index)."""
+    holder = _holder(path)
+    return holder is not None and holder["brief"] and _alive(holder["pid"])
 
 
 def _busy_message(library: Path, path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-        pid, command, since = int(holder["pid"]), str(holder["command"]), str(holder["since"])
-    except (OSError, ValueError, KeyError, TypeError):
+    holder = _holder(path)
+    if holder is None:
         return f"another process is writing to {library}; wait for it to finish"
+    pid, command, since = holder["pid"], holder["command"], holder["since"]
     if _alive(pid):
         when = since.replace("T", " ")
         return f"another cbir process is writing to {library} (pid {pid}, `{command}`, since {when}); wait for it to finish"
