@@ -116,13 +116,13 @@ def writer_lock(library: Path, brief: bool = False) -> Iterator[None]:
     except OSError as e:  # a read-only library (or disk), or something odd in its place
         raise storage_error(e, path) from e
     with f:
-        deadline = time.monotonic() + BRIEF_WAIT
+        start = time.monotonic()
         while True:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if brief or not _held_briefly(path) or time.monotonic() > deadline:
+                if brief or time.monotonic() - start > _patience(path):
                     raise LibraryLocked(_busy_message(library, path)) from None
                 time.sleep(0.05)
         _held_locks.add(f.fileno())
@@ -131,7 +131,23 @@ def writer_lock(library: Path, brief: bool = False) -> Iterator[None]:
             yield
         finally:
             _held_locks.discard(f.fileno())
+            _clear_holder(f)  # before the unlock: a record on file is always its holder's
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+#: Seconds a writer gives a holder that has the lock but has not yet written who it is.
+RECORD_WAIT = 2.0
+
+
+def _patience(path: Path) -> float:
+    """How long a writer waits for the lock's present holder: not at all for another writer,
+    BRIEF_WAIT for a search saving a rebuilt index, and RECORD_WAIT while the record does not
+    name a live holder, which is a holder between taking the lock and recording itself (a
+    leftover child of a killed holder is then named once that wait is over)."""
+    holder = _holder(path)
+    if holder is None or not _alive(holder["pid"]):
+        return RECORD_WAIT
+    return BRIEF_WAIT if holder["brief"] else 0.0
 
 
 def _record_holder(f, brief: bool) -> None:
@@ -149,6 +165,13 @@ def _record_holder(f, brief: bool) -> None:
         pass
 
 
+def _clear_holder(f) -> None:
+    try:
+        os.ftruncate(f.fileno(), 0)
+    except OSError:
+        pass
+
+
 def _holder(path: Path) -> dict | None:
     """What the lock file says of its holder: pid (an int), command, since and brief; None when
     it cannot be read (a holder that has not written it yet, an older cbir's file)."""
@@ -162,12 +185,6 @@ def _holder(path: Path) -> dict | None:
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def _held_briefly(path: Path) -> bool:
-    """The lock's live holder says it holds it briefly (a search saving a rebuilt index)."""
-    holder = _holder(path)
-    return holder is not None and holder["brief"] and _alive(holder["pid"])
 
 
 def _busy_message(library: Path, path: Path) -> str:

@@ -4,6 +4,7 @@ while an ingest writes. Real SQLite files, real FAISS indexes, real processes an
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import signal
 import subprocess
@@ -127,6 +128,40 @@ def test_a_writer_waits_for_a_search_saving_the_index_it_rebuilt_but_not_for_ano
     finally:
         writer.kill()
         writer.wait()
+
+
+_UNRECORDED = """
+import fcntl, sys, time
+with open(sys.argv[1], "a+") as f:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_writer_waits_for_a_holder_that_has_not_yet_said_who_it_is(tmp_path):
+    """Between taking the lock and writing its record, a holder is nameless: a writer meeting it
+    then gives it RECORD_WAIT (the long suite's ingest failed at once, meeting a search there),
+    and a released lock leaves no record behind to be taken for its next holder's."""
+    from cbir.fsutil import RECORD_WAIT, writer_lock
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    with writer_lock(library):
+        assert f'"pid": {os.getpid()}' in (library / "write.lock").read_text()
+    assert (library / "write.lock").read_text() == ""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _UNRECORDED, str(library / "write.lock"), str(RECORD_WAIT / 4)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "held\n"
+        with writer_lock(library):
+            assert proc.poll() == 0
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.slow  # a concurrency loop of processes

@@ -319,9 +319,10 @@ class LibraryIndexes:
         return self.stored(name)[0] > (index.vector_version or 0) and not self._writer_busy()
 
     def _writer_busy(self) -> bool:
-        """Whether another process holds the library's write lock (an ingest in progress)."""
+        """Whether another process holds the library's write lock (an ingest in progress). The
+        probe holds the lock for a moment, as a brief holder: an ingest starting then waits."""
         try:
-            with writer_lock(self.library):
+            with writer_lock(self.library, brief=True):
                 return False
         except LibraryLocked:
             return True
