@@ -151,14 +151,14 @@ def test_a_writer_waits_for_a_holder_that_has_not_yet_said_who_it_is(tmp_path):
         assert f'"pid": {os.getpid()}' in (library / "write.lock").read_text()
     assert (library / "write.lock").read_text() == ""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _UNRECORDED, str(library / "write.lock"), str(RECORD_WAIT / 4)],
+        [sys.executable, "-c", _UNRECORDED, str(library / "write.lock"), str(RECORD_WAIT / 8)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert proc.stdout.readline() == "held\n"
-        with writer_lock(library):
-            assert proc.poll() == 0
+        with writer_lock(library):  # waited for the holder (it raised at once before)
+            assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
         proc.wait()

@@ -49,3 +49,25 @@ def test_the_align_term_moves_the_pictures_towards_their_captions_not_the_captio
     assert text and image
     assert all(torch.allclose(without[n], with_align[n], atol=1e-7) for n in text)
     assert any(not torch.allclose(without[n], with_align[n], atol=1e-6) for n in image)
+
+
+def test_text_lr_scale_steps_the_text_tower_at_that_fraction_of_the_learning_rate(parts):
+    """--text-lr-scale: the text tower (all but visual.* and the logit scale) in groups of its
+    own at the scaled rate, weight decay split as before; 1 leaves open_clip's two groups."""
+    import copy
+
+    from cbir.training.loop import Trainer
+
+    model = copy.deepcopy(parts[0])  # the step below decays weights: not the shared model
+    assert len(Trainer(model, TrainConfig(total_steps=10, lr=1e-3)).optimizer.param_groups) == 2
+    trainer = Trainer(model, TrainConfig(total_steps=10, lr=1e-3, text_lr_scale=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainer.optimize(lambda m: sum(p.sum() for p in m.parameters()) * 0.0)  # sets each group's rate
+    seen = set()
+    for group in trainer.optimizer.param_groups:
+        text = {not names[id(p)].startswith("visual.") and names[id(p)] != "logit_scale" for p in group["params"]}
+        assert len(text) == 1  # a group is all text tower or none of it
+        is_text = text.pop()
+        assert group["lr"] == pytest.approx(1e-4 if is_text else 1e-3)  # step 0, no warmup: the full rate
+        seen.add((is_text, group["weight_decay"] > 0))
+    assert seen == {(True, True), (True, False), (False, True), (False, False)}

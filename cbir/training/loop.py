@@ -76,17 +76,25 @@ def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's split: no weight decay for gains, biases and logit_scale."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, text_lr_scale: float = 1.0) -> list[dict]:
+    """open_clip's split: no weight decay for gains, biases and logit_scale. With
+    ``text_lr_scale`` other than 1, the text tower's parameters (all but the image tower and the
+    logit scale) form groups of their own, stepped at that fraction of the learning rate."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+        no_decay = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        text = text_lr_scale != 1.0 and not name.startswith("visual.") and name != "logit_scale"
+        groups.setdefault((no_decay, text), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": text_lr_scale if text else 1.0,
+        }
+        for (no_decay, text), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]
 
 
 @dataclass
@@ -97,6 +105,7 @@ class TrainConfig:
     warmup: int = 0
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
+    text_lr_scale: float = 1.0  # the text tower's learning rate, as a fraction of ``lr``
 
 
 class Trainer:
@@ -106,7 +115,10 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: str = "cpu"):
         self.model, self.config, self.device = model, config, device
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
+            param_groups(model, config.weight_decay, config.text_lr_scale),
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
         )
         self.cuda = device.startswith("cuda")
         self.scaler = torch.amp.GradScaler("cuda") if self.cuda else None
@@ -146,7 +158,7 @@ class Trainer:
         model.train()
         lr = self.lr()
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = loss_of(model)
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:

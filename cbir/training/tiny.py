@@ -205,6 +205,7 @@ def train(
     temperature: float = 0.1,
     init: str | Path | None = None,
     align_weight: float = 0.0,
+    text_lr_scale: float = 1.0,
 ):
     """Train a fresh model with the shared training loop (:class:`cbir.training.loop.Trainer`);
     returns ``(model, preprocess_val, tokenizer, last_loss)``.
@@ -228,7 +229,9 @@ def train(
     all_tokens = tokenizer([s.caption for s in _SCENES])
     model.train()
 
-    config = TrainConfig(total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup)
+    config = TrainConfig(
+        total_steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, text_lr_scale=text_lr_scale
+    )
     # without copies, the plain CLIP step (what trained the weights before instances were learnt)
     trainer = (
         TinyTrainer(model, config, instance_weight, temperature, align_weight)
@@ -315,6 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         help="of 1 - cosine between each picture and its caption, the caption's vector held (with --instance-weight: "
         "keeps images near their text)",
     )
+    p.add_argument(
+        "--text-lr-scale",
+        type=float,
+        default=1.0,
+        help="the text tower's learning rate as a fraction of --lr (below 1: the text tower keeps more of what --init "
+        "knew, e.g. words it was not trained on)",
+    )
     p.add_argument("--init", default=None, help="start from these weights (an fp16 state dict) instead of at random")
     p.add_argument("--eval-images", type=int, default=400)
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
@@ -339,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         align_weight=args.align_weight,
         temperature=args.temperature,
         init=args.init,
+        text_lr_scale=args.text_lr_scale,
     )
     train_s = time.perf_counter() - t0
     out = save_fp16(model, args.out)
