@@ -34,3 +34,22 @@ def test_near_duplicates_are_found_against_their_siblings(bundled):
     assert found["n_images"] == 128
     # one rendering a scene: a copy only has to beat other scenes, which captions already tell apart
     assert found["near_dup_top1"] >= 0.6  # 0.73 here
+
+
+def test_galleries_average_what_each_gallery_measures(bundled, capsys):
+    """The trainer's report and `python -m cbir.training.tiny_eval`: the mean over galleries of
+    seed, seed + 1, ..., each measured as evaluate and evaluate_near_duplicates measure it."""
+    import json
+
+    from cbir.training.tiny_eval import evaluate, evaluate_galleries, evaluate_near_duplicates, main
+
+    model, preprocess, tokenizer = bundled
+    both = evaluate_galleries(model, preprocess, tokenizer, galleries=2, n_images=60, seed=7)
+    each = [evaluate(model, preprocess, tokenizer, 60, seed) for seed in (7, 8)]
+    assert both["t2i_p1_per_gallery"] == [e["t2i_p1"] for e in each]
+    assert both["t2i_p1"] == pytest.approx(sum(e["t2i_p1"] for e in each) / 2, abs=1e-4)
+    assert both["prompt_colour"] == pytest.approx(sum(e["prompt_colour"] for e in each) / 2, abs=1e-4)
+    copies = [evaluate_near_duplicates(model, preprocess, seed=seed)["near_dup_top1"] for seed in (7, 8)]
+    assert both["near_dup_top1"] == pytest.approx(sum(copies) / 2, abs=1e-4)
+    main(["--galleries", "1", "--images", "60", "--seed", "7"])
+    assert json.loads(capsys.readouterr().out)["t2i_p1"] == each[0]["t2i_p1"]

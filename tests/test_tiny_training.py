@@ -29,13 +29,16 @@ def test_a_batch_with_copies_renders_each_scene_twice_then_a_copy_of_each_pictur
     assert torch.equal(images, again)  # batch `step` depends on (seed, step) only
 
 
-def _gradients(parts, align_weight: float) -> dict[str, torch.Tensor]:
+def _gradients(parts, align_weight: float, partial_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """The gradients of one TinyTrainer step's loss, by parameter name (nothing stepped)."""
-    from cbir.training.tiny import TinyTrainer, make_batch
+    import open_clip
+
+    from cbir.training.tiny import _SCENES, MODEL_NAME, TinyTrainer, make_batch, partial_caption
 
     model, preprocess, tokens = parts
+    partial = open_clip.get_tokenizer(MODEL_NAME)([partial_caption(s) for s in _SCENES])
     images, idx = make_batch(seed=0, step=0, batch_size=8, preprocess=preprocess)
-    trainer = TinyTrainer(model, TrainConfig(total_steps=1), 1.0, 0.1, align_weight)
+    trainer = TinyTrainer(model, TrainConfig(total_steps=1), 1.0, 0.1, align_weight, partial_weight, partial)
     model.zero_grad(set_to_none=True)
     trainer.optimize = lambda loss_of: loss_of(model).backward() or 0.0  # gradients only
     trainer.train_step(images, tokens[idx], idx)
@@ -71,3 +74,19 @@ def test_text_lr_scale_steps_the_text_tower_at_that_fraction_of_the_learning_rat
         assert group["lr"] == pytest.approx(1e-4 if is_text else 1e-3)  # step 0, no warmup: the full rate
         seen.add((is_text, group["weight_decay"] > 0))
     assert seen == {(True, True), (True, False), (False, True), (False, False)}
+
+
+def test_the_partial_term_pairs_each_picture_with_its_caption_less_the_background(parts):
+    """--partial-weight: "a blue triangle" is a positive of every blue triangle of the batch,
+    whatever its background; the term moves both towers."""
+    from cbir.synthetic import BACKGROUNDS
+    from cbir.training.tiny import _SCENES, partial_caption
+
+    assert partial_caption(_SCENES[5]) == f"a {_SCENES[5].colour} {_SCENES[5].shape}"
+    same = [i for i in range(len(_SCENES)) if i // len(BACKGROUNDS) == 5 // len(BACKGROUNDS)]
+    assert {partial_caption(_SCENES[i]) for i in same} == {partial_caption(_SCENES[5])}
+    assert len({_SCENES[i].background for i in same}) == len(BACKGROUNDS)
+    without, with_partial = _gradients(parts, 0.0), _gradients(parts, 0.0, 1.0)
+    for tower in ("visual.", "transformer."):
+        names = [n for n in without if n.startswith(tower)]
+        assert any(not torch.allclose(without[n], with_partial[n], atol=1e-6) for n in names), tower
