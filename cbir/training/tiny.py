@@ -16,6 +16,8 @@ rendering is a hard negative; the final evaluation reports near-duplicate top-1 
 (:func:`evaluate_near_duplicates`). From scratch, that costs text->image precision (shapes are
 learnt more slowly); from the bundled weights (``--init``) it does not, but images and their
 captions drift apart (cbir/encode/tiny/README.md), so the bundled weights stay captions-only.
+``--align-weight``, ``--text-lr-scale`` and ``--partial-weight`` hold them together, each
+measured there.
 
 Seeds: training batch ``step`` is rendered from
 ``numpy.random.default_rng([TRAIN_STREAM, seed, step])`` (a three-word entropy
