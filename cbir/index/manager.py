@@ -319,8 +319,7 @@ class LibraryIndexes:
         return self.stored(name)[0] > (index.vector_version or 0) and not self._writer_busy()
 
     def _writer_busy(self) -> bool:
-        """Whether another process holds the library's write lock (an ingest in progress). The
-        probe holds the lock for a moment, as a brief holder: an ingest starting then waits."""
+        """Whether another process holds the write lock (an ingest); held briefly, so an ingest waits for it."""
         try:
             with writer_lock(self.library, brief=True):
                 return False
