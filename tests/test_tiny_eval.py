@@ -18,12 +18,12 @@ def test_the_bundled_weights_measure_as_the_readme_says(bundled):
 
     metrics = evaluate(*bundled, n_images=120, seed=99)
     assert metrics["n_images"] == 120 and 0 < metrics["n_queries"] <= 120
-    assert metrics["t2i_p1"] >= 0.6 and metrics["i2t_colour"] >= 0.9  # README: 0.813 and 0.998 on 400
-    # images sit close to their captions, close enough to trade one caption for another
-    assert metrics["caption_cosine"] > 0.8  # README: 0.900
-    assert metrics["arithmetic_top1"] >= 0.7  # 0.86 here (README: 0.642 on 400); random: about 0.01
+    assert metrics["t2i_p1"] >= 0.8 and metrics["i2t_colour"] >= 0.9  # 0.944 and 1.0 here (README: 0.863, 1.0)
+    # images sit close enough to their captions to trade one caption for another
+    assert metrics["caption_cosine"] > 0.65  # 0.750 here (README: 0.747)
+    assert metrics["arithmetic_top1"] >= 0.5  # 0.70 here (README: 0.604); random: about 0.01
     # and close enough to words they were never trained with (what classify and tag use)
-    assert metrics["prompt_colour"] >= 0.9  # 1.0 here (README: 0.980 on 400); random: 0.125
+    assert metrics["prompt_colour"] >= 0.9  # 1.0 here (README: 0.998); random: 0.125
 
 
 def test_near_duplicates_are_found_against_their_siblings(bundled):
@@ -33,7 +33,11 @@ def test_near_duplicates_are_found_against_their_siblings(bundled):
     found = evaluate_near_duplicates(model, preprocess, per_scene=1)
     assert found["n_images"] == 128
     # one rendering a scene: a copy only has to beat other scenes, which captions already tell apart
-    assert found["near_dup_top1"] >= 0.6  # 0.73 here
+    assert found["near_dup_top1"] >= 0.9  # 1.0 here (the captions-only weights: 0.73)
+    # three renderings a scene, as issue 22 measures: the copy must also beat its siblings
+    found = evaluate_near_duplicates(model, preprocess)
+    assert found["n_images"] == 384
+    assert found["near_dup_top1"] >= 0.9  # the issue's target; 0.924 here (README: 0.917), captions only: 0.484
 
 
 def test_galleries_average_what_each_gallery_measures(bundled, capsys):

@@ -90,3 +90,13 @@ def test_the_partial_term_pairs_each_picture_with_its_caption_less_the_backgroun
     for tower in ("visual.", "transformer."):
         names = [n for n in without if n.startswith(tower)]
         assert any(not torch.allclose(without[n], with_partial[n], atol=1e-6) for n in names), tower
+
+
+@pytest.mark.parametrize("option", ["--align-weight", "--partial-weight"])
+def test_terms_of_the_instance_step_are_refused_without_it(option, capsys):
+    from cbir.training.tiny import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([option, "1", "--steps", "1"])
+    assert stopped.value.code == 2
+    assert "give --instance-weight too" in capsys.readouterr().err

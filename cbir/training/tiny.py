@@ -1,8 +1,12 @@
 """Train the bundled ``cbir-tiny`` CLIP model on synthetic images.
 
-Reproduce the committed weights (CPU, ~2 cores)::
+Reproduce the committed weights (CPU, ~2 cores) in two runs, captions first, then instances
+(cbir/encode/tiny/README.md has the figures)::
 
-    python -m cbir.training.tiny --out cbir/encode/tiny/cbir-tiny.pt
+    python -m cbir.training.tiny --out cbir-tiny-captions.pt
+    python -m cbir.training.tiny --init cbir-tiny-captions.pt --out cbir/encode/tiny/cbir-tiny.pt \
+        --steps 900 --lr 1e-3 --warmup 30 --instance-weight 1.5 --align-weight 1.5 \
+        --partial-weight 0.5 --text-lr-scale 0.3
 
 The model is created from ``cbir/encode/tiny/cbir-tiny.json`` through open_clip (random init,
 seeded), trained with the symmetric CLIP contrastive loss on batches rendered by
@@ -14,10 +18,9 @@ Instances: ``--instance-weight W`` adds W times NT-Xent over each picture and a 
 of it (:func:`near_duplicate`), with each scene rendered twice a batch so that the other
 rendering is a hard negative; the final evaluation reports near-duplicate top-1 too
 (:func:`evaluate_near_duplicates`). From scratch, that costs text->image precision (shapes are
-learnt more slowly); from the bundled weights (``--init``) it does not, but images and their
-captions drift apart (cbir/encode/tiny/README.md), so the bundled weights stay captions-only.
-``--align-weight``, ``--text-lr-scale`` and ``--partial-weight`` hold them together, each
-measured there.
+learnt more slowly); from captions-only weights (``--init``) it does not, but images and their
+captions drift apart unless ``--align-weight``, ``--text-lr-scale`` and ``--partial-weight``
+hold them together (each measured in cbir/encode/tiny/README.md).
 
 Seeds: training batch ``step`` is rendered from
 ``numpy.random.default_rng([TRAIN_STREAM, seed, step])`` (a three-word entropy
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         "--instance-weight",
         type=float,
         default=0.0,
-        help="of NT-Xent over pictures and their near-duplicates (0: captions only, as the bundled weights)",
+        help="of NT-Xent over pictures and their near-duplicates (0: captions only, as the bundled weights' first run)",
     )
     p.add_argument("--temperature", type=float, default=0.1, help="of that NT-Xent")
     p.add_argument(
@@ -357,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="of the first held-out gallery")
     p.add_argument("--eval-galleries", type=int, default=5, help="held-out galleries the saved weights are measured on")
     args = p.parse_args(argv)
+    if args.instance_weight <= 0 and (args.align_weight > 0 or args.partial_weight > 0):
+        p.error("--align-weight and --partial-weight are terms of the instance step: give --instance-weight too")
     if args.eval_seed <= TRAIN_STREAM < args.eval_seed + args.eval_galleries:
         p.error("the held-out galleries' seeds (--eval-seed onwards) must not include TRAIN_STREAM")
 

@@ -137,7 +137,7 @@ def evaluate_galleries(
 ) -> dict[str, Any]:
     """:func:`evaluate` and :func:`evaluate_near_duplicates` on ``galleries`` held-out galleries
     (seeds ``seed``, ``seed + 1``, ...), averaged. One 400-image gallery asks about 123 captions,
-    so its precision@1 moves by several points from one gallery to the next (the bundled
+    so its precision@1 moves by several points from one gallery to the next (the captions-only
     weights: 0.740 to 0.813 over the default five) and one gallery cannot tell two models apart."""
     runs = []
     for i in range(galleries):
