@@ -79,3 +79,44 @@ def make_demo_photos(folder: Path, n: int = 160, seed: int = DEMO_SEED) -> list[
         broken.parent.mkdir(parents=True, exist_ok=True)
         broken.write_bytes(b"\xff\xd8\xff\xe0 this scan was cut off")
     return photos
+
+
+def built_with_older_weights(library: Path, photos: Path) -> bool:
+    """Whether ``library`` is a demo library (its one folder of photos: ``photos``) built with
+    other weights of the demo model than the installed ones, as after a cbir release that
+    retrained the bundled cbir-tiny. Read-only; False for anything else."""
+    import sqlite3
+    from contextlib import closing
+
+    from cbir.encode.spec import parse_model_spec
+    from cbir.store.hint import DB_FILENAME, model_fingerprint_hint
+
+    stored = model_fingerprint_hint(library)
+    if not stored or stored.get("spec") != DEMO_MODEL:
+        return False
+    if stored.get("weights") == parse_model_spec(DEMO_MODEL).weights_id():
+        return False
+    try:
+        uri = f"{(library / DB_FILENAME).resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=0.2)) as db:
+            roots = [row[0] for row in db.execute("SELECT path FROM roots")]
+    except sqlite3.Error:
+        return False
+    return roots == [str(photos.resolve())]
+
+
+def clear_library(library: Path, keep: Path) -> None:
+    """Remove ``library``'s catalogue and indexes, keeping ``keep`` (its photos), under its write
+    lock: no other cbir process is writing to it meanwhile."""
+    import shutil
+
+    from cbir.fsutil import writer_lock
+
+    with writer_lock(library):
+        for entry in library.iterdir():
+            if entry == keep or entry.name == "write.lock":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()

@@ -160,7 +160,7 @@ class Library(LibraryTexts):
                 self._encoder = self._wrap(self._encoder)
         actual = self._encoder.fingerprint()
         if stored and not same_model(stored, actual):
-            raise mismatch(self.path, stored, actual["spec"])
+            raise mismatch(self.path, stored, actual["spec"], actual["weights"])
         return self._encoder
 
     def prepare_encoder(self, text: bool = False) -> None:

@@ -110,7 +110,7 @@ def check_precision(
     reference = load_encoder(stored["spec"], "cpu", settings.backend, REFERENCE)
     candidate = load_encoder(stored["spec"], settings.device, settings.backend, precision)
     if not same_model(stored, reference.fingerprint()):
-        raise mismatch(lib.path, stored, stored["spec"])  # e.g. its checkpoint file changed since
+        raise mismatch(lib.path, stored, stored["spec"], reference.fingerprint()["weights"])
     ours, theirs, unreadable = [], [], 0
     for batch, failed in _sampled_pixels(lib.catalog, sample, reference.preprocess):
         unreadable += failed

@@ -239,13 +239,24 @@ def demo(library, images, device, k):
     searches; no download, no GPU needed."""
     from datetime import datetime
 
-    from cbir.demo import DEMO_MODEL, QUERY_SCENES, make_demo_photos, scene_of, slug
+    from cbir.demo import (
+        DEMO_MODEL,
+        QUERY_SCENES,
+        built_with_older_weights,
+        clear_library,
+        make_demo_photos,
+        scene_of,
+        slug,
+    )
     from cbir.library import Filters, Library
 
     settings = resolve_settings(
         library=library or None, model=DEMO_MODEL, device=device, env={}, default_library_name="demo"
     )
     photos_dir = settings.library / "photos"
+    if built_with_older_weights(settings.library, photos_dir):
+        click.echo(f"The demo library at {settings.library} was built with an earlier {DEMO_MODEL}: building it again.")
+        clear_library(settings.library, keep=photos_dir)
     click.echo(f"Generating {images} demo photos in {photos_dir} ...")
     photos = make_demo_photos(photos_dir, images)
     with Library.open(settings, create=True) as lib:
