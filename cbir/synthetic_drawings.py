@@ -1,13 +1,17 @@
-"""Deterministic generated "technical drawings": black line art of a part on a white page, and the
-same title block in the bottom-right corner of every page.
+"""Deterministic generated "technical drawings": black line art of a part on a white page, and a
+title block in the bottom-right corner of every page.
 
-They stand in for a drawing archive, where every sheet carries a near-identical title block (a
-ruled box with the company name, a drawing number and a date) and a network that is shown them
-anchors on that block instead of on the part. The part comes from one of :data:`FAMILIES`, each a
-parametric generator (random dimensions, hole counts, rotation, line width), with dimension lines
-and arrows; the title block covers :data:`TITLE_BLOCK` of the page (about 28% of its width and 18%
-of its height) and differs between pages only in its drawing number and date. Pages are square by
-default, so a model's centre crop keeps the whole page, title block included.
+They stand in for a drawing archive, where every sheet carries a near-identical title block and a
+network that is shown them anchors on that block instead of on the part. The part comes from one
+of :data:`FAMILIES`, each a parametric generator (random dimensions, hole counts, rotation, line
+width), with dimension lines and arrows; the title block covers :data:`TITLE_BLOCK` of the page
+(about 28% of its width and 18% of its height). Its rulings, the company's logo and name are the
+same on every page; its drawing number (in bold, as the block's largest text), date and filled
+revision rows differ from page to page, drawn from a generator of their own so that they never
+depend on the family. The number and the revisions are heavy enough to tell pages apart at a
+model's 64-pixel input, where a page's small print is a grey smear, as real title blocks carry
+per-page content that a model sees. Pages are square by default, so a model's centre crop keeps
+the whole page, title block included.
 
 Pure PIL + numpy (no torch). The same ``seed`` always produces the same pages. The text is drawn
 with the scalable font that ships with Pillow, so nothing is downloaded.
@@ -58,12 +62,15 @@ def drawing_area(size: tuple[int, int] = (256, 256)) -> tuple[int, int, int, int
 
 def render_drawing(family: str, rng: np.random.Generator, size: tuple[int, int] = (256, 256)) -> Image.Image:
     """A page of ``size`` (width, height) showing a random part of ``family``, its dimensions,
-    the page border and the title block (drawing number and date from ``rng``)."""
+    the page border and the title block (drawing number, date and revisions from ``rng``, the
+    same whatever the family)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
     w, h = (int(v) for v in size)
     if min(w, h) < 64:
         raise ValueError(f"a drawing needs at least 64 pixels a side, not {size!r}")
+    # the title block's own generator, drawn first: what it writes depends on the page, never on the family
+    block = np.random.default_rng(int(rng.integers(0, 2**63)))
     page = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(page)
     unit = min(w, h) / 256  # line widths and text sizes scale with the page
@@ -77,7 +84,7 @@ def render_drawing(family: str, rng: np.random.Generator, size: tuple[int, int] 
     _dimensions(draw, rng, outline, unit)
     border = round(_MARGIN * w), round(_MARGIN * h), w - 1 - round(_MARGIN * w), h - 1 - round(_MARGIN * h)
     draw.rectangle(border, outline=(0, 0, 0), width=max(1, round(unit)))
-    _title_block(draw, rng, (w, h), unit)
+    _title_block(draw, block, (w, h), unit)
     return page
 
 
@@ -118,26 +125,33 @@ def _font(size: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def _title_block(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tuple[int, int], unit: float) -> None:
-    """The ruled box: the company name across its top row; the drawing number and the scale
-    in the second; the date and the sheet in the third. Only the number and the date vary."""
+    """The ruled box. Across its top row, the company's logo and name: the same on every page.
+    Below, on the left, the drawing number in bold type, the largest text of the block, over the
+    date; on the right, the revision table: four rows, of which the page's first 0-4 are filled
+    (letter and month/year of each revision). The number, the date and the revisions vary from
+    page to page, and the number and the filled rows are heavy enough to show at a model's 64 px."""
     x0, y0, x1, y1 = title_block_box(size)
-    black = (0, 0, 0)
-    width = max(1, round(1.5 * unit))
-    draw.rectangle((x0, y0, x1, y1), outline=black, width=width)
-    rows = [y0 + (y1 - y0) * f for f in (0.4, 0.7)]
-    for y in rows:
-        draw.line((x0, y, x1, y), fill=black, width=max(1, round(unit)))
-    split = x0 + (x1 - x0) * 0.62
-    draw.line((split, rows[0], split, y1), fill=black, width=max(1, round(unit)))
-    number = f"DWG {int(rng.integers(10, 100))}-{int(rng.integers(1000, 10000))}"
+    black, thin, pad = (0, 0, 0), max(1, round(unit)), 2 * unit
+    draw.rectangle((x0, y0, x1, y1), outline=black, width=max(1, round(2 * unit)))
+    top, split = y0 + 0.3 * (y1 - y0), x0 + 0.6 * (x1 - x0)
+    middle, row = y0 + 0.7 * (y1 - y0), (y1 - top) / 4
+    draw.line((x0, top, x1, top), fill=black, width=thin)
+    draw.line((split, top, split, y1), fill=black, width=thin)
+    draw.line((x0, middle, split, middle), fill=black, width=thin)
+    for k in range(1, 4):
+        draw.line((split, top + k * row, x1, top + k * row), fill=black, width=thin)
+    side = top - y0 - 2 * pad
+    draw.polygon([(x0 + pad, top - pad), (x0 + pad + side, top - pad), (x0 + pad + side / 2, y0 + pad)], fill=black)
+    small = _font(6 * unit)
+    draw.text((x0 + 2 * pad + side, y0 + pad), COMPANY, fill=black, font=small)
+    number = f"{int(rng.integers(10, 100))}-{int(rng.integers(1000, 10000))}"
     date = f"{int(rng.integers(1995, 2025))}-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}"
-    pad = 2 * unit
-    draw.text((x0 + pad, y0 + pad), COMPANY, fill=black, font=_font(7 * unit))
-    small = _font(6.5 * unit)
-    draw.text((x0 + pad, rows[0] + pad), number, fill=black, font=small)
-    draw.text((split + pad, rows[0] + pad), "1:2", fill=black, font=small)
-    draw.text((x0 + pad, rows[1] + pad), date, fill=black, font=small)
-    draw.text((split + pad, rows[1] + pad), "A4", fill=black, font=small)
+    draw.text((x0 + pad, top + pad), number, fill=black, font=_font(11 * unit), stroke_width=thin, stroke_fill=black)
+    draw.text((x0 + pad, middle + pad), date, fill=black, font=small)
+    for k in range(int(rng.integers(0, 5))):
+        revision = f"{'ABCD'[k]} {int(rng.integers(1, 13)):02d}/{int(rng.integers(0, 25)):02d}"
+        xy = (split + pad, top + k * row + 0.5 * unit)
+        draw.text(xy, revision, fill=black, font=small, stroke_width=thin, stroke_fill=black)
 
 
 # -- dimension lines ---------------------------------------------------------------------------------

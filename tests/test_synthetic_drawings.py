@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cbir.synthetic_drawings import (
     FAMILIES,
@@ -51,8 +52,8 @@ def test_title_block_is_in_the_bottom_right_corner_and_alike_on_every_page():
         assert ink[y0, x0:x1].mean() > 0.95 and ink[y1, x0:x1].mean() > 0.95  # the ruled outline
         assert ink[y0:y1, x0].mean() > 0.95 and ink[y0:y1, x1].mean() > 0.95
         assert ink[y0 + 2 : y1 - 1, x0 + 2 : x1 - 1].mean() > 0.05  # text and rulings inside
-    # the block's top row (company name) is the same on every page; the rest varies
-    top = round(y0 + 0.4 * (y1 - y0)) - 1
+    # the block's top row (logo and company name) is the same on every page; the rest varies
+    top = round(y0 + 0.3 * (y1 - y0)) - 1
     blocks = [ink[y0:top, x0 : x1 + 1] for ink in pages]
     assert all(np.array_equal(blocks[0], b) for b in blocks[1:])
     numbers = [ink[top + 2 : y1 - 1, x0 + 2 : x1 - 1] for ink in pages]
@@ -60,6 +61,32 @@ def test_title_block_is_in_the_bottom_right_corner_and_alike_on_every_page():
     # the part never reaches into the title block: nothing but the block right of its left edge
     ax0, ay0, ax1, ay1 = drawing_area(size)
     assert ay1 < y0 and TITLE_BLOCK[1] * size[1] >= ay1
+
+
+def _at_64(page) -> np.ndarray:
+    """The page as cbir-tiny sees it: 64 px, grey levels in [0, 1]."""
+    return np.asarray(page.resize((64, 64), Image.Resampling.BICUBIC).convert("L"), dtype=np.float32) / 255
+
+
+def test_title_block_varies_visibly_at_64_pixels():
+    # what tells pages apart in the block (the bold drawing number, the filled revision rows)
+    # survives the resize to a 64-pixel model input: two pages' blocks differ there by several
+    # grey levels per pixel on average, not by the rounding noise of small print
+    x0, y0, x1, y1 = title_block_box((64, 64))
+    blocks = [_at_64(p)[y0 : y1 + 1, x0 : x1 + 1] for p, _, _ in iter_drawings(4, seed=2)]
+    diffs = [np.abs(a - b).mean() for i, a in enumerate(blocks) for b in blocks[i + 1 :]]
+    assert np.mean(diffs) > 0.03, np.mean(diffs)
+    assert min(diffs) > 0.005  # no two pages' blocks look alike at 64 px
+
+
+def test_title_block_carries_no_family():
+    # a page's title block comes from its own generator, drawn before the part: the same seed
+    # gives the same block whatever the family, pixel for pixel
+    x0, y0, x1, y1 = title_block_box((256, 256))
+    blocks = [np.asarray(render_drawing(f, np.random.default_rng(11)))[y0 : y1 + 1, x0 : x1 + 1] for f in FAMILIES]
+    assert all(np.array_equal(blocks[0], b) for b in blocks[1:])
+    other = np.asarray(render_drawing(FAMILIES[0], np.random.default_rng(12)))[y0 : y1 + 1, x0 : x1 + 1]
+    assert not np.array_equal(blocks[0], other)
 
 
 def test_gallery_has_a_folder_per_family(tmp_path):
