@@ -32,14 +32,13 @@ def check_requested_model(requested: str | None, stored: dict, library: Path) ->
         raise mismatch(library, stored, spec.name, weights)
 
 
-def mismatch(library: Path, stored: dict, requested: str, weights: str | None = None) -> ModelMismatch:
+def mismatch(library: Path, stored: dict, requested: str, weights: str) -> ModelMismatch:
     """The one-line refusal. ``weights``: the requested model's weights id, named when only the
     weights differ (a checkpoint file rewritten, or the bundled cbir-tiny of another cbir release)."""
-    if requested == stored["spec"]:
-        now = f" ({weights})" if weights else ""
+    if requested == stored["spec"] and weights != stored["weights"]:
         return ModelMismatch(
             f"the library at {library} was built with other weights of {requested} ({stored['weights']}) "
-            f"than the ones it loads now{now}: the checkpoint file, or the bundled model, changed since. "
+            f"than the ones it loads now ({weights}): the checkpoint file, or the bundled model, changed since. "
             f"Index your photos into a new library: cbir ingest PHOTOS --library NEW_LIBRARY --model {requested}"
         )
     return ModelMismatch(
