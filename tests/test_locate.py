@@ -35,7 +35,8 @@ def test_boxes_found_on_generated_scenes(tiny):
         on_shape += x0 <= cx <= x1 and y0 <= cy <= y1
         assert result.heatmap.shape == (256, 256)
     # Measured: mean IoU 0.33, 2 of 8 at >= 0.5, 5 of 8 boxes hold the shape's centre (the
-    # captions-only weights before issue 22 gave 0.41, 3 and 6). One of its windows at random: 0.03.
+    # captions-only weights before issue 22 gave 0.41, 3 and 6; on 40 other scenes both give
+    # 0.44, so that is these 8 cases' noise). One of its windows at random: 0.03.
     assert np.mean(ious) >= 0.28, ious
     assert on_shape >= 5, ious
     assert sum(v >= 0.5 for v in ious) >= 2, ious
