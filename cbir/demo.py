@@ -85,24 +85,15 @@ def built_with_older_weights(library: Path, photos: Path) -> bool:
     """Whether ``library`` is a demo library (its one folder of photos: ``photos``) built with
     other weights of the demo model than the installed ones, as after a cbir release that
     retrained the bundled cbir-tiny. Read-only; False for anything else."""
-    import sqlite3
-    from contextlib import closing
-
     from cbir.encode.spec import parse_model_spec
-    from cbir.store.hint import DB_FILENAME, model_fingerprint_hint
+    from cbir.store.hint import model_fingerprint_hint, root_folders_hint
 
     stored = model_fingerprint_hint(library)
     if not stored or stored.get("spec") != DEMO_MODEL:
         return False
     if stored.get("weights") == parse_model_spec(DEMO_MODEL).weights_id():
         return False
-    try:
-        uri = f"{(library / DB_FILENAME).resolve().as_uri()}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=0.2)) as db:
-            roots = [row[0] for row in db.execute("SELECT path FROM roots")]
-    except sqlite3.Error:
-        return False
-    return roots == [str(photos.resolve())]
+    return root_folders_hint(library) == [str(photos.resolve())]
 
 
 def clear_library(library: Path, keep: Path) -> None:
@@ -110,11 +101,11 @@ def clear_library(library: Path, keep: Path) -> None:
     lock: no other cbir process is writing to it meanwhile."""
     import shutil
 
-    from cbir.fsutil import writer_lock
+    from cbir.fsutil import LOCK_FILENAME, writer_lock
 
     with writer_lock(library):
         for entry in library.iterdir():
-            if entry == keep or entry.name == "write.lock":
+            if entry == keep or entry.name == LOCK_FILENAME:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)

@@ -97,6 +97,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
+#: The lock file in a library folder (also the record of who holds it).
+LOCK_FILENAME = "write.lock"
 #: Seconds a writer waits for a brief holder (a search saving the index it rebuilt) to finish.
 BRIEF_WAIT = 60.0
 
@@ -110,7 +112,7 @@ def writer_lock(library: Path, brief: bool = False) -> Iterator[None]:
     (up to BRIEF_WAIT) instead of failing, which a search would otherwise make it do."""
     import fcntl
 
-    path = library / "write.lock"
+    path = library / LOCK_FILENAME
     try:
         f = open(path, "a+")
     except OSError as e:  # a read-only library (or disk), or something odd in its place

@@ -32,8 +32,9 @@ def test_the_demo_builds_its_library_and_builds_it_again_after_the_model_changed
     assert "Text search found" in out.stdout and out.stderr == ""
 
     pretend_built_with_other_weights(library)
-    with pytest.raises(ModelMismatch, match="built with other weights of cbir-tiny .sha256:0123456789abcdef. than"):
-        open_library(library=library).encoder  # noqa: B018 (what any command meets)
+    with open_library(library=library) as lib:
+        with pytest.raises(ModelMismatch, match="built with other weights of cbir-tiny .sha256:0123456789abcdef. than"):
+            lib.encoder  # noqa: B018 (what any command meets)
     out = demo(library)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"The demo library at {library} was built with an earlier cbir-tiny: building it")
